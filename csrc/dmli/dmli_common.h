@@ -1,0 +1,302 @@
+// Per-element math of the normalized local distance and of DMLI, written once.
+//
+// Everything here is an inline host+device function: the CPU launcher
+// (dmli_cpu.cpp, at::parallel_for over pairs) and the CUDA launcher
+// (dmli_cuda.cu, one thread per pair) both call these and nothing else does
+// any of this math.
+//
+// Conventions
+//   * A "pair" is one (query, gallery) couple of images with m and n stripes.
+//   * A "cell" (i, j) of a pair is stripe i of the first image against stripe j
+//     of the second one.
+//   * Stripe distances come from squared norms and a dot product produced by a
+//     GEMM on the host:  raw = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)).
+//   * Normalization: d = (e^raw - 1) / (e^raw + 1) = tanh(raw / 2), evaluated as
+//     tanh so that a large raw gives 1 instead of inf/inf = NaN.
+//   * DMLI: S(0,0) = d(0,0), first row / column cumulative,
+//     S(i,j) = min(S(i-1,j), S(i,j-1)) + d(i,j), result S(m-1,n-1).
+//   * Backward of the min follows torch.minimum: at a tie the gradient is split
+//     in half between both predecessors (the gradient autograd gives through
+//     the seed's Python loop).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define PD_HD __host__ __device__ __forceinline__
+#else
+#define PD_HD inline
+#endif
+
+namespace partdist {
+namespace dmli {
+
+// Largest number of stripes (m or n) the DP kernels accept. The CUDA kernel keeps
+// one DP row and one gradient row per thread in fixed-size local arrays.
+constexpr int kMaxStripes = 128;
+
+// ---------------------------------------------------------------- primitives
+PD_HD float pd_sqrt(float x) { return sqrtf(x); }
+PD_HD double pd_sqrt(double x) { return sqrt(x); }
+PD_HD float pd_tanh(float x) { return tanhf(x); }
+PD_HD double pd_tanh(double x) { return tanh(x); }
+
+// torch.minimum semantics: NaN propagates.
+template <typename T>
+PD_HD T pd_min(T a, T b) {
+  if (a < b) return a;
+  if (b < a) return b;
+  return (a != a) ? a : b;  // equal, or at least one NaN
+}
+
+// ------------------------------------------------------------ cell functions
+// Euclidean distance of two stripes from |a|^2, |b|^2 and a.b. Clamped at 0
+// (rounding can make the expansion slightly negative); NaN propagates.
+template <typename T>
+PD_HD T stripe_dist(T aa, T bb, T ab) {
+  T s = aa + bb - T(2) * ab;
+  return s < T(0) ? T(0) : pd_sqrt(s);
+}
+
+// (e^r - 1) / (e^r + 1)
+template <typename T>
+PD_HD T normalize_dist(T r) {
+  return pd_tanh(T(0.5) * r);
+}
+
+// Value of a cell: raw stripe distance, normalized or not.
+template <typename T>
+PD_HD T cell_value(T aa, T bb, T ab, bool normalize) {
+  T r = stripe_dist(aa, bb, ab);
+  return normalize ? normalize_dist(r) : r;
+}
+
+// Backward through one cell. g is dL/d(cell value). Returns w such that
+//   dL/da += w * (a - b),   dL/db -= w * (a - b)
+// for the two stripes a, b of the cell. At raw = 0 (identical stripes) the
+// subgradient 0 is used (as torch.linalg.vector_norm does), so the gradient
+// stays finite.
+template <typename T>
+PD_HD T cell_weight(T g, T aa, T bb, T ab, bool normalize) {
+  if (g == T(0)) return T(0);
+  T r = stripe_dist(aa, bb, ab);
+  if (normalize) {
+    T d = normalize_dist(r);
+    g = g * T(0.5) * (T(1) - d * d);
+  }
+  return r > T(0) ? g / r : T(0);
+}
+
+// -------------------------------------------------------- cell accessors
+// A cell accessor returns d(i, j) for the pair it was built for.
+
+// d(i, j) read from a distance matrix (the dmli op).
+template <typename T>
+struct RawCells {
+  const T* d;
+  int64_t si;  // stride of i (j is contiguous)
+  PD_HD T operator()(int i, int j) const { return d[i * si + j]; }
+};
+
+// d(i, j) computed from a GEMM tile and the squared norms (fused ops).
+template <typename T>
+struct FusedCells {
+  const T* xy;  // dot products, cell (i, j) at xy[i * si + j]
+  int64_t si;
+  const T* xx;  // |x_i|^2, m entries
+  const T* yy;  // |y_j|^2, n entries
+  bool normalize;
+  PD_HD T operator()(int i, int j) const {
+    return cell_value(xx[i], yy[j], xy[i * si + j], normalize);
+  }
+};
+
+// ------------------------------------------------------------ DP storage
+// The recurrence is written once (dmli_forward below) against a store that
+// either keeps one row (forward: O(n) memory) or the whole table (backward).
+template <typename T>
+struct RowStore {
+  T* row;  // n entries
+  PD_HD T get(int, int j) const { return row[j]; }
+  PD_HD void set(int, int j, T v) const { row[j] = v; }
+};
+
+template <typename T>
+struct TableStore {
+  T* s;        // m * n entries, entry k at s[k * stride]
+  int64_t stride;
+  int n;
+  PD_HD T get(int i, int j) const { return s[(int64_t(i) * n + j) * stride]; }
+  PD_HD void set(int i, int j, T v) const { s[(int64_t(i) * n + j) * stride] = v; }
+};
+
+// Shortest monotone path: returns S(m-1, n-1), filling `st` on the way.
+template <typename T, typename Cells, typename Store>
+PD_HD T dmli_forward(const Cells& cell, int m, int n, const Store& st) {
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      T d = cell(i, j);
+      T s;
+      if (i == 0) {
+        s = (j == 0) ? d : st.get(0, j - 1) + d;
+      } else if (j == 0) {
+        s = st.get(i - 1, 0) + d;
+      } else {
+        s = pd_min(st.get(i - 1, j), st.get(i, j - 1)) + d;
+      }
+      st.set(i, j, s);
+    }
+  }
+  return st.get(m - 1, n - 1);
+}
+
+// Backward of dmli_forward for one pair.
+//   gout : dL/dS(m-1, n-1)
+//   table: the full S table, filled here by dmli_forward
+//   grow : n scratch entries (gradient flowing into the row above)
+//   emit(i, j, g) receives dL/dd(i, j) for every cell, in reverse order, once.
+template <typename T, typename Cells, typename Emit>
+PD_HD void dmli_backward(const Cells& cell, int m, int n, T gout,
+                         const TableStore<T>& table, T* grow, const Emit& emit) {
+  dmli_forward<T>(cell, m, n, table);
+  for (int j = 0; j < n; ++j) grow[j] = T(0);
+  for (int i = m - 1; i >= 0; --i) {
+    T carry = T(0);  // gradient flowing into (i, j) from (i, j + 1)
+    for (int j = n - 1; j >= 0; --j) {
+      T g = grow[j] + carry;
+      if (i == m - 1 && j == n - 1) g = g + gout;
+      emit(i, j, g);
+      if (i == 0) {
+        carry = g;  // first row: S(0,j) = S(0,j-1) + d
+        grow[j] = T(0);
+      } else if (j == 0) {
+        grow[j] = g;  // first column: S(i,0) = S(i-1,0) + d
+        carry = T(0);
+      } else {
+        // S(i,j) = min(up, left) + d, split as torch.minimum's backward.
+        T up = table.get(i - 1, j);
+        T left = table.get(i, j - 1);
+        T half = g * T(0.5);
+        T g_up = (up == left) ? half : g;
+        T g_left = g_up;
+        if (up > left) g_up = T(0);
+        if (up < left) g_left = T(0);
+        grow[j] = g_up;
+        carry = g_left;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------ pair layout
+// Where the data of pair p lives. Pair p is the couple (a, b):
+//   aligned: a = b = p;   otherwise a = p / nb, b = p % nb.
+//   cell (i, j) of the pair: xy[a * xy_sa + b * xy_sb + i * xy_si + j]
+//   squared norms: xx[a * xx_sa + i], yy[b * yy_sb + j]
+//   per-pair scalar (output / incoming gradient): out[a * out_sa + b * out_sb]
+struct PairLayout {
+  int64_t num_pairs = 0;
+  int64_t nb = 1;
+  bool aligned = true;
+  int64_t xy_sa = 0, xy_sb = 0, xy_si = 0;
+  int64_t xx_sa = 0, yy_sb = 0;
+  int64_t out_sa = 0, out_sb = 0;
+  int m = 0, n = 0;
+
+  PD_HD void pair(int64_t p, int64_t& a, int64_t& b) const {
+    if (aligned) {
+      a = p;
+      b = p;
+    } else {
+      a = p / nb;
+      b = p - a * nb;
+    }
+  }
+  PD_HD int64_t xy_off(int64_t a, int64_t b) const { return a * xy_sa + b * xy_sb; }
+  PD_HD int64_t out_off(int64_t a, int64_t b) const { return a * out_sa + b * out_sb; }
+};
+
+enum class Mode : int {
+  kDmli = 0,   // DP over a given distance matrix (xy holds d)
+  kFused = 1,  // DP over cells computed from GEMM tile + norms
+  kCells = 2,  // no DP: elementwise normalized distance matrix
+};
+
+// --------------------------------------------------------- per-pair kernels
+// Forward of pair p. `row` is n scratch entries.
+template <typename T>
+PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normalize,
+                        const T* xy, const T* xx, const T* yy, T* out, T* row) {
+  int64_t a, b;
+  L.pair(p, a, b);
+  const T* t = xy + L.xy_off(a, b);
+  if (mode == Mode::kCells) {
+    T* o = out + L.xy_off(a, b);  // out has the layout of xy
+    for (int i = 0; i < L.m; ++i)
+      for (int j = 0; j < L.n; ++j)
+        o[i * L.xy_si + j] =
+            cell_value(xx[a * L.xx_sa + i], yy[b * L.yy_sb + j], t[i * L.xy_si + j], normalize);
+    return;
+  }
+  RowStore<T> st{row};
+  T r;
+  if (mode == Mode::kDmli) {
+    r = dmli_forward<T>(RawCells<T>{t, L.xy_si}, L.m, L.n, st);
+  } else {
+    r = dmli_forward<T>(
+        FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize}, L.m, L.n, st);
+  }
+  out[L.out_off(a, b)] = r;
+}
+
+// Writes dL/d(cell value) into w (layout of xy) for the dmli mode, and the
+// weight of cell_weight for the fused / cells modes.
+template <typename T>
+struct EmitGrad {
+  T* w;
+  int64_t si;
+  PD_HD void operator()(int i, int j, T g) const { w[i * si + j] = g; }
+};
+
+template <typename T>
+struct EmitWeight {
+  T* w;
+  FusedCells<T> c;
+  PD_HD void operator()(int i, int j, T g) const {
+    w[i * c.si + j] = cell_weight(g, c.xx[i], c.yy[j], c.xy[i * c.si + j], c.normalize);
+  }
+};
+
+// Backward of pair p. gout has the layout of the forward output (for kCells,
+// the layout of xy). `table` has m*n entries (strided), `grow` n entries.
+template <typename T>
+PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normalize,
+                         const T* gout, const T* xy, const T* xx, const T* yy, T* w,
+                         T* table, int64_t table_stride, T* grow) {
+  int64_t a, b;
+  L.pair(p, a, b);
+  const int64_t off = L.xy_off(a, b);
+  const T* t = xy + off;
+  T* wp = w + off;
+  if (mode == Mode::kCells) {
+    const T* g = gout + off;
+    for (int i = 0; i < L.m; ++i)
+      for (int j = 0; j < L.n; ++j)
+        wp[i * L.xy_si + j] = cell_weight(g[i * L.xy_si + j], xx[a * L.xx_sa + i],
+                                          yy[b * L.yy_sb + j], t[i * L.xy_si + j], normalize);
+    return;
+  }
+  TableStore<T> st{table, table_stride, L.n};
+  const T g = gout[L.out_off(a, b)];
+  if (mode == Mode::kDmli) {
+    RawCells<T> c{t, L.xy_si};
+    dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitGrad<T>{wp, L.xy_si});
+  } else {
+    FusedCells<T> c{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize};
+    dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitWeight<T>{wp, c});
+  }
+}
+
+}  // namespace dmli
+}  // namespace partdist

@@ -1,0 +1,390 @@
+// Host drivers and registration of the DMLI family:
+//   local_dist_matrix, dmli, dmli_path, batch_local_dist, local_dist
+// and their backward ops. The drivers are device-generic: GEMMs through ATen,
+// the per-pair math through the CPU or CUDA launchers of dmli_kernels.h.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "../common/checks.h"
+#include "dmli_kernels.h"
+
+namespace partdist {
+namespace dmli {
+namespace {
+
+using at::Tensor;
+
+// float16 / bfloat16 are computed in float32, float64 in float64.
+at::ScalarType compute_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_stripes(const char* op, const char* name, const Tensor& t, const char* layout) {
+  check_floating(op, name, t);
+  check_rank(op, name, t, 3, layout);
+  TORCH_CHECK(t.size(1) >= 1, op, ": ", name, " must have at least one stripe (dim 1), got shape ",
+              shape_str(t));
+  TORCH_CHECK(t.size(2) >= 1, op, ": ", name,
+              " must have at least one feature channel (dim 2), got shape ", shape_str(t));
+}
+
+void check_max_stripes(const char* op, int64_t m, int64_t n) {
+  TORCH_CHECK(m <= kMaxStripes && n <= kMaxStripes, op, ": at most ", kMaxStripes,
+              " stripes per image are supported by the DP kernels, got m=", m, ", n=", n);
+}
+
+// x [N,m,C], y [N,n,C] (aligned) or [M,m,C], [N,n,C] (all pairs).
+void check_xy(const char* op, const Tensor& x, const Tensor& y, bool aligned, bool dp) {
+  check_stripes(op, "x", x, aligned ? "[N, m, C]" : "[M, m, C]");
+  check_stripes(op, "y", y, "[N, n, C]");
+  check_same(op, "y", y, "x", x);
+  TORCH_CHECK(x.size(2) == y.size(2), op, ": x and y must have the same number of channels C",
+              " (dim 2), got x ", shape_str(x), " and y ", shape_str(y));
+  if (aligned)
+    TORCH_CHECK(x.size(0) == y.size(0), op, ": x and y must hold the same number of images N",
+                " (dim 0), got x ", shape_str(x), " and y ", shape_str(y));
+  if (dp) check_max_stripes(op, x.size(1), y.size(1));
+}
+
+void check_dist(const char* op, const Tensor& d) {
+  check_floating(op, "dist", d);
+  check_rank(op, "dist", d, 3, "[P, m, n]");
+  TORCH_CHECK(d.size(1) >= 1 && d.size(2) >= 1, op,
+              ": dist must have m >= 1 and n >= 1 (dims 1, 2), got shape ", shape_str(d));
+  check_max_stripes(op, d.size(1), d.size(2));
+}
+
+void check_grad(const char* op, const Tensor& g, at::IntArrayRef expected, const Tensor& ref) {
+  check_floating(op, "grad", g);
+  TORCH_CHECK(g.sizes() == expected, op, ": grad must have shape ", expected, ", got ",
+              shape_str(g));
+  TORCH_CHECK(g.device() == ref.device(), op, ": grad must be on ", ref.device());
+}
+
+// Inputs cast to the compute type, contiguous, and their squared stripe norms.
+struct Prepared {
+  Tensor x, y, xx, yy;
+};
+
+Prepared prepare(const Tensor& x, const Tensor& y) {
+  Prepared p;
+  auto ct = compute_type(x);
+  p.x = x.to(ct).contiguous();
+  p.y = y.to(ct).contiguous();
+  p.xx = p.x.pow(2).sum(-1).contiguous();
+  p.yy = p.y.pow(2).sum(-1).contiguous();
+  return p;
+}
+
+// Layout of N aligned pairs whose cells are stored as a contiguous [N, m, n].
+PairLayout aligned_layout(int64_t N, int64_t m, int64_t n) {
+  PairLayout L;
+  L.num_pairs = N;
+  L.aligned = true;
+  L.m = int(m);
+  L.n = int(n);
+  L.xy_sa = m * n;
+  L.xy_sb = 0;
+  L.xy_si = n;
+  L.xx_sa = m;
+  L.yy_sb = n;
+  L.out_sa = 1;
+  L.out_sb = 0;
+  return L;
+}
+
+// Chain rule from cell weights W to the stripes: with W[..., r, s] the weight of
+// cell (x_r, y_s), dL/dx_r += sum_s W_rs (x_r - y_s), dL/dy_s -= sum_r W_rs (x_r - y_s).
+// Works for a batch ([N, m, n], bmm) and for a 2-D tile ([R, S], mm).
+void accumulate_grads(const Tensor& W, const Tensor& x, const Tensor& y, Tensor gx, Tensor gy) {
+  gx.addcmul_(W.sum(-1, true), x).sub_(at::matmul(W, y));
+  gy.addcmul_(W.sum(-2).unsqueeze(-1), y).sub_(at::matmul(W.transpose(-1, -2), x));
+}
+
+// ------------------------------------------------------------- local_dist_matrix
+Tensor local_dist_matrix_impl(const Tensor& x, const Tensor& y, bool normalize,
+                              const Launchers& K) {
+  const char* op = "partdist.local_dist_matrix";
+  check_xy(op, x, y, /*aligned=*/true, /*dp=*/false);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  auto P = prepare(x, y);
+  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
+  Tensor out = at::empty_like(xy);
+  K.forward(aligned_layout(N, m, n), Mode::kCells, normalize, xy, P.xx, P.yy, out);
+  return out.to(x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> local_dist_matrix_backward_impl(const Tensor& grad, const Tensor& x,
+                                                           const Tensor& y, bool normalize,
+                                                           const Launchers& K) {
+  const char* op = "partdist.local_dist_matrix_backward";
+  check_xy(op, x, y, true, false);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  check_grad(op, grad, {N, m, n}, x);
+  auto P = prepare(x, y);
+  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
+  Tensor g = grad.to(xy.scalar_type()).contiguous();
+  Tensor W = at::empty_like(xy);
+  K.backward(aligned_layout(N, m, n), Mode::kCells, normalize, g, xy, P.xx, P.yy, W);
+  Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
+  accumulate_grads(W, P.x, P.y, gx, gy);
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
+// ------------------------------------------------------------------------ dmli
+Tensor dmli_impl(const Tensor& dist, const Launchers& K) {
+  const char* op = "partdist.dmli";
+  check_dist(op, dist);
+  const int64_t P = dist.size(0), m = dist.size(1), n = dist.size(2);
+  Tensor d = dist.to(compute_type(dist)).contiguous();
+  Tensor out = at::empty({P}, d.options());
+  K.forward(aligned_layout(P, m, n), Mode::kDmli, false, d, Tensor(), Tensor(), out);
+  return out.to(dist.scalar_type());
+}
+
+Tensor dmli_weights(const Tensor& grad, const Tensor& dist, const Launchers& K) {
+  const int64_t P = dist.size(0), m = dist.size(1), n = dist.size(2);
+  Tensor d = dist.to(compute_type(dist)).contiguous();
+  Tensor g = grad.to(d.scalar_type()).contiguous();
+  Tensor w = at::empty_like(d);
+  K.backward(aligned_layout(P, m, n), Mode::kDmli, false, g, d, Tensor(), Tensor(), w);
+  return w;
+}
+
+Tensor dmli_backward_impl(const Tensor& grad, const Tensor& dist, const Launchers& K) {
+  const char* op = "partdist.dmli_backward";
+  check_dist(op, dist);
+  check_grad(op, grad, {dist.size(0)}, dist);
+  return dmli_weights(grad, dist, K).to(dist.scalar_type());
+}
+
+// Cells that receive gradient from the DMLI value: the optimal path (the union
+// of the tied optimal paths where the minimum ties).
+Tensor dmli_path_impl(const Tensor& dist, const Launchers& K) {
+  check_dist("partdist.dmli_path", dist);
+  Tensor ones = at::ones({dist.size(0)}, dist.options().dtype(compute_type(dist)));
+  return dmli_weights(ones, dist, K).ne(0);
+}
+
+// ------------------------------------------------------------ batch_local_dist
+Tensor batch_local_dist_impl(const Tensor& x, const Tensor& y, bool normalize,
+                             const Launchers& K) {
+  const char* op = "partdist.batch_local_dist";
+  check_xy(op, x, y, true, true);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  auto P = prepare(x, y);
+  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
+  Tensor out = at::empty({N}, xy.options());
+  K.forward(aligned_layout(N, m, n), Mode::kFused, normalize, xy, P.xx, P.yy, out);
+  return out.to(x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, const Tensor& x,
+                                                          const Tensor& y, bool normalize,
+                                                          const Launchers& K) {
+  const char* op = "partdist.batch_local_dist_backward";
+  check_xy(op, x, y, true, true);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  check_grad(op, grad, {N}, x);
+  auto P = prepare(x, y);
+  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
+  Tensor g = grad.to(xy.scalar_type()).contiguous();
+  Tensor W = at::empty_like(xy);
+  K.backward(aligned_layout(N, m, n), Mode::kFused, normalize, g, xy, P.xx, P.yy, W);
+  Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
+  accumulate_grads(W, P.x, P.y, gx, gy);
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
+// ------------------------------------------------------------------ local_dist
+// All pairs, tile by tile: a GEMM of Mc*m query stripes against Nc*n gallery
+// stripes, then the fused normalize + DP kernel over the Mc*Nc pairs of the tile.
+// Extra memory: one tile buffer (Mc*m*Nc*n values), independent of M*N.
+struct Tiling {
+  int64_t mc, nc;
+};
+
+Tiling tiling_for(int64_t M, int64_t N, int64_t chunk_size, bool cuda) {
+  int64_t chunk = chunk_size > 0 ? chunk_size : (cuda ? (int64_t(1) << 20) : 4096);
+  int64_t mc = std::max<int64_t>(1, int64_t(std::sqrt(double(chunk))) / 2);
+  mc = std::min(mc, std::max<int64_t>(M, 1));
+  int64_t nc = std::max<int64_t>(1, std::min(std::max<int64_t>(N, 1), chunk / mc));
+  mc = std::max<int64_t>(1, std::min(std::max<int64_t>(M, 1), chunk / nc));
+  return {mc, nc};
+}
+
+PairLayout tile_layout(int64_t mc, int64_t nc, int64_t m, int64_t n, int64_t out_row) {
+  PairLayout L;
+  L.num_pairs = mc * nc;
+  L.nb = nc;
+  L.aligned = false;
+  L.m = int(m);
+  L.n = int(n);
+  L.xy_si = nc * n;      // tile is [mc*m, nc*n]
+  L.xy_sa = m * nc * n;  // query a starts at row a*m
+  L.xy_sb = n;           // gallery b starts at column b*n
+  L.xx_sa = m;
+  L.yy_sb = n;
+  L.out_sa = out_row;
+  L.out_sb = 1;
+  return L;
+}
+
+template <typename TileFn>
+void for_each_tile(int64_t M, int64_t N, const Tiling& T, TileFn fn) {
+  for (int64_t a0 = 0; a0 < M; a0 += T.mc)
+    for (int64_t b0 = 0; b0 < N; b0 += T.nc)
+      fn(a0, std::min(T.mc, M - a0), b0, std::min(T.nc, N - b0));
+}
+
+void check_chunk(const char* op, int64_t chunk_size) {
+  TORCH_CHECK(chunk_size >= 0, op, ": chunk_size must be positive (or None / 0 for automatic), got ",
+              chunk_size);
+}
+
+Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk_size,
+                       const Launchers& K) {
+  const char* op = "partdist.local_dist";
+  check_xy(op, x, y, false, true);
+  check_chunk(op, chunk_size);
+  const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1), C = x.size(2);
+  auto P = prepare(x, y);
+  Tensor out = at::empty({M, N}, P.x.options());
+  if (M == 0 || N == 0) return out.to(x.scalar_type());
+  Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
+  Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
+  Tiling T = tiling_for(M, N, chunk_size, x.is_cuda());
+  Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
+  for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+    Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
+    at::mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
+    K.forward(tile_layout(mc, nc, m, n, N), Mode::kFused, normalize, xy,
+              xx.narrow(0, a0 * m, mc * m), yy.narrow(0, b0 * n, nc * n),
+              out.narrow(0, a0, mc).narrow(1, b0, nc));
+  });
+  return out.to(x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Tensor& x,
+                                                    const Tensor& y, bool normalize,
+                                                    int64_t chunk_size, const Launchers& K) {
+  const char* op = "partdist.local_dist_backward";
+  check_xy(op, x, y, false, true);
+  check_chunk(op, chunk_size);
+  const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1), C = x.size(2);
+  check_grad(op, grad, {M, N}, x);
+  auto P = prepare(x, y);
+  Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
+  if (M > 0 && N > 0) {
+    Tensor g = grad.to(P.x.scalar_type()).contiguous();
+    Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
+    Tensor gx2 = gx.view({M * m, C}), gy2 = gy.view({N * n, C});
+    Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
+    Tiling T = tiling_for(M, N, chunk_size, x.is_cuda());
+    Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
+    Tensor wbuf = at::empty_like(buf);
+    for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+      Tensor xt = x2.narrow(0, a0 * m, mc * m), yt = y2.narrow(0, b0 * n, nc * n);
+      Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
+      Tensor W = wbuf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
+      at::mm_out(xy, xt, yt.t());
+      K.backward(tile_layout(mc, nc, m, n, N), Mode::kFused, normalize,
+                 g.narrow(0, a0, mc).narrow(1, b0, nc), xy, xx.narrow(0, a0 * m, mc * m),
+                 yy.narrow(0, b0 * n, nc * n), W);
+      accumulate_grads(W, xt, yt, gx2.narrow(0, a0 * m, mc * m), gy2.narrow(0, b0 * n, nc * n));
+    });
+  }
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
+// ---------------------------------------------------------------- registration
+enum class Dev { kCPU, kCUDA };
+
+template <Dev D>
+const Launchers& launchers() {
+#ifdef PARTDIST_WITH_CUDA
+  static const Launchers cuda{forward_cuda, backward_cuda};
+  if (D == Dev::kCUDA) return cuda;
+#endif
+  static const Launchers cpu{forward_cpu, backward_cpu};
+  return cpu;
+}
+
+template <Dev D>
+struct Ops {
+  static Tensor local_dist_matrix(const Tensor& x, const Tensor& y, bool normalize) {
+    return local_dist_matrix_impl(x, y, normalize, launchers<D>());
+  }
+  static std::tuple<Tensor, Tensor> local_dist_matrix_backward(const Tensor& g, const Tensor& x,
+                                                               const Tensor& y, bool normalize) {
+    return local_dist_matrix_backward_impl(g, x, y, normalize, launchers<D>());
+  }
+  static Tensor dmli(const Tensor& d) { return dmli_impl(d, launchers<D>()); }
+  static Tensor dmli_backward(const Tensor& g, const Tensor& d) {
+    return dmli_backward_impl(g, d, launchers<D>());
+  }
+  static Tensor dmli_path(const Tensor& d) { return dmli_path_impl(d, launchers<D>()); }
+  static Tensor batch_local_dist(const Tensor& x, const Tensor& y, bool normalize) {
+    return batch_local_dist_impl(x, y, normalize, launchers<D>());
+  }
+  static std::tuple<Tensor, Tensor> batch_local_dist_backward(const Tensor& g, const Tensor& x,
+                                                              const Tensor& y, bool normalize) {
+    return batch_local_dist_backward_impl(g, x, y, normalize, launchers<D>());
+  }
+  static Tensor local_dist(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk) {
+    return local_dist_impl(x, y, normalize, chunk, launchers<D>());
+  }
+  static std::tuple<Tensor, Tensor> local_dist_backward(const Tensor& g, const Tensor& x,
+                                                        const Tensor& y, bool normalize,
+                                                        int64_t chunk) {
+    return local_dist_backward_impl(g, x, y, normalize, chunk, launchers<D>());
+  }
+
+  static void register_impls(torch::Library& m) {
+    m.impl("local_dist_matrix", &local_dist_matrix);
+    m.impl("local_dist_matrix_backward", &local_dist_matrix_backward);
+    m.impl("dmli", &dmli);
+    m.impl("dmli_backward", &dmli_backward);
+    m.impl("dmli_path", &dmli_path);
+    m.impl("batch_local_dist", &batch_local_dist);
+    m.impl("batch_local_dist_backward", &batch_local_dist_backward);
+    m.impl("local_dist", &local_dist);
+    m.impl("local_dist_backward", &local_dist_backward);
+  }
+};
+
+}  // namespace
+}  // namespace dmli
+}  // namespace partdist
+
+TORCH_LIBRARY_FRAGMENT(partdist, m) {
+  m.def("local_dist_matrix(Tensor x, Tensor y, bool normalize=True) -> Tensor");
+  m.def(
+      "local_dist_matrix_backward(Tensor grad, Tensor x, Tensor y, bool normalize) -> "
+      "(Tensor, Tensor)");
+  m.def("dmli(Tensor dist) -> Tensor");
+  m.def("dmli_backward(Tensor grad, Tensor dist) -> Tensor");
+  m.def("dmli_path(Tensor dist) -> Tensor");
+  m.def("batch_local_dist(Tensor x, Tensor y, bool normalize=True) -> Tensor");
+  m.def(
+      "batch_local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize) -> "
+      "(Tensor, Tensor)");
+  m.def("local_dist(Tensor x, Tensor y, bool normalize=True, int chunk_size=0) -> Tensor");
+  m.def(
+      "local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size) -> "
+      "(Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  partdist::dmli::Ops<partdist::dmli::Dev::kCPU>::register_impls(m);
+}
+
+#ifdef PARTDIST_WITH_CUDA
+TORCH_LIBRARY_IMPL(partdist, CUDA, m) {
+  partdist::dmli::Ops<partdist::dmli::Dev::kCUDA>::register_impls(m);
+}
+#endif

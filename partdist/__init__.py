@@ -1,0 +1,25 @@
+"""partdist: fast part-based person re-identification distances for PyTorch.
+
+Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
+
+* :func:`local_dist_matrix` - normalized stripe-to-stripe distance matrices
+* :func:`dmli` - shortest monotone path (DMLI) through distance matrices
+* :func:`dmli_path` - the cells of that path
+* :func:`batch_local_dist` - fused local distance + DMLI for aligned pairs
+* :func:`local_dist` - the same for all query x gallery pairs, tile by tile
+
+``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
+"""
+
+from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_STRIPES",
+    "batch_local_dist",
+    "dmli",
+    "dmli_path",
+    "local_dist",
+    "local_dist_matrix",
+]

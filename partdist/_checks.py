@@ -1,0 +1,96 @@
+"""Argument checks of the public API.
+
+Every public function checks its arguments here, before any kernel runs, and raises
+``ValueError`` (bad shape, value or device) or ``TypeError`` (bad type or dtype) with
+a message that names the function, the argument and what was expected. The C++ ops
+repeat the essential checks (as ``RuntimeError``) so that calling
+``torch.ops.partdist.*`` directly cannot crash either.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Largest m or n accepted by the DP ops (dmli, dmli_path, batch_local_dist, local_dist).
+MAX_STRIPES = 128
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def check_tensor(op, name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_floating(op, name, t):
+    check_tensor(op, name, t)
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{op}: {name} must be a floating-point tensor (float32/float64, or "
+            f"float16/bfloat16), got dtype {t.dtype}"
+        )
+
+
+def check_same_device_dtype(op, name, t, ref_name, ref):
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}")
+
+
+def check_stripes(op, name, t, layout):
+    check_floating(op, name, t)
+    if t.dim() != 3:
+        raise ValueError(f"{op}: {name} must be a 3-D tensor {layout}, got shape {_shape(t)}")
+    if t.shape[1] < 1:
+        raise ValueError(f"{op}: {name} must have at least one stripe (dim 1 of {layout}), got shape {_shape(t)}")
+    if t.shape[2] < 1:
+        raise ValueError(
+            f"{op}: {name} must have at least one feature channel (dim 2 of {layout}), got shape {_shape(t)}"
+        )
+
+
+def check_max_stripes(op, m, n):
+    if m > MAX_STRIPES or n > MAX_STRIPES:
+        raise ValueError(f"{op}: at most {MAX_STRIPES} stripes per image are supported, got m={m}, n={n}")
+
+
+def check_xy(op, x, y, aligned, dp):
+    """x ``[N, m, C]`` / y ``[N, n, C]`` (aligned pairs) or x ``[M, m, C]`` (all pairs)."""
+    check_stripes(op, "x", x, "[N, m, C]" if aligned else "[M, m, C]")
+    check_stripes(op, "y", y, "[N, n, C]")
+    check_same_device_dtype(op, "y", y, "x", x)
+    if x.shape[2] != y.shape[2]:
+        raise ValueError(
+            f"{op}: x and y must have the same number of channels C (dim 2), got x {_shape(x)} and y {_shape(y)}"
+        )
+    if aligned and x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{op}: x and y must hold the same number of images N (dim 0), got x {_shape(x)} and y {_shape(y)}"
+        )
+    if dp:
+        check_max_stripes(op, x.shape[1], y.shape[1])
+
+
+def check_dist(op, dist, flat=False):
+    """dist ``[..., m, n]`` (or exactly ``[P, m, n]`` with ``flat``)."""
+    check_floating(op, "dist", dist)
+    if flat and dist.dim() != 3:
+        raise ValueError(f"{op}: dist must be a 3-D tensor [P, m, n], got shape {_shape(dist)}")
+    if dist.dim() < 2:
+        raise ValueError(f"{op}: dist must have at least 2 dimensions [..., m, n], got shape {_shape(dist)}")
+    m, n = dist.shape[-2], dist.shape[-1]
+    if m < 1 or n < 1:
+        raise ValueError(f"{op}: dist must have m >= 1 and n >= 1 (its last two dims), got shape {_shape(dist)}")
+    check_max_stripes(op, m, n)
+
+
+def check_chunk_size(op, chunk_size):
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{op}: chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"{op}: chunk_size must be a positive int or None, got {chunk_size}")

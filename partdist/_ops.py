@@ -1,0 +1,205 @@
+"""Public functional ops of the DMLI family, with fake kernels and autograd.
+
+The compiled kernels are registered in C++ as ``torch.ops.partdist.*``; this module
+adds what torch.library needs from Python: a fake (meta) implementation of every op
+so that ``torch.compile`` can trace them, and the autograd formulas, which call the
+backward ops (themselves compiled kernels).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from ._checks import MAX_STRIPES, check_chunk_size, check_dist, check_xy
+
+__all__ = ["local_dist_matrix", "dmli", "dmli_path", "batch_local_dist", "local_dist", "MAX_STRIPES"]
+
+_ops = torch.ops.partdist
+
+
+# ------------------------------------------------------------------ fake kernels
+@torch.library.register_fake("partdist::local_dist_matrix")
+def _(x, y, normalize=True):
+    check_xy("partdist.local_dist_matrix", x, y, aligned=True, dp=False)
+    return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
+
+
+@torch.library.register_fake("partdist::local_dist_matrix_backward")
+def _(grad, x, y, normalize):
+    check_xy("partdist.local_dist_matrix_backward", x, y, aligned=True, dp=False)
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+@torch.library.register_fake("partdist::dmli")
+def _(dist):
+    check_dist("partdist.dmli", dist, flat=True)
+    return dist.new_empty((dist.shape[0],))
+
+
+@torch.library.register_fake("partdist::dmli_backward")
+def _(grad, dist):
+    check_dist("partdist.dmli_backward", dist, flat=True)
+    return torch.empty_like(dist)
+
+
+@torch.library.register_fake("partdist::dmli_path")
+def _(dist):
+    check_dist("partdist.dmli_path", dist, flat=True)
+    return dist.new_empty(dist.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("partdist::batch_local_dist")
+def _(x, y, normalize=True):
+    check_xy("partdist.batch_local_dist", x, y, aligned=True, dp=True)
+    return x.new_empty((x.shape[0],))
+
+
+@torch.library.register_fake("partdist::batch_local_dist_backward")
+def _(grad, x, y, normalize):
+    check_xy("partdist.batch_local_dist_backward", x, y, aligned=True, dp=True)
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+@torch.library.register_fake("partdist::local_dist")
+def _(x, y, normalize=True, chunk_size=0):
+    check_xy("partdist.local_dist", x, y, aligned=False, dp=True)
+    return x.new_empty((x.shape[0], y.shape[0]))
+
+
+@torch.library.register_fake("partdist::local_dist_backward")
+def _(grad, x, y, normalize, chunk_size):
+    check_xy("partdist.local_dist_backward", x, y, aligned=False, dp=True)
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+# ---------------------------------------------------------------------- autograd
+def _setup_xy(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.extra = inputs[2:]
+
+
+def _backward_xy(op):
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        if grad is None:
+            return (None,) * (2 + len(ctx.extra))
+        gx, gy = op(grad.contiguous(), x, y, *ctx.extra)
+        return (gx, gy) + (None,) * len(ctx.extra)
+
+    return backward
+
+
+torch.library.register_autograd(
+    "partdist::local_dist_matrix", _backward_xy(_ops.local_dist_matrix_backward), setup_context=_setup_xy
+)
+torch.library.register_autograd(
+    "partdist::batch_local_dist", _backward_xy(_ops.batch_local_dist_backward), setup_context=_setup_xy
+)
+torch.library.register_autograd(
+    "partdist::local_dist", _backward_xy(_ops.local_dist_backward), setup_context=_setup_xy
+)
+
+
+def _setup_dmli(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward_dmli(ctx, grad):
+    (dist,) = ctx.saved_tensors
+    return _ops.dmli_backward(grad.contiguous(), dist)
+
+
+torch.library.register_autograd("partdist::dmli", _backward_dmli, setup_context=_setup_dmli)
+
+
+# -------------------------------------------------------------------- public API
+def local_dist_matrix(x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Stripe-to-stripe distance matrices of aligned pairs of images.
+
+    Args:
+        x: ``[N, m, C]`` local features (m horizontal stripes of C channels).
+        y: ``[N, n, C]`` local features of the images paired with ``x``.
+        normalize: map each distance ``e`` to ``(exp(e) - 1) / (exp(e) + 1)``
+            (``= tanh(e / 2)``, in ``[0, 1)``), as AlignedReID does.
+
+    Returns:
+        ``[N, m, n]``: entry ``(k, i, j)`` is ``||x[k, i] - y[k, j]||_2``, normalized
+        if asked. Differentiable in ``x`` and ``y``. Where two stripes are identical
+        (distance 0) the subgradient 0 is used, so the gradient stays finite.
+    """
+    check_xy("partdist.local_dist_matrix", x, y, aligned=True, dp=False)
+    return _ops.local_dist_matrix(x, y, bool(normalize))
+
+
+def dmli(dist: torch.Tensor) -> torch.Tensor:
+    """DMLI distance: the shortest monotone path through distance matrices.
+
+    ``S(0,0) = d(0,0)``; first row and column cumulative;
+    ``S(i,j) = min(S(i-1,j), S(i,j-1)) + d(i,j)``; returns ``S(m-1, n-1)``.
+
+    Args:
+        dist: ``[..., m, n]`` (any number of leading batch dimensions),
+            ``1 <= m, n <= MAX_STRIPES``.
+
+    Returns:
+        ``[...]``. The gradient flows along the chosen path; at a tie of the minimum
+        it is split in half between both branches, exactly as autograd through the
+        reference Python loop (``torch.min`` of two tensors) does.
+    """
+    check_dist("partdist.dmli", dist)
+    lead = dist.shape[:-2]
+    flat = dist.reshape(-1, dist.shape[-2], dist.shape[-1])
+    return _ops.dmli(flat).reshape(lead)
+
+
+def dmli_path(dist: torch.Tensor) -> torch.Tensor:
+    """Boolean mask ``[..., m, n]`` of the cells on the optimal DMLI path.
+
+    Where the minimum ties, every tied optimal branch is marked: the mask is exactly
+    the set of cells through which :func:`dmli` sends gradient. (In float32 a cell
+    reached only through more than ~120 consecutive ties can be dropped: its share
+    of the gradient, 2^-k, underflows.) Not differentiable.
+    """
+    check_dist("partdist.dmli_path", dist)
+    flat = dist.reshape(-1, dist.shape[-2], dist.shape[-1])
+    return _ops.dmli_path(flat).reshape(dist.shape)
+
+
+def batch_local_dist(x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """DMLI distance of aligned pairs: ``dmli(local_dist_matrix(x, y, normalize))``, fused.
+
+    Args:
+        x: ``[N, m, C]``, y: ``[N, n, C]`` (pair k is ``x[k]`` with ``y[k]``).
+
+    Returns:
+        ``[N]``, differentiable in ``x`` and ``y``. The ``[N, m, n]`` stripe dot
+        products come from one batched GEMM; normalization, DP and its backward run
+        in one kernel.
+    """
+    check_xy("partdist.batch_local_dist", x, y, aligned=True, dp=True)
+    return _ops.batch_local_dist(x, y, bool(normalize))
+
+
+def local_dist(
+    x: torch.Tensor, y: torch.Tensor, normalize: bool = True, chunk_size: Optional[int] = None
+) -> torch.Tensor:
+    """DMLI distance of all pairs (every ``x[a]`` against every ``y[b]``).
+
+    Args:
+        x: ``[M, m, C]`` (e.g. queries), y: ``[N, n, C]`` (e.g. gallery).
+        normalize: as in :func:`local_dist_matrix`.
+        chunk_size: at most this many pairs are processed per tile (a GEMM of
+            their stripes followed by the fused normalize + DP kernel). ``None``
+            picks 4096 on CPU and 2**20 on CUDA. Extra memory is one tile,
+            ``chunk_size * m * n`` values (twice that in backward), never
+            ``M * N * m * n``.
+
+    Returns:
+        ``[M, N]``, differentiable in ``x`` and ``y``.
+    """
+    check_xy("partdist.local_dist", x, y, aligned=False, dp=True)
+    check_chunk_size("partdist.local_dist", chunk_size)
+    return _ops.local_dist(x, y, bool(normalize), int(chunk_size or 0))

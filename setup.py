@@ -1,0 +1,125 @@
+"""Build of the partdist extension.
+
+Always build against the torch that is already installed:
+
+    pip install --no-build-isolation -e .
+
+Environment variables
+---------------------
+PARTDIST_CUDA=1/0     force the CUDA kernels on / off (default: on when torch is a
+                      CUDA build and nvcc is found under CUDA_HOME).
+TORCH_CUDA_ARCH_LIST  CUDA architectures (default "8.0;9.0" when building CUDA).
+PARTDIST_NATIVE=0     do not compile the CPU kernels with -march=native (default 1:
+                      the extension is built on the machine it runs on).
+PARTDIST_SANITIZE=1   build the CPU kernels with AddressSanitizer and
+                      UndefinedBehaviorSanitizer (see tests/README or .ci/run).
+PARTDIST_DEBUG=1      -O0 -g.
+MAX_JOBS              parallel compile jobs for ninja.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_flag(name, default=None):
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    return v.strip().lower() not in ("0", "false", "no", "off")
+
+
+# torch guesses CUDA_HOME from the nvcc on PATH; on these machines that is a wrapper in
+# /usr/local/bin and the guess (/usr/local) fails at link time. Default it before torch
+# reads it.
+if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover - message for users
+    sys.exit(
+        "partdist: install torch first, then build with `pip install --no-build-isolation .` "
+        "(build isolation would download a different torch)."
+    )
+
+
+def _want_cuda():
+    forced = _env_flag("PARTDIST_CUDA")
+    torch_cuda = torch.version.cuda is not None
+    cuda_home = os.environ.get("CUDA_HOME")
+    nvcc = bool(cuda_home) and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+    if forced is True:
+        if not torch_cuda:
+            sys.exit(
+                "partdist: PARTDIST_CUDA=1 but the installed torch %s is a CPU build; install a "
+                "CUDA build of torch or unset PARTDIST_CUDA." % torch.__version__
+            )
+        if not nvcc:
+            sys.exit("partdist: PARTDIST_CUDA=1 but nvcc was not found under CUDA_HOME=%r" % cuda_home)
+        return True
+    if forced is False:
+        return False
+    return torch_cuda and nvcc
+
+
+def _extensions():
+    with_cuda = _want_cuda()
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    cu_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
+    debug = _env_flag("PARTDIST_DEBUG", False)
+    sanitize = _env_flag("PARTDIST_SANITIZE", False)
+
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    ldflags = ["-fopenmp"]
+    if _env_flag("PARTDIST_NATIVE", True) and not sanitize:
+        cxx.append("-march=native")
+    if sanitize:
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+        cxx += san
+        ldflags += san
+    nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    macros = [("Py_LIMITED_API", "0x030A0000")]
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        macros.append(("PARTDIST_WITH_CUDA", None))
+        ext = CUDAExtension(
+            "partdist._C",
+            sources + cu_sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=ldflags,
+            py_limited_api=True,
+        )
+    else:
+        ext = CppExtension(
+            "partdist._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=ldflags,
+            py_limited_api=True,
+        )
+    print("partdist: building %s kernels" % ("CPU + CUDA" if with_cuda else "CPU"), file=sys.stderr)
+    return [ext]
+
+
+setup(
+    name="partdist",
+    version="0.1.0",
+    description="Fast part-based ReID distances (AlignedReID local distance, DMLI, mining) for PyTorch",
+    packages=find_packages(include=["partdist", "partdist.*"]),
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=["torch", "numpy"],
+    python_requires=">=3.9",
+    entry_points={"console_scripts": ["partdist=partdist.cli:main"]},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
