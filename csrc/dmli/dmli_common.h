@@ -23,11 +23,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define PD_HD __host__ __device__ __forceinline__
-#else
-#define PD_HD inline
-#endif
+#include "../common/hd.h"
 
 namespace partdist {
 namespace dmli {
