@@ -1,0 +1,131 @@
+"""DMLI microbenchmark: partdist vs the seed's Python loop vs vectorized PyTorch.
+
+(a) training batch: 256 aligned pairs (128 anchors x one positive and one negative),
+    m = n = 8, C = 128, forward + backward.
+(b) all pairs: 1000 x 5000 images, m = n = 8, C = 128, forward, with peak memory,
+    against the bare stripe GEMM (x . y^T of all stripes, the floor for any method
+    that computes these distances by GEMM) and the vectorized practice (chunked).
+
+One run, the same inputs for every method, medians. CPU always; CUDA when present.
+
+    python benchmarks/bench_dmli.py            # full sizes
+    python benchmarks/bench_dmli.py --quick    # small sizes (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import partdist
+from partdist import reference as R
+
+from common import env_line, fmt_mem, fmt_time, median_time, peak_extra_memory, print_table
+
+
+def training_batch(device, anchors, m, C, reps, seed_pairs):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(anchors, m, C, generator=g)
+    p = torch.randn(anchors, m, C, generator=g)
+    n = torch.randn(anchors, m, C, generator=g)
+    x = torch.cat([a, a]).to(device)
+    y = torch.cat([p, n]).to(device)
+
+    def run(fn, xs, ys):
+        def step():
+            xr = xs.detach().requires_grad_()
+            yr = ys.detach().requires_grad_()
+            out = fn(xr, yr)
+            out.sum().backward()
+            return out
+
+        return step
+
+    t_pd = median_time(run(partdist.batch_local_dist, x, y), device, reps=reps * 10)
+    t_vec = median_time(run(R.batch_local_dist_vectorized, x, y), device, reps=reps)
+
+    # The seed loop: one Python DP per pair over the normalized distance matrix.
+    def seed(xs, ys):
+        return R.dmli_seed(R.normalize_dist(R.batch_euclidean_dist(xs, ys)))
+
+    k = min(seed_pairs, x.shape[0])
+    t_seed_k = median_time(run(seed, x[:k], y[:k]), device, reps=max(1, reps // 2), warmup=0)
+    t_seed = t_seed_k * x.shape[0] / k
+
+    # agreement check on the same inputs
+    diff = (partdist.batch_local_dist(x, y) - R.batch_local_dist_vectorized(x, y)).abs().max().item()
+    rows = [
+        ["partdist.batch_local_dist", fmt_time(t_pd), "1.0x"],
+        ["vectorized PyTorch (AlignedReID)", fmt_time(t_vec), f"{t_vec / t_pd:.1f}x"],
+        [
+            "seed loop (per pair)" + ("" if k == x.shape[0] else f", timed on {k} pairs, scaled"),
+            fmt_time(t_seed),
+            f"{t_seed / t_pd:.0f}x",
+        ],
+    ]
+    print(f"\n(a) training batch, {x.shape[0]} aligned pairs, m=n={m}, C={C}, forward+backward [{device}]")
+    print_table(rows, ["method", "median", "time / partdist"])
+    print(f"max |partdist - vectorized| = {diff:.2e}")
+    return t_pd, t_vec, t_seed
+
+
+def all_pairs(device, M, N, m, C, reps, vec_chunk):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(M, m, C, generator=g).to(device)
+    y = torch.randn(N, m, C, generator=g).to(device)
+    x2, y2 = x.reshape(M * m, C), y.reshape(N * m, C)
+
+    with torch.no_grad():
+        fn_pd = lambda: partdist.local_dist(x, y)  # noqa: E731
+        fn_gemm = lambda: torch.mm(x2, y2.t())  # noqa: E731
+        fn_vec = lambda: R.local_dist_vectorized(x, y, chunk=vec_chunk)  # noqa: E731
+        t_pd = median_time(fn_pd, device, reps=reps)
+        t_gemm = median_time(fn_gemm, device, reps=reps)
+        t_vec = median_time(fn_vec, device, reps=max(1, reps // 2), max_seconds=60)
+        mem_pd = peak_extra_memory(fn_pd, device)
+        mem_gemm = peak_extra_memory(fn_gemm, device)
+        mem_vec = peak_extra_memory(fn_vec, device)
+        k = min(M, 50)
+        diff = (partdist.local_dist(x[:k], y) - R.local_dist_vectorized(x[:k], y)).abs().max().item()
+
+    out_bytes = M * N * x.element_size()
+    rows = [
+        ["partdist.local_dist", fmt_time(t_pd), "1.0x", f"{t_pd / t_gemm:.2f}x", fmt_mem(mem_pd)],
+        ["bare stripe GEMM (torch.mm)", fmt_time(t_gemm), f"{t_gemm / t_pd:.2f}x", "1.00x", fmt_mem(mem_gemm)],
+        [
+            f"vectorized PyTorch, {vec_chunk} gallery/chunk",
+            fmt_time(t_vec),
+            f"{t_vec / t_pd:.1f}x",
+            f"{t_vec / t_gemm:.2f}x",
+            fmt_mem(mem_vec),
+        ],
+    ]
+    print(f"\n(b) all pairs {M} x {N}, m=n={m}, C={C}, forward [{device}]")
+    print_table(rows, ["method", "median", "time / partdist", "time / GEMM", "peak extra memory"])
+    print(f"output [M, N] itself: {fmt_mem(out_bytes)}; max |partdist - vectorized| on {k} queries = {diff:.2e}")
+    return t_pd, t_gemm, t_vec
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    ap.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    for device in devices:
+        print(f"== {env_line(device)}")
+        if args.quick:
+            training_batch(device, anchors=16, m=8, C=32, reps=2, seed_pairs=4)
+            all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50)
+        else:
+            training_batch(device, anchors=128, m=8, C=128, reps=args.reps, seed_pairs=32)
+            all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
