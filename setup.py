@@ -76,7 +76,7 @@ def _extensions():
     sanitize = _env_flag("PARTDIST_SANITIZE", False)
 
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    cxx = opt + ["-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     ldflags = ["-fopenmp"]
     if _env_flag("PARTDIST_NATIVE", True) and not sanitize:
         cxx.append("-march=native")
@@ -84,7 +84,7 @@ def _extensions():
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
         cxx += san
         ldflags += san
-    nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     macros = [("Py_LIMITED_API", "0x030A0000")]
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):

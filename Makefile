@@ -1,0 +1,50 @@
+# make bench   : set up .venv (idempotent), build partdist, run the DMLI microbenchmark
+# make test    : set up .venv (idempotent), build partdist, run the test suite
+# make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
+PYTHON ?= python3
+VENV := .venv
+CUDA_VENV := .venv-cuda
+PY := $(VENV)/bin/python
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_BUILD := build/cuda-check
+
+.PHONY: all venv build test bench cuda-check clean
+
+all: test
+
+$(VENV)/.stamp: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# ninja rebuilds only what changed; re-running is cheap.
+build: venv
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(PY) -m pytest tests -q
+
+bench: build
+	$(PY) benchmarks/bench_dmli.py
+
+$(CUDA_VENV)/.stamp: requirements-cuda-check.txt
+	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q -r requirements-cuda-check.txt
+	touch $@
+
+# Builds out of tree so the CPU build in the source tree is left alone, then imports the
+# CUDA build and runs the DMLI tests on the CPU with it (CUDA tests skip without a GPU).
+cuda-check: $(CUDA_VENV)/.stamp
+	rm -rf $(CUDA_BUILD)/lib
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" \
+	  PARTDIST_CUDA=1 $(CUDA_PY) setup.py -q build_ext --build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/tmp
+	cd partdist && find . -name '*.py' -exec cp --parents {} ../$(CUDA_BUILD)/lib/partdist/ \;
+	cd $(CUDA_BUILD) && PYTHONPATH=$(CURDIR)/$(CUDA_BUILD)/lib $(CURDIR)/$(CUDA_PY) -c \
+	  "import torch, partdist; assert torch.version.cuda; print('partdist CUDA build imports; torch', torch.__version__, 'cuda', torch.version.cuda, 'cuda kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('partdist::dmli', 'CUDA'))"
+	cd $(CUDA_BUILD) && PYTHONPATH=$(CURDIR)/$(CUDA_BUILD)/lib $(CURDIR)/$(CUDA_PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_dmli.py
+
+clean:
+	rm -rf build partdist/*.so *.egg-info
