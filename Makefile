@@ -1,14 +1,14 @@
 # make bench   : set up .venv (idempotent), build partdist, run the DMLI microbenchmark
 # make test    : set up .venv (idempotent), build partdist, run the test suite
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
+# make sanitize : build the CPU kernels with ASan+UBSan and run the op tests under them
 PYTHON ?= python3
 VENV := .venv
 CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
-CUDA_BUILD := build/cuda-check
 
-.PHONY: all venv build test bench cuda-check clean
+.PHONY: all venv build test bench cuda-check sanitize clean
 
 all: test
 
@@ -38,13 +38,22 @@ $(CUDA_VENV)/.stamp: requirements-cuda-check.txt
 # Builds out of tree so the CPU build in the source tree is left alone, then imports the
 # CUDA build and runs the DMLI tests on the CPU with it (CUDA tests skip without a GPU).
 cuda-check: $(CUDA_VENV)/.stamp
-	rm -rf $(CUDA_BUILD)/lib
 	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" \
-	  PARTDIST_CUDA=1 $(CUDA_PY) setup.py -q build_ext --build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/tmp
-	cd partdist && find . -name '*.py' -exec cp --parents {} ../$(CUDA_BUILD)/lib/partdist/ \;
-	cd $(CUDA_BUILD) && PYTHONPATH=$(CURDIR)/$(CUDA_BUILD)/lib $(CURDIR)/$(CUDA_PY) -c \
-	  "import torch, partdist; assert torch.version.cuda; print('partdist CUDA build imports; torch', torch.__version__, 'cuda', torch.version.cuda, 'cuda kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('partdist::dmli', 'CUDA'))"
-	cd $(CUDA_BUILD) && PYTHONPATH=$(CURDIR)/$(CUDA_BUILD)/lib $(CURDIR)/$(CUDA_PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_dmli.py
+	  PARTDIST_CUDA=1 tools/build_out_of_tree.sh $(CUDA_PY) build/cuda-check
+	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -c \
+	  "import torch, partdist; assert torch.version.cuda; print('partdist CUDA build imports; torch', torch.__version__, 'cuda', torch.version.cuda, 'CUDA kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('partdist::dmli', 'CUDA'))"
+	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_dmli.py
+
+# CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
+# tests run under them; any report aborts the run (halt_on_error).
+SANITIZE_TESTS ?= tests/test_dmli.py
+sanitize: venv
+	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize
+	cd build/sanitize/run && \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  PYTHONPATH=$(CURDIR)/build/sanitize/lib $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  $(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
 
 clean:
 	rm -rf build partdist/*.so *.egg-info
