@@ -46,7 +46,7 @@ cuda-check: $(CUDA_VENV)/.stamp
 
 # CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
 # tests run under them; any report aborts the run (halt_on_error).
-SANITIZE_TESTS ?= tests/test_dmli.py
+SANITIZE_TESTS ?= tests/test_dmli.py tests/test_properties.py tests/test_stability.py
 sanitize: venv
 	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize
 	cd build/sanitize/run && \
