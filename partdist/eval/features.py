@@ -1,0 +1,81 @@
+"""Feature extraction and query x gallery distances (global, local DMLI, fused)."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+import partdist
+
+__all__ = ["extract_features", "global_distance", "local_distance", "fused_distance"]
+
+
+@torch.no_grad()
+def extract_features(model, loader, device="cpu", flip: bool = False, progress: bool = False) -> Dict[str, torch.Tensor]:
+    """Run ``model`` (eval mode) over ``loader`` yielding ``(images, pids, camids, ...)``.
+
+    Returns ``{"global": [N, D], "local": [N, H, C] or None, "pids": [N], "camids": [N]}``
+    (features on the CPU). With ``flip`` the features of each image and of its horizontal mirror
+    are averaged (stripes are rows, so a horizontal flip keeps them aligned).
+    """
+    was_training = model.training
+    model.eval()
+    glob, loc, pids, cams = [], [], [], []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="features", leave=False)
+    for batch in it:
+        imgs, pid, cam = batch[0], batch[1], batch[2]
+        imgs = imgs.to(device)
+        out = model(imgs)
+        g, l = out["global"], out.get("local")
+        if flip:
+            out2 = model(imgs.flip(-1))
+            g = (g + out2["global"]) / 2
+            if l is not None:
+                l = (l + out2["local"]) / 2
+        glob.append(g.float().cpu())
+        if l is not None:
+            loc.append(l.float().cpu())
+        pids.append(torch.as_tensor(pid))
+        cams.append(torch.as_tensor(cam))
+    model.train(was_training)
+    return {
+        "global": torch.cat(glob),
+        "local": torch.cat(loc) if loc else None,
+        "pids": torch.cat(pids),
+        "camids": torch.cat(cams),
+    }
+
+
+def global_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """``[Q, D] x [G, D] -> [Q, G]``; metric ``euclidean``, ``sqeuclidean`` or ``cosine`` (1 - cos)."""
+    if qf.dim() != 2 or gf.dim() != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"global_distance: expected qf [Q, D] and gf [G, D], got {list(qf.shape)} and {list(gf.shape)}")
+    if metric == "cosine":
+        return 1 - F.normalize(qf, dim=1) @ F.normalize(gf, dim=1).t()
+    sq = (qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1)[None] - 2 * qf @ gf.t()).clamp_min(0)
+    if metric == "sqeuclidean":
+        return sq
+    if metric == "euclidean":
+        return sq.sqrt()
+    raise ValueError(f"global_distance: metric must be 'euclidean', 'sqeuclidean' or 'cosine', got {metric!r}")
+
+
+@torch.no_grad()
+def local_distance(ql: torch.Tensor, gl: torch.Tensor, normalize: bool = True, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """DMLI distances of all query x gallery pairs, ``[Q, H, C] x [G, H', C] -> [Q, G]`` (tiled)."""
+    return partdist.local_dist(ql, gl, normalize=normalize, chunk_size=chunk_size)
+
+
+def fused_distance(global_dist: torch.Tensor, local_dist: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """``global + lam * local`` (AlignedReID's test-time fusion)."""
+    if global_dist.shape != local_dist.shape:
+        raise ValueError(
+            f"fused_distance: global_dist {list(global_dist.shape)} and local_dist {list(local_dist.shape)} must match"
+        )
+    return global_dist + lam * local_dist
