@@ -1,0 +1,123 @@
+// Host drivers and registration of the neighborhood-difference family (IDLA):
+//   neighborhood_diff(f, g, kernel_size) -> K        [B, C, H*k, W*k]
+//   neighborhood_diff_backward(grad, kernel_size) -> (grad_f, grad_g)
+// The drivers check arguments, allocate the outputs and call the CPU or CUDA
+// launcher of neighborhood_kernels.h. No temporaries besides the outputs (and a
+// contiguous copy of f / g when they are not contiguous).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../common/checks.h"
+#include "neighborhood_kernels.h"
+
+namespace partdist {
+namespace nbhd {
+namespace {
+
+using at::Tensor;
+
+void check_kernel_size(const char* op, int64_t k) {
+  TORCH_CHECK(k >= 1 && k % 2 == 1, op, ": kernel_size must be an odd integer >= 1, got ", k);
+}
+
+void check_fg(const char* op, const Tensor& f, const Tensor& g) {
+  check_floating(op, "f", f);
+  check_rank(op, "f", f, 4, "[B, C, H, W]");
+  check_floating(op, "g", g);
+  check_rank(op, "g", g, 4, "[B, C, H, W]");
+  check_same(op, "g", g, "f", f);
+  TORCH_CHECK(f.sizes() == g.sizes(), op, ": f and g must have the same shape [B, C, H, W], got f ",
+              shape_str(f), " and g ", shape_str(g));
+}
+
+Tensor forward_impl(const Tensor& f, const Tensor& g, int64_t k, const Launchers& K) {
+  const char* op = "partdist.neighborhood_diff";
+  check_fg(op, f, g);
+  check_kernel_size(op, k);
+  Geom G;
+  G.B = f.size(0);
+  G.C = f.size(1);
+  G.H = f.size(2);
+  G.W = f.size(3);
+  G.k = k;
+  G.r = k / 2;
+  Tensor fc = f.contiguous(), gc = g.contiguous();
+  Tensor out = at::empty({G.B, G.C, G.H * k, G.W * k}, f.options());
+  K.forward(G, fc, gc, out);
+  return out;
+}
+
+std::tuple<Tensor, Tensor> backward_impl(const Tensor& grad, int64_t k, const Launchers& K) {
+  const char* op = "partdist.neighborhood_diff_backward";
+  check_kernel_size(op, k);
+  check_floating(op, "grad", grad);
+  check_rank(op, "grad", grad, 4, "[B, C, H*k, W*k]");
+  TORCH_CHECK(grad.size(2) % k == 0 && grad.size(3) % k == 0, op,
+              ": grad must have shape [B, C, H*k, W*k] with k = kernel_size = ", k, ", got ",
+              shape_str(grad));
+  Geom G;
+  G.B = grad.size(0);
+  G.C = grad.size(1);
+  G.H = grad.size(2) / k;
+  G.W = grad.size(3) / k;
+  G.k = k;
+  G.r = k / 2;
+  G.gsb = grad.stride(0);
+  G.gsc = grad.stride(1);
+  G.gsy = grad.stride(2);
+  G.gsx = grad.stride(3);
+  auto opts = grad.options().memory_format(at::MemoryFormat::Contiguous);
+  Tensor grad_f = at::empty({G.B, G.C, G.H, G.W}, opts);
+  Tensor grad_g = at::empty({G.B, G.C, G.H, G.W}, opts);
+  K.backward(G, grad, grad_f, grad_g);
+  return {grad_f, grad_g};
+}
+
+// ---------------------------------------------------------------- registration
+enum class Dev { kCPU, kCUDA };
+
+template <Dev D>
+const Launchers& launchers() {
+#ifdef PARTDIST_WITH_CUDA
+  static const Launchers cuda{forward_cuda, backward_cuda};
+  if (D == Dev::kCUDA) return cuda;
+#endif
+  static const Launchers cpu{forward_cpu, backward_cpu};
+  return cpu;
+}
+
+template <Dev D>
+struct Ops {
+  static Tensor neighborhood_diff(const Tensor& f, const Tensor& g, int64_t k) {
+    return forward_impl(f, g, k, launchers<D>());
+  }
+  static std::tuple<Tensor, Tensor> neighborhood_diff_backward(const Tensor& grad, int64_t k) {
+    return backward_impl(grad, k, launchers<D>());
+  }
+  static void register_impls(torch::Library& m) {
+    m.impl("neighborhood_diff", &neighborhood_diff);
+    m.impl("neighborhood_diff_backward", &neighborhood_diff_backward);
+  }
+};
+
+}  // namespace
+}  // namespace nbhd
+}  // namespace partdist
+
+TORCH_LIBRARY_FRAGMENT(partdist, m) {
+  m.def("neighborhood_diff(Tensor f, Tensor g, int kernel_size=5) -> Tensor");
+  m.def("neighborhood_diff_backward(Tensor grad, int kernel_size) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  partdist::nbhd::Ops<partdist::nbhd::Dev::kCPU>::register_impls(m);
+}
+
+#ifdef PARTDIST_WITH_CUDA
+TORCH_LIBRARY_IMPL(partdist, CUDA, m) {
+  partdist::nbhd::Ops<partdist::nbhd::Dev::kCUDA>::register_impls(m);
+}
+#endif
