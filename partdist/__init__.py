@@ -7,19 +7,24 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 * :func:`dmli_path` - the cells of that path
 * :func:`batch_local_dist` - fused local distance + DMLI for aligned pairs
 * :func:`local_dist` - the same for all query x gallery pairs, tile by tile
+* :func:`neighborhood_diff`, :func:`cross_neighborhood_diff` - IDLA's cross-input
+  neighborhood differences (``partdist.models.IDLA`` uses them)
 
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
 from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix
+from .neighborhood import cross_neighborhood_diff, neighborhood_diff
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAX_STRIPES",
     "batch_local_dist",
+    "cross_neighborhood_diff",
     "dmli",
     "dmli_path",
     "local_dist",
     "local_dist_matrix",
+    "neighborhood_diff",
 ]

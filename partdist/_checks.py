@@ -94,3 +94,40 @@ def check_chunk_size(op, chunk_size):
         raise TypeError(f"{op}: chunk_size must be a positive int or None, got {chunk_size!r}")
     if chunk_size < 1:
         raise ValueError(f"{op}: chunk_size must be a positive int or None, got {chunk_size}")
+
+
+# ------------------------------------------------------------ neighborhood (IDLA)
+def check_kernel_size(op, kernel_size):
+    """``kernel_size``: an odd int >= 1 (bool rejected)."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise TypeError(f"{op}: kernel_size must be an odd int >= 1, got {kernel_size!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{op}: kernel_size must be an odd int >= 1, got {kernel_size}")
+
+
+def check_maps(op, f, g):
+    """f, g: floating ``[B, C, H, W]`` of the same shape, dtype and device."""
+    for name, t in (("f", f), ("g", g)):
+        check_floating(op, name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be a 4-D tensor [B, C, H, W], got shape {_shape(t)}")
+    check_same_device_dtype(op, "g", g, "f", f)
+    if f.shape != g.shape:
+        raise ValueError(
+            f"{op}: f and g must have the same shape [B, C, H, W], got f {_shape(f)} and g {_shape(g)}"
+        )
+
+
+def check_tiled_grad(op, grad, kernel_size):
+    """grad of the tiled output: floating ``[B, C, H*k, W*k]``."""
+    check_floating(op, "grad", grad)
+    if grad.dim() != 4 or grad.shape[2] % kernel_size or grad.shape[3] % kernel_size:
+        raise ValueError(
+            f"{op}: grad must be a 4-D tensor [B, C, H*k, W*k] with k = kernel_size = {kernel_size}, "
+            f"got shape {_shape(grad)}"
+        )
+
+
+def check_layout(op, layout):
+    if layout not in ("tiled", "blocks"):
+        raise ValueError(f"{op}: layout must be 'tiled' or 'blocks', got {layout!r}")
