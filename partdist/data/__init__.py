@@ -1,0 +1,5 @@
+"""Data utilities: pair sampling for verification models."""
+
+from .pairs import BalancedPairSampler
+
+__all__ = ["BalancedPairSampler"]
