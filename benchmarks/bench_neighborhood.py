@@ -132,6 +132,9 @@ def bench(device, size_name, repeats):
         rows.append([n, f"{fwd[n]:.2f}", f"{fb[n]:.2f}", f"{fb[n] / fb['partdist']:.2f}x", fmt_mb(peaks[n]),
                      fmt_mb(extra)])
     print_table(rows, ["variant", "fwd ms", "fwd+bwd ms", "fwd+bwd / partdist", "peak MiB", "peak - output MiB"])
+    if device == "cpu":
+        print("(CPU peak: resident pages (VmHWM), resolution ~1 MiB; a value slightly below the output "
+              "size means no memory beyond the output; small tensors reusing resident heap pages do not show)")
     best = min((n for n in VARIANTS if n != "partdist"), key=lambda n: fb[n])
     best_f = min((n for n in VARIANTS if n != "partdist"), key=lambda n: fwd[n])
     print(f"speed-up over the best PyTorch version: fwd+bwd {fb[best] / fb['partdist']:.2f}x (vs {best}), "
