@@ -36,17 +36,19 @@ $(CUDA_VENV)/.stamp: requirements-cuda-check.txt
 	touch $@
 
 # Builds out of tree so the CPU build in the source tree is left alone, then imports the
-# CUDA build and runs the DMLI tests on the CPU with it (CUDA tests skip without a GPU).
+# CUDA build and runs the op tests on the CPU with it (CUDA tests skip without a GPU).
 cuda-check: $(CUDA_VENV)/.stamp
 	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" \
 	  PARTDIST_CUDA=1 tools/build_out_of_tree.sh $(CUDA_PY) build/cuda-check
 	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -c \
 	  "import torch, partdist; assert torch.version.cuda; print('partdist CUDA build imports; torch', torch.__version__, 'cuda', torch.version.cuda, 'CUDA kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('partdist::dmli', 'CUDA'))"
-	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_dmli.py
+	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/,$(OP_TESTS))
 
 # CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
 # tests run under them; any report aborts the run (halt_on_error).
-SANITIZE_TESTS ?= tests/test_dmli.py tests/test_properties.py tests/test_stability.py
+# the tests of the compiled ops (run with the CUDA build and under the sanitizers)
+OP_TESTS ?= tests/test_dmli.py tests/test_neighborhood.py tests/test_properties.py tests/test_stability.py
+SANITIZE_TESTS ?= $(OP_TESTS)
 sanitize: venv
 	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize
 	cd build/sanitize/run && \
