@@ -63,6 +63,43 @@ void forward_block(const PairLayout& L, Mode mode, bool normalize, const T* xy, 
     out[L.out_off(a, b)] = r.v[l];
   }
 }
+// Stripe dot products and squared norms of one aligned pair: the per-pair GEMM,
+// done here because batched tiny GEMMs cost more in overhead than in arithmetic.
+template <typename T>
+T dot(const T* a, const T* b, int64_t C) {
+  T s = T(0);
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < C; ++c) s += a[c] * b[c];
+  return s;
+}
+
+template <typename T>
+void pair_dots(const T* x, const T* y, int m, int n, int64_t C, T* xy, T* xx, T* yy) {
+  for (int i = 0; i < m; ++i) xx[i] = dot(x + i * C, x + i * C, C);
+  for (int j = 0; j < n; ++j) yy[j] = dot(y + j * C, y + j * C, C);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) xy[i * n + j] = dot(x + i * C, y + j * C, C);
+}
+
+// Chain rule of one cell (see cell_weight): dL/da += w (a - b), dL/db -= w (a - b).
+template <typename T>
+void add_cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    T d = w * (a[c] - b[c]);
+    ga[c] += d;
+    gb[c] -= d;
+  }
+}
+
+// Per-thread scratch for aligned pairs.
+template <typename T>
+struct AlignedScratch {
+  std::vector<T> xy, xx, yy, cells, table, grow, w;
+  AlignedScratch(int lanes, int m, int n)
+      : xy(size_t(lanes) * m * n), xx(size_t(lanes) * m), yy(size_t(lanes) * n),
+        cells(size_t(lanes) * m * n), table(size_t(m) * n), grow(n), w(size_t(m) * n) {}
+};
 }  // namespace
 
 void forward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
@@ -124,6 +161,87 @@ void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tens
                                 pg[L.out_off(a, b)], st, grow.data(),
                                 EmitGrad<scalar_t>{pw + off, L.xy_si});
         fill_weights(c, L.m, L.n, pw + off, L.xy_si, pw + off, L.xy_si);
+      }
+    });
+  });
+}
+
+void aligned_forward_cpu(Mode mode, bool normalize, const at::Tensor& x, const at::Tensor& y,
+                         const at::Tensor& out) {
+  const int64_t N = x.size(0), C = x.size(2);
+  const int m = int(x.size(1)), n = int(y.size(1));
+  if (N == 0) return;
+  const int64_t mn = int64_t(m) * n;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_forward_cpu", [&] {
+    using T = scalar_t;
+    const T* px = x.const_data_ptr<T>();
+    const T* py = y.const_data_ptr<T>();
+    T* pout = out.mutable_data_ptr<T>();
+    const int64_t blocks = (N + kLanes - 1) / kLanes;
+    const int64_t grain = std::max<int64_t>(1, 2048 / (mn * std::max<int64_t>(1, C / 16)) / kLanes);
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      AlignedScratch<T> s(kLanes, m, n);
+      std::vector<Lanes<T, kLanes>> row(n);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t p0 = blk * kLanes, cnt = std::min<int64_t>(kLanes, N - p0);
+        LaneCells<T, kLanes> lanes;
+        lanes.si = n;
+        for (int64_t l = 0; l < cnt; ++l) {
+          const int64_t p = p0 + l;
+          T *xy = s.xy.data() + l * mn, *xx = s.xx.data() + l * m, *yy = s.yy.data() + l * n;
+          pair_dots(px + p * m * C, py + p * n * C, m, n, C, xy, xx, yy);
+          FusedCells<T> c{xy, n, xx, yy, normalize};
+          fill_cells(c, m, n, mode == Mode::kCells ? pout + p * mn : s.cells.data() + l * mn, int64_t(n));
+        }
+        if (mode == Mode::kCells) continue;
+        for (int l = 0; l < kLanes; ++l) lanes.base[l] = s.cells.data() + std::min<int64_t>(l, cnt - 1) * mn;
+        Lanes<T, kLanes> r = dmli_forward<Lanes<T, kLanes>>(lanes, m, n, RowStore<Lanes<T, kLanes>>{row.data()});
+        for (int64_t l = 0; l < cnt; ++l) pout[p0 + l] = r.v[l];
+      }
+    });
+  });
+}
+
+void aligned_backward_cpu(Mode mode, bool normalize, const at::Tensor& grad, const at::Tensor& x,
+                          const at::Tensor& y, const at::Tensor& gx, const at::Tensor& gy) {
+  const int64_t N = x.size(0), C = x.size(2);
+  const int m = int(x.size(1)), n = int(y.size(1));
+  if (N == 0) return;
+  const int64_t mn = int64_t(m) * n;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_backward_cpu", [&] {
+    using T = scalar_t;
+    const T* px = x.const_data_ptr<T>();
+    const T* py = y.const_data_ptr<T>();
+    const T* pg = grad.const_data_ptr<T>();
+    T* pgx = gx.mutable_data_ptr<T>();
+    T* pgy = gy.mutable_data_ptr<T>();
+    const int64_t grain = std::max<int64_t>(1, 2048 / (mn * std::max<int64_t>(1, C / 16)));
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      AlignedScratch<T> s(1, m, n);
+      for (int64_t p = begin; p < end; ++p) {
+        const T* xp = px + p * m * C;
+        const T* yp = py + p * n * C;
+        T* gxp = pgx + p * m * C;
+        T* gyp = pgy + p * n * C;
+        std::fill(gxp, gxp + m * C, T(0));
+        std::fill(gyp, gyp + n * C, T(0));
+        pair_dots(xp, yp, m, n, C, s.xy.data(), s.xx.data(), s.yy.data());
+        FusedCells<T> c{s.xy.data(), n, s.xx.data(), s.yy.data(), normalize};
+        if (mode == Mode::kCells) {
+          fill_weights(c, m, n, pg + p * mn, int64_t(n), s.w.data(), int64_t(n));
+        } else {
+          if (pg[p] == T(0)) continue;
+          fill_cells(c, m, n, s.cells.data(), int64_t(n));
+          TableStore<T> st{s.table.data(), 1, n};
+          dmli_backward<T>(RawCells<T>{s.cells.data(), int64_t(n)}, m, n, pg[p], st, s.grow.data(),
+                           EmitGrad<T>{s.w.data(), int64_t(n)});
+          fill_weights(c, m, n, s.w.data(), int64_t(n), s.w.data(), int64_t(n));
+        }
+        for (int i = 0; i < m; ++i)
+          for (int j = 0; j < n; ++j) {
+            const T w = s.w[i * n + j];
+            if (w != T(0)) add_cell_grad(w, xp + i * C, yp + j * C, C, gxp + i * C, gyp + j * C);
+          }
       }
     });
   });

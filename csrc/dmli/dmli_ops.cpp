@@ -105,34 +105,80 @@ void accumulate_grads(const Tensor& W, const Tensor& x, const Tensor& y, Tensor 
   gy.addcmul_(W.sum(-2).unsqueeze(-1), y).sub_(at::matmul(W.transpose(-1, -2), x));
 }
 
-// ------------------------------------------------------------- local_dist_matrix
+// ------------------------------------------------- aligned pairs (GEMM form)
+// The aligned ops on devices where batched GEMMs pay off (CUDA): dot products by
+// at::bmm, then the launcher, and the chain rule as matrix products.
+template <ForwardLauncher F>
+void aligned_forward_gemm(Mode mode, bool normalize, const Tensor& x, const Tensor& y,
+                          const Tensor& out) {
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
+  F(aligned_layout(N, m, n), mode, normalize, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), out);
+}
+
+template <BackwardLauncher B>
+void aligned_backward_gemm(Mode mode, bool normalize, const Tensor& grad, const Tensor& x,
+                           const Tensor& y, const Tensor& gx, const Tensor& gy) {
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
+  Tensor W = at::empty_like(xy);
+  B(aligned_layout(N, m, n), mode, normalize, grad, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), W);
+  gx.zero_();
+  gy.zero_();
+  accumulate_grads(W, x, y, gx, gy);
+}
+
+// ------------------------------------------- local_dist_matrix, batch_local_dist
+Tensor aligned_impl(const char* op, const Tensor& x, const Tensor& y, bool normalize, Mode mode,
+                    const Launchers& K) {
+  check_xy(op, x, y, /*aligned=*/true, /*dp=*/mode != Mode::kCells);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  auto ct = compute_type(x);
+  Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
+  Tensor out = mode == Mode::kCells ? at::empty({N, m, n}, xc.options()) : at::empty({N}, xc.options());
+  if (N > 0) K.aligned_forward(mode, normalize, xc, yc, out);
+  return out.to(x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> aligned_backward_impl(const char* op, const Tensor& grad,
+                                                 const Tensor& x, const Tensor& y, bool normalize,
+                                                 Mode mode, const Launchers& K) {
+  check_xy(op, x, y, true, mode != Mode::kCells);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  if (mode == Mode::kCells)
+    check_grad(op, grad, {N, m, n}, x);
+  else
+    check_grad(op, grad, {N}, x);
+  auto ct = compute_type(x);
+  Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
+  Tensor g = grad.to(ct).contiguous();
+  Tensor gx = at::empty_like(xc), gy = at::empty_like(yc);
+  if (N > 0) K.aligned_backward(mode, normalize, g, xc, yc, gx, gy);
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
 Tensor local_dist_matrix_impl(const Tensor& x, const Tensor& y, bool normalize,
                               const Launchers& K) {
-  const char* op = "partdist.local_dist_matrix";
-  check_xy(op, x, y, /*aligned=*/true, /*dp=*/false);
-  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  auto P = prepare(x, y);
-  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
-  Tensor out = at::empty_like(xy);
-  K.forward(aligned_layout(N, m, n), Mode::kCells, normalize, xy, P.xx, P.yy, out);
-  return out.to(x.scalar_type());
+  return aligned_impl("partdist.local_dist_matrix", x, y, normalize, Mode::kCells, K);
 }
 
 std::tuple<Tensor, Tensor> local_dist_matrix_backward_impl(const Tensor& grad, const Tensor& x,
                                                            const Tensor& y, bool normalize,
                                                            const Launchers& K) {
-  const char* op = "partdist.local_dist_matrix_backward";
-  check_xy(op, x, y, true, false);
-  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  check_grad(op, grad, {N, m, n}, x);
-  auto P = prepare(x, y);
-  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
-  Tensor g = grad.to(xy.scalar_type()).contiguous();
-  Tensor W = at::empty_like(xy);
-  K.backward(aligned_layout(N, m, n), Mode::kCells, normalize, g, xy, P.xx, P.yy, W);
-  Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
-  accumulate_grads(W, P.x, P.y, gx, gy);
-  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+  return aligned_backward_impl("partdist.local_dist_matrix_backward", grad, x, y, normalize,
+                               Mode::kCells, K);
+}
+
+Tensor batch_local_dist_impl(const Tensor& x, const Tensor& y, bool normalize,
+                             const Launchers& K) {
+  return aligned_impl("partdist.batch_local_dist", x, y, normalize, Mode::kFused, K);
+}
+
+std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, const Tensor& x,
+                                                          const Tensor& y, bool normalize,
+                                                          const Launchers& K) {
+  return aligned_backward_impl("partdist.batch_local_dist_backward", grad, x, y, normalize,
+                               Mode::kFused, K);
 }
 
 // ------------------------------------------------------------------------ dmli
@@ -168,36 +214,6 @@ Tensor dmli_path_impl(const Tensor& dist, const Launchers& K) {
   check_dist("partdist.dmli_path", dist);
   Tensor ones = at::ones({dist.size(0)}, dist.options().dtype(compute_type(dist)));
   return dmli_weights(ones, dist, K).ne(0);
-}
-
-// ------------------------------------------------------------ batch_local_dist
-Tensor batch_local_dist_impl(const Tensor& x, const Tensor& y, bool normalize,
-                             const Launchers& K) {
-  const char* op = "partdist.batch_local_dist";
-  check_xy(op, x, y, true, true);
-  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  auto P = prepare(x, y);
-  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
-  Tensor out = at::empty({N}, xy.options());
-  K.forward(aligned_layout(N, m, n), Mode::kFused, normalize, xy, P.xx, P.yy, out);
-  return out.to(x.scalar_type());
-}
-
-std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, const Tensor& x,
-                                                          const Tensor& y, bool normalize,
-                                                          const Launchers& K) {
-  const char* op = "partdist.batch_local_dist_backward";
-  check_xy(op, x, y, true, true);
-  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  check_grad(op, grad, {N}, x);
-  auto P = prepare(x, y);
-  Tensor xy = at::bmm(P.x, P.y.transpose(1, 2)).contiguous();
-  Tensor g = grad.to(xy.scalar_type()).contiguous();
-  Tensor W = at::empty_like(xy);
-  K.backward(aligned_layout(N, m, n), Mode::kFused, normalize, g, xy, P.xx, P.yy, W);
-  Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
-  accumulate_grads(W, P.x, P.y, gx, gy);
-  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }
 
 // ------------------------------------------------------------------ local_dist
@@ -307,10 +323,11 @@ enum class Dev { kCPU, kCUDA };
 template <Dev D>
 const Launchers& launchers() {
 #ifdef PARTDIST_WITH_CUDA
-  static const Launchers cuda{forward_cuda, backward_cuda};
+  static const Launchers cuda{forward_cuda, backward_cuda, aligned_forward_gemm<forward_cuda>,
+                              aligned_backward_gemm<backward_cuda>};
   if (D == Dev::kCUDA) return cuda;
 #endif
-  static const Launchers cpu{forward_cpu, backward_cpu};
+  static const Launchers cpu{forward_cpu, backward_cpu, aligned_forward_cpu, aligned_backward_cpu};
   return cpu;
 }
 
