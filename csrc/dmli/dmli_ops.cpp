@@ -3,6 +3,7 @@
 // and their backward ops. The drivers are device-generic: GEMMs through ATen,
 // the per-pair math through the CPU or CUDA launchers of dmli_kernels.h.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -73,8 +74,10 @@ struct Prepared {
 Prepared prepare(const Tensor& x, const Tensor& y) {
   Prepared p;
   auto ct = compute_type(x);
-  p.x = x.to(ct).contiguous();
-  p.y = y.to(ct).contiguous();
+  // detached: the GEMMs may run on worker threads, which do not inherit the
+  // dispatcher state that keeps this op below autograd
+  p.x = x.detach().to(ct).contiguous();
+  p.y = y.detach().to(ct).contiguous();
   p.xx = p.x.pow(2).sum(-1).contiguous();
   p.yy = p.y.pow(2).sum(-1).contiguous();
   return p;
@@ -250,11 +253,25 @@ PairLayout tile_layout(int64_t mc, int64_t nc, int64_t m, int64_t n, int64_t out
   return L;
 }
 
+// Calls fn(a0, mc, b0, nc, buf) for every tile; buf is a scratch tensor of one
+// tile's size. CUDA: tiles in sequence on the stream (each one a large GEMM and a
+// kernel over its pairs). CPU: tiles in parallel, each thread with its own buffer
+// and a single-threaded GEMM, so that GEMM output stays in cache for the kernel.
 template <typename TileFn>
-void for_each_tile(int64_t M, int64_t N, const Tiling& T, TileFn fn) {
-  for (int64_t a0 = 0; a0 < M; a0 += T.mc)
-    for (int64_t b0 = 0; b0 < N; b0 += T.nc)
-      fn(a0, std::min(T.mc, M - a0), b0, std::min(T.nc, N - b0));
+void for_each_tile(int64_t M, int64_t N, const Tiling& T, int64_t tile_elems,
+                   const at::TensorOptions& opts, bool parallel, TileFn fn) {
+  const int64_t tn = (N + T.nc - 1) / T.nc, tiles = ((M + T.mc - 1) / T.mc) * tn;
+  auto run = [&](int64_t begin, int64_t end) {
+    Tensor buf = at::empty({tile_elems}, opts);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t a0 = (t / tn) * T.mc, b0 = (t % tn) * T.nc;
+      fn(a0, std::min(T.mc, M - a0), b0, std::min(T.nc, N - b0), buf);
+    }
+  };
+  if (parallel)
+    at::parallel_for(0, tiles, 1, run);
+  else
+    run(0, tiles);
 }
 
 void check_chunk(const char* op, int64_t chunk_size) {
@@ -274,8 +291,8 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
   Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
   Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
   Tiling T = tiling_for(M, N, chunk_size, x.is_cuda());
-  Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
-  for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+  for_each_tile(M, N, T, T.mc * m * T.nc * n, P.x.options(), !x.is_cuda(),
+                [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc, const Tensor& buf) {
     Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
     at::mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
     K.forward(tile_layout(mc, nc, m, n, N), Mode::kFused, normalize, xy,
@@ -300,10 +317,12 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
     Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
     Tensor gx2 = gx.view({M * m, C}), gy2 = gy.view({N * n, C});
     Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
+    // Tiles in sequence (tiles of one query block write the same rows of gx).
     Tiling T = tiling_for(M, N, chunk_size, x.is_cuda());
     Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
     Tensor wbuf = at::empty_like(buf);
-    for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+    for_each_tile(M, N, T, 0, P.x.options(), false,
+                  [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc, const Tensor&) {
       Tensor xt = x2.narrow(0, a0 * m, mc * m), yt = y2.narrow(0, b0 * n, nc * n);
       Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
       Tensor W = wbuf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
