@@ -13,7 +13,7 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
-from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix
+from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .neighborhood import cross_neighborhood_diff, neighborhood_diff
 
 __version__ = "0.1.0"
@@ -27,4 +27,5 @@ __all__ = [
     "local_dist",
     "local_dist_matrix",
     "neighborhood_diff",
+    "unaligned_dist",
 ]

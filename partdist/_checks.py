@@ -87,6 +87,37 @@ def check_dist(op, dist, flat=False):
     check_max_stripes(op, m, n)
 
 
+def band_has_path(m, n, band):
+    """Whether a monotone path of cells with ``|i (n-1)/(m-1) - j| <= band`` joins the corners."""
+    if m == 1:
+        return True
+    reach = [False] * n
+    for i in range(m):
+        for j in range(n):
+            ok = abs(i * (n - 1) / (m - 1) - j) <= band + 1e-9
+            came = (i == 0 and j == 0) or (i > 0 and reach[j]) or (j > 0 and reach[j - 1])
+            reach[j] = ok and came
+    return reach[n - 1]
+
+
+def check_rule(op, m, n, gamma, band, unaligned=False):
+    """DP options: gamma >= 0 (0 = hard minimum), band None or >= 0 leaving a path."""
+    import math
+
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"{op}: gamma must be a finite number >= 0 (0 = hard minimum), got {gamma!r}")
+    if band is not None:
+        if isinstance(band, bool) or not isinstance(band, (int, float)) or not math.isfinite(band) or band < 0:
+            raise ValueError(f"{op}: band must be None or a finite number >= 0, got {band!r}")
+        if not band_has_path(int(m), int(n), float(band)):
+            raise ValueError(
+                f"{op}: band={band} leaves no monotone path from (0, 0) to (m-1, n-1) for m={m}, n={n} "
+                "(cells must satisfy |i*(n-1)/(m-1) - j| <= band); use a wider band"
+            )
+    if unaligned and m != n:
+        raise ValueError(f"{op}: x and y must have the same number of stripes (m == n), got m={m}, n={n}")
+
+
 def check_chunk_size(op, chunk_size):
     if chunk_size is None:
         return

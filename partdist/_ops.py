@@ -13,9 +13,17 @@ from typing import Optional
 import torch
 
 from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import MAX_STRIPES, check_chunk_size, check_dist, check_xy
+from ._checks import MAX_STRIPES, check_chunk_size, check_dist, check_rule, check_xy
 
-__all__ = ["local_dist_matrix", "dmli", "dmli_path", "batch_local_dist", "local_dist", "MAX_STRIPES"]
+__all__ = [
+    "local_dist_matrix",
+    "dmli",
+    "dmli_path",
+    "batch_local_dist",
+    "local_dist",
+    "unaligned_dist",
+    "MAX_STRIPES",
+]
 
 _ops = torch.ops.partdist
 
@@ -34,43 +42,43 @@ def _(grad, x, y, normalize):
 
 
 @torch.library.register_fake("partdist::dmli")
-def _(dist):
+def _(dist, gamma=0.0, band=-1.0):
     check_dist("partdist.dmli", dist, flat=True)
     return dist.new_empty((dist.shape[0],))
 
 
 @torch.library.register_fake("partdist::dmli_backward")
-def _(grad, dist):
+def _(grad, dist, gamma, band):
     check_dist("partdist.dmli_backward", dist, flat=True)
     return torch.empty_like(dist)
 
 
 @torch.library.register_fake("partdist::dmli_path")
-def _(dist):
+def _(dist, gamma=0.0, band=-1.0):
     check_dist("partdist.dmli_path", dist, flat=True)
-    return dist.new_empty(dist.shape, dtype=torch.bool)
+    return dist.new_empty(dist.shape, dtype=dist.dtype if gamma > 0 else torch.bool)
 
 
 @torch.library.register_fake("partdist::batch_local_dist")
-def _(x, y, normalize=True):
+def _(x, y, normalize=True, gamma=0.0, band=-1.0, unaligned=False):
     check_xy("partdist.batch_local_dist", x, y, aligned=True, dp=True)
     return x.new_empty((x.shape[0],))
 
 
 @torch.library.register_fake("partdist::batch_local_dist_backward")
-def _(grad, x, y, normalize):
+def _(grad, x, y, normalize, gamma, band, unaligned):
     check_xy("partdist.batch_local_dist_backward", x, y, aligned=True, dp=True)
     return torch.empty_like(x), torch.empty_like(y)
 
 
 @torch.library.register_fake("partdist::local_dist")
-def _(x, y, normalize=True, chunk_size=0):
+def _(x, y, normalize=True, chunk_size=0, gamma=0.0, band=-1.0, unaligned=False):
     check_xy("partdist.local_dist", x, y, aligned=False, dp=True)
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
 @torch.library.register_fake("partdist::local_dist_backward")
-def _(grad, x, y, normalize, chunk_size):
+def _(grad, x, y, normalize, chunk_size, gamma, band, unaligned):
     check_xy("partdist.local_dist_backward", x, y, aligned=False, dp=True)
     return torch.empty_like(x), torch.empty_like(y)
 
@@ -105,11 +113,12 @@ torch.library.register_autograd(
 
 def _setup_dmli(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
+    ctx.extra = inputs[1:]
 
 
 def _backward_dmli(ctx, grad):
     (dist,) = ctx.saved_tensors
-    return _ops.dmli_backward(grad.contiguous(), dist)
+    return (_ops.dmli_backward(grad.contiguous(), dist, *ctx.extra),) + (None,) * len(ctx.extra)
 
 
 torch.library.register_autograd("partdist::dmli", _backward_dmli, setup_context=_setup_dmli)
@@ -134,7 +143,11 @@ def local_dist_matrix(x: torch.Tensor, y: torch.Tensor, normalize: bool = True) 
     return _ops.local_dist_matrix(x, y, bool(normalize))
 
 
-def dmli(dist: torch.Tensor) -> torch.Tensor:
+def _band(band):
+    return -1.0 if band is None else float(band)
+
+
+def dmli(dist: torch.Tensor, gamma: float = 0.0, band: Optional[float] = None) -> torch.Tensor:
     """DMLI distance: the shortest monotone path through distance matrices.
 
     ``S(0,0) = d(0,0)``; first row and column cumulative;
@@ -143,48 +156,73 @@ def dmli(dist: torch.Tensor) -> torch.Tensor:
     Args:
         dist: ``[..., m, n]`` (any number of leading batch dimensions),
             ``1 <= m, n <= MAX_STRIPES``.
+        gamma: ``> 0`` gives soft-DMLI: the minimum is replaced by the smoothed
+            minimum ``softmin_g(a, b) = -g log(e^{-a/g} + e^{-b/g})`` (as soft-DTW),
+            so the gradient spreads over near-optimal paths; ``gamma -> 0`` tends to
+            the hard value and ``gamma = 0`` is exactly it.
+        band: if given, only cells with ``|i (n-1)/(m-1) - j| <= band`` may be on the
+            path (a Sakoe-Chiba window bounding how far stripes may shift; with
+            ``m == 1`` every cell is allowed). A band that leaves no path raises.
 
     Returns:
-        ``[...]``. The gradient flows along the chosen path; at a tie of the minimum
-        it is split in half between both branches, exactly as autograd through the
-        reference Python loop (``torch.min`` of two tensors) does.
+        ``[...]``. Hard minimum: the gradient flows along the chosen path; at a tie of
+        the minimum it is split in half between both branches, exactly as autograd
+        through the reference Python loop (``torch.min`` of two tensors) does. Soft
+        minimum: the gradient is the expected alignment (soft-DTW's backward
+        recursion adapted to the two moves).
     """
     check_dist("partdist.dmli", dist)
+    check_rule("partdist.dmli", dist.shape[-2], dist.shape[-1], gamma, band)
     lead = dist.shape[:-2]
     flat = dist.reshape(-1, dist.shape[-2], dist.shape[-1])
-    return _ops.dmli(flat).reshape(lead)
+    return _ops.dmli(flat, float(gamma), _band(band)).reshape(lead)
 
 
-def dmli_path(dist: torch.Tensor) -> torch.Tensor:
-    """Boolean mask ``[..., m, n]`` of the cells on the optimal DMLI path.
+def dmli_path(dist: torch.Tensor, gamma: float = 0.0, band: Optional[float] = None) -> torch.Tensor:
+    """The optimal DMLI path of each matrix ``[..., m, n]``.
 
-    Where the minimum ties, every tied optimal branch is marked: the mask is exactly
-    the set of cells through which :func:`dmli` sends gradient. (In float32 a cell
-    reached only through more than ~120 consecutive ties can be dropped: its share
-    of the gradient, 2^-k, underflows.) Not differentiable.
+    ``gamma == 0``: a boolean mask of the cells on the optimal path. Where the minimum
+    ties, every tied optimal branch is marked: the mask is exactly the set of cells
+    through which :func:`dmli` sends gradient. (In float32 a cell reached only through
+    more than ~120 consecutive ties can be dropped: its share of the gradient, 2^-k,
+    underflows.)
+
+    ``gamma > 0``: the expected alignment matrix of soft-DMLI (values in [0, 1], the
+    gradient of the soft-DMLI value with respect to ``dist``), in the dtype of ``dist``.
+    Not differentiable.
     """
     check_dist("partdist.dmli_path", dist)
+    check_rule("partdist.dmli_path", dist.shape[-2], dist.shape[-1], gamma, band)
     flat = dist.reshape(-1, dist.shape[-2], dist.shape[-1])
-    return _ops.dmli_path(flat).reshape(dist.shape)
+    return _ops.dmli_path(flat, float(gamma), _band(band)).reshape(dist.shape)
 
 
-def batch_local_dist(x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """DMLI distance of aligned pairs: ``dmli(local_dist_matrix(x, y, normalize))``, fused.
+def batch_local_dist(
+    x: torch.Tensor, y: torch.Tensor, normalize: bool = True, gamma: float = 0.0, band: Optional[float] = None
+) -> torch.Tensor:
+    """DMLI distance of aligned pairs: ``dmli(local_dist_matrix(x, y, normalize), gamma, band)``, fused.
 
     Args:
         x: ``[N, m, C]``, y: ``[N, n, C]`` (pair k is ``x[k]`` with ``y[k]``).
+        gamma, band: as in :func:`dmli`.
 
     Returns:
-        ``[N]``, differentiable in ``x`` and ``y``. The ``[N, m, n]`` stripe dot
-        products come from one batched GEMM; normalization, DP and its backward run
-        in one kernel.
+        ``[N]``, differentiable in ``x`` and ``y``. On CUDA the ``[N, m, n]`` stripe dot
+        products come from one batched GEMM; on the CPU each pair is done in one pass
+        (dot products, cells, DP, and in backward the chain rule along the path only).
     """
     check_xy("partdist.batch_local_dist", x, y, aligned=True, dp=True)
-    return _ops.batch_local_dist(x, y, bool(normalize))
+    check_rule("partdist.batch_local_dist", x.shape[1], y.shape[1], gamma, band)
+    return _ops.batch_local_dist(x, y, bool(normalize), float(gamma), _band(band), False)
 
 
 def local_dist(
-    x: torch.Tensor, y: torch.Tensor, normalize: bool = True, chunk_size: Optional[int] = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    normalize: bool = True,
+    chunk_size: Optional[int] = None,
+    gamma: float = 0.0,
+    band: Optional[float] = None,
 ) -> torch.Tensor:
     """DMLI distance of all pairs (every ``x[a]`` against every ``y[b]``).
 
@@ -194,12 +232,33 @@ def local_dist(
         chunk_size: at most this many pairs are processed per tile (a GEMM of
             their stripes followed by the fused normalize + DP kernel). ``None``
             picks 4096 on CPU and 2**20 on CUDA. Extra memory is one tile,
-            ``chunk_size * m * n`` values (twice that in backward), never
-            ``M * N * m * n``.
+            ``chunk_size * m * n`` values per CPU thread (twice that in backward),
+            never ``M * N * m * n``.
+        gamma, band: as in :func:`dmli`.
 
     Returns:
         ``[M, N]``, differentiable in ``x`` and ``y``.
     """
     check_xy("partdist.local_dist", x, y, aligned=False, dp=True)
     check_chunk_size("partdist.local_dist", chunk_size)
-    return _ops.local_dist(x, y, bool(normalize), int(chunk_size or 0))
+    check_rule("partdist.local_dist", x.shape[1], y.shape[1], gamma, band)
+    return _ops.local_dist(x, y, bool(normalize), int(chunk_size or 0), float(gamma), _band(band), False)
+
+
+def unaligned_dist(
+    x: torch.Tensor, y: torch.Tensor, normalize: bool = True, all_pairs: bool = False, chunk_size: Optional[int] = None
+) -> torch.Tensor:
+    """The unaligned local distance ``sum_i d(i, i)`` (stripe i against stripe i, no DP).
+
+    The "unaligned" test option of AlignedReID code, to measure what alignment buys.
+    ``x`` ``[N, m, C]`` and ``y`` ``[N, m, C]`` -> ``[N]`` (aligned pairs), or with
+    ``all_pairs=True`` ``[M, m, C]`` x ``[N, m, C]`` -> ``[M, N]``. Needs ``m == n``.
+    Same kernels as :func:`batch_local_dist` / :func:`local_dist`; differentiable.
+    """
+    op = "partdist.unaligned_dist"
+    check_xy(op, x, y, aligned=not all_pairs, dp=True)
+    check_rule(op, x.shape[1], y.shape[1], 0.0, None, unaligned=True)
+    if all_pairs:
+        check_chunk_size(op, chunk_size)
+        return _ops.local_dist(x, y, bool(normalize), int(chunk_size or 0), 0.0, -1.0, True)
+    return _ops.batch_local_dist(x, y, bool(normalize), 0.0, -1.0, True)

@@ -235,3 +235,52 @@ def cross_neighborhood_diff(f: torch.Tensor, g: torch.Tensor, kernel_size: int =
     """``(K, K')`` with ``K = N(f, g)``, ``K' = N(g, f)`` (default impl: the unfold version)."""
     impl = impl or neighborhood_diff_unfold
     return impl(f, g, kernel_size), impl(g, f, kernel_size)
+
+
+# ======================================================================================
+# DMLI variants (soft minimum, band, unaligned), written with plain tensor ops and
+# torch.logsumexp, for the tests of the variants.
+# ======================================================================================
+def band_mask(m: int, n: int, band, device=None) -> torch.Tensor:
+    """``[m, n]`` bool: cells with ``|i (n-1)/(m-1) - j| <= band`` (all cells if band is None or m == 1)."""
+    if band is None or m == 1:
+        return torch.ones(m, n, dtype=torch.bool, device=device)
+    i = torch.arange(m, dtype=torch.float64, device=device)[:, None]
+    j = torch.arange(n, dtype=torch.float64, device=device)[None, :]
+    return (i * (n - 1) / (m - 1) - j).abs() <= band + 1e-9
+
+
+def dmli_soft(dist: torch.Tensor, gamma: float = 0.0, band=None) -> torch.Tensor:
+    """``[..., m, n] -> [...]``: DMLI with ``softmin_gamma`` (``-gamma * logsumexp(-[a, b] / gamma)``)
+    instead of ``min`` when ``gamma > 0``, and cells outside ``band`` excluded (+inf)."""
+    m, n = dist.shape[-2:]
+    mask = band_mask(m, n, band, dist.device)
+    inf = torch.full(dist.shape[:-2], float("inf"), dtype=dist.dtype, device=dist.device)
+    S = [[None] * n for _ in range(m)]
+    for i in range(m):
+        for j in range(n):
+            if not mask[i, j]:
+                S[i][j] = inf
+                continue
+            d = dist[..., i, j]
+            if i == 0 and j == 0:
+                S[i][j] = d
+            elif i == 0:
+                S[i][j] = S[i][j - 1] + d
+            elif j == 0:
+                S[i][j] = S[i - 1][j] + d
+            elif gamma > 0:
+                both = torch.stack([S[i - 1][j], S[i][j - 1]], -1)
+                S[i][j] = -gamma * torch.logsumexp(-both / gamma, -1) + d
+            else:
+                S[i][j] = torch.min(S[i - 1][j], S[i][j - 1]) + d
+    return S[m - 1][n - 1]
+
+
+def unaligned_dist(x: torch.Tensor, y: torch.Tensor, normalize: bool = True, all_pairs: bool = False):
+    """``sum_i d(i, i)`` from exact stripe distances; aligned pairs ``[N]`` or all pairs ``[M, N]``."""
+    if all_pairs:
+        d = torch.linalg.vector_norm(x[:, None] - y[None], dim=-1)  # [M, N, m]
+    else:
+        d = torch.linalg.vector_norm(x - y, dim=-1)  # [N, m]
+    return (normalize_dist(d) if normalize else d).sum(-1)

@@ -247,9 +247,17 @@ def test_opcheck_all_ops():
         (ops.batch_local_dist.default, (x, y, False)),
         (ops.local_dist.default, (x, y2, True, 3)),
         (ops.local_dist_matrix_backward.default, (torch.rand(3, 4, 5, dtype=torch.float64), x.detach(), y.detach(), True)),
-        (ops.dmli_backward.default, (torch.rand(3, dtype=torch.float64), d.detach())),
-        (ops.batch_local_dist_backward.default, (torch.rand(3, dtype=torch.float64), x.detach(), y.detach(), True)),
-        (ops.local_dist_backward.default, (torch.rand(3, 4, dtype=torch.float64), x.detach(), y2.detach(), True, 0)),
+        (ops.dmli_backward.default, (torch.rand(3, dtype=torch.float64), d.detach(), 0.0, -1.0)),
+        (ops.batch_local_dist_backward.default,
+         (torch.rand(3, dtype=torch.float64), x.detach(), y.detach(), True, 0.0, -1.0, False)),
+        (ops.local_dist_backward.default,
+         (torch.rand(3, 4, dtype=torch.float64), x.detach(), y2.detach(), True, 0, 0.0, -1.0, False)),
+        # DP variants: soft minimum, band, unaligned
+        (ops.dmli.default, (d, 0.5, 2.0)),
+        (ops.dmli_path.default, (d.detach(), 0.3, -1.0)),
+        (ops.batch_local_dist.default, (x, y, True, 0.2, 1.5, False)),
+        (ops.local_dist.default, (x, y2, True, 5, 0.7, -1.0, False)),
+        (ops.batch_local_dist.default, (x, x.detach().clone().requires_grad_(), True, 0.0, -1.0, True)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -328,7 +336,7 @@ def test_direct_op_calls_are_checked_in_cpp():
     with pytest.raises(RuntimeError, match="must be a 3-D tensor"):
         torch.ops.partdist.dmli(torch.rand(4, 4))
     with pytest.raises(RuntimeError, match="grad must have shape"):
-        torch.ops.partdist.dmli_backward(torch.rand(2), torch.rand(3, 4, 4))
+        torch.ops.partdist.dmli_backward(torch.rand(2), torch.rand(3, 4, 4), 0.0, -1.0)
     with pytest.raises(RuntimeError, match="floating-point"):
         torch.ops.partdist.local_dist(x.int(), y.int(), True, 0)
 

@@ -195,17 +195,99 @@ struct TableStore {
   PD_HD void set(int i, int j, T v) const { s[(int64_t(i) * n + j) * stride] = v; }
 };
 
-// Shortest monotone path: returns S(m-1, n-1), filling `st` on the way.
-template <typename T, typename Cells, typename Store>
-PD_HD T dmli_forward(const Cells& cell, int m, int n, const Store& st) {
+// ------------------------------------------------------------ DP variants
+// What the recurrence computes (the options of dmli / batch_local_dist / local_dist):
+//   gamma == 0 : S(i,j) = min(S(i-1,j), S(i,j-1)) + d(i,j)          (DMLI)
+//   gamma  > 0 : S(i,j) = softmin_gamma(S(i-1,j), S(i,j-1)) + d(i,j),
+//                softmin_gamma(a, b) = -gamma log(e^{-a/gamma} + e^{-b/gamma})
+//                (soft-DMLI, as soft-DTW with the two moves of DMLI)
+//   band >= 0  : only cells with |i (n-1)/(m-1) - j| <= band are allowed (S = +inf
+//                elsewhere; with m == 1 every cell is allowed)
+//   diag       : no DP, the unaligned distance sum_i d(i, i) (m == n)
+struct DPRule {
+  double gamma = 0.0;
+  double band = -1.0;
+  bool diag = false;
+
+  PD_HD bool allowed(int i, int j, int m, int n) const {
+    if (band < 0.0 || m == 1) return true;
+    double c = double(i) * double(n - 1) / double(m - 1) - double(j);
+    return (c < 0.0 ? -c : c) <= band + 1e-9;
+  }
+};
+
+template <typename T>
+PD_HD T pd_inf() {
+  return T(1e300) * T(1e300);  // +inf in float and double
+}
+PD_HD float pd_exp(float x) { return expf(x); }
+PD_HD double pd_exp(double x) { return exp(x); }
+PD_HD float pd_log1p(float x) { return log1pf(x); }
+PD_HD double pd_log1p(double x) { return log1p(x); }
+
+// softmin_gamma(a, b), stable: min - gamma * log1p(exp(-(max - min) / gamma)).
+// +inf arguments are ignored (the softmin of {x, +inf} is x); NaN propagates.
+template <typename T>
+PD_HD T softmin(T a, T b, T gamma) {
+  T lo = pd_min(a, b);
+  if (lo != lo || !(lo < pd_inf<T>())) return lo;
+  T hi = (a < b) ? b : a;
+  return lo - gamma * pd_log1p(pd_exp(-(hi - lo) / gamma));
+}
+
+template <typename T, int L>
+PD_HD Lanes<T, L> softmin(const Lanes<T, L>& a, const Lanes<T, L>& b, T gamma) {
+  Lanes<T, L> r;
+  for (int l = 0; l < L; ++l) r.v[l] = softmin(a.v[l], b.v[l], gamma);
+  return r;
+}
+
+template <typename T>
+PD_HD T broadcast(double v, T*) {
+  return T(v);
+}
+template <typename T, int L>
+PD_HD Lanes<T, L> broadcast(double v, Lanes<T, L>*) {
+  Lanes<T, L> r;
+  for (int l = 0; l < L; ++l) r.v[l] = T(v);
+  return r;
+}
+
+template <typename V>
+struct ScalarOf {
+  using type = V;
+};
+template <typename T, int L>
+struct ScalarOf<Lanes<T, L>> {
+  using type = T;
+};
+
+// Forward of one pair (V: a scalar, or Lanes of several pairs): returns the
+// distance, filling `st` with S where the rule has a DP.
+template <typename V, typename Cells, typename Store>
+PD_HD V dmli_forward(const Cells& cell, int m, int n, const Store& st, const DPRule& rule = DPRule()) {
+  using T = typename ScalarOf<V>::type;
+  if (rule.diag) {
+    V s = cell(0, 0);
+    for (int i = 1; i < m; ++i) s = s + cell(i, i);
+    return s;
+  }
+  const V inf = broadcast(double(pd_inf<T>()), (V*)nullptr);
+  const T gamma = T(rule.gamma);
   for (int i = 0; i < m; ++i) {
     for (int j = 0; j < n; ++j) {
-      T d = cell(i, j);
-      T s;
+      if (!rule.allowed(i, j, m, n)) {
+        st.set(i, j, inf);
+        continue;
+      }
+      V d = cell(i, j);
+      V s;
       if (i == 0) {
         s = (j == 0) ? d : st.get(0, j - 1) + d;
       } else if (j == 0) {
         s = st.get(i - 1, 0) + d;
+      } else if (gamma > T(0)) {
+        s = softmin(st.get(i - 1, j), st.get(i, j - 1), gamma) + d;
       } else {
         s = pd_min(st.get(i - 1, j), st.get(i, j - 1)) + d;
       }
@@ -216,14 +298,24 @@ PD_HD T dmli_forward(const Cells& cell, int m, int n, const Store& st) {
 }
 
 // Backward of dmli_forward for one pair.
-//   gout : dL/dS(m-1, n-1)
-//   table: the full S table, filled here by dmli_forward
+//   gout : dL/d(distance)
+//   table: the full S table (m*n), filled here by dmli_forward
 //   grow : n scratch entries (gradient flowing into the row above)
 //   emit(i, j, g) receives dL/dd(i, j) for every cell, in reverse order, once.
+// Hard min: the gradient follows the chosen predecessor; at a tie it is split in
+// half, as torch.minimum's backward. Soft min: it is split by the softmin
+// probabilities e^{(softmin - S_pred)/gamma} (the soft-DTW expected-alignment
+// recursion), so the cell gradients are the expected alignment times gout.
 template <typename T, typename Cells, typename Emit>
-PD_HD void dmli_backward(const Cells& cell, int m, int n, T gout,
-                         const TableStore<T>& table, T* grow, const Emit& emit) {
-  dmli_forward<T>(cell, m, n, table);
+PD_HD void dmli_backward(const Cells& cell, int m, int n, T gout, const TableStore<T>& table,
+                         T* grow, const Emit& emit, const DPRule& rule = DPRule()) {
+  if (rule.diag) {
+    for (int i = m - 1; i >= 0; --i)
+      for (int j = n - 1; j >= 0; --j) emit(i, j, i == j ? gout : T(0));
+    return;
+  }
+  dmli_forward<T>(cell, m, n, table, rule);
+  const T gamma = T(rule.gamma);
   for (int j = 0; j < n; ++j) grow[j] = T(0);
   for (int i = m - 1; i >= 0; --i) {
     T carry = T(0);  // gradient flowing into (i, j) from (i, j + 1)
@@ -237,15 +329,24 @@ PD_HD void dmli_backward(const Cells& cell, int m, int n, T gout,
       } else if (j == 0) {
         grow[j] = g;  // first column: S(i,0) = S(i-1,0) + d
         carry = T(0);
+      } else if (g == T(0)) {
+        grow[j] = T(0);
+        carry = T(0);
       } else {
-        // S(i,j) = min(up, left) + d, split as torch.minimum's backward.
         T up = table.get(i - 1, j);
         T left = table.get(i, j - 1);
-        T half = g * T(0.5);
-        T g_up = (up == left) ? half : g;
-        T g_left = g_up;
-        if (up > left) g_up = T(0);
-        if (up < left) g_left = T(0);
+        T g_up, g_left;
+        if (gamma > T(0)) {
+          T s = softmin(up, left, gamma);
+          g_up = g * pd_exp((s - up) / gamma);
+          g_left = g * pd_exp((s - left) / gamma);
+        } else {
+          T half = g * T(0.5);
+          g_up = (up == left) ? half : g;
+          g_left = g_up;
+          if (up > left) g_up = T(0);
+          if (up < left) g_left = T(0);
+        }
         grow[j] = g_up;
         carry = g_left;
       }
@@ -267,6 +368,7 @@ struct PairLayout {
   int64_t xx_sa = 0, yy_sb = 0;
   int64_t out_sa = 0, out_sb = 0;
   int m = 0, n = 0;
+  DPRule rule;
 
   PD_HD void pair(int64_t p, int64_t& a, int64_t& b) const {
     if (aligned) {
@@ -303,10 +405,11 @@ PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normaliz
   RowStore<T> st{row};
   T r;
   if (mode == Mode::kDmli) {
-    r = dmli_forward<T>(RawCells<T>{t, L.xy_si}, L.m, L.n, st);
+    r = dmli_forward<T>(RawCells<T>{t, L.xy_si}, L.m, L.n, st, L.rule);
   } else {
     r = dmli_forward<T>(
-        FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize}, L.m, L.n, st);
+        FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize}, L.m, L.n, st,
+        L.rule);
   }
   out[L.out_off(a, b)] = r;
 }
@@ -349,10 +452,10 @@ PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normali
   const T g = gout[L.out_off(a, b)];
   if (mode == Mode::kDmli) {
     RawCells<T> c{t, L.xy_si};
-    dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitGrad<T>{wp, L.xy_si});
+    dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitGrad<T>{wp, L.xy_si}, L.rule);
   } else {
     FusedCells<T> c{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize};
-    dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitWeight<T>{wp, c});
+    dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitWeight<T>{wp, c}, L.rule);
   }
 }
 

@@ -56,7 +56,8 @@ void forward_block(const PairLayout& L, Mode mode, bool normalize, const T* xy, 
     }
   }
   cells.si = mode == Mode::kFused ? int64_t(L.n) : L.xy_si;
-  Lanes<T, kLanes> r = dmli_forward<Lanes<T, kLanes>>(cells, L.m, L.n, RowStore<Lanes<T, kLanes>>{row});
+  Lanes<T, kLanes> r =
+      dmli_forward<Lanes<T, kLanes>>(cells, L.m, L.n, RowStore<Lanes<T, kLanes>>{row}, L.rule);
   for (int64_t l = 0; l < cnt; ++l) {
     int64_t a, b;
     L.pair(p0 + l, a, b);
@@ -182,15 +183,15 @@ void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tens
         TableStore<scalar_t> st{table.data(), 1, L.n};
         dmli_backward<scalar_t>(RawCells<scalar_t>{cells.data(), int64_t(L.n)}, L.m, L.n,
                                 pg[L.out_off(a, b)], st, grow.data(),
-                                EmitGrad<scalar_t>{pw + off, L.xy_si});
+                                EmitGrad<scalar_t>{pw + off, L.xy_si}, L.rule);
         fill_weights(c, L.m, L.n, pw + off, L.xy_si, pw + off, L.xy_si);
       }
     });
   });
 }
 
-void aligned_forward_cpu(Mode mode, bool normalize, const at::Tensor& x, const at::Tensor& y,
-                         const at::Tensor& out) {
+void aligned_forward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
+                         const at::Tensor& y, const at::Tensor& out) {
   const int64_t N = x.size(0), C = x.size(2);
   const int m = int(x.size(1)), n = int(y.size(1));
   if (N == 0) return;
@@ -218,15 +219,17 @@ void aligned_forward_cpu(Mode mode, bool normalize, const at::Tensor& x, const a
         }
         if (mode == Mode::kCells) continue;
         for (int l = 0; l < kLanes; ++l) lanes.base[l] = s.cells.data() + std::min<int64_t>(l, cnt - 1) * mn;
-        Lanes<T, kLanes> r = dmli_forward<Lanes<T, kLanes>>(lanes, m, n, RowStore<Lanes<T, kLanes>>{row.data()});
+        Lanes<T, kLanes> r =
+            dmli_forward<Lanes<T, kLanes>>(lanes, m, n, RowStore<Lanes<T, kLanes>>{row.data()}, rule);
         for (int64_t l = 0; l < cnt; ++l) pout[p0 + l] = r.v[l];
       }
     });
   });
 }
 
-void aligned_backward_cpu(Mode mode, bool normalize, const at::Tensor& grad, const at::Tensor& x,
-                          const at::Tensor& y, const at::Tensor& gx, const at::Tensor& gy) {
+void aligned_backward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& grad,
+                          const at::Tensor& x, const at::Tensor& y, const at::Tensor& gx,
+                          const at::Tensor& gy) {
   const int64_t N = x.size(0), C = x.size(2);
   const int m = int(x.size(1)), n = int(y.size(1));
   if (N == 0) return;
@@ -257,7 +260,7 @@ void aligned_backward_cpu(Mode mode, bool normalize, const at::Tensor& grad, con
           fill_cells(c, m, n, s.cells.data(), int64_t(n));
           TableStore<T> st{s.table.data(), 1, n};
           dmli_backward<T>(RawCells<T>{s.cells.data(), int64_t(n)}, m, n, pg[p], st, s.grow.data(),
-                           EmitGrad<T>{s.w.data(), int64_t(n)});
+                           EmitGrad<T>{s.w.data(), int64_t(n)}, rule);
           fill_weights(c, m, n, s.w.data(), int64_t(n), s.w.data(), int64_t(n));
         }
         for (int i = 0; i < m; ++i)

@@ -26,11 +26,11 @@ using BackwardLauncher = void (*)(const PairLayout& L, Mode mode, bool normalize
 // mode kFused: out [N] = DMLI of each pair (batch_local_dist); mode kCells: out
 // [N, m, n] = the cell matrices (local_dist_matrix). The backward writes gx and gy
 // entirely (no zero-fill needed); grad has the shape of out.
-using AlignedForward = void (*)(Mode mode, bool normalize, const at::Tensor& x,
-                                const at::Tensor& y, const at::Tensor& out);
-using AlignedBackward = void (*)(Mode mode, bool normalize, const at::Tensor& grad,
-                                 const at::Tensor& x, const at::Tensor& y, const at::Tensor& gx,
-                                 const at::Tensor& gy);
+using AlignedForward = void (*)(Mode mode, bool normalize, const DPRule& rule,
+                                const at::Tensor& x, const at::Tensor& y, const at::Tensor& out);
+using AlignedBackward = void (*)(Mode mode, bool normalize, const DPRule& rule,
+                                 const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
+                                 const at::Tensor& gx, const at::Tensor& gy);
 
 struct Launchers {
   ForwardLauncher forward;
@@ -45,10 +45,11 @@ void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tens
                   const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
                   const at::Tensor& w);
 // CPU: one pass per pair (stripe dot products, cells, DP, chain rule along the path).
-void aligned_forward_cpu(Mode mode, bool normalize, const at::Tensor& x, const at::Tensor& y,
-                         const at::Tensor& out);
-void aligned_backward_cpu(Mode mode, bool normalize, const at::Tensor& grad, const at::Tensor& x,
-                          const at::Tensor& y, const at::Tensor& gx, const at::Tensor& gy);
+void aligned_forward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
+                         const at::Tensor& y, const at::Tensor& out);
+void aligned_backward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& grad,
+                          const at::Tensor& x, const at::Tensor& y, const at::Tensor& gx,
+                          const at::Tensor& gy);
 #ifdef PARTDIST_WITH_CUDA
 void forward_cuda(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
                   const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);

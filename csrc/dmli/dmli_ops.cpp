@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 #include "../common/checks.h"
 #include "dmli_kernels.h"
@@ -108,24 +109,57 @@ void accumulate_grads(const Tensor& W, const Tensor& x, const Tensor& y, Tensor 
   gy.addcmul_(W.sum(-2).unsqueeze(-1), y).sub_(at::matmul(W.transpose(-1, -2), x));
 }
 
+// DP options of an op call, checked: gamma >= 0, band (negative = none) leaving
+// at least one monotone path, unaligned only for m == n.
+DPRule make_rule(const char* op, int64_t m, int64_t n, double gamma, double band, bool diag) {
+  TORCH_CHECK(std::isfinite(gamma) && gamma >= 0.0, op,
+              ": gamma must be a finite number >= 0 (0 = hard minimum), got ", gamma);
+  TORCH_CHECK(!std::isnan(band), op, ": band must be a number >= 0 or None, got nan");
+  DPRule r;
+  r.gamma = gamma;
+  r.band = band < 0.0 ? -1.0 : band;
+  r.diag = diag;
+  if (diag) {
+    TORCH_CHECK(m == n, op, ": the unaligned distance needs as many stripes in x as in y (m == n), got m=", m,
+                ", n=", n);
+    TORCH_CHECK(gamma == 0.0 && r.band < 0.0, op, ": gamma and band do not apply to the unaligned distance");
+  }
+  if (r.band >= 0.0 && m > 0 && n > 0) {
+    // reach[j]: (i, j) is reachable by a monotone path of allowed cells from (0, 0)
+    std::vector<char> reach(n, 0);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        bool from = (i == 0 && j == 0) || (i > 0 && reach[j]) || (j > 0 && reach[j - 1]);
+        reach[j] = from && r.allowed(int(i), int(j), int(m), int(n));
+      }
+    TORCH_CHECK(reach[n - 1], op, ": band=", band, " leaves no monotone path from (0, 0) to (m-1, n-1) for m=", m,
+                ", n=", n, " (cells must satisfy |i*(n-1)/(m-1) - j| <= band); use a wider band");
+  }
+  return r;
+}
+
 // ------------------------------------------------- aligned pairs (GEMM form)
 // The aligned ops on devices where batched GEMMs pay off (CUDA): dot products by
 // at::bmm, then the launcher, and the chain rule as matrix products.
 template <ForwardLauncher F>
-void aligned_forward_gemm(Mode mode, bool normalize, const Tensor& x, const Tensor& y,
-                          const Tensor& out) {
+void aligned_forward_gemm(Mode mode, bool normalize, const DPRule& rule, const Tensor& x,
+                          const Tensor& y, const Tensor& out) {
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
   Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
-  F(aligned_layout(N, m, n), mode, normalize, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), out);
+  PairLayout L = aligned_layout(N, m, n);
+  L.rule = rule;
+  F(L, mode, normalize, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), out);
 }
 
 template <BackwardLauncher B>
-void aligned_backward_gemm(Mode mode, bool normalize, const Tensor& grad, const Tensor& x,
-                           const Tensor& y, const Tensor& gx, const Tensor& gy) {
+void aligned_backward_gemm(Mode mode, bool normalize, const DPRule& rule, const Tensor& grad,
+                           const Tensor& x, const Tensor& y, const Tensor& gx, const Tensor& gy) {
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
   Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
   Tensor W = at::empty_like(xy);
-  B(aligned_layout(N, m, n), mode, normalize, grad, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), W);
+  PairLayout L = aligned_layout(N, m, n);
+  L.rule = rule;
+  B(L, mode, normalize, grad, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), W);
   gx.zero_();
   gy.zero_();
   accumulate_grads(W, x, y, gx, gy);
@@ -133,21 +167,24 @@ void aligned_backward_gemm(Mode mode, bool normalize, const Tensor& grad, const 
 
 // ------------------------------------------- local_dist_matrix, batch_local_dist
 Tensor aligned_impl(const char* op, const Tensor& x, const Tensor& y, bool normalize, Mode mode,
-                    const Launchers& K) {
+                    const DPRule& rule_in, const Launchers& K) {
   check_xy(op, x, y, /*aligned=*/true, /*dp=*/mode != Mode::kCells);
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  const DPRule rule = make_rule(op, m, n, rule_in.gamma, rule_in.band, rule_in.diag);
   auto ct = compute_type(x);
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor out = mode == Mode::kCells ? at::empty({N, m, n}, xc.options()) : at::empty({N}, xc.options());
-  if (N > 0) K.aligned_forward(mode, normalize, xc, yc, out);
+  if (N > 0) K.aligned_forward(mode, normalize, rule, xc, yc, out);
   return out.to(x.scalar_type());
 }
 
 std::tuple<Tensor, Tensor> aligned_backward_impl(const char* op, const Tensor& grad,
                                                  const Tensor& x, const Tensor& y, bool normalize,
-                                                 Mode mode, const Launchers& K) {
+                                                 Mode mode, const DPRule& rule_in,
+                                                 const Launchers& K) {
   check_xy(op, x, y, true, mode != Mode::kCells);
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  const DPRule rule = make_rule(op, m, n, rule_in.gamma, rule_in.band, rule_in.diag);
   if (mode == Mode::kCells)
     check_grad(op, grad, {N, m, n}, x);
   else
@@ -156,67 +193,86 @@ std::tuple<Tensor, Tensor> aligned_backward_impl(const char* op, const Tensor& g
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor g = grad.to(ct).contiguous();
   Tensor gx = at::empty_like(xc), gy = at::empty_like(yc);
-  if (N > 0) K.aligned_backward(mode, normalize, g, xc, yc, gx, gy);
+  if (N > 0) K.aligned_backward(mode, normalize, rule, g, xc, yc, gx, gy);
   return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }
 
 Tensor local_dist_matrix_impl(const Tensor& x, const Tensor& y, bool normalize,
                               const Launchers& K) {
-  return aligned_impl("partdist.local_dist_matrix", x, y, normalize, Mode::kCells, K);
+  return aligned_impl("partdist.local_dist_matrix", x, y, normalize, Mode::kCells, DPRule(), K);
 }
 
 std::tuple<Tensor, Tensor> local_dist_matrix_backward_impl(const Tensor& grad, const Tensor& x,
                                                            const Tensor& y, bool normalize,
                                                            const Launchers& K) {
   return aligned_backward_impl("partdist.local_dist_matrix_backward", grad, x, y, normalize,
-                               Mode::kCells, K);
+                               Mode::kCells, DPRule(), K);
 }
 
-Tensor batch_local_dist_impl(const Tensor& x, const Tensor& y, bool normalize,
-                             const Launchers& K) {
-  return aligned_impl("partdist.batch_local_dist", x, y, normalize, Mode::kFused, K);
+DPRule rule_of(double gamma, double band, bool unaligned) {
+  DPRule r;
+  r.gamma = gamma;
+  r.band = band;
+  r.diag = unaligned;
+  return r;
+}
+
+Tensor batch_local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, double gamma,
+                             double band, bool unaligned, const Launchers& K) {
+  return aligned_impl("partdist.batch_local_dist", x, y, normalize, Mode::kFused,
+                      rule_of(gamma, band, unaligned), K);
 }
 
 std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, const Tensor& x,
                                                           const Tensor& y, bool normalize,
-                                                          const Launchers& K) {
+                                                          double gamma, double band,
+                                                          bool unaligned, const Launchers& K) {
   return aligned_backward_impl("partdist.batch_local_dist_backward", grad, x, y, normalize,
-                               Mode::kFused, K);
+                               Mode::kFused, rule_of(gamma, band, unaligned), K);
 }
 
 // ------------------------------------------------------------------------ dmli
-Tensor dmli_impl(const Tensor& dist, const Launchers& K) {
+Tensor dmli_impl(const Tensor& dist, double gamma, double band, const Launchers& K) {
   const char* op = "partdist.dmli";
   check_dist(op, dist);
   const int64_t P = dist.size(0), m = dist.size(1), n = dist.size(2);
   Tensor d = dist.to(compute_type(dist)).contiguous();
   Tensor out = at::empty({P}, d.options());
-  K.forward(aligned_layout(P, m, n), Mode::kDmli, false, d, Tensor(), Tensor(), out);
+  PairLayout L = aligned_layout(P, m, n);
+  L.rule = make_rule(op, m, n, gamma, band, false);
+  K.forward(L, Mode::kDmli, false, d, Tensor(), Tensor(), out);
   return out.to(dist.scalar_type());
 }
 
-Tensor dmli_weights(const Tensor& grad, const Tensor& dist, const Launchers& K) {
+Tensor dmli_weights(const char* op, const Tensor& grad, const Tensor& dist, double gamma,
+                    double band, const Launchers& K) {
   const int64_t P = dist.size(0), m = dist.size(1), n = dist.size(2);
   Tensor d = dist.to(compute_type(dist)).contiguous();
   Tensor g = grad.to(d.scalar_type()).contiguous();
   Tensor w = at::empty_like(d);
-  K.backward(aligned_layout(P, m, n), Mode::kDmli, false, g, d, Tensor(), Tensor(), w);
+  PairLayout L = aligned_layout(P, m, n);
+  L.rule = make_rule(op, m, n, gamma, band, false);
+  K.backward(L, Mode::kDmli, false, g, d, Tensor(), Tensor(), w);
   return w;
 }
 
-Tensor dmli_backward_impl(const Tensor& grad, const Tensor& dist, const Launchers& K) {
+Tensor dmli_backward_impl(const Tensor& grad, const Tensor& dist, double gamma, double band,
+                          const Launchers& K) {
   const char* op = "partdist.dmli_backward";
   check_dist(op, dist);
   check_grad(op, grad, {dist.size(0)}, dist);
-  return dmli_weights(grad, dist, K).to(dist.scalar_type());
+  return dmli_weights(op, grad, dist, gamma, band, K).to(dist.scalar_type());
 }
 
 // Cells that receive gradient from the DMLI value: the optimal path (the union
 // of the tied optimal paths where the minimum ties).
-Tensor dmli_path_impl(const Tensor& dist, const Launchers& K) {
-  check_dist("partdist.dmli_path", dist);
+// With gamma > 0: the expected alignment (soft path), in the dtype of dist.
+Tensor dmli_path_impl(const Tensor& dist, double gamma, double band, const Launchers& K) {
+  const char* op = "partdist.dmli_path";
+  check_dist(op, dist);
   Tensor ones = at::ones({dist.size(0)}, dist.options().dtype(compute_type(dist)));
-  return dmli_weights(ones, dist, K).ne(0);
+  Tensor w = dmli_weights(op, ones, dist, gamma, band, K);
+  return gamma > 0.0 ? w.to(dist.scalar_type()) : w.ne(0);
 }
 
 // ------------------------------------------------------------------ local_dist
@@ -280,11 +336,12 @@ void check_chunk(const char* op, int64_t chunk_size) {
 }
 
 Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk_size,
-                       const Launchers& K) {
+                       double gamma, double band, bool unaligned, const Launchers& K) {
   const char* op = "partdist.local_dist";
   check_xy(op, x, y, false, true);
   check_chunk(op, chunk_size);
   const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1), C = x.size(2);
+  const DPRule rule = make_rule(op, m, n, gamma, band, unaligned);
   auto P = prepare(x, y);
   Tensor out = at::empty({M, N}, P.x.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
@@ -295,7 +352,9 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
                 [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc, const Tensor& buf) {
     Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
     at::mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
-    K.forward(tile_layout(mc, nc, m, n, N), Mode::kFused, normalize, xy,
+    PairLayout L = tile_layout(mc, nc, m, n, N);
+    L.rule = rule;
+    K.forward(L, Mode::kFused, normalize, xy,
               xx.narrow(0, a0 * m, mc * m), yy.narrow(0, b0 * n, nc * n),
               out.narrow(0, a0, mc).narrow(1, b0, nc));
   });
@@ -304,11 +363,13 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
 
 std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Tensor& x,
                                                     const Tensor& y, bool normalize,
-                                                    int64_t chunk_size, const Launchers& K) {
+                                                    int64_t chunk_size, double gamma, double band,
+                                                    bool unaligned, const Launchers& K) {
   const char* op = "partdist.local_dist_backward";
   check_xy(op, x, y, false, true);
   check_chunk(op, chunk_size);
   const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1), C = x.size(2);
+  const DPRule rule = make_rule(op, m, n, gamma, band, unaligned);
   check_grad(op, grad, {M, N}, x);
   auto P = prepare(x, y);
   Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
@@ -327,7 +388,9 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
       Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
       Tensor W = wbuf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
       at::mm_out(xy, xt, yt.t());
-      K.backward(tile_layout(mc, nc, m, n, N), Mode::kFused, normalize,
+      PairLayout L = tile_layout(mc, nc, m, n, N);
+      L.rule = rule;
+      K.backward(L, Mode::kFused, normalize,
                  g.narrow(0, a0, mc).narrow(1, b0, nc), xy, xx.narrow(0, a0 * m, mc * m),
                  yy.narrow(0, b0 * n, nc * n), W);
       accumulate_grads(W, xt, yt, gx2.narrow(0, a0 * m, mc * m), gy2.narrow(0, b0 * n, nc * n));
@@ -359,25 +422,36 @@ struct Ops {
                                                                const Tensor& y, bool normalize) {
     return local_dist_matrix_backward_impl(g, x, y, normalize, launchers<D>());
   }
-  static Tensor dmli(const Tensor& d) { return dmli_impl(d, launchers<D>()); }
-  static Tensor dmli_backward(const Tensor& g, const Tensor& d) {
-    return dmli_backward_impl(g, d, launchers<D>());
+  static Tensor dmli(const Tensor& d, double gamma, double band) {
+    return dmli_impl(d, gamma, band, launchers<D>());
   }
-  static Tensor dmli_path(const Tensor& d) { return dmli_path_impl(d, launchers<D>()); }
-  static Tensor batch_local_dist(const Tensor& x, const Tensor& y, bool normalize) {
-    return batch_local_dist_impl(x, y, normalize, launchers<D>());
+  static Tensor dmli_backward(const Tensor& g, const Tensor& d, double gamma, double band) {
+    return dmli_backward_impl(g, d, gamma, band, launchers<D>());
+  }
+  static Tensor dmli_path(const Tensor& d, double gamma, double band) {
+    return dmli_path_impl(d, gamma, band, launchers<D>());
+  }
+  static Tensor batch_local_dist(const Tensor& x, const Tensor& y, bool normalize, double gamma,
+                                 double band, bool unaligned) {
+    return batch_local_dist_impl(x, y, normalize, gamma, band, unaligned, launchers<D>());
   }
   static std::tuple<Tensor, Tensor> batch_local_dist_backward(const Tensor& g, const Tensor& x,
-                                                              const Tensor& y, bool normalize) {
-    return batch_local_dist_backward_impl(g, x, y, normalize, launchers<D>());
+                                                              const Tensor& y, bool normalize,
+                                                              double gamma, double band,
+                                                              bool unaligned) {
+    return batch_local_dist_backward_impl(g, x, y, normalize, gamma, band, unaligned,
+                                          launchers<D>());
   }
-  static Tensor local_dist(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk) {
-    return local_dist_impl(x, y, normalize, chunk, launchers<D>());
+  static Tensor local_dist(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk,
+                           double gamma, double band, bool unaligned) {
+    return local_dist_impl(x, y, normalize, chunk, gamma, band, unaligned, launchers<D>());
   }
   static std::tuple<Tensor, Tensor> local_dist_backward(const Tensor& g, const Tensor& x,
                                                         const Tensor& y, bool normalize,
-                                                        int64_t chunk) {
-    return local_dist_backward_impl(g, x, y, normalize, chunk, launchers<D>());
+                                                        int64_t chunk, double gamma, double band,
+                                                        bool unaligned) {
+    return local_dist_backward_impl(g, x, y, normalize, chunk, gamma, band, unaligned,
+                                    launchers<D>());
   }
 
   static void register_impls(torch::Library& m) {
@@ -397,22 +471,29 @@ struct Ops {
 }  // namespace dmli
 }  // namespace partdist
 
+// DP options on the DMLI ops: gamma > 0 = soft-DMLI (smoothed minimum), band >= 0 =
+// allowed cells |i (n-1)/(m-1) - j| <= band (negative = no band), unaligned = the
+// sum of the diagonal cells instead of the DP.
 TORCH_LIBRARY_FRAGMENT(partdist, m) {
   m.def("local_dist_matrix(Tensor x, Tensor y, bool normalize=True) -> Tensor");
   m.def(
       "local_dist_matrix_backward(Tensor grad, Tensor x, Tensor y, bool normalize) -> "
       "(Tensor, Tensor)");
-  m.def("dmli(Tensor dist) -> Tensor");
-  m.def("dmli_backward(Tensor grad, Tensor dist) -> Tensor");
-  m.def("dmli_path(Tensor dist) -> Tensor");
-  m.def("batch_local_dist(Tensor x, Tensor y, bool normalize=True) -> Tensor");
+  m.def("dmli(Tensor dist, float gamma=0.0, float band=-1.0) -> Tensor");
+  m.def("dmli_backward(Tensor grad, Tensor dist, float gamma, float band) -> Tensor");
+  m.def("dmli_path(Tensor dist, float gamma=0.0, float band=-1.0) -> Tensor");
   m.def(
-      "batch_local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize) -> "
-      "(Tensor, Tensor)");
-  m.def("local_dist(Tensor x, Tensor y, bool normalize=True, int chunk_size=0) -> Tensor");
+      "batch_local_dist(Tensor x, Tensor y, bool normalize=True, float gamma=0.0, "
+      "float band=-1.0, bool unaligned=False) -> Tensor");
   m.def(
-      "local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size) -> "
-      "(Tensor, Tensor)");
+      "batch_local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, float gamma, "
+      "float band, bool unaligned) -> (Tensor, Tensor)");
+  m.def(
+      "local_dist(Tensor x, Tensor y, bool normalize=True, int chunk_size=0, float gamma=0.0, "
+      "float band=-1.0, bool unaligned=False) -> Tensor");
+  m.def(
+      "local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size, "
+      "float gamma, float band, bool unaligned) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(partdist, CPU, m) {
