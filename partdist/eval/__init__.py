@@ -1,0 +1,3 @@
+from .reranking import re_ranking
+
+__all__ = ["re_ranking"]
