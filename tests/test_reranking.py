@@ -226,3 +226,15 @@ def test_bad_parameters(kwargs, exc, msg):
 def test_numpy_integer_parameters_accepted():
     a, b, c = _ok()
     np.testing.assert_array_equal(re_ranking(a, b, c, k1=np.int64(20), k2=np.int32(6)), re_ranking(a, b, c))
+
+
+def test_fortran_order_and_transposed_inputs(tmp_path):
+    # column-major (and transposed-view) inputs give the same result; NaN is found there too
+    a, b, c = clustered(12, 30, seed=9, dtype=np.float32)
+    ref = re_ranking(a, b, c)
+    np.testing.assert_array_equal(re_ranking(np.asfortranarray(a), np.asfortranarray(b), np.asfortranarray(c)), ref)
+    np.testing.assert_array_equal(re_ranking(a, b.T.copy().T, np.ascontiguousarray(c.T).T), ref)
+    bad = np.asfortranarray(c.copy())
+    bad[29, 3] = np.nan
+    with pytest.raises(ValueError, match=r"g_g_dist must hold finite distances, found NaN or inf \(columns from 0\)"):
+        re_ranking(a, b, bad)
