@@ -1,5 +1,51 @@
-"""Data utilities: pair sampling for verification models."""
+"""Data: dataset parsers, the synthetic ReID generator, the P x K sampler, transforms.
 
+* :mod:`~partdist.data.datasets`: Market-1501, DukeMTMC-reID, CUHK03-np and MSMT17
+  folder layouts -> ``(train, query, gallery)`` lists of ``(path, pid, camid)``;
+* :class:`SyntheticReID`: seeded offline person-like images in the Market-1501 layout;
+* :class:`RandomIdentitySampler`: batches of P identities x K images;
+* :mod:`~partdist.data.transforms`: resize, flip, pad + crop, random erasing, to-tensor,
+  normalize (no torchvision);
+* :class:`ImageDataset`: a torch Dataset over ``(path, pid, camid)`` lists;
+* :class:`BalancedPairSampler`: balanced positive / negative pairs (verification models).
+"""
+
+from . import transforms
+from .datasets import (
+    DATASETS,
+    ReIDSplits,
+    cuhk03_np,
+    dukemtmc_reid,
+    load_dataset,
+    market1501,
+    market_layout,
+    msmt17,
+    parse_image_folder,
+)
+from .image_dataset import ImageDataset, read_image
 from .pairs import BalancedPairSampler
+from .sampler import RandomIdentitySampler
+from .synthetic import CameraParams, SyntheticReID, default_camera_params, make_grid
+from .transforms import build_transforms
 
-__all__ = ["BalancedPairSampler"]
+__all__ = [
+    "BalancedPairSampler",
+    "DATASETS",
+    "ReIDSplits",
+    "cuhk03_np",
+    "dukemtmc_reid",
+    "load_dataset",
+    "market1501",
+    "market_layout",
+    "msmt17",
+    "parse_image_folder",
+    "ImageDataset",
+    "read_image",
+    "RandomIdentitySampler",
+    "CameraParams",
+    "SyntheticReID",
+    "default_camera_params",
+    "make_grid",
+    "build_transforms",
+    "transforms",
+]
