@@ -12,6 +12,7 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 """
 
 from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix
+from .mining import hard_example_mining, triplet_hard_loss
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,8 @@ __all__ = [
     "batch_local_dist",
     "dmli",
     "dmli_path",
+    "hard_example_mining",
     "local_dist",
     "local_dist_matrix",
+    "triplet_hard_loss",
 ]
