@@ -187,6 +187,13 @@ def _masked_select_first(dist_mat, cand, largest):
     Same order as ``torch.max`` / ``torch.min`` along a dim restricted to the candidates:
     NaN wins (first NaN), ties go to the first column. Rows without candidate: (0, -1).
     """
+    if dist_mat.shape[1] == 0:
+        N = dist_mat.shape[0]
+        return (
+            dist_mat.new_zeros(N),
+            torch.full((N,), -1, dtype=torch.long, device=dist_mat.device),
+            torch.zeros(N, dtype=torch.bool, device=dist_mat.device),
+        )
     fill = float("-inf") if largest else float("inf")
     masked = torch.where(cand, dist_mat, torch.full_like(dist_mat, fill))
     value = masked.max(1).values if largest else masked.min(1).values
