@@ -171,7 +171,9 @@ def triplet_hard_loss(
     Per valid anchor ``i`` with ``z = dist_ap[i] - dist_an[i]``:
 
     * ``margin`` a float: ``max(0, z + margin)`` (``nn.MarginRankingLoss(margin)`` with
-      ``y = 1`` on ``(dist_an, dist_ap)``);
+      ``y = 1`` on ``(dist_an, dist_ap)``); at the hinge point ``z + margin == 0`` the
+      subgradient 0 is used (as ``torch.relu``; ``nn.MarginRankingLoss`` does the same
+      from torch 2.14 on, torch 2.13 used 1 there);
     * ``margin=None``: the soft margin ``log(1 + exp(z))`` (``nn.SoftMarginLoss`` on
       ``dist_an - dist_ap``), evaluated without overflow.
 
@@ -207,6 +209,6 @@ def pair_loss(dist_ap: torch.Tensor, dist_an: torch.Tensor, valid: torch.Tensor,
     if margin is None:
         per = torch.nn.functional.softplus(z)
     else:
-        per = (z + margin).clamp_min(0)
+        per = torch.relu(z + margin)  # subgradient 0 at the hinge point, as the kernel
     per = torch.where(valid, per, torch.zeros((), dtype=per.dtype, device=per.device))
     return per.sum() / valid.sum().clamp_min(1).to(per.dtype)

@@ -260,16 +260,25 @@ def test_triplet_hard_loss_matches_ranking_loss_composition(name, margin, exclud
     torch.testing.assert_close(d.grad, dr.grad)
 
 
-def test_triplet_hard_loss_hinge_point_follows_margin_ranking_loss():
-    # z + margin == 0 exactly: nn.MarginRankingLoss passes the gradient there
+def test_triplet_hard_loss_hinge_point_has_zero_subgradient():
+    # z + margin == 0 exactly: relu's subgradient 0 (torch.relu,
+    # and nn.MarginRankingLoss from torch 2.14 on; torch 2.13's passed 1 there)
     d = torch.tensor([[0.0, 0.25, 0.5], [0.25, 0.0, 0.5], [0.5, 0.5, 0.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1])
     for margin in (0.25, 0.5):
         a = d.clone().requires_grad_()
         partdist.triplet_hard_loss(a, labels, margin).backward()
         b = d.clone().requires_grad_()
-        R.triplet_hard_loss_masked(b, labels, margin).backward()
+        ap, an, _, _, valid = R.hard_example_mining_masked(b, labels)
+        torch.relu(ap - an + margin)[valid].mean().backward()
         assert torch.equal(a.grad, b.grad)
+        assert torch.equal(a.grad[2], torch.zeros(3, dtype=d.dtype))  # anchor 2: at the hinge for both
+        if margin == 0.25:  # all three anchors at the hinge point
+            assert torch.equal(a.grad, torch.zeros_like(d))
+    # just above the hinge the slope is 1 (per valid anchor, / number of valid anchors)
+    a = d.clone().requires_grad_()
+    partdist.triplet_hard_loss(a, labels, 0.25 + 1e-9).backward()
+    assert a.grad[0, 1].item() == pytest.approx(1 / 3) and a.grad[0, 2].item() == pytest.approx(-1 / 3)
 
 
 def test_triplet_hard_loss_rectangular_and_mining_output():

@@ -132,17 +132,18 @@ PD_HD A anchor_loss(A ap, A an, const LossArgs<A>& L) {
   const A z = ap - an;
   if (L.soft) return softplus(z);
   const A h = z + L.margin;
-  return (h > A(0) || is_nan(h)) ? h : A(0);  // NaN propagates, as clamp_min
+  return (h > A(0) || is_nan(h)) ? h : A(0);  // NaN propagates, as relu
 }
 
-// d(anchor_loss)/d(ap) = -d(anchor_loss)/d(an). The margin form follows
-// clamp_min's backward as used by nn.MarginRankingLoss: slope 1 where
-// z + margin >= 0 (the hinge point included), 0 elsewhere and for NaN.
+// d(anchor_loss)/d(ap) = -d(anchor_loss)/d(an). The margin form uses the
+// subgradient of relu: slope 1 where z + margin > 0, 0 at the hinge point
+// itself and for NaN (as torch.relu, and nn.MarginRankingLoss from torch 2.14
+// on; torch <= 2.13's clamp_min passed slope 1 at the hinge point).
 template <typename A>
 PD_HD A anchor_slope(A ap, A an, const LossArgs<A>& L) {
   const A z = ap - an;
   if (L.soft) return sigmoid(z);
-  return (z + L.margin >= A(0)) ? A(1) : A(0);
+  return (z + L.margin > A(0)) ? A(1) : A(0);
 }
 
 // --------------------------------------------------------------- per row
