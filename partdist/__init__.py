@@ -14,6 +14,7 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 """
 
 from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
+from .mining import hard_example_mining, triplet_hard_loss
 from .neighborhood import cross_neighborhood_diff, neighborhood_diff
 
 __version__ = "0.1.0"
@@ -24,8 +25,10 @@ __all__ = [
     "cross_neighborhood_diff",
     "dmli",
     "dmli_path",
+    "hard_example_mining",
     "local_dist",
     "local_dist_matrix",
     "neighborhood_diff",
+    "triplet_hard_loss",
     "unaligned_dist",
 ]

@@ -162,3 +162,63 @@ def check_tiled_grad(op, grad, kernel_size):
 def check_layout(op, layout):
     if layout not in ("tiled", "blocks"):
         raise ValueError(f"{op}: layout must be 'tiled' or 'blocks', got {layout!r}")
+
+# ------------------------------------------------------- mining (issue 3)
+def check_labels(op, name, t, n, what):
+    """An integer label vector of length ``n``."""
+    check_tensor(op, name, t)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{op}: {name} must be an integer tensor (e.g. int64), got dtype {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{op}: {name} must have shape [{n}] ({what}), got shape {_shape(t)}")
+
+
+def check_mining(op, dist_mat, labels, labels_other=None, exclude_self=False):
+    """dist_mat ``[N, M]`` with labels ``[N]`` and labels_other ``[M]``, or ``[N, N]`` and labels alone."""
+    check_floating(op, "dist_mat", dist_mat)
+    if dist_mat.dim() != 2:
+        raise ValueError(f"{op}: dist_mat must be a 2-D tensor [N, M], got shape {_shape(dist_mat)}")
+    N, M = dist_mat.shape
+    check_labels(op, "labels", labels, N, "one label per row of dist_mat")
+    if labels.device != dist_mat.device:
+        raise ValueError(
+            f"{op}: labels must be on the same device as dist_mat ({dist_mat.device}), got {labels.device}"
+        )
+    if labels_other is None:
+        if N != M:
+            raise ValueError(
+                f"{op}: dist_mat must be square [N, N] when labels_other is not given, got shape "
+                f"{_shape(dist_mat)} (pass labels_other [M] for an [N, M] matrix)"
+            )
+    else:
+        check_labels(op, "labels_other", labels_other, M, "one label per column of dist_mat")
+        if labels_other.device != dist_mat.device:
+            raise ValueError(
+                f"{op}: labels_other must be on the same device as dist_mat ({dist_mat.device}), "
+                f"got {labels_other.device}"
+            )
+        if exclude_self:
+            raise ValueError(
+                f"{op}: exclude_self needs the square case (dist_mat [N, N] with labels_other=None)"
+            )
+    if not isinstance(exclude_self, bool):
+        raise TypeError(f"{op}: exclude_self must be a bool, got {exclude_self!r}")
+
+
+def check_margin(op, margin):
+    """A finite real margin, or None (soft margin)."""
+    if margin is None:
+        return
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"{op}: margin must be a float or None (soft margin), got {margin!r}")
+    if margin != margin or margin in (float("inf"), float("-inf")):
+        raise ValueError(f"{op}: margin must be finite, got {margin}")
+
+
+def check_features(op, name, t, layout, rank):
+    """A floating-point feature tensor of the given rank with at least one channel."""
+    check_floating(op, name, t)
+    if t.dim() != rank:
+        raise ValueError(f"{op}: {name} must be a {rank}-D tensor {layout}, got shape {_shape(t)}")
+    if t.shape[-1] < 1:
+        raise ValueError(f"{op}: {name} must have at least one channel (last dim of {layout}), got shape {_shape(t)}")

@@ -1,0 +1,244 @@
+// Host drivers and registration of the mining family:
+//   hard_example_mining, triplet_hard_loss and their (shared) backward op.
+// The drivers are device-generic: checks, output allocation and the final
+// reduction of the loss through ATen, the per-row work through the CPU or CUDA
+// launchers of mining_kernels.h.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../common/checks.h"
+#include "mining_kernels.h"
+
+namespace partdist {
+namespace mining {
+namespace {
+
+using at::Tensor;
+
+// float16 / bfloat16 / float32 losses accumulate in float32, float64 in float64.
+at::ScalarType acc_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_labels(const char* op, const char* name, const Tensor& t, int64_t n,
+                  const char* what, const Tensor& dist) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
+              " must be an integer tensor (e.g. int64), got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape [", n,
+              "] (", what, "), got ", shape_str(t));
+  TORCH_CHECK(t.device() == dist.device(), op, ": ", name,
+              " must be on the same device as dist (", dist.device(), "), got ", t.device());
+}
+
+// dist [N, M], labels [N], labels_other [M] (or dist square and labels_other absent).
+// Returns labels_other (labels when absent) as contiguous int64.
+std::tuple<Tensor, Tensor> check_inputs(const char* op, const Tensor& dist, const Tensor& labels,
+                                        const std::optional<Tensor>& labels_other,
+                                        bool exclude_self) {
+  check_floating(op, "dist", dist);
+  check_rank(op, "dist", dist, 2, "[N, M]");
+  const int64_t N = dist.size(0), M = dist.size(1);
+  check_labels(op, "labels", labels, N, "one label per row of dist", dist);
+  Tensor lab = labels.to(at::kLong).contiguous();
+  if (labels_other.has_value() && labels_other->defined()) {
+    check_labels(op, "labels_other", *labels_other, M, "one label per column of dist", dist);
+    TORCH_CHECK(!exclude_self, op,
+                ": exclude_self needs the square case (dist [N, N], labels_other=None)");
+    return {lab, labels_other->to(at::kLong).contiguous()};
+  }
+  TORCH_CHECK(N == M, op, ": dist must be square [N, N] when labels_other is not given, got ",
+              shape_str(dist));
+  return {lab, lab};
+}
+
+Shape shape_of(const Tensor& dist, bool exclude_self) {
+  Shape S;
+  S.N = dist.size(0);
+  S.M = dist.size(1);
+  S.row_stride = dist.stride(0);
+  S.col_stride = dist.stride(1);
+  S.exclude_self = exclude_self;
+  return S;
+}
+
+LossSpec loss_spec(bool enabled, std::optional<double> margin) {
+  LossSpec L;
+  L.enabled = enabled;
+  L.soft = !margin.has_value();
+  L.margin = margin.value_or(0.0);
+  return L;
+}
+
+using MiningOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+MiningOut mine(const char* op, const Tensor& dist, const Tensor& labels,
+               const std::optional<Tensor>& labels_other, bool exclude_self, const LossSpec& L,
+               const Tensor& row_loss, const Launchers& K) {
+  auto [lab, lo] = check_inputs(op, dist, labels, labels_other, exclude_self);
+  const int64_t N = dist.size(0);
+  const Tensor& d = dist;  // any strides: the kernels read through them
+  Tensor ap = at::empty({N}, dist.options());
+  Tensor an = at::empty({N}, dist.options());
+  Tensor p = at::empty({N}, dist.options().dtype(at::kLong));
+  Tensor n = at::empty({N}, dist.options().dtype(at::kLong));
+  Tensor valid = at::empty({N}, dist.options().dtype(at::kBool));
+  K.forward(shape_of(d, exclude_self), L, d, lab, lo, ap, an, p, n, valid, row_loss);
+  return {ap, an, p, n, valid};
+}
+
+MiningOut hard_example_mining_impl(const Tensor& dist, const Tensor& labels,
+                                   const std::optional<Tensor>& labels_other, bool exclude_self,
+                                   const Launchers& K) {
+  return mine("partdist.hard_example_mining", dist, labels, labels_other, exclude_self,
+              loss_spec(false, std::nullopt), Tensor(), K);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> triplet_hard_loss_impl(
+    const Tensor& dist, const Tensor& labels, const std::optional<Tensor>& labels_other,
+    std::optional<double> margin, bool exclude_self, const Launchers& K) {
+  const char* op = "partdist.triplet_hard_loss";
+  check_floating(op, "dist", dist);
+  check_rank(op, "dist", dist, 2, "[N, M]");
+  Tensor row_loss = at::empty({dist.size(0)}, dist.options().dtype(acc_type(dist)));
+  auto [ap, an, p, n, valid] =
+      mine(op, dist, labels, labels_other, exclude_self, loss_spec(true, margin), row_loss, K);
+  // Mean over the valid anchors; 0 when there is none (row_loss is 0 there).
+  Tensor count = valid.sum().clamp_min(1).to(row_loss.scalar_type());
+  Tensor loss = row_loss.sum().div(count).to(dist.scalar_type());
+  return {loss, ap, an, p, n, valid};
+}
+
+// Backward of both ops: the gradient of dist is zero except, in row i, at
+// p_inds[i] (dL/d dist_ap[i] plus the loss term) and n_inds[i]. An index
+// outside [0, num_cols) (-1: no positive / negative) receives nothing.
+Tensor hard_example_mining_backward_impl(const std::optional<Tensor>& grad_loss,
+                                         const std::optional<Tensor>& grad_ap,
+                                         const std::optional<Tensor>& grad_an,
+                                         const Tensor& dist_ap, const Tensor& dist_an,
+                                         const Tensor& p_inds, const Tensor& n_inds,
+                                         const Tensor& valid, std::optional<double> margin,
+                                         int64_t num_cols, const Launchers& K) {
+  const char* op = "partdist.hard_example_mining_backward";
+  check_floating(op, "dist_ap", dist_ap);
+  check_rank(op, "dist_ap", dist_ap, 1, "[N]");
+  const int64_t N = dist_ap.size(0);
+  TORCH_CHECK(num_cols >= 0, op, ": num_cols must be >= 0, got ", num_cols);
+  auto check_vec = [&](const char* name, const Tensor& t, at::ScalarType dt) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must have shape [", N,
+                "], got ", shape_str(t));
+    TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must have dtype ", dt, ", got ",
+                t.scalar_type());
+    TORCH_CHECK(t.device() == dist_ap.device(), op, ": ", name, " must be on ",
+                dist_ap.device());
+  };
+  check_vec("dist_an", dist_an, dist_ap.scalar_type());
+  check_vec("p_inds", p_inds, at::kLong);
+  check_vec("n_inds", n_inds, at::kLong);
+  check_vec("valid", valid, at::kBool);
+  auto opt_vec = [&](const char* name, const std::optional<Tensor>& t) {
+    if (!t.has_value() || !t->defined()) return Tensor();
+    check_floating(op, name, *t);
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == N, op, ": ", name, " must have shape [", N,
+                "], got ", shape_str(*t));
+    TORCH_CHECK(t->device() == dist_ap.device(), op, ": ", name, " must be on ",
+                dist_ap.device());
+    return t->to(dist_ap.scalar_type()).contiguous();
+  };
+  Tensor gap = opt_vec("grad_ap", grad_ap), gan = opt_vec("grad_an", grad_an);
+  Tensor scale;
+  if (grad_loss.has_value() && grad_loss->defined()) {
+    check_floating(op, "grad_loss", *grad_loss);
+    TORCH_CHECK(grad_loss->numel() == 1, op, ": grad_loss must hold one value, got shape ",
+                shape_str(*grad_loss));
+    TORCH_CHECK(grad_loss->device() == dist_ap.device(), op, ": grad_loss must be on ",
+                dist_ap.device());
+    Tensor count = valid.sum().clamp_min(1).to(acc_type(dist_ap));
+    scale = grad_loss->reshape({}).to(acc_type(dist_ap)).div(count).contiguous();
+  }
+  Tensor out = at::empty({N, num_cols}, dist_ap.options());
+  Shape S;
+  S.N = N;
+  S.M = num_cols;
+  K.backward(S, loss_spec(true, margin), scale, gap, gan, dist_ap.contiguous(),
+             dist_an.contiguous(), p_inds.contiguous(), n_inds.contiguous(), valid.contiguous(),
+             out);
+  return out;
+}
+
+// ---------------------------------------------------------------- registration
+enum class Dev { kCPU, kCUDA };
+
+template <Dev D>
+const Launchers& launchers() {
+#ifdef PARTDIST_WITH_CUDA
+  static const Launchers cuda{forward_cuda, backward_cuda};
+  if (D == Dev::kCUDA) return cuda;
+#endif
+  static const Launchers cpu{forward_cpu, backward_cpu};
+  return cpu;
+}
+
+template <Dev D>
+struct Ops {
+  static MiningOut hard_example_mining(const Tensor& dist, const Tensor& labels,
+                                       const std::optional<Tensor>& labels_other,
+                                       bool exclude_self) {
+    return hard_example_mining_impl(dist, labels, labels_other, exclude_self, launchers<D>());
+  }
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> triplet_hard_loss(
+      const Tensor& dist, const Tensor& labels, const std::optional<Tensor>& labels_other,
+      std::optional<double> margin, bool exclude_self) {
+    return triplet_hard_loss_impl(dist, labels, labels_other, margin, exclude_self,
+                                  launchers<D>());
+  }
+  static Tensor hard_example_mining_backward(
+      const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_ap,
+      const std::optional<Tensor>& grad_an, const Tensor& dist_ap, const Tensor& dist_an,
+      const Tensor& p_inds, const Tensor& n_inds, const Tensor& valid,
+      std::optional<double> margin, int64_t num_cols) {
+    return hard_example_mining_backward_impl(grad_loss, grad_ap, grad_an, dist_ap, dist_an,
+                                             p_inds, n_inds, valid, margin, num_cols,
+                                             launchers<D>());
+  }
+
+  static void register_impls(torch::Library& m) {
+    m.impl("hard_example_mining", &hard_example_mining);
+    m.impl("triplet_hard_loss", &triplet_hard_loss);
+    m.impl("hard_example_mining_backward", &hard_example_mining_backward);
+  }
+};
+
+}  // namespace
+}  // namespace mining
+}  // namespace partdist
+
+TORCH_LIBRARY_FRAGMENT(partdist, m) {
+  m.def(
+      "hard_example_mining(Tensor dist, Tensor labels, Tensor? labels_other=None, "
+      "bool exclude_self=False) -> "
+      "(Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, Tensor valid)");
+  m.def(
+      "triplet_hard_loss(Tensor dist, Tensor labels, Tensor? labels_other=None, "
+      "float? margin=0.3, bool exclude_self=False) -> "
+      "(Tensor loss, Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, "
+      "Tensor valid)");
+  m.def(
+      "hard_example_mining_backward(Tensor? grad_loss, Tensor? grad_ap, Tensor? grad_an, "
+      "Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, Tensor valid, "
+      "float? margin, int num_cols) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  partdist::mining::Ops<partdist::mining::Dev::kCPU>::register_impls(m);
+}
+
+#ifdef PARTDIST_WITH_CUDA
+TORCH_LIBRARY_IMPL(partdist, CUDA, m) {
+  partdist::mining::Ops<partdist::mining::Dev::kCUDA>::register_impls(m);
+}
+#endif

@@ -1,0 +1,330 @@
+"""Drop-in replacements for the AlignedReID code, computed by the partdist kernels.
+
+Replaces, with the same names, signatures, argument order, shape conventions, defaults
+and return tuples:
+
+* michuanhaohao/AlignedReID: ``aligned/local_dist.py`` (``batch_euclidean_dist``,
+  ``shortest_dist``, ``hard_example_mining``, ``euclidean_dist``, ``batch_local_dist``)
+  and ``util/losses.py`` (``TripletLoss``, ``TripletLossAlignedReID``);
+* huanghoujing/AlignedReID-Re-Production-Pytorch: ``aligned_reid/model/loss.py``
+  (``normalize``, ``euclidean_dist``, ``batch_euclidean_dist``, ``shortest_dist``,
+  ``local_dist``, ``batch_local_dist``, ``hard_example_mining``, ``global_loss``,
+  ``local_loss``) and ``aligned_reid/model/TripletLoss.py`` (``TripletLoss``).
+
+Usage: ``from partdist.compat.alignedreid import global_loss, local_loss, TripletLoss``
+in place of the original imports.
+
+Differences from the originals (all documented per function):
+
+* Batches whose identities have different numbers of images work (the originals'
+  ``view(N, -1)`` crashes), and so do anchors without a negative; such anchors get
+  ``dist_an = 0`` / ``n_inds = -1`` from :func:`hard_example_mining` and are left out
+  of the losses (0 with a zero gradient when no anchor is left).
+* Stripe distances inside the local distances are clamped at 0 instead of going
+  through ``sqrt(clamp(., 1e-12))``: a cell of two identical stripes costs 0 instead of
+  ``tanh(0.5e-6)``, i.e. at most ``(m + n - 1) * 5e-7`` on a local distance.
+* The triplet losses use the mined distances recomputed exactly (see
+  :mod:`partdist.losses`): equal to the originals up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_features, check_labels, check_margin
+from .._ops import batch_local_dist as _batch_local_dist
+from .._ops import dmli as _dmli
+from .._ops import local_dist as _local_dist
+from .._ops import local_dist_matrix as _local_dist_matrix
+from ..losses import mine_euclidean
+from ..mining import hard_example_mining as _mine
+from ..mining import pair_loss
+
+__all__ = [
+    "normalize",
+    "euclidean_dist",
+    "batch_euclidean_dist",
+    "shortest_dist",
+    "batch_local_dist",
+    "local_dist",
+    "hard_example_mining",
+    "TripletLoss",
+    "global_loss",
+    "local_loss",
+    "TripletLossAlignedReID",
+]
+
+
+# ------------------------------------------------------------------ distances
+def normalize(x, axis=-1):
+    """Unit length along ``axis``: ``x / (||x||_2 + 1e-12)``.
+
+    Replaces huanghoujing ``loss.normalize(x, axis=-1)``.
+    """
+    return 1.0 * x / (torch.norm(x, 2, axis, keepdim=True).expand_as(x) + 1e-12)
+
+
+def euclidean_dist(x, y):
+    """``[m, d] x [n, d] -> [m, n]`` Euclidean distances.
+
+    Replaces ``euclidean_dist(x, y)`` (both repositories): ``sqrt(clamp(||x||^2 + ||y||^2
+    - 2 x.y, min=1e-12))``. Computed by :func:`partdist.local_dist_matrix` and clamped
+    at ``1e-6 = sqrt(1e-12)``, which gives the same values and, as the original, a zero
+    gradient where the clamp is active.
+    """
+    op = "alignedreid.euclidean_dist"
+    check_features(op, "x", x, "[m, d]", 2)
+    check_features(op, "y", y, "[n, d]", 2)
+    return _local_dist_matrix(x[None], y[None], False)[0].clamp_min(1e-6)
+
+
+def batch_euclidean_dist(x, y):
+    """``[N, m, d] x [N, n, d] -> [N, m, n]`` Euclidean distances of aligned pairs.
+
+    Replaces ``batch_euclidean_dist(x, y)`` (both repositories), clamp as in
+    :func:`euclidean_dist`. Computed by :func:`partdist.local_dist_matrix`.
+    """
+    return _local_dist_matrix(x, y, False).clamp_min(1e-6)
+
+
+def shortest_dist(dist_mat):
+    """Shortest monotone path (DMLI) with the DP dimensions FIRST.
+
+    Replaces ``shortest_dist(dist_mat)`` (both repositories): ``dist_mat`` is ``[m, n]``
+    (returns a scalar) or ``[m, n, *]`` (returns ``[*]``). Computed by :func:`partdist.dmli`
+    (which takes the DP dimensions last); the gradient at ties of the minimum is split in
+    half as autograd through the original loop does.
+    """
+    if not isinstance(dist_mat, torch.Tensor) or dist_mat.dim() < 2:
+        raise ValueError(
+            "alignedreid.shortest_dist: dist_mat must be a tensor [m, n] or [m, n, *], got "
+            + (f"shape {list(dist_mat.shape)}" if isinstance(dist_mat, torch.Tensor) else type(dist_mat).__name__)
+        )
+    return _dmli(dist_mat.movedim((0, 1), (-2, -1)))
+
+
+def batch_local_dist(x, y):
+    """``[N, m, d] x [N, n, d] -> [N]`` local (DMLI) distance of aligned pairs.
+
+    Replaces ``batch_local_dist(x, y)`` (both repositories): normalized stripe distances
+    ``(e^d - 1) / (e^d + 1)`` and the shortest path, fused in :func:`partdist.batch_local_dist`.
+    """
+    return _batch_local_dist(x, y, True)
+
+
+def local_dist(x, y):
+    """Local (DMLI) distance of all pairs: ``[M, m, d] x [N, n, d] -> [M, N]``.
+
+    Replaces huanghoujing ``loss.local_dist(x, y)``; also accepts the 2-D form of
+    michuanhaohao ``util/distance.local_dist`` (``[m, d] x [n, d] -> scalar``, there in
+    numpy). Computed tile by tile by :func:`partdist.local_dist`.
+    """
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dim() == 2 and y.dim() == 2:
+        return _local_dist(x[None], y[None], True)[0, 0]
+    return _local_dist(x, y, True)
+
+
+# ------------------------------------------------------------------- mining
+def hard_example_mining(dist_mat, labels, return_inds=False):
+    """For each anchor, the hardest positive and negative sample.
+
+    Replaces ``hard_example_mining(dist_mat, labels, return_inds=False)`` (both
+    repositories): ``dist_mat [N, N]``, ``labels [N]`` -> ``(dist_ap, dist_an)`` or, with
+    ``return_inds``, ``(dist_ap, dist_an, p_inds, n_inds)``, all ``[N]``. The anchor is its
+    own positive, ties go to the first index, as in the original.
+
+    Unlike the original this works for any number of images per identity. An anchor
+    without negative gets ``dist_an = 0`` and ``n_inds = -1`` (check ``n_inds >= 0``
+    before indexing with it; :func:`partdist.hard_example_mining` also returns a
+    ``valid`` mask).
+    """
+    m = _mine(dist_mat, labels, True)
+    if return_inds:
+        return m.dist_ap, m.dist_an, m.p_inds, m.n_inds
+    return m.dist_ap, m.dist_an
+
+
+# ------------------------------------------------------------------- losses
+_UNSET = object()
+
+
+def _ranking(margin):
+    return nn.SoftMarginLoss() if margin is None else nn.MarginRankingLoss(margin=margin)
+
+
+class TripletLoss(nn.Module):
+    """Triplet loss of both AlignedReID codebases (their two call conventions).
+
+    Replaces:
+
+    * huanghoujing ``TripletLoss(margin=None)`` with ``__call__(dist_ap, dist_an)``:
+      ``MarginRankingLoss(margin)(dist_an, dist_ap, 1)``, or ``SoftMarginLoss`` on
+      ``dist_an - dist_ap`` when ``margin`` is None; and
+    * michuanhaohao ``TripletLoss(margin=0.3, mutual_flag=False)`` with
+      ``forward(inputs, targets)``: batch-hard triplet loss of features ``[N, d]`` with
+      integer labels; returns the loss, or ``(loss, dist)`` with ``mutual_flag`` (dist
+      the ``[N, N]`` Euclidean distance matrix, differentiable).
+
+    The call is told apart by ``targets``: an integer tensor means features and labels,
+    a floating one means two distance vectors. The default margin is the one of the
+    codebase whose convention is used: 0.3 for ``(inputs, targets)``, None (soft margin)
+    for ``(dist_ap, dist_an)``; an explicit ``margin`` applies to both.
+
+    With features, anchors without negative are left out of the mean (see the module
+    docstring); with distance vectors, every given pair counts, as in the original.
+    """
+
+    def __init__(self, margin=_UNSET, mutual_flag=False):
+        super().__init__()
+        if margin is not _UNSET:
+            check_margin("alignedreid.TripletLoss", margin)
+        self._margin_arg = margin
+        self.mutual = bool(mutual_flag)
+        self.margin = 0.3 if margin is _UNSET else margin
+        self.ranking_loss = _ranking(self.margin)
+
+    def _margin(self, features):
+        if self._margin_arg is _UNSET:
+            return 0.3 if features else None
+        return self._margin_arg
+
+    def forward(self, inputs, targets):
+        if isinstance(targets, torch.Tensor) and targets.is_floating_point():
+            # huanghoujing: (dist_ap, dist_an)
+            margin = self._margin(False)
+            y = torch.ones_like(targets)
+            if margin is None:
+                return nn.functional.soft_margin_loss(targets - inputs, y)
+            return nn.functional.margin_ranking_loss(targets, inputs, y, margin=margin)
+        loss, dist = _feature_triplet("alignedreid.TripletLoss", inputs, targets, self._margin(True), self.mutual)
+        return (loss, dist) if self.mutual else loss
+
+    def _dist_loss(self, dist_ap, dist_an, valid):
+        """Loss over the valid anchors of mined distance vectors (used by global_loss / local_loss)."""
+        return pair_loss(dist_ap, dist_an, valid, self._margin(False))
+
+
+def _feature_triplet(op, inputs, targets, margin, with_dist=False):
+    """Batch-hard triplet loss of features; also the differentiable [N, N] distance if asked."""
+    check_features(op, "inputs", inputs, "[N, d]", 2)
+    check_labels(op, "targets", targets, inputs.shape[0], "one label per row of inputs")
+    if with_dist:
+        dist = euclidean_dist(inputs, inputs)
+        m = _mine(dist, targets, True)
+        return pair_loss(m.dist_ap, m.dist_an, m.valid, margin), dist
+    m = mine_euclidean(inputs, targets)
+    return pair_loss(m.dist_ap, m.dist_an, m.valid, margin), None
+
+
+def _tri(tri_loss, dist_ap, dist_an, valid):
+    """Apply a user's ``tri_loss(dist_ap, dist_an)`` to the valid anchors only."""
+    if isinstance(tri_loss, TripletLoss):
+        return tri_loss._dist_loss(dist_ap, dist_an, valid)
+    if bool(valid.all()):
+        return tri_loss(dist_ap, dist_an)
+    if not bool(valid.any()):
+        return (dist_ap * 0).sum() + (dist_an * 0).sum()
+    return tri_loss(dist_ap[valid], dist_an[valid])
+
+
+def global_loss(tri_loss, global_feat, labels, normalize_feature=True):
+    """Global triplet loss with batch-hard mining.
+
+    Replaces huanghoujing ``global_loss(tri_loss, global_feat, labels,
+    normalize_feature=True)``: ``global_feat [N, C]``, ``labels [N]`` ->
+    ``(loss, p_inds, n_inds, dist_ap, dist_an, dist_mat)`` with ``dist_mat`` the
+    differentiable ``[N, N]`` Euclidean distance. ``tri_loss`` is a ``TripletLoss`` (this
+    module's or any object called as ``tri_loss(dist_ap, dist_an)``); it is applied to
+    the valid anchors only.
+    """
+    if normalize_feature:
+        global_feat = normalize(global_feat, axis=-1)
+    dist_mat = euclidean_dist(global_feat, global_feat)
+    m = _mine(dist_mat, labels, True)
+    loss = _tri(tri_loss, m.dist_ap, m.dist_an, m.valid)
+    return loss, m.p_inds, m.n_inds, m.dist_ap, m.dist_an, dist_mat
+
+
+def local_loss(tri_loss, local_feat, p_inds=None, n_inds=None, labels=None, normalize_feature=True):
+    """Local (DMLI) triplet loss.
+
+    Replaces huanghoujing ``local_loss(tri_loss, local_feat, p_inds=None, n_inds=None,
+    labels=None, normalize_feature=True)``: ``local_feat [N, H, c]``.
+
+    * With ``p_inds`` and ``n_inds`` (e.g. from :func:`global_loss`): the local distances
+      of those pairs; returns ``(loss, dist_ap, dist_an)``. Anchors whose index is -1 are
+      left out of the loss (their distance is reported as 0).
+    * Otherwise the local distance mines its own hard samples with ``labels``; returns
+      ``(loss, dist_ap, dist_an, dist_mat)`` with ``dist_mat`` the differentiable
+      ``[N, N]`` local distance. The loss itself back-propagates through the ``2N`` chosen
+      pairs only (recomputed by :func:`partdist.batch_local_dist`).
+    """
+    if normalize_feature:
+        local_feat = normalize(local_feat, axis=-1)
+    own = p_inds is None or n_inds is None
+    if own:
+        dist_mat = local_dist(local_feat, local_feat)
+        with torch.no_grad():
+            m = _mine(dist_mat.detach(), labels, True)
+        p_inds, n_inds, valid = m.p_inds, m.n_inds, m.valid
+    else:
+        valid = (p_inds >= 0) & (n_inds >= 0)
+    N = local_feat.shape[0]
+    other = torch.cat([p_inds, n_inds]).clamp_min(0)
+    d = _batch_local_dist(torch.cat([local_feat, local_feat]), local_feat[other], True)
+    zero = torch.zeros((), dtype=d.dtype, device=d.device)
+    dist_ap = torch.where(p_inds >= 0, d[:N], zero)
+    dist_an = torch.where(n_inds >= 0, d[N:], zero)
+    loss = _tri(tri_loss, dist_ap, dist_an, valid)
+    if own:
+        return loss, dist_ap, dist_an, dist_mat
+    return loss, dist_ap, dist_an
+
+
+class TripletLossAlignedReID(nn.Module):
+    """Global + local triplet loss of michuanhaohao/AlignedReID.
+
+    Replaces ``TripletLossAlignedReID(margin=0.3, mutual_flag=False)`` with
+    ``forward(inputs, targets, local_features)``: ``inputs [N, d]`` global features
+    (not normalized, as in the original), ``targets [N]`` labels, ``local_features
+    [N, c, H]`` (channels first, as the original model outputs them). The global
+    Euclidean distance mines the hard pairs, the local (DMLI) distances of those pairs
+    give the local loss. Returns ``(global_loss, local_loss)``, or with ``mutual_flag``
+    ``(global_loss + local_loss, dist)`` with ``dist`` the differentiable ``[N, N]``
+    global distance.
+    """
+
+    def __init__(self, margin=0.3, mutual_flag=False):
+        super().__init__()
+        check_margin("alignedreid.TripletLossAlignedReID", margin)
+        self.margin = margin
+        self.ranking_loss = _ranking(margin)
+        self.ranking_loss_local = _ranking(margin)
+        self.mutual = bool(mutual_flag)
+
+    def forward(self, inputs, targets, local_features):
+        op = "alignedreid.TripletLossAlignedReID"
+        check_features(op, "inputs", inputs, "[N, d]", 2)
+        check_labels(op, "targets", targets, inputs.shape[0], "one label per row of inputs")
+        check_features(op, "local_features", local_features, "[N, c, H]", 3)
+        if local_features.shape[0] != inputs.shape[0]:
+            raise ValueError(
+                f"{op}: local_features must hold one image per row of inputs ([{inputs.shape[0]}, c, H]), "
+                f"got {list(local_features.shape)}"
+            )
+        if self.mutual:
+            dist = euclidean_dist(inputs, inputs)
+            m = _mine(dist, targets, True)
+        else:
+            dist = None
+            m = mine_euclidean(inputs, targets)
+        gl = pair_loss(m.dist_ap, m.dist_an, m.valid, self.margin)
+        lf = local_features.permute(0, 2, 1)
+        N = lf.shape[0]
+        other = torch.cat([m.p_inds, m.n_inds]).clamp_min(0)
+        d = _batch_local_dist(torch.cat([lf, lf]), lf[other], True)
+        ll = pair_loss(d[:N], d[N:], m.valid, self.margin)
+        if self.mutual:
+            return gl + ll, dist
+        return gl, ll
