@@ -1,5 +1,7 @@
-# make bench   : set up .venv (idempotent), build partdist, run the DMLI microbenchmark
+# make demo    : set up .venv (idempotent), build partdist, run the main job: synthetic data ->
+#                train AlignedReID on the CPU -> evaluate (global / DMLI / re-ranked) -> pictures
 # make test    : set up .venv (idempotent), build partdist, run the test suite
+# make bench   : the microbenchmarks (DMLI, mining, neighborhood differences)
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
 # make sanitize : build the CPU kernels with ASan+UBSan and run the op tests under them
 PYTHON ?= python3
@@ -8,7 +10,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build test bench cuda-check sanitize clean
+.PHONY: all venv build test demo bench cuda-check sanitize clean
 
 all: test
 
@@ -27,8 +29,13 @@ build: venv
 test: build
 	$(PY) -m pytest tests -q
 
+demo: build
+	$(VENV)/bin/partdist demo --out runs/demo
+
 bench: build
 	$(PY) benchmarks/bench_dmli.py
+	$(PY) benchmarks/bench_mining.py
+	$(PY) benchmarks/bench_neighborhood.py
 
 $(CUDA_VENV)/.stamp: requirements-cuda-check.txt
 	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)

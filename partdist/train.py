@@ -23,7 +23,7 @@ from torch import nn
 from .losses import AlignedTripletLoss, CrossEntropyLabelSmooth, TripletLoss
 from .models import PCB, AlignedReID
 
-__all__ = ["TrainConfig", "build_model", "Trainer", "train"]
+__all__ = ["TrainConfig", "build_model", "Trainer", "train", "make_batches"]
 
 MODELS = ("aligned", "pcb", "pcb_rpp")
 
@@ -82,6 +82,30 @@ def _lr_lambda(cfg: TrainConfig):
         return warm * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
     return f
+
+
+def make_batches(train_items, cfg: "TrainConfig"):
+    """``epoch -> iterator of (images, pids)``: P x K batches of the training items with the
+    training transforms, a pure function of ``(cfg.seed, epoch)`` (sampler order and
+    augmentations are both keyed on them), so a resumed run sees the same batches."""
+    from torch.utils.data import DataLoader
+
+    from .data import ImageDataset, RandomIdentitySampler, build_transforms
+
+    items = list(train_items)
+    ds = ImageDataset(items, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
+    sampler = RandomIdentitySampler(items, batch_size=cfg.p * cfg.k, num_instances=cfg.k, seed=cfg.seed)
+
+    def batches(epoch):
+        ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=cfg.p * cfg.k, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
+        for k, (images, pids, _cams) in enumerate(loader):
+            if cfg.iters_per_epoch is not None and k >= cfg.iters_per_epoch:
+                break
+            yield images, torch.as_tensor(pids)
+
+    return batches
 
 
 def _atomic_save(obj, path):
@@ -182,8 +206,8 @@ class Trainer:
             self.opt.step()
             n += 1
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             if cfg.progress and hasattr(it, "set_postfix"):
                 it.set_postfix(loss=f"{float(loss):.3f}")
         self.sched.step()
