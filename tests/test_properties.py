@@ -152,3 +152,57 @@ def test_largest_supported_sizes(m, n):
     ref.sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
     torch.testing.assert_close(y.grad, y2.grad)
+
+
+# ------------------------------------------------------------- mining
+@SETTINGS
+@given(N=st.integers(1, 24), M=st.one_of(st.none(), st.integers(1, 24)), ids=st.integers(1, 6),
+       dtype=DTYPES, regime=REGIMES, exclude_self=st.booleans(), transposed=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_mining_matches_masked_reference(N, M, ids, dtype, regime, exclude_self, transposed, seed):
+    g = torch.Generator().manual_seed(seed)
+    cols = N if M is None else M
+    dist = make_values((cols, N) if transposed else (N, cols), regime, dtype, seed).abs()
+    if transposed:
+        dist = dist.t()  # non-contiguous view
+    labels = torch.randint(0, ids, (N,), generator=g)
+    other = None if M is None else torch.randint(0, ids, (M,), generator=g)
+    ex = exclude_self and M is None
+    out = partdist.hard_example_mining(dist, labels, labels_other=other, exclude_self=ex)
+    ref = R.hard_example_mining_masked(dist, labels, other, ex)
+    valid = ref[4]
+    assert torch.equal(out.valid, valid)
+    for got, exp in zip(out[:4], ref[:4]):
+        assert torch.equal(got[valid], exp[valid])
+    if valid.any() and regime in ("normal", "ties"):
+        a = dist.detach().clone().requires_grad_()
+        b = dist.detach().clone().requires_grad_()
+        o = partdist.hard_example_mining(a, labels, labels_other=other, exclude_self=ex)
+        r = R.hard_example_mining_masked(b, labels, other, ex)
+        ((o.dist_ap - o.dist_an) * valid).sum().backward()
+        ((r[0] - r[1]) * valid).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+# ------------------------------------------------ neighborhood differences
+@SETTINGS
+@given(B=st.integers(0, 2), C=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 7),
+       k=st.sampled_from([1, 3, 5, 7]), dtype=DTYPES, regime=REGIMES,
+       view=st.sampled_from(["contiguous", "transposed"]), seed=st.integers(0, 2**16))
+def test_neighborhood_diff_matches_loop_reference(B, C, H, W, k, dtype, regime, view, seed):
+    f = make_values((B, C, H, W), regime, dtype, seed)
+    g = make_values((B, C, H, W), regime, dtype, seed + 1)
+    if view == "transposed":
+        f = f.transpose(2, 3).contiguous().transpose(2, 3)
+    out = partdist.neighborhood_diff(f, g, k)
+    ref = R.neighborhood_diff_loop(f, g, k)
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    if B and regime == "normal":
+        a, b = f.detach().clone().requires_grad_(), g.detach().clone().requires_grad_()
+        a2, b2 = f.detach().clone().requires_grad_(), g.detach().clone().requires_grad_()
+        w = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+        (partdist.neighborhood_diff(a, b, k) * w).sum().backward()
+        (R.neighborhood_diff_loop(a2, b2, k) * w).sum().backward()
+        tol = 1e-4 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(a.grad, a2.grad, rtol=tol, atol=tol)
+        torch.testing.assert_close(b.grad, b2.grad, rtol=tol, atol=tol)

@@ -22,14 +22,24 @@ def _inputs(seed=0, N=64, M=40, m=8, n=6, C=32):
 def _run_all(x, y, q, d):
     """Forward and backward of every op; returns all results."""
     xr, yr, qr, dr = (t.clone().requires_grad_() for t in (x, y, q, d))
+    N = x.shape[0]
+    labels = torch.arange(N) % max(1, N // 4)
+    dm = dr.reshape(N, -1)[:, :N] if dr[0].numel() >= N else dr.reshape(N, -1)
+    fmap = xr[:, :4].unsqueeze(1)  # [N, 1, 4, C] feature maps for the neighborhood op
     outs = [
         partdist.local_dist_matrix(xr, yr),
         partdist.batch_local_dist(xr, yr),
+        partdist.batch_local_dist(xr, yr, gamma=0.3, band=2.0),
         partdist.local_dist(qr, yr, chunk_size=97),
+        partdist.local_dist(qr, yr, chunk_size=97, gamma=0.5),
+        partdist.unaligned_dist(qr, xr, all_pairs=True),
         partdist.dmli(dr),
+        partdist.triplet_hard_loss(dm @ dm.t(), labels),
+        partdist.neighborhood_diff(fmap, fmap.flip(-1), 3),
     ]
     sum(o.sum() for o in outs).backward()
-    return outs + [xr.grad, yr.grad, qr.grad, dr.grad, partdist.dmli_path(d)]
+    mined = partdist.hard_example_mining((dm @ dm.t()).detach(), labels)
+    return outs + [xr.grad, yr.grad, qr.grad, dr.grad, partdist.dmli_path(d), partdist.dmli_path(d, gamma=0.2)] + list(mined)
 
 
 def test_bit_identical_across_calls_and_thread_counts():
