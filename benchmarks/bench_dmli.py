@@ -108,11 +108,38 @@ def all_pairs(device, M, N, m, C, reps, vec_chunk):
     return t_pd, t_gemm, t_vec
 
 
+def variants(device, reps, quick):
+    """Soft-DMLI and banded DMLI against the hard op, same inputs (issue: DMLI variants)."""
+    g = torch.Generator().manual_seed(2)
+    N, M, G, m, C = (32, 40, 100, 8, 32) if quick else (256, 1000, 1000, 8, 128)
+    x = torch.randn(N, m, C, generator=g).to(device)
+    y = torch.randn(N, m, C, generator=g).to(device)
+    q = torch.randn(M, m, C, generator=g).to(device)
+    gal = torch.randn(G, m, C, generator=g).to(device)
+    rows = []
+    for name, kw in [("hard (gamma=0)", {}), ("soft, gamma=0.1", {"gamma": 0.1}), ("soft, gamma=1", {"gamma": 1.0}),
+                     ("hard, band=2", {"band": 2.0}), ("unaligned", None)]:
+        def step():
+            xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
+            out = partdist.unaligned_dist(xr, yr) if kw is None else partdist.batch_local_dist(xr, yr, **kw)
+            out.sum().backward()
+
+        with torch.no_grad():
+            allp = (lambda: partdist.unaligned_dist(q, gal, all_pairs=True)) if kw is None else (
+                lambda: partdist.local_dist(q, gal, **kw))
+            t_b = median_time(allp, device, reps=reps)
+        t_a = median_time(step, device, reps=reps * 10)
+        rows.append([name, fmt_time(t_a), fmt_time(t_b)])
+    print(f"\n(c) DP variants [{device}]: (a)-style training batch ({N} pairs, fwd+bwd) and all pairs {M} x {G} (fwd)")
+    print_table(rows, ["variant", f"{N} pairs fwd+bwd", f"{M}x{G} fwd"])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     ap.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if present)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--variants", action="store_true", help="also time soft-DMLI, band and unaligned")
     args = ap.parse_args(argv)
 
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -124,6 +151,8 @@ def main(argv=None):
         else:
             training_batch(device, anchors=128, m=8, C=128, reps=args.reps, seed_pairs=32)
             all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000)
+        if args.variants:
+            variants(device, max(1, args.reps // 2), args.quick)
     return 0
 
 
