@@ -272,7 +272,7 @@ def local_loss(tri_loss, local_feat, p_inds=None, n_inds=None, labels=None, norm
         valid = (p_inds >= 0) & (n_inds >= 0)
     N = local_feat.shape[0]
     other = torch.cat([p_inds, n_inds]).clamp_min(0)
-    d = _batch_local_dist(torch.cat([local_feat, local_feat]), local_feat[other], True)
+    d = _batch_local_dist(torch.cat([local_feat, local_feat]), local_feat.index_select(0, other), True)
     zero = torch.zeros((), dtype=d.dtype, device=d.device)
     dist_ap = torch.where(p_inds >= 0, d[:N], zero)
     dist_an = torch.where(n_inds >= 0, d[N:], zero)
@@ -323,7 +323,7 @@ class TripletLossAlignedReID(nn.Module):
         lf = local_features.permute(0, 2, 1)
         N = lf.shape[0]
         other = torch.cat([m.p_inds, m.n_inds]).clamp_min(0)
-        d = _batch_local_dist(torch.cat([lf, lf]), lf[other], True)
+        d = _batch_local_dist(torch.cat([lf, lf]), lf.index_select(0, other), True)
         ll = pair_loss(d[:N], d[N:], m.valid, self.margin)
         if self.mutual:
             return gl + ll, dist
