@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
@@ -39,25 +37,9 @@ import partdist
 from partdist import reference as R
 from partdist.losses import AlignedTripletLoss
 
-
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+from common import median_time, sync  # noqa: E402  (benchmarks/common.py)
 
 
-def median_time(fn, device, reps, warmup=1, max_seconds=None):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times, start = [], time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            break
-    return statistics.median(times), len(times)
 
 
 def fmt(s):
@@ -112,16 +94,16 @@ def bench_mining(device, sizes, quick, loop_max_n):
         torch.testing.assert_close(ours, ref)
         big = N >= 4096
         reps = 3 if quick else (5 if big else 30)
-        t_ours, _ = median_time(fwd_bwd(lambda a, b: partdist.triplet_hard_loss(a, b, 0.3), d, labels), device, reps)
-        t_mask, _ = median_time(fwd_bwd(masked_triplet, d, labels), device, reps)
+        t_ours = median_time(fwd_bwd(lambda a, b: partdist.triplet_hard_loss(a, b, 0.3), d, labels), device, reps)
+        t_mask = median_time(fwd_bwd(masked_triplet, d, labels), device, reps)
         if N <= loop_max_n:
-            t_loop, _ = median_time(fwd_bwd(loop_triplet, d, labels), device, 2 if quick else 5, max_seconds=20)
+            t_loop = median_time(fwd_bwd(loop_triplet, d, labels), device, 2 if quick else 5, max_seconds=20)
             loop_cells = [fmt(t_loop), f"{t_loop / t_ours:.0f}x"]
         else:
             # The loop's backward costs O(N^3): every `dist[i]` select allocates an
             # N x N gradient. Only its forward is timed here (a lower bound).
             with torch.no_grad():
-                t_loop, _ = median_time(lambda: loop_triplet(d, labels), device, 1, warmup=0)
+                t_loop = median_time(lambda: loop_triplet(d, labels), device, 1, warmup=0)
             loop_cells = [f"> {fmt(t_loop)} (forward only)", f"> {t_loop / t_ours:.0f}x"]
         rows.append([device, N, fmt(t_ours), fmt(t_mask), f"{t_mask / t_ours:.1f}x"] + loop_cells)
     print_table(
@@ -151,8 +133,8 @@ def bench_aligned(device, quick, N=128, m=8, C=128, G=2048):
     torch.testing.assert_close(r.global_loss, a, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(r.local_loss, b, rtol=1e-4, atol=1e-4)
     reps = 5 if quick else 30
-    t_ours, _ = median_time(ours, device, reps)
-    t_vec, _ = median_time(vectorized, device, reps)
+    t_ours = median_time(ours, device, reps)
+    t_vec = median_time(vectorized, device, reps)
     print_table(
         [[device, f"N={N} m={m} C={C} G={G}", fmt(t_ours), fmt(t_vec), f"{t_vec / t_ours:.1f}x"]],
         ["device", "shape", "partdist", "vectorized PyTorch", "speedup"],

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common/ptr.h"
 #include "dmli_kernels.h"
 
 namespace partdist {
@@ -27,11 +28,6 @@ constexpr int kLanes = 16;
 int64_t grain_for(const PairLayout& L) {
   int64_t cells = int64_t(L.m) * L.n;
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, cells));
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
 template <typename T>

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../common/ptr.h"
 #include "dmli_kernels.h"
 
 namespace partdist {
@@ -33,11 +34,6 @@ __global__ void backward_kernel(PairLayout L, Mode mode, bool normalize, const T
   T grow[kMaxStripes];
   pair_backward<T>(L, p, mode, normalize, gout, xy, xx, yy, w, table ? table + p : nullptr,
                     L.num_pairs, grow);
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
 unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }

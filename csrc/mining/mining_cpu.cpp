@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "../common/ptr.h"
 #include "mining_kernels.h"
 
 namespace partdist {
@@ -14,11 +15,6 @@ namespace mining {
 namespace {
 // Rows per task: at least ~16k elements of work.
 int64_t grain_for(int64_t M) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, M)); }
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
 
 template <typename A>
 LossArgs<A> loss_args(const LossSpec& L) {
@@ -64,14 +60,8 @@ void backward_cpu(const Shape& S, const LossSpec& L, const at::Tensor& loss_scal
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dist_ap.scalar_type(), "partdist_mining_backward_cpu", [&] {
         using A = at::opmath_type<scalar_t>;
-        BackwardIn<scalar_t, A> b{ptr_or_null<scalar_t>(grad_ap),
-                                  ptr_or_null<scalar_t>(grad_an),
-                                  ptr_or_null<A>(loss_scale),
-                                  dist_ap.const_data_ptr<scalar_t>(),
-                                  dist_an.const_data_ptr<scalar_t>(),
-                                  p_inds.const_data_ptr<int64_t>(),
-                                  n_inds.const_data_ptr<int64_t>(),
-                                  valid.const_data_ptr<bool>()};
+        const auto b = backward_in<scalar_t, A>(loss_scale, grad_ap, grad_an, dist_ap, dist_an,
+                                                     p_inds, n_inds, valid);
         const LossArgs<A> la = loss_args<A>(L);
         scalar_t* g = out.mutable_data_ptr<scalar_t>();
         // Each task zeroes its own rows: the first touch of the (large) output

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../common/ptr.h"
 #include "mining_kernels.h"
 
 namespace partdist {
@@ -60,10 +61,6 @@ __global__ void backward_kernel(Shape S, LossArgs<A> L, BackwardIn<T, A> b, T* g
   if (n >= 0 && n < S.M) g[i * S.M + n] = static_cast<T>(static_cast<A>(g[i * S.M + n]) + g_an);
 }
 
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
 }  // namespace
 
 void forward_cuda(const Shape& S, const LossSpec& L, const at::Tensor& dist,
@@ -103,14 +100,8 @@ void backward_cuda(const Shape& S, const LossSpec& L, const at::Tensor& loss_sca
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dist_ap.scalar_type(), "partdist_mining_backward_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
-        BackwardIn<scalar_t, A> b{ptr_or_null<scalar_t>(grad_ap),
-                                  ptr_or_null<scalar_t>(grad_an),
-                                  ptr_or_null<A>(loss_scale),
-                                  dist_ap.const_data_ptr<scalar_t>(),
-                                  dist_an.const_data_ptr<scalar_t>(),
-                                  p_inds.const_data_ptr<int64_t>(),
-                                  n_inds.const_data_ptr<int64_t>(),
-                                  valid.const_data_ptr<bool>()};
+        const auto b = backward_in<scalar_t, A>(loss_scale, grad_ap, grad_an, dist_ap, dist_an,
+                                                     p_inds, n_inds, valid);
         backward_kernel<scalar_t, A><<<blocks, kThreads, 0, stream>>>(
             S, loss_args<A>(L), b, out.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

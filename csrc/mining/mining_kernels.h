@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/ptr.h"
 #include "mining_common.h"
 
 namespace partdist {
@@ -38,6 +39,18 @@ using BackwardLauncher = void (*)(const Shape& S, const LossSpec& L, const at::T
                                   const at::Tensor& dist_ap, const at::Tensor& dist_an,
                                   const at::Tensor& p_inds, const at::Tensor& n_inds,
                                   const at::Tensor& valid, const at::Tensor& out);
+
+// The backward inputs of the launchers as the per-row math wants them.
+template <typename T, typename A>
+BackwardIn<T, A> backward_in(const at::Tensor& loss_scale, const at::Tensor& grad_ap,
+                             const at::Tensor& grad_an, const at::Tensor& dist_ap,
+                             const at::Tensor& dist_an, const at::Tensor& p_inds,
+                             const at::Tensor& n_inds, const at::Tensor& valid) {
+  return BackwardIn<T, A>{ptr_or_null<T>(grad_ap),          ptr_or_null<T>(grad_an),
+                          ptr_or_null<A>(loss_scale),       dist_ap.const_data_ptr<T>(),
+                          dist_an.const_data_ptr<T>(),      p_inds.const_data_ptr<int64_t>(),
+                          n_inds.const_data_ptr<int64_t>(), valid.const_data_ptr<bool>()};
+}
 
 struct Launchers {
   ForwardLauncher forward;
