@@ -130,7 +130,8 @@ def cmd_demo(args):
                       p=min(8, num_classes), k=4,
                       epochs=epochs, lr=1e-3, warmup_epochs=1 if quick else 2,
                       milestones=[int(epochs * 0.75)], seed=args.seed, out=os.path.join(out, "train"),
-                      iters_per_epoch=2 if quick else None, progress=not args.no_progress)
+                      iters_per_epoch=2 if quick else None, progress=not args.no_progress,
+                      local_gamma=args.gamma)
     eval_kw = dict(height=cfg.height, width=cfg.width)
 
     print("[2/5] untrained model (random init), for reference")
@@ -138,7 +139,8 @@ def cmd_demo(args):
     untrained = build_model(cfg, num_classes)
     res_untrained, _ = evaluate_model(untrained, splits.query, splits.gallery, rerank=False, **eval_kw)
 
-    print(f"[3/5] training AlignedReID (compact backbone, 8 stripes) for {epochs} epochs on the CPU")
+    soft = f", soft-DMLI gamma={args.gamma}" if args.gamma else ""
+    print(f"[3/5] training AlignedReID (compact backbone, 8 stripes{soft}) for {epochs} epochs on the CPU")
 
     def periodic_eval(tr):
         r, _ = evaluate_model(tr.model, splits.query, splits.gallery, global_only=True, **eval_kw)
@@ -190,6 +192,7 @@ def main(argv=None):
     d.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, ~1 minute)")
     d.add_argument("--resume", action="store_true")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--gamma", type=float, default=0.0, help="soft-DMLI in the local loss (0 = DMLI)")
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a dataset folder")

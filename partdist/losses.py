@@ -184,6 +184,8 @@ class AlignedTripletLoss(nn.Module):
         own_hard_samples: see above.
         all_ranks, process_group: mine over the global batch of all ranks, as
             :class:`TripletLoss`.
+        gamma: ``> 0`` uses soft-DMLI (:func:`partdist.dmli` with a smoothed minimum)
+            for the local distances; ``0`` (default) is DMLI.
 
     ``forward(global_feat [N, C], labels [N], local_feat [N, m, Cl])`` returns
     :class:`AlignedTripletResult` ``(global_loss, local_loss, global_mining, local_mining)``.
@@ -196,9 +198,13 @@ class AlignedTripletLoss(nn.Module):
         own_hard_samples: bool = False,
         all_ranks: bool = False,
         process_group=None,
+        gamma: float = 0.0,
     ):
         super().__init__()
         check_margin("AlignedTripletLoss", margin)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0 or gamma == float("inf"):
+            raise ValueError(f"AlignedTripletLoss: gamma must be a finite number >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
         self.margin = None if margin is None else float(margin)
         self.normalize_feature = bool(normalize_feature)
         self.own_hard_samples = bool(own_hard_samples)
@@ -238,7 +244,7 @@ class AlignedTripletLoss(nn.Module):
         # Both pair sets in one fused call: anchors against [positives; negatives].
         n = local_feat.shape[0]
         other = torch.cat([p_inds, n_inds]).clamp_min(0)
-        d = batch_local_dist(torch.cat([local_feat, local_feat]), local_feat.index_select(0, other))
+        d = batch_local_dist(torch.cat([local_feat, local_feat]), local_feat.index_select(0, other), gamma=self.gamma)
         zero = torch.zeros((), dtype=d.dtype, device=d.device)
         l_ap = torch.where(p_inds >= 0, d[:n], zero)
         l_an = torch.where(n_inds >= 0, d[n:], zero)

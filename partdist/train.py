@@ -48,6 +48,7 @@ class TrainConfig:
     margin: float = 0.3
     label_smooth: float = 0.1
     local_weight: float = 1.0  # weight of the DMLI local triplet loss (aligned)
+    local_gamma: float = 0.0  # > 0: soft-DMLI in the local loss
     triplet_weight: float = 1.0
     num_workers: int = 0
     seed: int = 0
@@ -129,7 +130,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.id_loss = CrossEntropyLabelSmooth(num_classes, cfg.label_smooth)
-        self.aligned_loss = AlignedTripletLoss(margin=cfg.margin)
+        self.aligned_loss = AlignedTripletLoss(margin=cfg.margin, gamma=cfg.local_gamma)
         self.triplet = TripletLoss(margin=cfg.margin)
         self.epoch = 0
         self.history: List[dict] = []

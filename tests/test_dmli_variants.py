@@ -179,3 +179,22 @@ def test_cuda_variants_match_cpu():
     torch.testing.assert_close(partdist.unaligned_dist(xs.cuda(), ys.cuda()).cpu(), partdist.unaligned_dist(xs, ys))
     d = torch.rand(4, 5, 6, dtype=torch.float64)
     torch.testing.assert_close(partdist.dmli_path(d.cuda(), gamma=0.5).cpu(), partdist.dmli_path(d, gamma=0.5))
+
+
+def test_aligned_triplet_loss_with_soft_dmli():
+    from partdist.losses import AlignedTripletLoss, normalize_features
+
+    torch.manual_seed(0)
+    g = torch.randn(12, 16, dtype=torch.float64)
+    lf = torch.randn(12, 5, 8, dtype=torch.float64)
+    labels = torch.arange(4).repeat(3)
+    res = AlignedTripletLoss(margin=0.3, gamma=0.5)(g, labels, lf)
+    ln = normalize_features(lf)
+    m = res.global_mining
+    ap = partdist.batch_local_dist(ln, ln[m.p_inds], gamma=0.5)
+    an = partdist.batch_local_dist(ln, ln[m.n_inds], gamma=0.5)
+    torch.testing.assert_close(res.local_loss, torch.relu(ap - an + 0.3).mean())
+    hard = AlignedTripletLoss(margin=0.3)(g, labels, lf)
+    assert not torch.allclose(res.local_loss, hard.local_loss)
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+        AlignedTripletLoss(gamma=-1.0)
