@@ -12,7 +12,7 @@ from .._checks import check_features, check_labels, check_margin
 from ..losses import mine_euclidean
 from ..mining import pair_loss
 
-__all__ = ["TripletLoss"]
+__all__ = ["TripletLoss", "evaluate_rank"]
 
 
 class TripletLoss(nn.Module):
@@ -42,3 +42,19 @@ class TripletLoss(nn.Module):
         check_labels(op, "targets", targets, inputs.shape[0], "one label per row of inputs")
         m = mine_euclidean(inputs, targets)
         return pair_loss(m.dist_ap, m.dist_an, m.valid, self.margin)
+
+
+def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False,
+                  use_cython=True):
+    """Replaces ``torchreid.metrics.evaluate_rank``: returns ``(all_cmc, mAP)``.
+
+    Market-1501 protocol (gallery items with the query's pid and camera are dropped) or,
+    with ``use_metric_cuhk03``, the CUHK03 single-shot protocol (CMC averaged over 10 random
+    draws of one gallery image per identity). ``use_cython`` is accepted and ignored (this is
+    NumPy). See :func:`partdist.eval.evaluate_rank` for the details and the extra options
+    (devkit AP, mINP).
+    """
+    from ..eval.rank import evaluate_rank as _evaluate_rank
+
+    return _evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                          use_metric_cuhk03=use_metric_cuhk03)

@@ -38,8 +38,9 @@ def features_for(model, items: Sequence, height: int, width: int, device="cpu", 
 
 
 def _score(dist, q, g, max_rank) -> Dict[str, float]:
-    cmc, mAP = evaluate_rank(dist, q["pids"], g["pids"], q["camids"], g["camids"], max_rank=max_rank)
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "mAP": float(mAP)}
+    cmc, mAP, mINP = evaluate_rank(dist, q["pids"], g["pids"], q["camids"], g["camids"], max_rank=max_rank,
+                                   return_minp=True)
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "mAP": float(mAP), "mINP": float(mINP)}
 
 
 def evaluate_model(
@@ -84,8 +85,9 @@ def evaluate_model(
 
 def format_table(rows: Dict[str, Dict[str, Dict[str, float]]]) -> str:
     """Markdown table: ``rows[model_name][distance_name] = {"rank1", "mAP", ...}``."""
-    lines = ["| model | distance | rank-1 | rank-5 | mAP |", "|---|---|---|---|---|"]
+    lines = ["| model | distance | rank-1 | rank-5 | mAP | mINP |", "|---|---|---|---|---|---|"]
     for model_name, res in rows.items():
         for name, r in res.items():
-            lines.append(f"| {model_name} | {name} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | {100 * r['mAP']:.1f} |")
+            lines.append(f"| {model_name} | {name} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | "
+                         f"{100 * r['mAP']:.1f} | {100 * r['mINP']:.1f} |")
     return "\n".join(lines)
