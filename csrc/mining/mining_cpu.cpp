@@ -16,10 +16,6 @@ namespace {
 // Rows per task: at least ~16k elements of work.
 int64_t grain_for(int64_t M) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, M)); }
 
-template <typename A>
-LossArgs<A> loss_args(const LossSpec& L) {
-  return LossArgs<A>{L.enabled, L.soft, static_cast<A>(L.margin)};
-}
 }  // namespace
 
 void forward_cpu(const Shape& S, const LossSpec& L, const at::Tensor& dist,

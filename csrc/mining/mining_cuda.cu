@@ -20,11 +20,6 @@ constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kThreads = 256;
 
-template <typename A>
-LossArgs<A> loss_args(const LossSpec& L) {
-  return LossArgs<A>{L.enabled, L.soft, static_cast<A>(L.margin)};
-}
-
 template <bool kMax, typename A>
 __device__ __forceinline__ void warp_merge(Best<A>& b) {
   for (int off = kWarp / 2; off > 0; off /= 2) {

@@ -40,6 +40,12 @@ using BackwardLauncher = void (*)(const Shape& S, const LossSpec& L, const at::T
                                   const at::Tensor& p_inds, const at::Tensor& n_inds,
                                   const at::Tensor& valid, const at::Tensor& out);
 
+// The loss options as the per-row math wants them.
+template <typename A>
+LossArgs<A> loss_args(const LossSpec& L) {
+  return LossArgs<A>{L.enabled, L.soft, static_cast<A>(L.margin)};
+}
+
 // The backward inputs of the launchers as the per-row math wants them.
 template <typename T, typename A>
 BackwardIn<T, A> backward_in(const at::Tensor& loss_scale, const at::Tensor& grad_ap,
