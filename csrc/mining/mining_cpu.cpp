@@ -39,8 +39,12 @@ void forward_cpu(const Shape& S, const LossSpec& L, const at::Tensor& dist,
         at::parallel_for(0, S.N, grain_for(S.M), [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
             Best<A> pos = none<A>(), neg = none<A>();
-            scan_row<A>(d + i * S.row_stride, S.col_stride, S.M, 0, 1, lab[i], lo,
-                        S.exclude_self ? i : -1, pos, neg);
+            const scalar_t* row = d + i * S.row_stride;
+            const int64_t self_col = S.exclude_self ? i : -1;
+            if (S.col_stride == 1)  // unit stride: let the compiler see it
+              scan_row_fast<A>(row, int64_t(1), S.M, lab[i], lo, self_col, pos, neg);
+            else
+              scan_row_fast<A>(row, S.col_stride, S.M, lab[i], lo, self_col, pos, neg);
             finish_row<scalar_t, A>(i, pos, neg, la, o);
           }
         });
