@@ -118,7 +118,7 @@ setup(
     packages=find_packages(include=["partdist", "partdist.*"]),
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch", "numpy", "pillow"],
+    install_requires=["torch", "numpy", "pillow", "tqdm"],
     python_requires=">=3.9",
     entry_points={"console_scripts": ["partdist=partdist.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

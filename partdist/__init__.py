@@ -7,6 +7,7 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 * :func:`dmli_path` - the cells of that path
 * :func:`batch_local_dist` - fused local distance + DMLI for aligned pairs
 * :func:`local_dist` - the same for all query x gallery pairs, tile by tile
+* :func:`local_dist_topk` - the k nearest per query without the dense result
 * :func:`neighborhood_diff`, :func:`cross_neighborhood_diff` - IDLA's cross-input
   neighborhood differences (``partdist.models.IDLA`` uses them)
 
@@ -16,6 +17,7 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .mining import hard_example_mining, triplet_hard_loss
 from .neighborhood import cross_neighborhood_diff, neighborhood_diff
+from .eval.streaming import local_dist_topk  # noqa: E402  (needs the ops above)
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,7 @@ __all__ = [
     "hard_example_mining",
     "local_dist",
     "local_dist_matrix",
+    "local_dist_topk",
     "neighborhood_diff",
     "triplet_hard_loss",
     "unaligned_dist",

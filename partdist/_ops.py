@@ -14,6 +14,13 @@ import torch
 
 from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
 from ._checks import MAX_STRIPES, check_chunk_size, check_dist, check_rule, check_xy
+from ._memory import check_dense_fits
+
+_STREAMING_HINT = (
+    "partdist.local_dist_topk(x, y, k) (the k nearest per row, streaming), "
+    "partdist.eval.distance_blocks(x, y, block_rows=...) (row blocks) or "
+    "partdist.eval.re_ranking_features(...) (re-ranking without dense matrices)"
+)
 
 __all__ = [
     "local_dist_matrix",
@@ -242,6 +249,7 @@ def local_dist(
     check_xy("partdist.local_dist", x, y, aligned=False, dp=True)
     check_chunk_size("partdist.local_dist", chunk_size)
     check_rule("partdist.local_dist", x.shape[1], y.shape[1], gamma, band)
+    check_dense_fits("partdist.local_dist", (x.shape[0], y.shape[0]), x.dtype, x.device, _STREAMING_HINT)
     return _ops.local_dist(x, y, bool(normalize), int(chunk_size or 0), float(gamma), _band(band), False)
 
 
@@ -260,5 +268,6 @@ def unaligned_dist(
     check_rule(op, x.shape[1], y.shape[1], 0.0, None, unaligned=True)
     if all_pairs:
         check_chunk_size(op, chunk_size)
+        check_dense_fits(op, (x.shape[0], y.shape[0]), x.dtype, x.device, _STREAMING_HINT)
         return _ops.local_dist(x, y, bool(normalize), int(chunk_size or 0), 0.0, -1.0, True)
     return _ops.batch_local_dist(x, y, bool(normalize), 0.0, -1.0, True)

@@ -12,7 +12,7 @@ import partdist
 
 from .features import extract_features, global_distance, local_distance
 from .rank import evaluate_rank
-from .reranking import re_ranking
+from .streaming import re_ranking_features
 
 __all__ = ["features_for", "evaluate_model", "format_table"]
 
@@ -76,9 +76,10 @@ def evaluate_model(
             dists["local (unaligned)"] = ud
             dists["global + unaligned"] = dists["global"] + lam * ud
         if rerank:
-            qq = global_distance(q["global"], q["global"]) + lam * local_distance(q["local"], q["local"])
-            gg = global_distance(g["global"], g["global"]) + lam * local_distance(g["local"], g["local"])
-            dists["global + DMLI, re-ranked"] = re_ranking(dists["global + DMLI"], qq, gg)
+            # streaming: the (q+g)^2 fused distances are never held as dense matrices
+            dists["global + DMLI, re-ranked"] = re_ranking_features(
+                q["local"], g["local"], q["global"], g["global"], lam=lam
+            )
     results = {name: _score(d, q, g, max_rank) for name, d in dists.items()}
     return results, dists
 

@@ -67,9 +67,24 @@ def global_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean
 
 
 @torch.no_grad()
-def local_distance(ql: torch.Tensor, gl: torch.Tensor, normalize: bool = True, chunk_size: Optional[int] = None) -> torch.Tensor:
-    """DMLI distances of all query x gallery pairs, ``[Q, H, C] x [G, H', C] -> [Q, G]`` (tiled)."""
-    return partdist.local_dist(ql, gl, normalize=normalize, chunk_size=chunk_size)
+def local_distance(
+    ql: torch.Tensor,
+    gl: torch.Tensor,
+    normalize: bool = True,
+    chunk_size: Optional[int] = None,
+    progress: bool = False,
+    block_rows: Optional[int] = None,
+) -> torch.Tensor:
+    """DMLI distances of all query x gallery pairs, ``[Q, H, C] x [G, H', C] -> [Q, G]``.
+
+    Computed ``block_rows`` queries at a time (a progress bar with ``progress``); see
+    :func:`partdist.eval.query_gallery_distance`, and :func:`partdist.eval.topk_distance`
+    when the dense result is too large."""
+    from .streaming import query_gallery_distance
+
+    return query_gallery_distance(
+        ql, gl, normalize=normalize, chunk_size=chunk_size, progress=progress, block_rows=block_rows
+    )
 
 
 def fused_distance(global_dist: torch.Tensor, local_dist: torch.Tensor, lam: float = 1.0) -> torch.Tensor:

@@ -196,6 +196,12 @@ class _Dist:
             out[m] = self._sq(vals)
         return out
 
+    def neighbours(self, K, chunk):
+        return _neighbours(self, K, chunk)
+
+    def qg_sq(self, s, e):
+        return self._sq(self.qg[s:e])
+
 
 # --------------------------------------------------------------------------------------
 # Stage 1: top-K neighbour lists of every row of O
@@ -391,7 +397,7 @@ def _final(D, csr, colmax, lambda_value, chunk, budget):
             mins = np.minimum(val[src], cval[pos]).astype(np.float64)
             tmin = np.bincount(tgt, weights=mins, minlength=(e - s) * g).reshape(e - s, g)
             jac = (1.0 - tmin / (2.0 - tmin)).astype(np.float32)
-            orig = D._sq(D.qg[s:e]) / colmax[s:e, None]
+            orig = D.qg_sq(s, e) / colmax[s:e, None]
             out[s:e] = jac * np.float32(1 - lambda_value) + orig * np.float32(lambda_value)
         except MemoryError:
             raise _oom("computing Jaccard distances", f"{e - s} queries x {g} gallery", chunk) from None
@@ -402,6 +408,42 @@ def _final(D, csr, colmax, lambda_value, chunk, budget):
 # --------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------
+
+
+def _check_params(k1, k2, lambda_value):
+    k1 = _check_int("k1", k1, 1)
+    k2 = _check_int("k2", k2, 1)
+    if isinstance(lambda_value, bool) or not isinstance(lambda_value, numbers.Real):
+        raise TypeError(f"{_OP}: lambda_value must be a real number in [0, 1], got {lambda_value!r}")
+    lambda_value = float(lambda_value)
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"{_OP}: lambda_value must be in [0, 1], got {lambda_value}")
+    return k1, k2, lambda_value
+
+
+def _rerank(D, k1, k2, lambda_value, chunk):
+    """Stages 1-4 on a distance source ``D`` (dense :class:`_Dist`, or features)."""
+    q, g, n = D.q, D.g, D.n
+    # entries of gathered terms per working chunk, ~40 bytes each
+    budget = max(1 << 16, (_BLOCK_BYTES // 40) * chunk // _default_chunk(n))
+    K = min(max(k1 + 1, k2), n)
+    try:
+        R, colmax = D.neighbours(K, chunk)
+        try:
+            csr = _encode(D, R, colmax, k1, chunk)
+        except MemoryError:
+            raise _oom("building the k-reciprocal encoding", f"N = {n}, k1 = {k1}", chunk) from None
+        if k2 != 1:
+            try:
+                csr = _query_expand(csr, R, k2, n, budget)
+            except MemoryError:
+                raise _oom("query expansion", f"N = {n}, k2 = {k2}", chunk) from None
+        del R
+        return _final(D, csr, colmax, lambda_value, chunk, budget)
+    except MemoryError as err:
+        if str(err).startswith(_OP):
+            raise
+        raise _oom("re-ranking", f"q = {q}, g = {g}", chunk) from None
 
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, *, chunk_size=None):
@@ -444,13 +486,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, *, c
         raise ValueError(f"{_OP}: q_q_dist must have shape [q, q] = {[q, q]} (q from q_g_dist), got {list(qq.shape)}")
     if gg.shape != (g, g):
         raise ValueError(f"{_OP}: g_g_dist must have shape [g, g] = {[g, g]} (g from q_g_dist), got {list(gg.shape)}")
-    k1 = _check_int("k1", k1, 1)
-    k2 = _check_int("k2", k2, 1)
-    if isinstance(lambda_value, bool) or not isinstance(lambda_value, numbers.Real):
-        raise TypeError(f"{_OP}: lambda_value must be a real number in [0, 1], got {lambda_value!r}")
-    lambda_value = float(lambda_value)
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"{_OP}: lambda_value must be in [0, 1], got {lambda_value}")
+    k1, k2, lambda_value = _check_params(k1, k2, lambda_value)
     n = q + g
     if chunk_size is None:
         chunk = _default_chunk(n)
@@ -459,27 +495,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, *, c
     for name, x in (("q_g_dist", qg), ("q_q_dist", qq), ("g_g_dist", gg)):
         _check_finite(name, x, _BLOCK_BYTES)
 
-    D = _Dist(qg, qq, gg)
-    # entries of gathered terms per working chunk, ~40 bytes each
-    budget = max(1 << 16, (_BLOCK_BYTES // 40) * chunk // _default_chunk(n))
-    K = min(max(k1 + 1, k2), n)
-    try:
-        R, colmax = _neighbours(D, K, chunk)
-        try:
-            csr = _encode(D, R, colmax, k1, chunk)
-        except MemoryError:
-            raise _oom("building the k-reciprocal encoding", f"N = {n}, k1 = {k1}", chunk) from None
-        if k2 != 1:
-            try:
-                csr = _query_expand(csr, R, k2, n, budget)
-            except MemoryError:
-                raise _oom("query expansion", f"N = {n}, k2 = {k2}", chunk) from None
-        del R
-        out = _final(D, csr, colmax, lambda_value, chunk, budget)
-    except MemoryError as err:
-        if str(err).startswith(_OP):
-            raise
-        raise _oom("re-ranking", f"q = {q}, g = {g}", chunk) from None
+    out = _rerank(_Dist(qg, qq, gg), k1, k2, lambda_value, chunk)
 
     if want_torch:
         import torch
