@@ -103,3 +103,20 @@ def print_table(rows, headers):
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+def time_and_peak(fn, device="cpu"):
+    """One timed run of ``fn()`` that also measures its peak extra memory (see
+    :func:`peak_extra_memory`): ``(seconds, bytes or None, result)``. For runs too long to
+    repeat."""
+    box = {}
+
+    def run():
+        sync(device)
+        t0 = time.perf_counter()
+        box["out"] = fn()
+        sync(device)
+        box["t"] = time.perf_counter() - t0
+
+    mem = peak_extra_memory(run, device)
+    return box["t"], mem, box["out"]

@@ -84,6 +84,26 @@ def test_local_dist_values(dtype, m, n, chunk):
     torch.testing.assert_close(out, R.local_dist_vectorized(x, y), **tol(dtype))
 
 
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 33, 130])
+@pytest.mark.parametrize("kw", [{}, {"normalize": False}, {"gamma": 0.3}, {"band": 1.0}])
+def test_local_dist_lane_blocks(N, kw):
+    """The CPU all-pairs kernel runs 16 gallery images per SIMD block: sizes around the
+    block and tile edges, every DP variant, and lanes that must not leak into each other."""
+    x, y = rand_xy(N, 6, 5, dtype=torch.float32, M=3, seed=N)
+    out = partdist.local_dist(x, y, **kw)
+    ref = torch.stack([partdist.batch_local_dist(x[a].expand(N, 6, 16), y, **kw) for a in range(3)])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for chunk in (5, 40):
+        torch.testing.assert_close(partdist.local_dist(x, y, chunk_size=chunk, **kw), out, rtol=1e-6, atol=1e-6)
+    if N > 1:
+        yb = y.clone()
+        yb[N // 2, 2, 3] = float("nan")
+        bad = partdist.local_dist(x, yb, **kw)
+        assert bad[:, N // 2].isnan().all()
+        keep = torch.arange(N) != N // 2
+        torch.testing.assert_close(bad[:, keep], out[:, keep], rtol=0, atol=0)
+
+
 def test_local_dist_equals_batch_local_dist_on_diagonal():
     x, y = rand_xy(7, 4, 6, dtype=torch.float64, M=7)
     torch.testing.assert_close(partdist.local_dist(x, y).diagonal(), partdist.batch_local_dist(x, y))

@@ -130,22 +130,74 @@ struct FusedCells {
 // d(i, j) of L pairs at once (one lane per pair), each pair's matrix at base[l]
 // with row stride si. Used by the CPU launcher to run L independent DPs in SIMD
 // lanes: the DP is latency-bound per pair, so lanes multiply its throughput.
+// With GCC / Clang on the host the lanes are a native vector (vector_size
+// extension): + and min compile to single SIMD instructions and a Lanes value
+// lives in a register (about 3.5x faster DP than a plain array, measured on the
+// all-pairs kernel). Elsewhere (nvcc, other compilers) a plain array and loops.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define PARTDIST_NATIVE_LANES 1
+#else
+#define PARTDIST_NATIVE_LANES 0
+#endif
+
 template <typename T, int L>
 struct Lanes {
+#if PARTDIST_NATIVE_LANES
+  typedef T vec __attribute__((vector_size(sizeof(T) * L)));
+  vec v;  // v[l] is lane l
+  PD_HD Lanes operator+(const Lanes& o) const {
+    Lanes r;
+    r.v = v + o.v;
+    return r;
+  }
+#else
   T v[L];
   PD_HD Lanes operator+(const Lanes& o) const {
     Lanes r;
     for (int l = 0; l < L; ++l) r.v[l] = v[l] + o.v[l];
     return r;
   }
+#endif
 };
 
+// pd_min lane by lane (torch.minimum: NaN propagates).
 template <typename T, int L>
 PD_HD Lanes<T, L> pd_min(const Lanes<T, L>& a, const Lanes<T, L>& b) {
   Lanes<T, L> r;
+#if PARTDIST_NATIVE_LANES
+  r.v = ((b.v < a.v) | (b.v != b.v)) ? b.v : a.v;
+#else
   for (int l = 0; l < L; ++l) r.v[l] = pd_min(a.v[l], b.v[l]);
+#endif
   return r;
 }
+
+// d(i, j) of L pairs that share the first image (one lane per second image),
+// computed from a lane-contiguous GEMM tile: the dot products of cell (i, j) of the
+// L pairs are xy[j * sj + i * si + l], the squared norms of the second images'
+// stripe j are yy[j * syj + l]. Every lane is one contiguous load, so the cells
+// are computed in SIMD registers right where the DP needs them (CPU all pairs).
+template <typename T, int L>
+struct LaneFusedCells {
+  const T* xy;
+  int64_t si, sj;
+  const T* xx;  // |x_i|^2 of the shared first image, m entries
+  const T* yy;
+  int64_t syj;
+  bool normalize;
+  PD_HD Lanes<T, L> operator()(int i, int j) const {
+    Lanes<T, L> r;
+    const T* p = xy + j * sj + i * si;
+    const T* q = yy + j * syj;
+    const T a = xx[i];
+    if (normalize) {
+      for (int l = 0; l < L; ++l) r.v[l] = cell_value(a, q[l], p[l], true);
+    } else {
+      for (int l = 0; l < L; ++l) r.v[l] = cell_value(a, q[l], p[l], false);
+    }
+    return r;
+  }
+};
 
 template <typename T, int L>
 struct LaneCells {

@@ -22,7 +22,7 @@ namespace partdist {
 namespace dmli {
 
 namespace {
-constexpr int kLanes = 16;
+constexpr int kLanes = kAllPairsLanes;
 
 // Pairs per task: at least ~4k cells of work.
 int64_t grain_for(const PairLayout& L) {
@@ -149,6 +149,29 @@ void forward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tenso
                                 row.data());
       }
     });
+  });
+}
+
+void allpairs_tile_forward_cpu(const AllPairsTile& t, bool normalize, const DPRule& rule,
+                               const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
+                               const at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(xy.scalar_type(), "partdist_allpairs_tile_cpu", [&] {
+    using V = Lanes<scalar_t, kLanes>;
+    const scalar_t* pxy = xy.const_data_ptr<scalar_t>();
+    const scalar_t* pxx = xx.const_data_ptr<scalar_t>();
+    const scalar_t* pyy = yy.const_data_ptr<scalar_t>();
+    scalar_t* pout = out.mutable_data_ptr<scalar_t>();
+    std::vector<V> row(t.n);
+    for (int64_t a = 0; a < t.mc; ++a) {
+      for (int64_t b0 = 0; b0 < t.nc; b0 += kLanes) {
+        // lanes past nc read in-bounds padding (see AllPairsTile); their results are dropped
+        LaneFusedCells<scalar_t, kLanes> cells{pxy + a * t.m * t.nc + b0, t.nc, t.mc * t.m * t.nc,
+                                               pxx + a * t.m, pyy + b0, t.yy_sj, normalize};
+        V r = dmli_forward<V>(cells, t.m, t.n, RowStore<V>{row.data()}, rule);
+        const int64_t cnt = std::min<int64_t>(kLanes, t.nc - b0);
+        for (int64_t l = 0; l < cnt; ++l) pout[a * t.out_sa + b0 + l] = r.v[l];
+      }
+    }
   });
 }
 

@@ -50,6 +50,20 @@ void aligned_forward_cpu(Mode mode, bool normalize, const DPRule& rule, const at
 void aligned_backward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& grad,
                           const at::Tensor& x, const at::Tensor& y, const at::Tensor& gx,
                           const at::Tensor& gy);
+// CPU all pairs (local_dist forward), one tile of mc first images x nc second
+// images in a lane-contiguous layout: xy [n, mc*m, nc] (xy[j][a*m + i][b] = x_a,i .
+// y_b,j), xx [mc*m], yy with yy[j * yy_sj + b] = |y_b,j|^2; out[a * out_sa + b].
+// Reads up to kLanes-1 values past the last b of a row of xy and of yy: both
+// buffers must be padded by that much. Single-threaded (called per tile).
+struct AllPairsTile {
+  int64_t mc, nc;
+  int m, n;
+  int64_t yy_sj, out_sa;
+};
+constexpr int kAllPairsLanes = 16;
+void allpairs_tile_forward_cpu(const AllPairsTile& t, bool normalize, const DPRule& rule,
+                               const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
+                               const at::Tensor& out);
 #ifdef PARTDIST_WITH_CUDA
 void forward_cuda(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
                   const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);

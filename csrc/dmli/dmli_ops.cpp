@@ -348,6 +348,25 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
   Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
   Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
   Tiling T = tiling_for(M, N, chunk_size, x.is_cuda());
+  if (!x.is_cuda()) {
+    // CPU: lane-contiguous tiles (one GEMM per stripe j of the second images, into
+    // xy[j]), cells computed in SIMD lanes inside the DP (allpairs_tile_forward_cpu).
+    const int64_t pad = kAllPairsLanes;
+    Tensor yyT = at::zeros({n, N + pad}, P.x.options());
+    yyT.narrow(1, 0, N).copy_(yy.view({N, n}).t());
+    for_each_tile(M, N, T, n * T.mc * m * T.nc + pad, P.x.options(), true,
+                  [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc, const Tensor& buf) {
+      const Tensor xa = x2.narrow(0, a0 * m, mc * m);
+      for (int64_t j = 0; j < n; ++j) {
+        Tensor xy_j = buf.narrow(0, j * mc * m * nc, mc * m * nc).view({mc * m, nc});
+        at::mm_out(xy_j, xa, P.y.select(1, j).narrow(0, b0, nc).t());
+      }
+      AllPairsTile t{mc, nc, int(m), int(n), N + pad, N};
+      allpairs_tile_forward_cpu(t, normalize, rule, buf, xx.narrow(0, a0 * m, mc * m),
+                                yyT.narrow(1, b0, nc), out.narrow(0, a0, mc).narrow(1, b0, nc));
+    });
+    return out.to(x.scalar_type());
+  }
   for_each_tile(M, N, T, T.mc * m * T.nc * n, P.x.options(), !x.is_cuda(),
                 [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc, const Tensor& buf) {
     Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
