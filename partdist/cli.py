@@ -81,7 +81,8 @@ def cmd_eval(args):
     model, cfg = _load_model(args.checkpoint, args.device)
     splits = _splits(args.data, args.dataset)
     res, _ = evaluate_model(model, splits.query, splits.gallery, cfg.height, cfg.width, args.device,
-                            lam=args.lam, rerank=not args.no_rerank, flip=args.flip)
+                            lam=args.lam, rerank=not args.no_rerank, flip=args.flip,
+                            progress=not args.no_progress and sys.stderr.isatty())
     print(format_table({os.path.basename(args.checkpoint): res}))
 
 
@@ -207,6 +208,7 @@ def main(argv=None):
     e.add_argument("--lam", type=float, default=1.0)
     e.add_argument("--flip", action="store_true")
     e.add_argument("--no-rerank", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     e.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("synthetic", help="write the synthetic set in the Market-1501 layout")

@@ -18,7 +18,7 @@ __all__ = ["features_for", "evaluate_model", "format_table"]
 
 
 def features_for(model, items: Sequence, height: int, width: int, device="cpu", batch_size=64, flip=False,
-                 normalize=True):
+                 normalize=True, progress=False):
     """Features of ``(path, pid, camid)`` items (test transforms). With ``normalize`` the global
     feature and every local stripe are L2-normalized, as AlignedReID does at test time (and as
     its loss does in training: unnormalized stripes make every normalized stripe distance
@@ -29,7 +29,7 @@ def features_for(model, items: Sequence, height: int, width: int, device="cpu", 
 
     ds = ImageDataset(list(items), build_transforms(height, width, is_train=False))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    f = extract_features(model, loader, device=device, flip=flip)
+    f = extract_features(model, loader, device=device, flip=flip, progress=progress)
     if normalize:
         f["global"] = torch.nn.functional.normalize(f["global"], dim=-1)
         if f["local"] is not None:
@@ -57,17 +57,19 @@ def evaluate_model(
     max_rank: int = 20,
     global_only: bool = False,
     normalize: bool = True,
+    progress: bool = False,
 ):
     """Returns ``(results, dists)``: ``results[name] = {"rank1", "rank5", "mAP"}`` for the
     distances ``global``, ``local (DMLI)``, ``global + DMLI`` (``global + lam * local``),
     ``local (unaligned)``, ``global + unaligned`` and ``global + DMLI, re-ranked`` (k-reciprocal,
     k1=20, k2=6, lambda=0.3 on the fused q-g, q-q and g-g distances); ``dists`` holds the
-    q x g matrices by the same names (torch, CPU)."""
-    q = features_for(model, query, height, width, device, flip=flip, normalize=normalize)
-    g = features_for(model, gallery, height, width, device, flip=flip, normalize=normalize)
+    q x g matrices by the same names (torch, CPU). ``progress`` shows progress bars for
+    feature extraction, the local distances and re-ranking."""
+    q = features_for(model, query, height, width, device, flip=flip, normalize=normalize, progress=progress)
+    g = features_for(model, gallery, height, width, device, flip=flip, normalize=normalize, progress=progress)
     dists = {"global": global_distance(q["global"], g["global"])}
     if not global_only and q["local"] is not None:
-        ld = local_distance(q["local"], g["local"])
+        ld = local_distance(q["local"], g["local"], progress=progress)
         dists["local (DMLI)"] = ld
         dists["global + DMLI"] = dists["global"] + lam * ld
         if unaligned and q["local"].shape[1] == g["local"].shape[1]:
@@ -78,7 +80,7 @@ def evaluate_model(
         if rerank:
             # streaming: the (q+g)^2 fused distances are never held as dense matrices
             dists["global + DMLI, re-ranked"] = re_ranking_features(
-                q["local"], g["local"], q["global"], g["global"], lam=lam
+                q["local"], g["local"], q["global"], g["global"], lam=lam, progress=progress
             )
     results = {name: _score(d, q, g, max_rank) for name, d in dists.items()}
     return results, dists
