@@ -122,49 +122,41 @@ def _check_feat(op, name, t, dims, what):
         raise ValueError(f"{op}: {name} must have shape {what}, got {list(t.shape)}")
 
 
+def _check_pair(op, kind, q, g, q_shape, g_shape, last):
+    """q_<kind> and g_<kind>: both or neither, rank, the same last dim, one device."""
+    qn, gn = f"q_{kind}", f"g_{kind}"
+    if (q is None) != (g is None):
+        raise ValueError(f"{op}: give both {qn} and {gn}, or neither")
+    if q is None:
+        return
+    _check_feat(op, qn, q, len(q_shape), "[" + ", ".join(q_shape) + "]")
+    _check_feat(op, gn, g, len(g_shape), "[" + ", ".join(g_shape) + "]")
+    if q.shape[-1] != g.shape[-1]:
+        raise ValueError(
+            f"{op}: {qn} [{', '.join(q_shape)}] and {gn} [{', '.join(g_shape)}] must have the same {last}, "
+            f"got {list(q.shape)} and {list(g.shape)}"
+        )
+    if q.device != g.device:
+        raise ValueError(f"{op}: {qn} is on {q.device} but {gn} is on {g.device}")
+
+
 def _sides(op, q_local, g_local, q_global, g_global, lam, metric, same_stripes=False):
-    if (q_local is None) != (g_local is None):
-        raise ValueError(f"{op}: give both q_local and g_local, or neither")
-    if (q_global is None) != (g_global is None):
-        raise ValueError(f"{op}: give both q_global and g_global, or neither")
+    _check_pair(op, "local", q_local, g_local, ("Q", "H", "C"), ("G", "H'", "C"), "C")
+    _check_pair(op, "global", q_global, g_global, ("Q", "D"), ("G", "D"), "D")
     if q_local is None and q_global is None:
         raise ValueError(f"{op}: give local features (q_local, g_local) and/or global features (q_global, g_global)")
-    if q_local is not None:
-        _check_feat(op, "q_local", q_local, 3, "[Q, H, C]")
-        _check_feat(op, "g_local", g_local, 3, "[G, H', C]")
-        if q_local.shape[2] != g_local.shape[2]:
-            raise ValueError(
-                f"{op}: q_local [Q, H, C] and g_local [G, H', C] must have the same C, got "
-                f"{list(q_local.shape)} and {list(g_local.shape)}"
-            )
-        if same_stripes and q_local.shape[1] != g_local.shape[1]:
-            raise ValueError(
-                f"{op}: q_local and g_local must have the same number of stripes H (query-query and "
-                f"gallery-gallery distances are needed), got {list(q_local.shape)} and {list(g_local.shape)}"
-            )
-        if q_local.device != g_local.device:
-            raise ValueError(f"{op}: q_local is on {q_local.device} but g_local is on {g_local.device}")
-    if q_global is not None:
-        _check_feat(op, "q_global", q_global, 2, "[Q, D]")
-        _check_feat(op, "g_global", g_global, 2, "[G, D]")
-        if q_global.shape[1] != g_global.shape[1]:
-            raise ValueError(
-                f"{op}: q_global [Q, D] and g_global [G, D] must have the same D, got "
-                f"{list(q_global.shape)} and {list(g_global.shape)}"
-            )
-        if q_global.device != g_global.device:
-            raise ValueError(f"{op}: q_global is on {q_global.device} but g_global is on {g_global.device}")
+    if same_stripes and q_local is not None and q_local.shape[1] != g_local.shape[1]:
+        raise ValueError(
+            f"{op}: q_local and g_local must have the same number of stripes H (query-query and "
+            f"gallery-gallery distances are needed), got {list(q_local.shape)} and {list(g_local.shape)}"
+        )
     if q_local is not None and q_global is not None:
-        if q_local.shape[0] != q_global.shape[0]:
-            raise ValueError(
-                f"{op}: q_local and q_global must describe the same queries, got {q_local.shape[0]} and "
-                f"{q_global.shape[0]} rows"
-            )
-        if g_local.shape[0] != g_global.shape[0]:
-            raise ValueError(
-                f"{op}: g_local and g_global must describe the same gallery, got {g_local.shape[0]} and "
-                f"{g_global.shape[0]} rows"
-            )
+        for side, loc, glob in (("queries", q_local, q_global), ("gallery", g_local, g_global)):
+            if loc.shape[0] != glob.shape[0]:
+                raise ValueError(
+                    f"{op}: local and global features must describe the same {side}, got {loc.shape[0]} "
+                    f"and {glob.shape[0]} rows"
+                )
         if q_local.device != q_global.device:
             raise ValueError(f"{op}: local features are on {q_local.device} but global ones on {q_global.device}")
     if metric not in _METRICS:
@@ -226,10 +218,19 @@ def distance_blocks(
     ``start:stop`` to the whole gallery, block after block (a generator).
 
     Args:"""
-    op = "partdist.eval.distance_blocks"
+    q, g, pd, rows = _prepare(
+        "partdist.eval.distance_blocks", q_local, g_local, q_global, g_global, lam=lam, metric=metric,
+        normalize=normalize, gamma=gamma, band=band, block_rows=block_rows, chunk_size=chunk_size,
+    )
+    yield from _blocks(q, g, pd, rows, progress, "distances")
+
+
+def _prepare(op, q_local, g_local, q_global, g_global, *, lam=1.0, metric="euclidean", normalize=True,
+             gamma=0.0, band=None, block_rows=None, chunk_size=None, bytes_per_entry=4):
+    """Checked sides, the pair distance and the block height (the options of distance_blocks)."""
     q, g = _sides(op, q_local, g_local, q_global, g_global, lam, metric)
-    rows = _check_pos_int(op, "block_rows", block_rows) or _default_rows(len(g))
-    yield from _blocks(q, g, _PairDistance(lam, metric, normalize, gamma, band, chunk_size), rows, progress, "distances")
+    rows = _check_pos_int(op, "block_rows", block_rows) or _default_rows(len(g), bytes_per_entry)
+    return q, g, _PairDistance(lam, metric, normalize, gamma, band, chunk_size), rows
 
 
 def _blocks(q, g, pd, rows, progress, desc):
@@ -245,29 +246,17 @@ def _blocks(q, g, pd, rows, progress, desc):
 
 @torch.no_grad()
 def query_gallery_distance(
-    q_local=None,
-    g_local=None,
-    q_global=None,
-    g_global=None,
-    *,
-    lam: float = 1.0,
-    metric: str = "euclidean",
-    normalize: bool = True,
-    gamma: float = 0.0,
-    band: Optional[float] = None,
-    block_rows: Optional[int] = None,
-    chunk_size: Optional[int] = None,
-    progress: bool = False,
+    q_local=None, g_local=None, q_global=None, g_global=None, *, progress: bool = False, **options
 ) -> torch.Tensor:
     """The dense ``[Q, G]`` distance matrix, computed block by block (with a progress bar).
 
     Raises :class:`MemoryError` before computing anything when ``[Q, G]`` cannot fit,
     naming :func:`topk_distance` / :func:`distance_blocks` as the alternatives.
 
-    Args:"""
+    ``options``: the keyword options of :func:`distance_blocks` (``lam``, ``metric``,
+    ``normalize``, ``gamma``, ``band``, ``block_rows``, ``chunk_size``)."""
     op = "partdist.eval.query_gallery_distance"
-    q, g = _sides(op, q_local, g_local, q_global, g_global, lam, metric)
-    rows = _check_pos_int(op, "block_rows", block_rows) or _default_rows(len(g))
+    q, g, pd, rows = _prepare(op, q_local, g_local, q_global, g_global, **options)
     feats = [t for t in (q_local, q_global) if t is not None]
     dtype = torch.promote_types(feats[0].dtype, feats[-1].dtype)
     if dtype in (torch.float16, torch.bfloat16) and q_local is not None:
@@ -281,15 +270,14 @@ def query_gallery_distance(
         "partdist.eval.distance_blocks(...) (yields [block_rows, G] blocks)",
     )
     out = None
-    for s, e, blk in _blocks(q, g, _PairDistance(lam, metric, normalize, gamma, band, chunk_size), rows, progress, "distances"):
+    for s, e, blk in _blocks(q, g, pd, rows, progress, "distances"):
         if out is None:
             out = blk.new_empty((len(q), len(g)))
         out[s:e] = blk
     return out
 
 
-for _f in (distance_blocks, query_gallery_distance):
-    _f.__doc__ += _COMMON_DOC
+distance_blocks.__doc__ += _COMMON_DOC
 
 
 def _stable_topk(block: torch.Tensor, k: int, largest: bool):
@@ -313,14 +301,8 @@ def topk_distance(
     *,
     k: int,
     largest: bool = False,
-    lam: float = 1.0,
-    metric: str = "euclidean",
-    normalize: bool = True,
-    gamma: float = 0.0,
-    band: Optional[float] = None,
-    block_rows: Optional[int] = None,
-    chunk_size: Optional[int] = None,
     progress: bool = False,
+    **options,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest gallery items of every query, without the dense ``[Q, G]`` matrix.
 
@@ -330,22 +312,21 @@ def topk_distance(
 
     Args:
         k: how many gallery items to keep per query, ``1 <= k <= G``.
-        largest: keep the ``k`` farthest instead."""
+        largest: keep the ``k`` farthest instead.
+        progress: show a progress bar (tqdm).
+        options: the keyword options of :func:`distance_blocks` (``lam``, ``metric``,
+            ``normalize``, ``gamma``, ``band``, ``block_rows``, ``chunk_size``)."""
     op = "partdist.eval.topk_distance"
-    q, g = _sides(op, q_local, g_local, q_global, g_global, lam, metric)
+    q, g, pd, rows = _prepare(op, q_local, g_local, q_global, g_global, bytes_per_entry=16, **options)
     k = _check_pos_int(op, "k", k, allow_none=False)
     if k > len(g):
         raise ValueError(f"{op}: k must be at most the gallery size G = {len(g)}, got {k}")
-    rows = _check_pos_int(op, "block_rows", block_rows) or _default_rows(len(g), 16)
     vals, inds = [], []
-    for _, _, blk in _blocks(q, g, _PairDistance(lam, metric, normalize, gamma, band, chunk_size), rows, progress, "top-k"):
+    for _, _, blk in _blocks(q, g, pd, rows, progress, "top-k"):
         v, i = _stable_topk(blk, k, largest)
         vals.append(v)
         inds.append(i)
     return torch.cat(vals), torch.cat(inds)
-
-
-topk_distance.__doc__ += _COMMON_DOC
 
 
 def local_dist_topk(
@@ -416,38 +397,24 @@ class _FeatureDist:
             )
         return out
 
+    def columns(self, s, e):
+        """Rows ``s:e`` of the squared distances (float32), as :func:`reranking._neighbours`
+        reads them; keeps the query x gallery distances on the way."""
+        raw = self._rows_block(s, e)
+        if self.qg is None:
+            self.dtype = raw.dtype
+            self.qg = np.empty((self.q, self.g), dtype=raw.dtype)
+        if e <= self.q:
+            self.qg[s:e] = raw[:, self.q :]
+        self._bar.update(e - s)
+        return self._sq(raw)
+
     def neighbours(self, K, chunk):
-        n, q = self.n, self.q
-        R = np.empty((n, K), dtype=np.int32)
-        colmax = np.empty(n, dtype=np.float32)
-        bar = progress_bar(self.progress, n, "re-ranking: neighbours", unit="item")
+        self._bar = progress_bar(self.progress, self.n, "re-ranking: neighbours", unit="item")
         try:
-            for lo, hi in ((0, q), (q, n)):
-                for s in range(lo, hi, chunk):
-                    e = min(s + chunk, hi)
-                    raw = self._rows_block(s, e)
-                    if self.qg is None:
-                        self.dtype = raw.dtype
-                        self.qg = np.empty((q, self.g), dtype=raw.dtype)
-                    if e <= q:
-                        self.qg[s:e] = raw[:, q:]
-                    block = self._sq(raw)
-                    del raw
-                    m = block.max(axis=1)
-                    if not (m > 0).all():
-                        bad = s + int(np.argmin(m > 0))
-                        raise ValueError(
-                            f"{_rr._OP}: all distances of item {bad} of [queries; gallery] are 0; "
-                            "distances must not be all zero"
-                        )
-                    colmax[s:e] = m
-                    block /= m[:, None]
-                    R[s:e] = _rr._topk_rows(block, K)
-                    del block
-                    bar.update(e - s)
+            return _rr._neighbours(self, K, chunk)
         finally:
-            bar.close()
-        return R, colmax
+            self._bar.close()
 
     def _items(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
