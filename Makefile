@@ -2,6 +2,7 @@
 #                train AlignedReID on the CPU -> evaluate (global / DMLI / re-ranked) -> pictures
 # make test    : set up .venv (idempotent), build partdist, run the test suite
 # make bench   : the microbenchmarks (DMLI, mining, neighborhood differences)
+# make bench-market : Market-1501-size local distances and re-ranking (long)
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
 # make sanitize : build the CPU kernels with ASan+UBSan and run the op tests under them
 PYTHON ?= python3
@@ -10,7 +11,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build test demo bench cuda-check sanitize clean
+.PHONY: all venv build test demo bench bench-market cuda-check sanitize clean
 
 all: test
 
@@ -36,6 +37,10 @@ bench: build
 	$(PY) benchmarks/bench_dmli.py
 	$(PY) benchmarks/bench_mining.py
 	$(PY) benchmarks/bench_neighborhood.py
+
+# Market-1501-size evaluation (local q x g distances, re-ranking): ~10 min on 2 CPU cores
+bench-market: build
+	$(PY) benchmarks/bench_market.py
 
 $(CUDA_VENV)/.stamp: requirements-cuda-check.txt
 	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)

@@ -21,3 +21,18 @@ def test_readme_loss_example_runs_and_backpropagates():
     (gl + ll).backward()
     assert torch.isfinite(gl) and torch.isfinite(ll)
     assert local.grad.abs().sum() > 0 and g.grad.abs().sum() > 0
+
+
+def test_readme_market_example_runs():
+    src = README.read_text()
+    code = re.search(r"## Market-1501-scale evaluation.*?```python\n(.*?)```", src, re.S).group(1)
+    g = torch.Generator().manual_seed(0)
+    ns = {
+        "q_local": torch.randn(20, 8, 16, generator=g),
+        "g_local": torch.randn(150, 8, 16, generator=g),
+        "q_global": torch.randn(20, 32, generator=g),
+        "g_global": torch.randn(150, 32, generator=g),
+    }
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["d"].shape == (20, 150) and ns["rr"].shape == (20, 150)
+    assert ns["vals"].shape == ns["idx"].shape == (20, 100)
