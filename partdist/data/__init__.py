@@ -2,7 +2,8 @@
 
 * :mod:`~partdist.data.datasets`: Market-1501, DukeMTMC-reID, CUHK03-np and MSMT17
   folder layouts -> ``(train, query, gallery)`` lists of ``(path, pid, camid)``;
-* :class:`SyntheticReID`: seeded offline person-like images in the Market-1501 layout;
+* :class:`SyntheticReID`: seeded offline person-like images in the Market-1501 layout, with
+  ground-truth part boxes, masks and keypoints (:func:`load_synthetic_parts`);
 * :class:`RandomIdentitySampler`: batches of P identities x K images;
 * :mod:`~partdist.data.transforms`: resize, flip, pad + crop, random erasing, to-tensor,
   normalize (no torchvision);
@@ -25,7 +26,7 @@ from .datasets import (
 from .image_dataset import ImageDataset, read_image
 from .pairs import BalancedPairSampler
 from .sampler import RandomIdentitySampler
-from .synthetic import CameraParams, SyntheticReID, default_camera_params, make_grid
+from .synthetic import SYNTHETIC_PARTS, CameraParams, SyntheticReID, default_camera_params, load_synthetic_parts, make_grid
 from .transforms import build_transforms
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "SyntheticReID",
     "default_camera_params",
     "make_grid",
+    "load_synthetic_parts",
+    "SYNTHETIC_PARTS",
     "build_transforms",
     "transforms",
 ]
