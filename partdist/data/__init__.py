@@ -23,7 +23,7 @@ from .datasets import (
     msmt17,
     parse_image_folder,
 )
-from .image_dataset import ImageDataset, read_image
+from .image_dataset import ImageDataset, PartImageDataset, read_image
 from .pairs import BalancedPairSampler
 from .sampler import RandomIdentitySampler
 from .synthetic import SYNTHETIC_PARTS, CameraParams, SyntheticReID, default_camera_params, load_synthetic_parts, make_grid
@@ -41,6 +41,7 @@ __all__ = [
     "msmt17",
     "parse_image_folder",
     "ImageDataset",
+    "PartImageDataset",
     "read_image",
     "RandomIdentitySampler",
     "CameraParams",
