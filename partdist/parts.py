@@ -196,8 +196,13 @@ def _pool_boxes(fmap, boxes, mode, sampling_ratio, spatial_scale, image_size, op
         # sum_ij mean_s(wy) mean_t(wx) f_ij
         feats = torch.einsum("nph,npw,nchw->npc", wy.mean(2), wx.mean(2), fmap)
     else:
-        samples = torch.einsum("npsh,nptw,nchw->npcst", wy, wx, fmap)
-        feats = samples.flatten(3).amax(3) * vis[..., None]
+        # one row of samples at a time: memory N P C (W + sw), not N P C sh sw
+        feats = None
+        for s in range(sh):
+            rows = torch.einsum("nph,nchw->npcw", wy[:, :, s], fmap)
+            best = torch.einsum("npcw,nptw->npct", rows, wx).amax(3)
+            feats = best if feats is None else torch.maximum(feats, best)
+        feats = feats * vis[..., None]
     return feats, vis
 
 
@@ -257,8 +262,9 @@ def part_pool(
       (and ``P > H`` repeats rows).
     * a pair ``(gh, gw)``: a grid of the same adaptive bins, ``P = gh * gw`` parts in row-major
       order (part ``r * gw + c`` is row ``r``, column ``c``).
-    * boxes ``[N, P, 4]`` ``(x1, y1, x2, y2)``, floating point, pooled RoIAlign-style (as
-      torchvision's ``roi_align(aligned=True)`` with one output bin): continuous coordinates in
+    * boxes ``[N, P, 4]`` ``(x1, y1, x2, y2)``, floating point, pooled RoIAlign-style (the
+      sampling of torchvision's ``roi_align(aligned=True)`` with one output bin and a fixed
+      ``sampling_ratio``, for boxes inside the map; torchvision does not clip): continuous coordinates in
       which map cell ``(i, j)`` covers ``[j, j+1] x [i, i+1]``, an evenly spaced grid of
       ``sh x sw`` bilinear samples inside the box, averaged (``"avg"``) or maximized
       (``"max"``). Boxes are in map coordinates unless ``spatial_scale`` (one factor, as

@@ -398,3 +398,14 @@ def test_readme_part_example_runs():
     assert ns["stripes"].shape == (2, 6, 256) and ns["parts"].shape == (2, 7, 256) and ns["vis"].shape == (2, 7)
     assert ns["soft"].shape == (2, 3, 256) and ns["pabp"].shape == (2, 256 * 8)
     assert torch.equal(ns["vis"] & ~ns["kvis"], torch.zeros_like(ns["vis"]))
+
+
+def test_empty_batches_and_no_parts():
+    f = _fmap(n=0)
+    for parts in (3, (2, 2), torch.zeros(0, 2, 4, dtype=torch.float64), torch.zeros(0, 2, 7, 6, dtype=torch.float64)):
+        feats, vis = partdist.part_pool(f, parts)
+        assert feats.shape[0] == 0 and vis.shape[0] == 0
+    feats, vis = partdist.part_pool(_fmap(), torch.zeros(2, 0, 4, dtype=torch.float64), "max")
+    assert feats.shape == (2, 0, 5) and vis.shape == (2, 0)
+    boxes, vis = partdist.keypoints_to_parts(torch.zeros(0, 14, 3), "pdc", image_size=(8, 4))
+    assert boxes.shape == (0, 6, 4) and vis.shape == (0, 6)
