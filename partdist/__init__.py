@@ -11,12 +11,19 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 * :func:`neighborhood_diff`, :func:`cross_neighborhood_diff` - IDLA's cross-input
   neighborhood differences (``partdist.models.IDLA`` uses them)
 
+Part features (plain PyTorch, :mod:`partdist.parts`):
+
+* :func:`part_pool` - pool a feature map over stripes, a grid, boxes (RoIAlign-style) or soft masks
+* :func:`keypoints_to_parts` - 14-keypoint skeletons -> part boxes + visibility
+* :func:`bilinear_pool` - part-aligned bilinear pooling (PABP)
+
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
 from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .mining import hard_example_mining, triplet_hard_loss
 from .neighborhood import cross_neighborhood_diff, neighborhood_diff
+from .parts import bilinear_pool, keypoints_to_parts, part_pool
 from .eval.streaming import local_dist_topk  # noqa: E402  (needs the ops above)
 
 __version__ = "0.1.0"
@@ -24,14 +31,17 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_STRIPES",
     "batch_local_dist",
+    "bilinear_pool",
     "cross_neighborhood_diff",
     "dmli",
     "dmli_path",
     "hard_example_mining",
+    "keypoints_to_parts",
     "local_dist",
     "local_dist_matrix",
     "local_dist_topk",
     "neighborhood_diff",
+    "part_pool",
     "triplet_hard_loss",
     "unaligned_dist",
 ]

@@ -2,7 +2,8 @@
 
 * :mod:`~partdist.data.datasets`: Market-1501, DukeMTMC-reID, CUHK03-np and MSMT17
   folder layouts -> ``(train, query, gallery)`` lists of ``(path, pid, camid)``;
-* :class:`SyntheticReID`: seeded offline person-like images in the Market-1501 layout;
+* :class:`SyntheticReID`: seeded offline person-like images in the Market-1501 layout, with
+  ground-truth part boxes, masks and keypoints (:func:`load_synthetic_parts`);
 * :class:`RandomIdentitySampler`: batches of P identities x K images;
 * :mod:`~partdist.data.transforms`: resize, flip, pad + crop, random erasing, to-tensor,
   normalize (no torchvision);
@@ -22,10 +23,10 @@ from .datasets import (
     msmt17,
     parse_image_folder,
 )
-from .image_dataset import ImageDataset, read_image
+from .image_dataset import ImageDataset, PartImageDataset, read_image
 from .pairs import BalancedPairSampler
 from .sampler import RandomIdentitySampler
-from .synthetic import CameraParams, SyntheticReID, default_camera_params, make_grid
+from .synthetic import SYNTHETIC_PARTS, CameraParams, SyntheticReID, default_camera_params, load_synthetic_parts, make_grid
 from .transforms import build_transforms
 
 __all__ = [
@@ -40,12 +41,15 @@ __all__ = [
     "msmt17",
     "parse_image_folder",
     "ImageDataset",
+    "PartImageDataset",
     "read_image",
     "RandomIdentitySampler",
     "CameraParams",
     "SyntheticReID",
     "default_camera_params",
     "make_grid",
+    "load_synthetic_parts",
+    "SYNTHETIC_PARTS",
     "build_transforms",
     "transforms",
 ]

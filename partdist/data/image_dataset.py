@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from .transforms import Transform
 
-__all__ = ["ImageDataset", "read_image"]
+__all__ = ["ImageDataset", "PartImageDataset", "read_image"]
 
 
 def read_image(path):
@@ -78,3 +78,57 @@ class ImageDataset(Dataset):
             else:
                 img = self.transform(img)
         return img, pid, camid
+
+
+class PartImageDataset(ImageDataset):
+    """``dataset[i] -> (image, pid, camid, parts[i])``: an :class:`ImageDataset` that also yields
+    the part locations of each image, for the part models (``partdist.models.GLAD``,
+    ``SpindleNet``, ``SPReID``).
+
+    ``parts`` (array or tensor, one row per item of ``data``): boxes ``[M, P, 4]`` or keypoints
+    ``[M, 14, 3]`` in pixels of the stored image, or masks ``[M, P, h, w]`` (any size). When the
+    transform returns an image tensor ``[3, h, w]`` of another size than the stored image, box
+    and keypoint coordinates are scaled to it (masks need not be: the models resize them onto
+    their feature map). Only resizing is followed: use transforms without flips or crops (the
+    test transforms of :func:`partdist.data.build_transforms`).
+    """
+
+    def __init__(self, data: Sequence, parts, transform: Optional[Callable] = None, seed: Optional[int] = None):
+        super().__init__(data, transform, seed)
+        parts = torch.as_tensor(np.asarray(parts) if not isinstance(parts, torch.Tensor) else parts)
+        if parts.dim() < 3 or parts.shape[0] != len(self.data):
+            raise ValueError(
+                f"PartImageDataset: parts must hold one row per item of data ([{len(self.data)}, P, 4] boxes, "
+                f"[{len(self.data)}, 14, 3] keypoints or [{len(self.data)}, P, h, w] masks), got {list(parts.shape)}"
+            )
+        if parts.dim() == 3 and parts.shape[-1] == 4:
+            self.kind = "boxes"
+        elif parts.dim() == 3 and parts.shape[1:] == (14, 3):
+            self.kind = "keypoints"
+        elif parts.dim() == 4:
+            self.kind = "masks"
+        else:
+            raise ValueError(
+                f"PartImageDataset: parts must be boxes [M, P, 4], keypoints [M, 14, 3] or masks [M, P, h, w], "
+                f"got {list(parts.shape)}"
+            )
+        if self.kind != "masks" or parts.is_floating_point():
+            parts = parts.float()
+        self.parts = parts
+
+    def __getitem__(self, index):
+        path, pid, camid = self.data[index][:3]
+        img = read_image(path)
+        w0, h0 = img.size
+        if self.transform is not None:
+            if isinstance(self.transform, Transform):
+                img = self.transform(img, generator=self.generator(index))
+            else:
+                img = self.transform(img)
+        parts = self.parts[index]
+        if self.kind != "masks" and isinstance(img, torch.Tensor) and img.dim() == 3:
+            sx, sy = img.shape[2] / w0, img.shape[1] / h0
+            if (sx, sy) != (1.0, 1.0):
+                scale = [sx, sy, sx, sy] if self.kind == "boxes" else [sx, sy, 1.0]
+                parts = parts * torch.tensor(scale, dtype=parts.dtype)
+        return img, pid, camid, parts

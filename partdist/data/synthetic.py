@@ -33,6 +33,13 @@ camera (image 0 of each camera when ``imgs_per_id_cam >= 2``, else one camera's 
 and the rest to the gallery, so every query has a match in another camera. Optional
 distractors (pid 0) join the gallery and junk images (pid -1) the gallery too.
 
+Ground-truth parts: ``generate`` also writes ``synthetic_parts.npz`` beside the manifest, with
+three parts per image (head, upper body, lower body; :data:`SYNTHETIC_PARTS`) as the figure was
+drawn, after the camera's shift, scale and occlusion: visible-pixel masks, their boxes, a
+visibility flag and 14 keypoints (LSP order, :data:`partdist.parts.KEYPOINT_NAMES`).
+:func:`load_synthetic_parts` reads it. Recording them draws no random numbers, so the images
+are the same as without them.
+
 Everything is a function of ``seed`` and the parameters: every image has its own
 random stream keyed by ``(seed, pid, camera, index)``, so images do not depend on
 generation order, and two runs write identical files.
@@ -49,10 +56,16 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["CameraParams", "default_camera_params", "SyntheticReID", "make_grid"]
+__all__ = ["CameraParams", "default_camera_params", "SyntheticReID", "make_grid", "load_synthetic_parts",
+           "SYNTHETIC_PARTS"]
 
 _SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 _MANIFEST = "synthetic_reid.json"
+_PARTS_FILE = "synthetic_parts.npz"
+#: The ground-truth parts of :class:`SyntheticReID`, in the order of its part arrays.
+SYNTHETIC_PARTS = ("head", "upper_body", "lower_body")
+#: A part is visible when at least this fraction of its pixels is in the frame and not occluded.
+PART_MIN_VISIBLE = 0.5
 _FORMAT_VERSION = 1
 
 
@@ -201,6 +214,67 @@ def _texture(kind, c1, c2, v, u, period, noise_rng):
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
 
 
+def _figure_regions(v, u, wdt, long_hair):
+    """Masks of the head (head, neck, hair), upper body (torso, arms) and lower body (legs,
+    shoes) at figure coordinates ``v`` (down, 0 = top of the head) and ``u`` (across), the
+    regions ``_render`` paints (later paint wins: the head covers the rest)."""
+    au = np.abs(u)
+    torso_half = 0.13 * wdt * (1 - 0.15 * np.clip((v - 0.17) / 0.38, 0, 1))
+    torso = (v >= 0.17) & (v < 0.55) & (au < torso_half)
+    arm = (v >= 0.18) & (v < 0.52) & (au >= torso_half) & (au < torso_half + 0.045)
+    legs = ((v >= 0.55) & (v < 0.95) & (au < 0.115 * wdt) & (au > 0.012)) | (
+        (v >= 0.55) & (v < 0.62) & (au < 0.115 * wdt)
+    )
+    shoes = (v >= 0.95) & (v < 1.0) & (au < 0.12 * wdt) & (au > 0.008)
+    head = (((v - 0.085) / 0.075) ** 2 + (u / 0.058) ** 2 < 1) | ((v >= 0.15) & (v < 0.18) & (au < 0.025))
+    if long_hair:
+        head = head | ((v >= 0.05) & (v < 0.26) & (au < 0.075) & (au > 0.045))
+    return head, (torso | arm) & ~head, (legs | shoes) & ~head
+
+
+def _keypoints_uv(wdt):
+    """The 14 keypoints (LSP order) in figure coordinates ``(u, v)``; the person faces the
+    camera, so their right side is on the image's left (u < 0)."""
+    half = lambda v: 0.13 * wdt * (1 - 0.15 * np.clip((v - 0.17) / 0.38, 0, 1))  # noqa: E731
+    arm = lambda v: half(v) + 0.0225  # noqa: E731
+    leg = 0.06 * wdt
+    sh = 0.8 * half(0.19)
+    return np.array([
+        (-leg, 0.95), (-leg, 0.75), (-leg, 0.58), (leg, 0.58), (leg, 0.75), (leg, 0.95),  # ankle knee hip (r, l)
+        (-arm(0.51), 0.51), (-arm(0.35), 0.35), (-sh, 0.19),  # r wrist, elbow, shoulder
+        (sh, 0.19), (arm(0.35), 0.35), (arm(0.51), 0.51),  # l shoulder, elbow, wrist
+        (0.0, 0.165), (0.0, 0.012),  # neck, head top
+    ], dtype=np.float64)
+
+
+def _part_annotation(H, W, top, ph, cx, wdt, long_hair, occluded_at):
+    """Visible-pixel masks ``[3, H, W]``, boxes ``[3, 4]`` (x1, y1, x2, y2; pixel edges, 0 if
+    nothing is visible), visibility ``[3]`` and keypoints ``[14, 3]`` of one image.
+    ``occluded_at(yy, xx)`` -> bool mask of the occluder."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    regions = _figure_regions((yy - top) / ph, (xx - cx) / ph, wdt, long_hair)
+    free = ~occluded_at(yy, xx)
+    # the whole figure on a canvas large enough to hold it: the part sizes before the frame cuts
+    y0, y1 = int(np.floor(min(0.0, top))) - 1, int(np.ceil(max(H, top + ph))) + 1
+    x0, x1 = int(np.floor(min(0.0, cx - 0.3 * ph))) - 1, int(np.ceil(max(W, cx + 0.3 * ph))) + 1
+    ey, ex = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    full = _figure_regions((ey - top) / ph, (ex - cx) / ph, wdt, long_hair)
+    masks = np.stack([r & free for r in regions])
+    boxes = np.zeros((3, 4), dtype=np.float32)
+    vis = np.zeros(3, dtype=bool)
+    for p in range(3):
+        rows, cols = np.nonzero(masks[p])
+        if rows.size:
+            boxes[p] = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+        vis[p] = rows.size > 0 and rows.size >= PART_MIN_VISIBLE * max(1, int(full[p].sum()))
+    uv = _keypoints_uv(wdt)
+    kx, ky = cx + uv[:, 0] * ph, top + uv[:, 1] * ph
+    inside = (kx >= 0) & (kx < W) & (ky >= 0) & (ky < H)
+    score = inside & ~occluded_at(ky.astype(np.float32), kx.astype(np.float32))
+    kpts = np.stack([kx, ky, score.astype(np.float64)], 1).astype(np.float32)
+    return masks, boxes, vis, kpts
+
+
 def _render(height, width, ident, cam: CameraParams, rngs):
     """One ``height x width x 3`` uint8 image of identity ``ident`` seen by camera ``cam``.
 
@@ -281,24 +355,33 @@ def _render(height, width, ident, cam: CameraParams, rngs):
     rng = occ_rng
     occluded = bool(rng.random() < cam.occlusion_prob)
     frac = 0.0
+
+    def occluded_at(py, px):
+        """The occluder's pixels (none when this image is not occluded)."""
+        if not occluded:
+            return np.zeros(np.shape(py), dtype=bool)
+        left, right = cx - 0.2 * ph, cx + 0.2 * ph
+        side = cam.occlusion_side
+        if side == "bottom":
+            return py >= top + ph * (1 - frac)
+        if side == "top":
+            return py < top + ph * frac
+        if side == "left":
+            return px < left + (right - left) * frac
+        return px >= right - (right - left) * frac
+
     if occluded:
         frac = rng.uniform(*cam.occlusion_frac)
         col = _hsv_color(rng, s_range=(0.0, 0.6), v_range=(0.15, 0.8))
-        left, right = cx - 0.2 * ph, cx + 0.2 * ph
-        if cam.occlusion_side == "bottom":
-            occ = yy >= top + ph * (1 - frac)
-        elif cam.occlusion_side == "top":
-            occ = yy < top + ph * frac
-        elif cam.occlusion_side == "left":
-            occ = xx < left + (right - left) * frac
-        else:
-            occ = xx >= right - (right - left) * frac
+        occ = occluded_at(yy, xx)
         stripes = (np.floor(yy / max(2.0, 0.03 * H)) % 2)[..., None]
         img[occ] = (col * (0.85 + 0.15 * stripes))[occ]
 
     img *= cam.brightness * np.asarray(cam.color_cast, dtype=np.float32)
     img += noise_rng.normal(0.0, 5.0, size=img.shape).astype(np.float32)
     info = {"top": float(top), "height": float(ph), "cx": float(cx), "occluded": occluded, "occlusion_frac": float(frac)}
+    info["parts"] = dict(zip(("masks", "boxes", "visibility", "keypoints"),
+                             _part_annotation(H, W, top, ph, cx, wdt, ident["long_hair"], occluded_at)))
     return np.clip(img, 0, 255).astype(np.uint8), info
 
 
@@ -442,6 +525,15 @@ class SyntheticReID:
         """The ``height x width x 3`` uint8 image ``idx`` of ``pid`` in camera ``cam`` (0-based)."""
         return self._render(pid, cam, idx)[0]
 
+    def parts(self, pid: int, cam: int, idx: int) -> dict:
+        """Ground-truth parts of that image: ``masks`` ``[3, H, W]`` bool (visible pixels of head,
+        upper body, lower body), ``boxes`` ``[3, 4]`` float32 (their bounding boxes in pixels,
+        ``(x1, y1, x2, y2)`` with pixel edges, zeros when no pixel is visible), ``visibility``
+        ``[3]`` bool (at least :data:`PART_MIN_VISIBLE` of the part in the frame and not occluded)
+        and ``keypoints`` ``[14, 3]`` float32 (x, y, score 1 if in the frame and not occluded,
+        else 0; LSP order)."""
+        return self._render(pid, cam, idx)[1]["parts"]
+
     def _render(self, pid, cam, idx, camera=None, ident=None):
         """Image and geometry; ``camera`` / ``ident`` override the camera or the appearance."""
         rngs = [np.random.default_rng([self.seed, 2, pid + 1, cam, idx, k]) for k in range(4)]
@@ -485,32 +577,83 @@ class SyntheticReID:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise FileExistsError(f"SyntheticReID.generate: root {self.root!r} exists and is not a directory")
         if self._matches_existing():
+            if not os.path.isfile(os.path.join(self.root, _PARTS_FILE)):  # written by an older version
+                self._write_parts([(split, pid, cam, idx, self.parts(pid, cam, idx))
+                                   for split, pid, cam, idx in self.plan()])
             return self.root
         if os.path.isdir(self.root) and os.listdir(self.root):
             if not overwrite:
                 raise FileExistsError(
                     f"SyntheticReID.generate: root {self.root!r} is not empty and does not hold a data set "
                     f"generated with these parameters; pass overwrite=True to replace "
-                    f"{', '.join(_SPLIT_DIRS)} and {_MANIFEST} there, or choose an empty folder"
+                    f"{', '.join(_SPLIT_DIRS)}, {_MANIFEST} and {_PARTS_FILE} there, or choose an empty folder"
                 )
             for d in _SPLIT_DIRS:
                 shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
-            if os.path.exists(os.path.join(self.root, _MANIFEST)):
-                os.remove(os.path.join(self.root, _MANIFEST))
+            for name in (_MANIFEST, _PARTS_FILE):
+                if os.path.exists(os.path.join(self.root, name)):
+                    os.remove(os.path.join(self.root, name))
         for d in _SPLIT_DIRS:
             os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        annotations = []
         for split, pid, cam, idx in self.plan():
-            arr = self.render(pid, cam, idx)
+            arr, info = self._render(pid, cam, idx)
+            annotations.append((split, pid, cam, idx, info["parts"]))
             path = os.path.join(self.root, split, self._name(pid, cam, idx))
             im = Image.fromarray(arr)
             if self.image_format == "jpg":
                 im.save(path, format="JPEG", quality=92)
             else:
                 im.save(path, format="PNG")
+        self._write_parts(annotations)
         # the manifest last: its presence marks a complete data set
         with open(os.path.join(self.root, _MANIFEST), "w", encoding="utf-8") as f:
             json.dump(self.config(), f, indent=1)
         return self.root
+
+    def _write_parts(self, annotations):
+        """``synthetic_parts.npz``: the parts of every image, rows in :meth:`plan` order."""
+        arrays = {
+            "names": np.array([f"{split}/{self._name(pid, cam, idx)}" for split, pid, cam, idx, _ in annotations]),
+            "part_names": np.array(SYNTHETIC_PARTS),
+        }
+        for key in ("boxes", "visibility", "masks", "keypoints"):
+            arrays[key] = np.stack([a[key] for *_, a in annotations])
+        tmp = os.path.join(self.root, _PARTS_FILE + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, os.path.join(self.root, _PARTS_FILE))
+
+
+def load_synthetic_parts(root, items=None) -> dict:
+    """Read the ground-truth parts that :meth:`SyntheticReID.generate` wrote to ``root``.
+
+    Returns a dict of numpy arrays: ``boxes`` ``[M, 3, 4]`` float32 (pixels), ``visibility``
+    ``[M, 3]`` bool, ``masks`` ``[M, 3, H, W]`` bool, ``keypoints`` ``[M, 14, 3]`` float32,
+    ``names`` ``[M]`` (``"split/file"``) and ``part_names`` (:data:`SYNTHETIC_PARTS`). With
+    ``items`` (a list of ``(path, pid, camid)``, e.g. a split of
+    :func:`partdist.data.market1501` of ``root``), the rows are those of ``items``, in order.
+    """
+    path = os.path.join(os.fspath(root), _PARTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"load_synthetic_parts: no {_PARTS_FILE} in {os.fspath(root)!r}; run SyntheticReID(...).generate() "
+            "there (it writes the parts of the data sets it generates)"
+        )
+    with np.load(path) as z:
+        out = {k: z[k] for k in z.files}
+    out["names"] = out["names"].astype(str)
+    if items is None:
+        return out
+    index = {name: i for i, name in enumerate(out["names"])}
+    rows = []
+    for k, item in enumerate(items):
+        p = os.path.abspath(os.fspath(item[0]))
+        key = f"{os.path.basename(os.path.dirname(p))}/{os.path.basename(p)}"
+        if key not in index:
+            raise KeyError(f"load_synthetic_parts: items[{k}] ({item[0]!r}) is not an image of the data set in {root!r}")
+        rows.append(index[key])
+    rows = np.asarray(rows, dtype=np.int64)
+    return {k: (v[rows] if k != "part_names" else v) for k, v in out.items()}
 
 
 def make_grid(images: Iterable, ncols: int = 8, pad: int = 2, background=(255, 255, 255)):

@@ -19,10 +19,20 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
     Returns ``{"global": [N, D], "local": [N, H, C] or None, "pids": [N], "camids": [N]}``
     (features on the CPU). With ``flip`` the features of each image and of its horizontal mirror
     are averaged (stripes are rows, so a horizontal flip keeps them aligned).
+
+    Models with ``needs_parts = True`` (``partdist.models.GLAD``, ``SpindleNet``, ``SPReID``) are
+    called as ``model(images, parts)`` with the fourth item of each batch (e.g. from
+    :class:`partdist.data.PartImageDataset`); their ``parts`` ``[N, P, C]`` and
+    ``part_visibility`` ``[N, P]`` outputs are returned too. ``flip`` is refused for them (a
+    mirror swaps left and right parts).
     """
+    needs_parts = bool(getattr(model, "needs_parts", False))
+    if needs_parts and flip:
+        raise ValueError("extract_features: flip=True is not supported for models that take parts (needs_parts)")
     was_training = model.training
     model.eval()
     glob, loc, pids, cams = [], [], [], []
+    parts, vis = [], []
     it = loader
     if progress:
         from tqdm import tqdm
@@ -31,7 +41,17 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
     for batch in it:
         imgs, pid, cam = batch[0], batch[1], batch[2]
         imgs = imgs.to(device)
-        out = model(imgs)
+        if needs_parts:
+            if len(batch) < 4:
+                raise ValueError(
+                    "extract_features: the model takes parts (needs_parts); the loader must yield "
+                    "(images, pids, camids, parts)"
+                )
+            out = model(imgs, batch[3].to(device))
+            parts.append(out["parts"].float().cpu())
+            vis.append(out["part_visibility"].cpu())
+        else:
+            out = model(imgs)
         g, l = out["global"], out.get("local")
         if flip:
             out2 = model(imgs.flip(-1))
@@ -44,12 +64,15 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
         pids.append(torch.as_tensor(pid))
         cams.append(torch.as_tensor(cam))
     model.train(was_training)
-    return {
+    res = {
         "global": torch.cat(glob),
         "local": torch.cat(loc) if loc else None,
         "pids": torch.cat(pids),
         "camids": torch.cat(cams),
     }
+    if needs_parts:
+        res["parts"], res["part_visibility"] = torch.cat(parts), torch.cat(vis)
+    return res
 
 
 def global_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
