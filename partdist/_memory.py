@@ -65,7 +65,8 @@ def available_bytes(device) -> int | None:
 
 
 def check_dense_fits(op: str, shape, dtype: torch.dtype, device, alternative: str) -> None:
-    """Raise :class:`MemoryError` when a dense ``shape`` tensor cannot fit on ``device``.
+    """Raise :class:`MemoryError` when a dense ``shape`` tensor cannot fit on ``device``
+    (half types count 6 bytes an entry: the ops compute them in float32, then cast).
 
     The message names the size needed, the size available and ``alternative`` (the
     chunked / streaming call that avoids the dense output). Skipped while tracing
@@ -79,7 +80,10 @@ def check_dense_fits(op: str, shape, dtype: torch.dtype, device, alternative: st
     n = 1
     for s in shape:
         n *= int(s)
-    need = n * torch.empty((), dtype=dtype).element_size()
+    per = dtype.itemsize
+    if dtype in (torch.float16, torch.bfloat16):
+        per += 4  # computed in float32, then cast: both are alive at the end
+    need = n * per
     if need < (256 << 20):  # never worth a system call for small outputs
         return
     avail = available_bytes(device)

@@ -88,6 +88,23 @@ def test_topk_ties_ordered_by_index():
         assert first < 6 and row[1].item() == first + 6 and row[2].item() == first + 12
 
 
+@pytest.mark.parametrize("row", [1, 22])
+def test_topk_with_nan_rows_and_columns(row):
+    """NaN counts as larger than every distance (torch.topk / torch.sort semantics), and a
+    NaN row never borrows another row's neighbours."""
+    ql, gl, _, _ = feats(12)
+    ql[row, 0, 0] = float("nan")  # every distance of this query is NaN
+    gl[5, 1, 1] = float("nan")  # gallery item 5 is NaN for every query
+    d = partdist.local_dist(ql, gl)
+    for largest in (False, True):
+        vals, idx = partdist.local_dist_topk(ql, gl, 4, largest=largest, block_rows=7)
+        assert vals[row].isnan().all() and idx[row].tolist() == [0, 1, 2, 3]
+        ok = torch.arange(ql.shape[0]) != row
+        ref = torch.sort(d[ok], dim=1, descending=largest, stable=True).indices[:, :4]
+        assert torch.equal(idx[ok], ref)
+        assert (idx[ok][:, 0] == 5).all() == largest  # NaN first when largest, never kept otherwise
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 def test_topk_fused_and_global(metric):
     ql, gl, qg, gg = feats(4)

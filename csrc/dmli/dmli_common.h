@@ -134,7 +134,10 @@ struct FusedCells {
 // extension): + and min compile to single SIMD instructions and a Lanes value
 // lives in a register (about 3.5x faster DP than a plain array, measured on the
 // all-pairs kernel). Elsewhere (nvcc, other compilers) a plain array and loops.
-#if defined(__GNUC__) && !defined(__CUDACC__)
+// (Clang has the vector ?: since version 11.) dmli_cuda.cu never instantiates Lanes,
+// so the two layouts never meet in one program.
+#if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__HIPCC__) && \
+    (!defined(__clang__) || __clang_major__ >= 11)
 #define PARTDIST_NATIVE_LANES 1
 #else
 #define PARTDIST_NATIVE_LANES 0

@@ -318,7 +318,8 @@ void for_each_tile(int64_t M, int64_t N, const Tiling& T, int64_t tile_elems,
                    const at::TensorOptions& opts, bool parallel, TileFn fn) {
   const int64_t tn = (N + T.nc - 1) / T.nc, tiles = ((M + T.mc - 1) / T.mc) * tn;
   auto run = [&](int64_t begin, int64_t end) {
-    Tensor buf = at::empty({tile_elems}, opts);
+    // zeros: the CPU kernel reads (and drops) padding lanes past the last column
+    Tensor buf = parallel ? at::zeros({tile_elems}, opts) : at::empty({tile_elems}, opts);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t a0 = (t / tn) * T.mc, b0 = (t % tn) * T.nc;
       fn(a0, std::min(T.mc, M - a0), b0, std::min(T.nc, N - b0), buf);

@@ -441,7 +441,7 @@ def _rerank(D, k1, k2, lambda_value, chunk):
         del R
         return _final(D, csr, colmax, lambda_value, chunk, budget)
     except MemoryError as err:
-        if str(err).startswith(_OP):
+        if str(err).startswith((_OP, "partdist.")):
             raise
         raise _oom("re-ranking", f"q = {q}, g = {g}", chunk) from None
 

@@ -95,7 +95,7 @@ class _PairDistance:
             loc = partdist.local_dist(
                 a.local, b.local, self.normalize, self.chunk_size, gamma=self.gamma, band=self.band
             )
-            out = loc if out is None else out + self.lam * loc.to(out.dtype)
+            out = loc if out is None else out.to(torch.promote_types(out.dtype, loc.dtype)) + self.lam * loc
         return out
 
     def pairs(self, a: _Side, b: _Side) -> torch.Tensor:
@@ -104,7 +104,7 @@ class _PairDistance:
             out = _gdist_pairs(a.glob, b.glob, self.metric)
         if a.local is not None:
             loc = partdist.batch_local_dist(a.local, b.local, self.normalize, gamma=self.gamma, band=self.band)
-            out = loc if out is None else out + self.lam * loc.to(out.dtype)
+            out = loc if out is None else out.to(torch.promote_types(out.dtype, loc.dtype)) + self.lam * loc
         return out
 
 
@@ -198,7 +198,6 @@ _COMMON_DOC = """
         progress: show a progress bar (tqdm)."""
 
 
-@torch.no_grad()
 def distance_blocks(
     q_local=None,
     g_local=None,
@@ -215,14 +214,15 @@ def distance_blocks(
     progress: bool = False,
 ) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """Yield ``(start, stop, block)``: the distances ``[stop - start, G]`` of queries
-    ``start:stop`` to the whole gallery, block after block (a generator).
+    ``start:stop`` to the whole gallery, block after block (an iterator; the arguments are
+    checked at the call).
 
     Args:"""
     q, g, pd, rows = _prepare(
         "partdist.eval.distance_blocks", q_local, g_local, q_global, g_global, lam=lam, metric=metric,
         normalize=normalize, gamma=gamma, band=band, block_rows=block_rows, chunk_size=chunk_size,
     )
-    yield from _blocks(q, g, pd, rows, progress, "distances")
+    return _blocks(q, g, pd, rows, progress, "distances")
 
 
 def _prepare(op, q_local, g_local, q_global, g_global, *, lam=1.0, metric="euclidean", normalize=True,
@@ -233,6 +233,7 @@ def _prepare(op, q_local, g_local, q_global, g_global, *, lam=1.0, metric="eucli
     return q, g, _PairDistance(lam, metric, normalize, gamma, band, chunk_size), rows
 
 
+@torch.no_grad()
 def _blocks(q, g, pd, rows, progress, desc):
     bar = progress_bar(progress, len(q), desc, unit="query")
     try:
@@ -281,14 +282,15 @@ distance_blocks.__doc__ += _COMMON_DOC
 
 
 def _stable_topk(block: torch.Tensor, k: int, largest: bool):
-    """``k`` smallest (largest) entries of each row, sorted; ties by the smaller index."""
+    """``k`` smallest (largest) entries of each row, sorted; ties by the smaller index.
+    NaN counts as larger than every number (as ``torch.topk`` / ``torch.sort``)."""
     if block.device.type == "cpu":
         a = block.float().numpy() if block.dtype in (torch.float16, torch.bfloat16) else block.numpy()
-        if largest:
-            a = -a
-        idx = torch.from_numpy(_rr._topk_rows(np.ascontiguousarray(a), k).astype(np.int64))
-    else:
-        idx = torch.sort(block, dim=1, descending=largest, stable=True).indices[:, :k]
+        nan_rows = np.isnan(a).any(axis=1)
+        if not nan_rows.any():
+            idx = torch.from_numpy(_rr._topk_rows(np.ascontiguousarray(-a if largest else a), k).astype(np.int64))
+            return block.gather(1, idx), idx
+    idx = torch.sort(block, dim=1, descending=largest, stable=True).indices[:, :k]
     return block.gather(1, idx), idx
 
 
@@ -380,7 +382,7 @@ class _FeatureDist:
         self.dtype = np.float32
 
     def _sq(self, x):
-        return np.power(np.asarray(x, dtype=self.dtype), 2).astype(np.float32)
+        return np.power(np.asarray(x, dtype=self.dtype), 2).astype(np.float32, copy=False)
 
     def _rows_block(self, s, e):
         """Distances of items ``s:e`` of ``[queries; gallery]`` to all items, ``[e - s, N]`` numpy."""
@@ -481,9 +483,10 @@ def re_ranking_features(
     time, each block reduced at once to its row's ``k1 + 1`` nearest neighbours and row
     maximum; the few entries the k-reciprocal encoding needs besides those are
     recomputed pair by pair (:func:`partdist.batch_local_dist`). Memory: the ``[q, g]``
-    result, ``O((q+g) k)`` neighbour lists and sparse encodings, and blocks of about
-    64 MiB (``chunk_size x (q+g)`` float32). Compute: every pair once, ``(q+g)^2``
-    distances (for Market-1501, 3.7e8 DMLI distances).
+    result and one more ``[q, g]`` copy of the original distances (in the features'
+    precision), ``O((q+g) k)`` neighbour lists and sparse encodings, and blocks of about
+    64 MiB (``chunk_size x (q+g)`` float32). Compute: all ``(q+g)^2`` ordered pairs (each
+    unordered pair twice; for Market-1501, 3.7e8 DMLI distances).
 
     Local features must have the same number of stripes on both sides.
 
