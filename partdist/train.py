@@ -55,6 +55,7 @@ class TrainConfig:
     k: int = 4  # images per identity
     epochs: int = 10
     iters_per_epoch: Optional[int] = None  # default: len(train) // (p * k)
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9, as in the PCB recipe)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     warmup_epochs: int = 2
@@ -83,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if self.k < 2:
             raise ValueError(f"k: the triplet losses need at least 2 images per identity, got {self.k}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
         return self
@@ -228,7 +231,10 @@ class Trainer:
         self.num_classes = num_classes
         self.batches = batches
         self.log = log if self.is_main else (lambda *a, **k: None)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.id_loss = CrossEntropyLabelSmooth(num_classes, cfg.label_smooth)
         # under DDP the triplet losses mine over the global batch of all ranks
