@@ -19,7 +19,7 @@ def _splits(data, dataset="market1501"):
 
 
 def _add_train_args(ap):
-    from .train import TrainConfig
+    from .train import MODELS, TrainConfig
 
     d = TrainConfig()
     ap.add_argument("--data", required=False, help="dataset root (Market-1501 layout unless --dataset)")
@@ -29,10 +29,15 @@ def _add_train_args(ap):
         if f.name in ("milestones",):
             ap.add_argument("--milestones", type=int, nargs="*", default=None)
             continue
+        if f.name == "model":
+            ap.add_argument("--model", choices=MODELS, default=None, help=f"default {d.model}")
+            continue
         default = getattr(d, f.name)
         typ = type(default) if default is not None else (int if f.name in ("iters_per_epoch", "last_stride") else str)
         if typ is bool:
-            ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
+            # `--flag`, `--flag true` or `--flag false`
+            ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs="?", const=True,
+                            type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
         else:
             ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None)
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -54,15 +59,26 @@ def _config_from(args, **defaults):
 
 
 def cmd_train(args):
+    """Single process, or one process of a DDP run: under ``torchrun`` (or with
+    ``--distributed``) the process group is initialized from the environment first."""
+    from . import distributed as pdist
     from .train import make_batches, train
 
     if not args.data:
         sys.exit("partdist train: --data ROOT is required (or use `partdist demo` for the synthetic set)")
-    splits = _splits(args.data, args.dataset)
     cfg = _config_from(args)
+    started = False
+    if (cfg.distributed or pdist.launched_by_torchrun()) and not pdist.is_distributed():
+        _, _, dev = pdist.init_distributed(cfg.device)
+        cfg = dataclasses.replace(cfg, device=str(dev), distributed=True)
+        started = True
+    splits = _splits(args.data, args.dataset)
     num_classes = len({pid for _, pid, _ in splits.train})
     tr = train(cfg, num_classes, make_batches(splits.train, cfg), resume=args.resume)
-    print(f"checkpoint: {tr.ckpt_path}")
+    if tr.is_main:
+        print(f"checkpoint: {tr.ckpt_path}")
+    if started:
+        torch.distributed.destroy_process_group()
 
 
 def _load_model(path, device="cpu"):
@@ -222,7 +238,28 @@ def main(argv=None):
     s.set_defaults(fn=cmd_synthetic)
 
     args = ap.parse_args(argv)
-    return args.fn(args) or 0
+    import signal
+
+    def _sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    # A kill or Ctrl-C loses at most the current epoch (checkpoints are written atomically after
+    # each). SIGTERM (schedulers; torchrun stopping its workers) is treated as Ctrl-C.
+    previous = None
+    if args.cmd in ("train", "demo"):
+        try:
+            previous = signal.signal(signal.SIGTERM, _sigterm)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        hint = "; resume with --resume" if args.cmd in ("train", "demo") else ""
+        print(f"\npartdist {args.cmd}: interrupted{hint}", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,26 @@ multiply the loss by ``W`` (``torch.distributed.get_world_size()``) to reproduce
 single-process training on the global batch.
 
 Ranks may hold different numbers of rows; they are gathered in rank order.
+
+:func:`init_distributed` sets up the default process group for training from the
+environment that ``torchrun`` provides (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``): NCCL on CUDA (one GPU per process, from
+``LOCAL_RANK``), gloo on the CPU.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import datetime
+import os
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_with_grad", "is_distributed", "world_size"]
+__all__ = ["all_gather_with_grad", "is_distributed", "world_size", "rank", "launched_by_torchrun",
+           "init_distributed"]
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def is_distributed(group=None) -> bool:
@@ -37,6 +47,44 @@ def is_distributed(group=None) -> bool:
 
 def world_size(group=None) -> int:
     return dist.get_world_size(group) if is_distributed(group) else 1
+
+
+def rank(group=None) -> int:
+    return dist.get_rank(group) if is_distributed(group) else 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when the process was started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and
+    ``LOCAL_RANK`` are set)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def init_distributed(device="cpu", timeout_s: float = 1800) -> Tuple[int, int, torch.device]:
+    """Initialize the default process group from the ``torchrun`` environment.
+
+    ``device`` ``"cuda"`` (or ``"cuda:i"``): backend NCCL, this process uses GPU ``LOCAL_RANK``;
+    ``"cpu"``: backend gloo. Returns ``(rank, world_size, device)``. If the group is already
+    initialized it is kept.
+    """
+    dev = torch.device(device)
+    if not is_distributed():
+        missing = [k for k in _TORCHRUN_ENV if k not in os.environ]
+        if missing:
+            raise RuntimeError(
+                f"distributed training: the environment lacks {', '.join(missing)}; launch with "
+                "`torchrun --nproc_per_node N ...` (or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)"
+            )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("distributed training: device 'cuda' requested but CUDA is not available")
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not is_distributed():
+        dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size(), dev
 
 
 def _gather_rows(x: torch.Tensor, group) -> tuple[torch.Tensor, int]:

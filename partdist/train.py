@@ -1,10 +1,23 @@
-"""Training of the reference ReID models (AlignedReID, PCB, PCB+RPP) with the partdist losses.
+"""Training of the reference ReID models (AlignedReID, PCB, PCB+RPP, ICNN) with the partdist losses.
 
 Checkpoints are written atomically at the end of every epoch (model, optimizer, scheduler,
 RNG states, epoch, metrics); ``resume=True`` continues from the last one exactly: every epoch
 re-seeds its sampler, augmentations and dropout from ``(seed, epoch)``, so training 2 epochs
 equals training 1, stopping, resuming and training 1 more. A kill or Ctrl-C mid-epoch loses at
 most the current epoch. Metrics go to ``<out>/metrics.jsonl``, one JSON object per epoch.
+
+Distributed data parallel (``torchrun``): when a ``torch.distributed`` process group is
+initialized (``partdist train`` does it under ``torchrun`` or with ``--distributed``), the
+:class:`Trainer` wraps the model in ``DistributedDataParallel``. The global batch is the
+single-process P x K batch; rank ``r`` of ``W`` takes the ``P / W`` identities at positions
+``r * P / W ...`` of it (whole identities, ``P`` must be divisible by ``W``) and loads only those
+images. The triplet losses mine over the global batch (``all_ranks=True``, their loss is
+multiplied by ``W`` to undo DDP's gradient averaging) and the ID loss is a mean over equal shards,
+so a step equals the single-process step on the same global batch (up to float summation order;
+exactly so only where BatchNorm does not use per-rank batch statistics: ``freeze_bn``, or
+``sync_bn`` on CUDA). Only rank 0 writes checkpoints, metrics, logs and progress bars; every rank
+resumes from the same checkpoint, and since the global batches are a function of
+``(seed, epoch)`` a run may be resumed with another number of ranks.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -20,17 +34,18 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
+from . import distributed as pdist
 from .losses import AlignedTripletLoss, CrossEntropyLabelSmooth, TripletLoss
-from .models import PCB, AlignedReID
+from .models import ICNN, PCB, AlignedReID
 
 __all__ = ["TrainConfig", "build_model", "Trainer", "train", "make_batches"]
 
-MODELS = ("aligned", "pcb", "pcb_rpp")
+MODELS = ("aligned", "pcb", "pcb_rpp", "icnn")
 
 
 @dataclass
 class TrainConfig:
-    model: str = "aligned"  # aligned | pcb | pcb_rpp
+    model: str = "aligned"  # aligned | pcb | pcb_rpp | icnn
     backbone: str = "compact"  # resnet50 | resnet18 | compact
     weights: Optional[str] = None  # local torchvision-style state_dict for the backbone
     last_stride: Optional[int] = None  # default: 2 for aligned, 1 for pcb
@@ -40,6 +55,7 @@ class TrainConfig:
     k: int = 4  # images per identity
     epochs: int = 10
     iters_per_epoch: Optional[int] = None  # default: len(train) // (p * k)
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9, as in the PCB recipe)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     warmup_epochs: int = 2
@@ -55,6 +71,9 @@ class TrainConfig:
     device: str = "cpu"
     out: str = "runs/train"
     progress: bool = True
+    distributed: bool = False  # init torch.distributed from the torchrun environment (automatic under torchrun)
+    sync_bn: bool = False  # DDP: convert BatchNorm to SyncBatchNorm (CUDA only)
+    freeze_bn: bool = False  # BatchNorm layers use and keep their running statistics (affine params still train)
 
     def validate(self):
         if self.model not in MODELS:
@@ -65,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if self.k < 2:
             raise ValueError(f"k: the triplet losses need at least 2 images per identity, got {self.k}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
         return self
@@ -73,6 +94,8 @@ class TrainConfig:
 def build_model(cfg: TrainConfig, num_classes: Optional[int]) -> nn.Module:
     if cfg.model == "aligned":
         return AlignedReID(num_classes, cfg.backbone, cfg.last_stride or 2, cfg.weights)
+    if cfg.model == "icnn":
+        return ICNN(num_classes, backbone=cfg.backbone, last_stride=cfg.last_stride or 1, weights=cfg.weights)
     return PCB(num_classes, backbone=cfg.backbone, last_stride=cfg.last_stride or 1, weights=cfg.weights,
                rpp=cfg.model == "pcb_rpp")
 
@@ -85,22 +108,63 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_batches(train_items, cfg: "TrainConfig"):
+def _check_share(p: int, world: int):
+    if p % world != 0:
+        raise ValueError(
+            f"p: the {p} identities of a batch must divide evenly among the {world} ranks "
+            "(each rank takes whole identities); choose p divisible by the number of processes"
+        )
+
+
+class _RankShare(torch.utils.data.Sampler):
+    """Of every ``batch_size`` consecutive indices of ``sampler`` (a P x K batch, identities in
+    runs of K), the ``batch_size / world`` at positions ``rank * batch_size / world ...``: whole
+    identities, the same split on every rank."""
+
+    def __init__(self, sampler, batch_size: int, rank: int, world: int):
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+        self.share = batch_size // world
+
+    def __iter__(self):
+        lo, buf = self.rank * self.share, []
+        for i in self.sampler:
+            buf.append(i)
+            if len(buf) == self.batch_size:
+                yield from buf[lo : lo + self.share]
+                buf = []
+
+    def __len__(self):
+        return len(self.sampler) // self.batch_size * self.share
+
+
+def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, world_size: Optional[int] = None):
     """``epoch -> iterator of (images, pids)``: P x K batches of the training items with the
     training transforms, a pure function of ``(cfg.seed, epoch)`` (sampler order and
-    augmentations are both keyed on them), so a resumed run sees the same batches."""
+    augmentations are both keyed on them), so a resumed run sees the same batches.
+
+    With ``world_size`` W > 1 (default: that of the initialized process group) it yields this
+    ``rank``'s share of each global P x K batch: the P / W identities (K images each) at
+    positions ``rank * P / W ...``; the W shares concatenated in rank order are the
+    single-process batch (same images, same augmentations)."""
     from torch.utils.data import DataLoader
 
     from .data import ImageDataset, RandomIdentitySampler, build_transforms
 
+    rank = pdist.rank() if rank is None else int(rank)
+    world = pdist.world_size() if world_size is None else int(world_size)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank: expected 0 <= rank < world_size ({world}), got {rank}")
+    _check_share(cfg.p, world)
     items = list(train_items)
     ds = ImageDataset(items, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
     sampler = RandomIdentitySampler(items, batch_size=cfg.p * cfg.k, num_instances=cfg.k, seed=cfg.seed)
+    share = sampler if world == 1 else _RankShare(sampler, cfg.p * cfg.k, rank, world)
 
     def batches(epoch):
         ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        loader = DataLoader(ds, batch_size=cfg.p * cfg.k, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
+        loader = DataLoader(ds, batch_size=cfg.p * cfg.k // world, sampler=share, num_workers=cfg.num_workers,
+                            drop_last=True)
         for k, (images, pids, _cams) in enumerate(loader):
             if cfg.iters_per_epoch is not None and k >= cfg.iters_per_epoch:
                 break
@@ -110,28 +174,72 @@ def make_batches(train_items, cfg: "TrainConfig"):
 
 
 def _atomic_save(obj, path):
+    """Write to ``path.tmp``, flush it to disk, then rename over ``path``: a kill at any moment
+    leaves either the previous complete file or the new one."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _test_stall(epoch: int, iteration: int):
+    """Test hook: with ``PARTDIST_TEST_STALL_AT=E:I`` the run announces itself on stderr and
+    sleeps (until killed) after iteration I (1-based) of epoch E (1-based): a deterministic
+    "mid-epoch" for the interruption tests."""
+    at = os.environ.get("PARTDIST_TEST_STALL_AT")
+    if at and at == f"{epoch}:{iteration}":
+        print(f"partdist test hook: stalled in epoch {epoch} after iteration {iteration}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(0.05)
 
 
 class Trainer:
     """One training run. ``batches(epoch)`` must yield ``(images, pids)`` for that epoch and be a
-    pure function of ``(seed, epoch)`` (see :func:`partdist.data` loaders) for exact resume."""
+    pure function of ``(seed, epoch)`` (see :func:`partdist.data` loaders) for exact resume.
+
+    If a ``torch.distributed`` process group is initialized, training is data parallel (DDP;
+    see the module docstring): ``batches`` must then yield this rank's share of each global
+    batch (:func:`make_batches` does). ``self.model`` is the bare model (what checkpoints hold);
+    ``self.net`` is what the training step calls (the DDP wrapper, or the model)."""
 
     def __init__(self, cfg: TrainConfig, num_classes: int, batches: Callable[[int], object], log=print):
         self.cfg = cfg.validate()
+        self.rank, self.world = pdist.rank(), pdist.world_size()
+        self.ddp = pdist.is_distributed()
+        self.is_main = self.rank == 0
+        if self.ddp:
+            _check_share(cfg.p, self.world)
         self.device = torch.device(cfg.device)
+        if self.ddp and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank % torch.cuda.device_count())))
+        if cfg.sync_bn and self.ddp and self.device.type != "cuda":
+            raise ValueError("sync_bn: SyncBatchNorm needs CUDA devices (use freeze_bn, or plain BN, on the CPU)")
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, num_classes).to(self.device)
+        model = build_model(cfg, num_classes)
+        if cfg.sync_bn and self.ddp:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.net = self.model
         self.num_classes = num_classes
         self.batches = batches
-        self.log = log
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.log = log if self.is_main else (lambda *a, **k: None)
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.id_loss = CrossEntropyLabelSmooth(num_classes, cfg.label_smooth)
-        self.aligned_loss = AlignedTripletLoss(margin=cfg.margin, gamma=cfg.local_gamma)
-        self.triplet = TripletLoss(margin=cfg.margin)
+        # under DDP the triplet losses mine over the global batch of all ranks
+        self.aligned_loss = AlignedTripletLoss(margin=cfg.margin, gamma=cfg.local_gamma, all_ranks=self.ddp)
+        self.triplet = TripletLoss(margin=cfg.margin, all_ranks=self.ddp)
         self.epoch = 0
         self.history: List[dict] = []
         os.makedirs(cfg.out, exist_ok=True)
@@ -149,6 +257,7 @@ class Trainer:
             "epoch": self.epoch,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.world,
         }
 
     def load_state_dict(self, state):
@@ -159,58 +268,102 @@ class Trainer:
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
 
+    def _barrier(self):
+        if self.ddp:
+            torch.distributed.barrier()
+
     def resume(self) -> bool:
-        """Load ``<out>/checkpoint.pt`` if it exists; returns whether it did."""
-        if not os.path.exists(self.ckpt_path):
+        """Load ``<out>/checkpoint.pt`` if it exists; returns whether it did. Under DDP every rank
+        loads the same file (the out folder must be shared by the ranks)."""
+        found = os.path.exists(self.ckpt_path)
+        if self.ddp:  # all ranks must agree, or they would train from different states
+            flag = torch.tensor([int(found)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            if bool(flag.item()) != found:
+                raise RuntimeError(f"resume: {self.ckpt_path} is not visible from every rank; use a shared --out")
+        if not found:
             return False
         self.load_state_dict(torch.load(self.ckpt_path, map_location=self.device, weights_only=False))
-        # the metrics file may hold lines of an epoch that was interrupted after the checkpoint
-        with open(self.metrics_path, "w") as f:
-            for rec in self.history:
-                f.write(json.dumps(rec) + "\n")
+        if self.is_main:
+            # the metrics file may hold lines of an epoch that was interrupted after the checkpoint
+            with open(self.metrics_path, "w") as f:
+                for rec in self.history:
+                    f.write(json.dumps(rec) + "\n")
         self.log(f"resumed from {self.ckpt_path} after epoch {self.epoch}")
+        self._barrier()
         return True
 
     # ------------------------------------------------------------------- step
-    def loss(self, images, pids):
-        out = self.model(images)
+    def _loss_parts(self, images, pids):
+        out = self.net(images)
         parts = {}
         logits = out["logits"]
         if isinstance(logits, list):
             parts["id"] = sum(self.id_loss(lg, pids) for lg in logits) / len(logits)
         else:
             parts["id"] = self.id_loss(logits, pids)
+        if "global_logits" in out:  # ICNN: the global branch's classifier
+            parts["id_global"] = self.id_loss(out["global_logits"], pids)
         if self.cfg.model == "aligned":
             res = self.aligned_loss(out["global"], pids, out["local"])
             parts["global"] = res.global_loss * self.cfg.triplet_weight
             parts["local"] = res.local_loss * self.cfg.local_weight
         else:
             parts["global"] = self.triplet(out["global"], pids) * self.cfg.triplet_weight
+        return parts
+
+    def loss(self, images, pids):
+        """``(loss, parts)`` for a batch (this rank's share under DDP, where ``loss`` is the
+        global-batch loss: the ID terms are this rank's mean, the triplet terms global)."""
+        parts = self._loss_parts(images, pids)
         return sum(parts.values()), parts
+
+    def _objective(self, parts):
+        """What is back-propagated: under DDP the triplet terms (already global losses, whose
+        gradient here flows only into this rank's rows) are multiplied by W, so that DDP's
+        averaging over ranks yields the single-process gradient of the global batch."""
+        if not self.ddp:
+            return sum(parts.values())
+        return sum(v if k.startswith("id") else v * self.world for k, v in parts.items())
+
+    def _set_train_mode(self):
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def train_epoch(self):
         cfg = self.cfg
         epoch = self.epoch
-        torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout etc.: a function of (seed, epoch)
-        self.model.train()
+        # dropout etc.: a function of (seed, epoch, rank)
+        torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * self.rank)
+        self._set_train_mode()
         sums, n, t0 = {}, 0, time.time()
         it = self.batches(epoch)
-        if cfg.progress:
+        if cfg.progress and self.is_main:
             from tqdm import tqdm
 
             it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for images, pids in it:
             images, pids = images.to(self.device), pids.to(self.device)
-            loss, parts = self.loss(images, pids)
+            parts = self._loss_parts(images, pids)
+            loss = sum(parts.values()).detach()
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self._objective(parts).backward()
             self.opt.step()
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
             if cfg.progress and hasattr(it, "set_postfix"):
                 it.set_postfix(loss=f"{float(loss):.3f}")
+            _test_stall(epoch + 1, n)
+        if self.ddp:  # report global-batch means: average the per-rank sums
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(t)
+            sums = {k: v / self.world for k, v in zip(keys, t.tolist())}
         self.sched.step()
         self.epoch = epoch + 1
         rec = {"epoch": self.epoch, **{k: v / max(n, 1) for k, v in sums.items()},
@@ -218,16 +371,21 @@ class Trainer:
         return rec
 
     def fit(self, evaluate: Optional[Callable[["Trainer"], dict]] = None, eval_every: int = 0):
-        """Train until ``cfg.epochs``; checkpoint and log after every epoch."""
+        """Train until ``cfg.epochs``; checkpoint and log after every epoch (under DDP: rank 0
+        evaluates, saves and logs while the other ranks wait at a barrier)."""
         while self.epoch < self.cfg.epochs:
             rec = self.train_epoch()
-            if evaluate is not None and eval_every and (self.epoch % eval_every == 0 or self.epoch == self.cfg.epochs):
+            if self.is_main and evaluate is not None and eval_every and (
+                self.epoch % eval_every == 0 or self.epoch == self.cfg.epochs
+            ):
                 rec.update(evaluate(self))
             self.history.append(rec)
-            _atomic_save(self.state_dict(), self.ckpt_path)
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            if self.is_main:
+                _atomic_save(self.state_dict(), self.ckpt_path)
+                with open(self.metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            self._barrier()
         return self.history
 
 

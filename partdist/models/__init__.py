@@ -1,9 +1,9 @@
 """Reference ReID models built on the partdist kernels."""
 
 from .backbones import CompactCNN, ResNet, build_backbone, resnet18, resnet50
-from .reid import PCB, AlignedReID
+from .reid import ICNN, PCB, AlignedReID
 from .idla import IDLA, evaluate_idla, idla_distance_matrix, verification_step
 from .parts import GLAD, SPReID, SpindleNet
 
-__all__ = ["AlignedReID", "PCB", "ResNet", "CompactCNN", "build_backbone", "resnet18", "resnet50",
+__all__ = ["AlignedReID", "PCB", "ICNN", "ResNet", "CompactCNN", "build_backbone", "resnet18", "resnet50",
            "IDLA", "verification_step", "idla_distance_matrix", "evaluate_idla", "GLAD", "SpindleNet", "SPReID"]

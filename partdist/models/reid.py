@@ -1,8 +1,9 @@
-"""Reference ReID models: AlignedReID and PCB / PCB+RPP.
+"""Reference ReID models: AlignedReID, PCB / PCB+RPP and ICNN (PCB parts + a global branch).
 
 Every model returns a dict. In training mode: ``global`` ``[N, D]``, ``local`` ``[N, H, C]`` (or
-``None``), ``logits`` (a tensor, or a list of tensors for per-part classifiers). In eval mode:
-``global`` and ``local`` only (the features used for retrieval).
+``None``), ``logits`` (a tensor, or a list of tensors for per-part classifiers); ICNN adds
+``global_logits`` (the global branch's classifier). In eval mode: ``global`` and ``local`` only
+(the features used for retrieval).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from .backbones import build_backbone
 
-__all__ = ["AlignedReID", "PCB"]
+__all__ = ["AlignedReID", "PCB", "ICNN"]
 
 
 def _check_images(name, x):
@@ -127,13 +128,50 @@ class PCB(nn.Module):
         mass = prob.sum((2, 3)).clamp_min(1e-6)[:, None, :]
         return (weighted / mass).unsqueeze(-1)
 
+    def part_features(self, fmap):
+        """``[N, C, H, W]`` map -> list of ``parts`` reduced part features ``[N, reduce_dim]``."""
+        pooled = self.dropout(self.pool_parts(fmap)) if self.training else self.pool_parts(fmap)
+        return [self.reduce[p](pooled[:, :, p : p + 1]).flatten(1) for p in range(self.parts)]
+
     def forward(self, x):
         _check_images("PCB", x)
-        fmap = self.base(x)
-        pooled = self.dropout(self.pool_parts(fmap)) if self.training else self.pool_parts(fmap)
-        feats = [self.reduce[p](pooled[:, :, p : p + 1]).flatten(1) for p in range(self.parts)]
+        feats = self.part_features(self.base(x))
         local = torch.stack(feats, 1)  # [N, parts, reduce_dim]
         out = {"global": local.flatten(1), "local": local}
         if self.training and self.classifiers is not None:
             out["logits"] = [clf(f) for clf, f in zip(self.classifiers, feats)]
+        return out
+
+
+class ICNN(PCB):
+    """ICNN-style model: the PCB part branch plus a global branch on the same backbone map.
+
+    * parts: as :class:`PCB` (uniform stripes, or RPP with ``rpp=True``), each reduced and
+      classified by its own classifier (ID loss per part);
+    * global: global average pooling of the map -> ``[N, D]`` (D = backbone channels), trained
+      with the batch-hard triplet loss and an ID classifier (``global_logits``).
+
+    Outputs: ``global`` = the global-branch feature (the one the triplet loss sees, in training
+    and at test time), ``local`` = the part features ``[N, parts, reduce_dim]`` (DMLI / fused
+    distances in :mod:`partdist.eval`), and in training ``logits`` (list, one per part) and
+    ``global_logits``.
+    """
+
+    def __init__(self, num_classes: Optional[int] = None, parts: int = 6, backbone: str = "resnet50",
+                 last_stride: int = 1, weights: Optional[str] = None, reduce_dim: int = 256, rpp: bool = False,
+                 dropout: float = 0.5):
+        super().__init__(num_classes, parts, backbone, last_stride, weights, reduce_dim, rpp, dropout)
+        planes = self.base.out_channels
+        self.global_classifier = nn.Linear(planes, num_classes) if num_classes else None
+        self.feat_dim = planes
+
+    def forward(self, x):
+        _check_images("ICNN", x)
+        fmap = self.base(x)
+        g = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        feats = self.part_features(fmap)
+        out = {"global": g, "local": torch.stack(feats, 1)}
+        if self.training and self.classifiers is not None:
+            out["logits"] = [clf(f) for clf, f in zip(self.classifiers, feats)]
+            out["global_logits"] = self.global_classifier(g)
         return out
