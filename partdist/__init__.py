@@ -7,6 +7,8 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 * :func:`dmli_path` - the cells of that path
 * :func:`batch_local_dist` - fused local distance + DMLI for aligned pairs
 * :func:`local_dist` - the same for all query x gallery pairs, tile by tile
+* :func:`part_dist` - visibility-aware mean part distance of all pairs
+* :func:`dsr_dist` - DSR (deep spatial reconstruction) distance of all pairs
 * :func:`neighborhood_diff`, :func:`cross_neighborhood_diff` - IDLA's cross-input
   neighborhood differences (``partdist.models.IDLA`` uses them)
 
@@ -16,19 +18,23 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .mining import hard_example_mining, triplet_hard_loss
 from .neighborhood import cross_neighborhood_diff, neighborhood_diff
+from .part_dist import MAX_DSR_CELLS, dsr_dist, part_dist
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_DSR_CELLS",
     "MAX_STRIPES",
     "batch_local_dist",
     "cross_neighborhood_diff",
     "dmli",
     "dmli_path",
+    "dsr_dist",
     "hard_example_mining",
     "local_dist",
     "local_dist_matrix",
     "neighborhood_diff",
+    "part_dist",
     "triplet_hard_loss",
     "unaligned_dist",
 ]

@@ -1,0 +1,236 @@
+// Per-element math of the visibility-aware part distance (part_dist) and of the
+// DSR distance (dsr_dist), written once.
+//
+// Everything here is an inline host+device function: the CPU launcher
+// (parts_cpu.cpp, at::parallel_for) and the CUDA launcher (parts_cuda.cu, one
+// thread per pair / per (pair, query cell)) both call these and nothing else
+// does any of this math.
+//
+// part_dist, pair (a, b) with P parts:
+//   d_p   = ||x_ap - y_bp||_2 = sqrt(max(|x_ap|^2 + |y_bp|^2 - 2 x_ap.y_bp, 0))
+//   v_p   = vx_ap * vy_bp                       (visibility weights, floats)
+//   W     = sum_p v_p
+//   D     = sum_p v_p d_p / W                   if W > 0
+//         = empty_value                         if W == 0 (no shared visible part)
+//   dD/d(d_p)   = v_p / W                       (0 where W == 0)
+//   dD/d(vx_ap) = vy_bp (d_p - D) / W           (0 where W == 0)
+//   dD/d(vy_bp) = vx_ap (d_p - D) / W
+//   d(d_p)/d(x_ap) = (x_ap - y_bp) / d_p, subgradient 0 at d_p == 0.
+//
+// dsr_dist, one query cell x (C values) against a gallery Y (C x Lg, columns =
+// cells), with G = Y^T Y (Lg x Lg), b = Y^T x (Lg), xx = x.x:
+//   w* = argmin_w 1/2 ||x - Y w||^2 + beta ||w||_1        (the 1/2 is included)
+//   solved by FISTA (Beck & Teboulle 2009), step 1/L, L = lambda_max(G):
+//     w_{k+1} = soft(z_k - (G z_k - b) / L, beta / L)
+//     t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,  z_{k+1} = w_{k+1} + (t_k - 1)/t_{k+1} (w_{k+1} - w_k)
+//     stop after max_iter iterations or when ||w_{k+1} - w_k||_2 <= tol * ||w_{k+1}||_2
+//     (w_0 = z_0 = 0, t_0 = 1)
+//   error = ||x - Y w*||^2 = xx - 2 w*.b + w*^T G w*  (no 1/2, no beta ||w||_1 term),
+//   clamped at 0. The DSR distance of a pair is the mean of this error over the
+//   query's cells.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../common/hd.h"
+
+namespace partdist {
+namespace parts {
+
+// Largest number of gallery cells Lg the DSR kernels accept (the CUDA kernel keeps
+// three vectors of Lg values per thread in local arrays).
+constexpr int kMaxCells = 256;
+
+PD_HD float pd_sqrt(float x) { return sqrtf(x); }
+PD_HD double pd_sqrt(double x) { return sqrt(x); }
+
+template <typename T>
+PD_HD T pd_abs(T x) {
+  return x < T(0) ? -x : x;
+}
+
+// ---------------------------------------------------------------- part_dist
+// Distance of two parts from |a|^2, |b|^2 and a.b, clamped at 0; NaN propagates.
+template <typename T>
+PD_HD T part_norm_dist(T aa, T bb, T ab) {
+  T s = aa + bb - T(2) * ab;
+  return s < T(0) ? T(0) : pd_sqrt(s);
+}
+
+// Where the data of one tile lives. Pair (i, j) of the tile is query a0 + i and
+// gallery b0 + j; all pointers are already positioned at the tile's start.
+//   dot product of part p: xy[p * xy_sp + i * xy_si + j]
+//   |x_ap|^2, vx_ap:       xx[i * P + p], vx[i * P + p]   ([M, P] contiguous)
+//   |y_bp|^2, vy_bp:       yy[j * P + p], vy[j * P + p]
+//   output / incoming grad: out[i * out_si + j]
+template <typename T>
+struct PartTile {
+  int64_t mc = 0, nc = 0;
+  int P = 0;
+  int64_t xy_sp = 0, xy_si = 0;
+  int64_t out_si = 0;
+  T empty_value = T(0);
+  const T* xy = nullptr;
+  const T* xx = nullptr;
+  const T* yy = nullptr;
+  const T* vx = nullptr;
+  const T* vy = nullptr;
+  PD_HD int64_t num_pairs() const { return mc * nc; }
+};
+
+// Visibility-weighted sum of the part distances of pair (i, j): returns D, W in wsum.
+template <typename T>
+PD_HD T part_pair_value(const PartTile<T>& L, int64_t i, int64_t j, T& wsum) {
+  T num = T(0), den = T(0);
+  const T* xxi = L.xx + i * L.P;
+  const T* yyj = L.yy + j * L.P;
+  const T* vxi = L.vx + i * L.P;
+  const T* vyj = L.vy + j * L.P;
+  const T* t = L.xy + i * L.xy_si + j;
+  for (int p = 0; p < L.P; ++p) {
+    T v = vxi[p] * vyj[p];
+    if (v != T(0)) {  // invisible parts contribute nothing (even a NaN feature)
+      num += v * part_norm_dist(xxi[p], yyj[p], t[p * L.xy_sp]);
+      den += v;
+    }
+  }
+  wsum = den;
+  return den > T(0) ? num / den : L.empty_value;
+}
+
+template <typename T>
+PD_HD void part_pair_forward(const PartTile<T>& L, int64_t q, T* out) {
+  const int64_t i = q / L.nc, j = q - i * L.nc;
+  T w;
+  out[i * L.out_si + j] = part_pair_value(L, i, j, w);
+}
+
+// Backward of pair q. g: incoming gradient (layout of out). Writes, per part p,
+//   cw[p * xy_sp + i * xy_si + j] = g * v_p / (W d_p)      (cell weight: the chain
+//       rule to the features is dL/dx_ap += cw (x_ap - y_bp), dL/dy_bp -= cw (...))
+//   ce[p * xy_sp + i * xy_si + j] = g * (d_p - D) / W      (visibility factor:
+//       dL/dvx_ap += ce * vy_bp, dL/dvy_bp += ce * vx_ap)
+// Both are 0 for every part where W == 0. ce may be null (no visibility grads).
+template <typename T>
+PD_HD void part_pair_backward(const PartTile<T>& L, int64_t q, const T* gout, T* cw, T* ce) {
+  const int64_t i = q / L.nc, j = q - i * L.nc;
+  const T g = gout[i * L.out_si + j];
+  T W;
+  const T D = part_pair_value(L, i, j, W);
+  const bool live = W > T(0) && g != T(0);
+  const T* xxi = L.xx + i * L.P;
+  const T* yyj = L.yy + j * L.P;
+  const T* vxi = L.vx + i * L.P;
+  const T* vyj = L.vy + j * L.P;
+  const int64_t off = i * L.xy_si + j;
+  for (int p = 0; p < L.P; ++p) {
+    const int64_t k = p * L.xy_sp + off;
+    T wv = T(0), ev = T(0);
+    if (live) {
+      T v = vxi[p] * vyj[p];
+      T d = part_norm_dist(xxi[p], yyj[p], L.xy[k]);
+      wv = (v != T(0) && d > T(0)) ? g * v / (W * d) : T(0);
+      ev = g * (d - D) / W;
+    }
+    cw[k] = wv;
+    if (ce) ce[k] = ev;
+  }
+}
+
+// ---------------------------------------------------------------------- DSR
+PD_HD float soft_threshold(float v, float t) {
+  return v > t ? v - t : (v < -t ? v + t : 0.0f);
+}
+PD_HD double soft_threshold(double v, double t) {
+  return v > t ? v - t : (v < -t ? v + t : 0.0);
+}
+
+struct FistaOptions {
+  double beta = 0.0;
+  int max_iter = 0;
+  double tol = 0.0;
+};
+
+// Solves the Lasso of one query cell and returns its reconstruction error.
+//   G: Lg x Lg (row stride Lg), b: Lg entries (stride bs), xx = x.x, Lip = lambda_max(G)
+//   w, wn, z: Lg scratch entries each; on return w holds w*.
+//   iters (optional) receives the number of iterations run.
+template <typename T>
+PD_HD T dsr_cell(const T* G, int Lg, const T* b, int64_t bs, T xx, T Lip, const FistaOptions& o,
+                 T* w, T* wn, T* z, int* iters = nullptr) {
+  for (int k = 0; k < Lg; ++k) {
+    w[k] = T(0);
+    z[k] = T(0);
+  }
+  int it = 0;
+  if (Lip > T(0)) {
+    const T step = T(1) / Lip, thr = T(o.beta) / Lip, tol2 = T(o.tol) * T(o.tol);
+    T t = T(1);
+    for (it = 0; it < o.max_iter;) {
+      ++it;
+      T diff2 = T(0), norm2 = T(0);
+      for (int r = 0; r < Lg; ++r) {
+        const T* Gr = G + int64_t(r) * Lg;
+        T gr = -b[r * bs];
+        for (int c = 0; c < Lg; ++c) gr += Gr[c] * z[c];
+        T v = soft_threshold(z[r] - step * gr, thr);
+        wn[r] = v;
+        T d = v - w[r];
+        diff2 += d * d;
+        norm2 += v * v;
+      }
+      const T tn = (T(1) + pd_sqrt(T(1) + T(4) * t * t)) / T(2);
+      const T mom = (t - T(1)) / tn;
+      t = tn;
+      for (int r = 0; r < Lg; ++r) {
+        z[r] = wn[r] + mom * (wn[r] - w[r]);
+        w[r] = wn[r];
+      }
+      if (diff2 <= tol2 * norm2) break;
+    }
+  }
+  if (iters) *iters = it;
+  // error = xx - 2 w.b + w^T G w
+  T e = xx;
+  for (int r = 0; r < Lg; ++r) {
+    if (w[r] == T(0)) continue;
+    const T* Gr = G + int64_t(r) * Lg;
+    T gw = T(0);
+    for (int c = 0; c < Lg; ++c) gw += Gr[c] * w[c];
+    e += w[r] * (gw - T(2) * b[r * bs]);
+  }
+  return e < T(0) ? T(0) : e;
+}
+
+// Where the data of one DSR tile lives: pair (i, j) = query a0 + i, gallery b0 + j,
+// query cell n. Task q = (i * nc + j) * Lq + n.
+//   G of gallery j:        G + j * Lg * Lg
+//   b = Y_j^T x_{i,n}:     B[(i * nc + j) * Lg * Lq + r * Lq + n]  (r = gallery cell)
+//   |x_{i,n}|^2:            xx[i * Lq + n]
+//   lambda_max(G_j):        lip[j]
+//   error output:          err[q]
+template <typename T>
+struct DsrTile {
+  int64_t mc = 0, nc = 0;
+  int Lq = 0, Lg = 0;
+  FistaOptions opt;
+  const T* G = nullptr;
+  const T* B = nullptr;
+  const T* xx = nullptr;
+  const T* lip = nullptr;
+  PD_HD int64_t num_tasks() const { return mc * nc * Lq; }
+};
+
+template <typename T>
+PD_HD T dsr_task(const DsrTile<T>& L, int64_t q, T* w, T* wn, T* z) {
+  const int64_t pair = q / L.Lq;
+  const int n = int(q - pair * L.Lq);
+  const int64_t i = pair / L.nc, j = pair - i * L.nc;
+  const T* b = L.B + pair * int64_t(L.Lg) * L.Lq + n;
+  return dsr_cell(L.G + j * int64_t(L.Lg) * L.Lg, L.Lg, b, int64_t(L.Lq), L.xx[i * L.Lq + n],
+                  L.lip[j], L.opt, w, wn, z);
+}
+
+}  // namespace parts
+}  // namespace partdist

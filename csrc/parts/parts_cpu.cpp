@@ -1,0 +1,60 @@
+// CPU launchers: at::parallel_for over pairs (part_dist) or over (pair, query
+// cell) tasks (dsr_dist); the math is in parts_common.h. Called from inside a
+// parallel region (tiles in parallel), at::parallel_for runs inline.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/ptr.h"
+#include "parts_kernels.h"
+
+namespace partdist {
+namespace parts {
+
+void part_forward_cpu(const PartArgs& a, const at::Tensor& out) {
+  const int64_t n = a.mc * a.nc;
+  if (n == 0) return;
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max(1, a.P));
+  AT_DISPATCH_FLOATING_TYPES(a.xy.scalar_type(), "partdist_part_forward_cpu", [&] {
+    const PartTile<scalar_t> L = part_tile<scalar_t>(a);
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) part_pair_forward(L, q, o);
+    });
+  });
+}
+
+void part_backward_cpu(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
+                       const at::Tensor& ce) {
+  const int64_t n = a.mc * a.nc;
+  if (n == 0) return;
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max(1, a.P));
+  AT_DISPATCH_FLOATING_TYPES(a.xy.scalar_type(), "partdist_part_backward_cpu", [&] {
+    const PartTile<scalar_t> L = part_tile<scalar_t>(a);
+    const scalar_t* g = gout.const_data_ptr<scalar_t>();
+    scalar_t* w = cw.mutable_data_ptr<scalar_t>();
+    scalar_t* e = ce.defined() ? ce.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t end) {
+      for (int64_t q = b; q < end; ++q) part_pair_backward(L, q, g, w, e);
+    });
+  });
+}
+
+void dsr_forward_cpu(const DsrArgs& a, const at::Tensor& err) {
+  const int64_t n = a.mc * a.nc * a.Lq;
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(a.G.scalar_type(), "partdist_dsr_forward_cpu", [&] {
+    const DsrTile<scalar_t> L = dsr_tile<scalar_t>(a);
+    scalar_t* o = err.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> scratch(3 * size_t(a.Lg));
+      scalar_t* w = scratch.data();
+      for (int64_t q = b; q < e; ++q) o[q] = dsr_task(L, q, w, w + a.Lg, w + 2 * a.Lg);
+    });
+  });
+}
+
+}  // namespace parts
+}  // namespace partdist
