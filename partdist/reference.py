@@ -579,17 +579,25 @@ def lasso_fista(G, b, beta, lip, max_iter=200, tol=1e-5):
     return w
 
 
-def lasso_cd(G, b, beta, iters=2000):
+def lasso_cd(G, b, beta, iters=2000, tol=1e-15):
     """Plain cyclic coordinate descent for the same Lasso, one problem (G ``[L, L]``, b ``[L]``):
-    ``w_k = soft(b_k - sum_{j != k} G_kj w_j, beta) / G_kk``. Slow and simple; for tests."""
-    w = torch.zeros_like(b)
+    ``w_k = soft(b_k - sum_{j != k} G_kj w_j, beta) / G_kk``, until a sweep changes no
+    coordinate by more than ``tol`` or ``iters`` sweeps. Slow and simple; for tests."""
+    G, b = G.tolist(), b.tolist()
+    L = len(b)
+    w = [0.0] * L
     for _ in range(iters):
-        for k in range(b.shape[0]):
-            if G[k, k] <= 0:
+        change = 0.0
+        for k in range(L):
+            if G[k][k] <= 0:
                 continue
-            r = b[k] - G[k] @ w + G[k, k] * w[k]
-            w[k] = torch.sign(r) * (r.abs() - beta).clamp_min(0) / G[k, k]
-    return w
+            r = b[k] - sum(G[k][j] * w[j] for j in range(L) if j != k)
+            v = math.copysign(max(abs(r) - beta, 0.0), r) / G[k][k]
+            change = max(change, abs(v - w[k]))
+            w[k] = v
+        if change <= tol:
+            break
+    return torch.tensor(w, dtype=torch.float64)
 
 
 def lasso_objective(x, Y, w, beta):
