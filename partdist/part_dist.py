@@ -162,7 +162,7 @@ def part_dist(
             weighted mean; they are not checked, to avoid a device sync). A part with
             weight 0 is ignored entirely, even if its features are NaN.
         chunk_size: at most this many pairs per tile (one batched GEMM of their parts
-            followed by the fused kernel). ``None``/``0``: ``max(64, 16384 // P)`` on CPU,
+            followed by the fused kernel). ``None``/``0``: ``max(64, 2**18 // P)`` on CPU,
             ``2**24 // P`` on CUDA. Extra memory is ``P * chunk_size`` values per tile
             (per CPU thread in the forward; twice that in backward), never ``M * N * P``.
         empty_value: the distance of a pair that shares no visible part

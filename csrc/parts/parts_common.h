@@ -79,6 +79,21 @@ struct PartTile {
   PD_HD int64_t num_pairs() const { return mc * nc; }
 };
 
+// Weighted distance of one part: v * d, or 0 where v == 0 (an invisible part
+// contributes nothing, even a NaN feature). Written as a select so that loops over
+// pairs vectorize.
+template <typename T>
+PD_HD T part_term(T aa, T bb, T ab, T v) {
+  T d = part_norm_dist(aa, bb, ab);
+  return v != T(0) ? v * d : T(0);
+}
+
+// D from the weighted sum and the total weight W.
+template <typename T>
+PD_HD T part_finalize(T num, T den, T empty_value) {
+  return den > T(0) ? num / (den > T(0) ? den : T(1)) : empty_value;
+}
+
 // Visibility-weighted sum of the part distances of pair (i, j): returns D, W in wsum.
 template <typename T>
 PD_HD T part_pair_value(const PartTile<T>& L, int64_t i, int64_t j, T& wsum) {
@@ -90,13 +105,38 @@ PD_HD T part_pair_value(const PartTile<T>& L, int64_t i, int64_t j, T& wsum) {
   const T* t = L.xy + i * L.xy_si + j;
   for (int p = 0; p < L.P; ++p) {
     T v = vxi[p] * vyj[p];
-    if (v != T(0)) {  // invisible parts contribute nothing (even a NaN feature)
-      num += v * part_norm_dist(xxi[p], yyj[p], t[p * L.xy_sp]);
-      den += v;
-    }
+    num += part_term(xxi[p], yyj[p], t[p * L.xy_sp], v);
+    den += v;
   }
   wsum = den;
-  return den > T(0) ? num / den : L.empty_value;
+  return part_finalize(num, den, L.empty_value);
+}
+
+// Forward of the pairs (i, j0..j1-1) of one query row, part by part with the pairs
+// innermost (contiguous in xy): the CPU launcher's loop order, which vectorizes.
+// num, den: j1 - j0 scratch entries each. Same sums, in the same order, as
+// part_pair_value.
+template <typename T>
+PD_HD void part_row_forward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, T* num,
+                            T* den, T* out) {
+  const int64_t n = j1 - j0;
+  for (int64_t k = 0; k < n; ++k) {
+    num[k] = T(0);
+    den[k] = T(0);
+  }
+  for (int p = 0; p < L.P; ++p) {
+    const T xa = L.xx[i * L.P + p], va = L.vx[i * L.P + p];
+    const T* t = L.xy + p * L.xy_sp + i * L.xy_si + j0;
+    const T* yy = L.yy + j0 * L.P + p;
+    const T* vy = L.vy + j0 * L.P + p;
+    for (int64_t k = 0; k < n; ++k) {
+      T v = va * vy[k * L.P];
+      num[k] += part_term(xa, yy[k * L.P], t[k], v);
+      den[k] += v;
+    }
+  }
+  T* o = out + i * L.out_si + j0;
+  for (int64_t k = 0; k < n; ++k) o[k] = part_finalize(num[k], den[k], L.empty_value);
 }
 
 template <typename T>

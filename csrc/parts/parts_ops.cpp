@@ -116,7 +116,7 @@ PartPrep prepare_parts(const Tensor& x, const Tensor& y, const Tensor& vx, const
 
 int64_t part_pairs_per_tile(int64_t chunk_size, int64_t P, bool cuda) {
   if (chunk_size > 0) return chunk_size;
-  return cuda ? std::max<int64_t>(1, (int64_t(1) << 24) / P) : std::max<int64_t>(64, 16384 / P);
+  return cuda ? std::max<int64_t>(1, (int64_t(1) << 24) / P) : std::max<int64_t>(64, (int64_t(1) << 18) / P);
 }
 
 PartArgs part_args(const PartPrep& p, int64_t a0, int64_t mc, int64_t b0, int64_t nc,
@@ -147,10 +147,8 @@ Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const 
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   const bool cuda = x.is_cuda();
   Tiling T = tiling_for(M, N, part_pairs_per_tile(chunk_size, P, cuda));
-  // CPU: tiles in parallel, each with its own buffer and a single-threaded GEMM
-  // (nested parallel regions run inline), so the GEMM output stays in cache.
-  // CUDA: tiles in sequence on the stream.
-  for_each_tile(M, N, T, !cuda, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+  // Tiles in sequence; the GEMM and the launcher are parallel inside.
+  for_each_tile(M, N, T, false, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
     Tensor xy = at::bmm(p.xp.narrow(1, a0, mc), p.yp.narrow(1, b0, nc).transpose(1, 2));
     K.part_forward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
                    out.narrow(0, a0, mc).narrow(1, b0, nc));
