@@ -186,61 +186,178 @@ PD_HD double soft_threshold(double v, double t) {
   return v > t ? v - t : (v < -t ? v + t : 0.0);
 }
 
+// a . b over n entries, four independent partial sums (the FISTA iterations are a
+// chain of these dot products; one accumulator would be latency-bound).
+template <typename T>
+PD_HD T row_dot(const T* a, const T* b, int n) {
+  T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
+  int c = 0;
+  for (; c + 4 <= n; c += 4) {
+    s0 += a[c] * b[c];
+    s1 += a[c + 1] * b[c + 1];
+    s2 += a[c + 2] * b[c + 2];
+    s3 += a[c + 3] * b[c + 3];
+  }
+  for (; c < n; ++c) s0 += a[c] * b[c];
+  return (s0 + s1) + (s2 + s3);
+}
+
 struct FistaOptions {
   double beta = 0.0;
   int max_iter = 0;
   double tol = 0.0;
 };
 
+// The elementary FISTA steps, shared by the per-cell solver (dsr_cell, CUDA) and the
+// per-pair solver (dsr_pair, CPU: all query cells of a pair at once, vectorized).
+// Proximal gradient step of one coordinate: soft(z - step * grad, beta * step).
+template <typename T>
+PD_HD T fista_prox(T z, T grad, T step, T thr) {
+  return soft_threshold(z - step * grad, thr);
+}
+// t_{k+1} from t_k.
+template <typename T>
+PD_HD T fista_t_next(T t) {
+  return (T(1) + pd_sqrt(T(1) + T(4) * t * t)) / T(2);
+}
+// Stopping test: ||w_{k+1} - w_k||^2 <= tol^2 ||w_{k+1}||^2.
+template <typename T>
+PD_HD bool fista_done(T diff2, T norm2, T tol2) {
+  return diff2 <= tol2 * norm2;
+}
+// ||x - Y w||^2 = xx - 2 w.b + w^T G w, clamped at 0.
+template <typename T>
+PD_HD T recon_error(T xx, T wb, T wgw) {
+  T e = xx - T(2) * wb + wgw;
+  return e < T(0) ? T(0) : e;
+}
+
 // Solves the Lasso of one query cell and returns its reconstruction error.
 //   G: Lg x Lg (row stride Lg), b: Lg entries (stride bs), xx = x.x, Lip = lambda_max(G)
 //   w, wn, z: Lg scratch entries each; on return w holds w*.
-//   iters (optional) receives the number of iterations run.
 template <typename T>
 PD_HD T dsr_cell(const T* G, int Lg, const T* b, int64_t bs, T xx, T Lip, const FistaOptions& o,
-                 T* w, T* wn, T* z, int* iters = nullptr) {
+                 T* w, T* wn, T* z) {
   for (int k = 0; k < Lg; ++k) {
     w[k] = T(0);
     z[k] = T(0);
   }
-  int it = 0;
   if (Lip > T(0)) {
     const T step = T(1) / Lip, thr = T(o.beta) / Lip, tol2 = T(o.tol) * T(o.tol);
     T t = T(1);
-    for (it = 0; it < o.max_iter;) {
-      ++it;
+    for (int it = 0; it < o.max_iter; ++it) {
       T diff2 = T(0), norm2 = T(0);
       for (int r = 0; r < Lg; ++r) {
-        const T* Gr = G + int64_t(r) * Lg;
-        T gr = -b[r * bs];
-        for (int c = 0; c < Lg; ++c) gr += Gr[c] * z[c];
-        T v = soft_threshold(z[r] - step * gr, thr);
+        T v = fista_prox(z[r], row_dot(G + int64_t(r) * Lg, z, Lg) - b[r * bs], step, thr);
         wn[r] = v;
         T d = v - w[r];
         diff2 += d * d;
         norm2 += v * v;
       }
-      const T tn = (T(1) + pd_sqrt(T(1) + T(4) * t * t)) / T(2);
+      const T tn = fista_t_next(t);
       const T mom = (t - T(1)) / tn;
       t = tn;
       for (int r = 0; r < Lg; ++r) {
         z[r] = wn[r] + mom * (wn[r] - w[r]);
         w[r] = wn[r];
       }
-      if (diff2 <= tol2 * norm2) break;
+      if (fista_done(diff2, norm2, tol2)) break;
     }
   }
-  if (iters) *iters = it;
-  // error = xx - 2 w.b + w^T G w
-  T e = xx;
+  T wb = T(0), wgw = T(0);
   for (int r = 0; r < Lg; ++r) {
     if (w[r] == T(0)) continue;
-    const T* Gr = G + int64_t(r) * Lg;
-    T gw = T(0);
-    for (int c = 0; c < Lg; ++c) gw += Gr[c] * w[c];
-    e += w[r] * (gw - T(2) * b[r * bs]);
+    wb += w[r] * b[r * bs];
+    wgw += w[r] * row_dot(G + int64_t(r) * Lg, w, Lg);
   }
-  return e < T(0) ? T(0) : e;
+  return recon_error(xx, wb, wgw);
+}
+
+// The same for all Lq query cells of one pair at once: B is Lg x Lq (row stride Lq,
+// cell n in column n), xx Lq entries, err receives Lq errors. Each cell follows
+// exactly the iterations of dsr_cell (a cell that meets the stopping test is frozen;
+// t depends only on the iteration count, so it is shared), but the work runs over
+// contiguous cells, which vectorizes. Scratch: 3 Lg Lq + 4 Lq entries.
+template <typename T>
+PD_HD void dsr_pair(const T* G, int Lg, const T* B, int Lq, const T* xx, T Lip,
+                    const FistaOptions& o, T* scratch, T* err) {
+  const int64_t K = int64_t(Lg) * Lq;
+  T* W = scratch;
+  T* Wn = W + K;
+  T* Z = Wn + K;
+  T* acc = Z + K;
+  T* diff2 = acc + Lq;
+  T* norm2 = diff2 + Lq;
+  T* live = norm2 + Lq;  // 1 while the cell iterates, 0 once stopped
+  for (int64_t k = 0; k < K; ++k) {
+    W[k] = T(0);
+    Z[k] = T(0);
+  }
+  if (Lip > T(0)) {
+    const T step = T(1) / Lip, thr = T(o.beta) / Lip, tol2 = T(o.tol) * T(o.tol);
+    T t = T(1);
+    int n_live = Lq;
+    for (int n = 0; n < Lq; ++n) live[n] = T(1);
+    for (int it = 0; it < o.max_iter && n_live > 0; ++it) {
+      for (int n = 0; n < Lq; ++n) diff2[n] = norm2[n] = T(0);
+      for (int r = 0; r < Lg; ++r) {
+        const T* Gr = G + int64_t(r) * Lg;
+        const T* Br = B + int64_t(r) * Lq;
+        for (int n = 0; n < Lq; ++n) acc[n] = -Br[n];
+        for (int c = 0; c < Lg; ++c) {
+          const T g = Gr[c];
+          const T* Zc = Z + int64_t(c) * Lq;
+          for (int n = 0; n < Lq; ++n) acc[n] += g * Zc[n];
+        }
+        const T* Zr = Z + int64_t(r) * Lq;
+        const T* Wr = W + int64_t(r) * Lq;
+        T* Wnr = Wn + int64_t(r) * Lq;
+        for (int n = 0; n < Lq; ++n) {
+          T v = fista_prox(Zr[n], acc[n], step, thr);
+          Wnr[n] = v;
+          T d = v - Wr[n];
+          diff2[n] += d * d;
+          norm2[n] += v * v;
+        }
+      }
+      const T tn = fista_t_next(t);
+      const T mom = (t - T(1)) / tn;
+      t = tn;
+      for (int r = 0; r < Lg; ++r) {
+        T* Zr = Z + int64_t(r) * Lq;
+        T* Wr = W + int64_t(r) * Lq;
+        const T* Wnr = Wn + int64_t(r) * Lq;
+        for (int n = 0; n < Lq; ++n) {
+          const bool on = live[n] != T(0);
+          Zr[n] = on ? Wnr[n] + mom * (Wnr[n] - Wr[n]) : Zr[n];
+          Wr[n] = on ? Wnr[n] : Wr[n];
+        }
+      }
+      for (int n = 0; n < Lq; ++n)
+        if (live[n] != T(0) && fista_done(diff2[n], norm2[n], tol2)) {
+          live[n] = T(0);
+          --n_live;
+        }
+    }
+  }
+  // errors: acc = w.b, diff2 = w^T G w (reusing the scratch)
+  for (int n = 0; n < Lq; ++n) acc[n] = diff2[n] = T(0);
+  for (int r = 0; r < Lg; ++r) {
+    const T* Gr = G + int64_t(r) * Lg;
+    const T* Wr = W + int64_t(r) * Lq;
+    const T* Br = B + int64_t(r) * Lq;
+    for (int n = 0; n < Lq; ++n) norm2[n] = T(0);
+    for (int c = 0; c < Lg; ++c) {
+      const T g = Gr[c];
+      const T* Wc = W + int64_t(c) * Lq;
+      for (int n = 0; n < Lq; ++n) norm2[n] += g * Wc[n];
+    }
+    for (int n = 0; n < Lq; ++n) {
+      acc[n] += Wr[n] * Br[n];
+      diff2[n] += Wr[n] * norm2[n];
+    }
+  }
+  for (int n = 0; n < Lq; ++n) err[n] = recon_error(xx[n], acc[n], diff2[n]);
 }
 
 // Where the data of one DSR tile lives: pair (i, j) = query a0 + i, gallery b0 + j,
@@ -270,6 +387,14 @@ PD_HD T dsr_task(const DsrTile<T>& L, int64_t q, T* w, T* wn, T* z) {
   const T* b = L.B + pair * int64_t(L.Lg) * L.Lq + n;
   return dsr_cell(L.G + j * int64_t(L.Lg) * L.Lg, L.Lg, b, int64_t(L.Lq), L.xx[i * L.Lq + n],
                   L.lip[j], L.opt, w, wn, z);
+}
+
+// All query cells of pair p = i * nc + j (err: Lq entries of the task layout).
+template <typename T>
+PD_HD void dsr_pair_task(const DsrTile<T>& L, int64_t p, T* scratch, T* err) {
+  const int64_t i = p / L.nc, j = p - i * L.nc;
+  dsr_pair(L.G + j * int64_t(L.Lg) * L.Lg, L.Lg, L.B + p * int64_t(L.Lg) * L.Lq, L.Lq,
+           L.xx + i * L.Lq, L.lip[j], L.opt, scratch, err + p * L.Lq);
 }
 
 }  // namespace parts

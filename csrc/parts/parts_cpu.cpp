@@ -1,6 +1,5 @@
-// CPU launchers: at::parallel_for over pairs (part_dist) or over (pair, query
-// cell) tasks (dsr_dist); the math is in parts_common.h. Called from inside a
-// parallel region (tiles in parallel), at::parallel_for runs inline.
+// CPU launchers: at::parallel_for over blocks of pairs; the math is in
+// parts_common.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -51,16 +50,16 @@ void part_backward_cpu(const PartArgs& a, const at::Tensor& gout, const at::Tens
   });
 }
 
+// DSR: one task per pair, all its query cells at once (dsr_pair, vectorized over cells).
 void dsr_forward_cpu(const DsrArgs& a, const at::Tensor& err) {
-  const int64_t n = a.mc * a.nc * a.Lq;
+  const int64_t n = a.mc * a.nc;
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES(a.G.scalar_type(), "partdist_dsr_forward_cpu", [&] {
     const DsrTile<scalar_t> L = dsr_tile<scalar_t>(a);
     scalar_t* o = err.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> scratch(3 * size_t(a.Lg));
-      scalar_t* w = scratch.data();
-      for (int64_t q = b; q < e; ++q) o[q] = dsr_task(L, q, w, w + a.Lg, w + 2 * a.Lg);
+      std::vector<scalar_t> scratch(3 * size_t(a.Lg) * a.Lq + 4 * size_t(a.Lq));
+      for (int64_t p = b; p < e; ++p) dsr_pair_task(L, p, scratch.data(), o);
     });
   });
 }
