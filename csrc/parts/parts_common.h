@@ -277,7 +277,7 @@ PD_HD T dsr_cell(const T* G, int Lg, const T* b, int64_t bs, T xx, T Lip, const 
 // cell n in column n), xx Lq entries, err receives Lq errors. Each cell follows
 // exactly the iterations of dsr_cell (a cell that meets the stopping test is frozen;
 // t depends only on the iteration count, so it is shared), but the work runs over
-// contiguous cells, which vectorizes. Scratch: 3 Lg Lq + 4 Lq entries.
+// contiguous cells, which vectorizes. Scratch: 3 Lg Lq + 7 Lq entries.
 template <typename T>
 PD_HD void dsr_pair(const T* G, int Lg, const T* B, int Lq, const T* xx, T Lip,
                     const FistaOptions& o, T* scratch, T* err) {
@@ -285,8 +285,8 @@ PD_HD void dsr_pair(const T* G, int Lg, const T* B, int Lq, const T* xx, T Lip,
   T* W = scratch;
   T* Wn = W + K;
   T* Z = Wn + K;
-  T* acc = Z + K;
-  T* diff2 = acc + Lq;
+  T* acc = Z + K;  // 4 Lq entries
+  T* diff2 = acc + 4 * Lq;
   T* norm2 = diff2 + Lq;
   T* live = norm2 + Lq;  // 1 while the cell iterates, 0 once stopped
   for (int64_t k = 0; k < K; ++k) {
@@ -300,24 +300,55 @@ PD_HD void dsr_pair(const T* G, int Lg, const T* B, int Lq, const T* xx, T Lip,
     for (int n = 0; n < Lq; ++n) live[n] = T(1);
     for (int it = 0; it < o.max_iter && n_live > 0; ++it) {
       for (int n = 0; n < Lq; ++n) diff2[n] = norm2[n] = T(0);
-      for (int r = 0; r < Lg; ++r) {
-        const T* Gr = G + int64_t(r) * Lg;
-        const T* Br = B + int64_t(r) * Lq;
-        for (int n = 0; n < Lq; ++n) acc[n] = -Br[n];
-        for (int c = 0; c < Lg; ++c) {
-          const T g = Gr[c];
-          const T* Zc = Z + int64_t(c) * Lq;
-          for (int n = 0; n < Lq; ++n) acc[n] += g * Zc[n];
+      // gradient rows G Z - B, four rows r0..r0+3 per pass over Z (each Z row is
+      // loaded once for four rows of G)
+      for (int r0 = 0; r0 < Lg; r0 += 4) {
+        const int nr = Lg - r0 < 4 ? Lg - r0 : 4;
+        for (int k = 0; k < nr; ++k) {
+          const T* Br = B + int64_t(r0 + k) * Lq;
+          for (int n = 0; n < Lq; ++n) acc[k * Lq + n] = -Br[n];
         }
-        const T* Zr = Z + int64_t(r) * Lq;
-        const T* Wr = W + int64_t(r) * Lq;
-        T* Wnr = Wn + int64_t(r) * Lq;
-        for (int n = 0; n < Lq; ++n) {
-          T v = fista_prox(Zr[n], acc[n], step, thr);
-          Wnr[n] = v;
-          T d = v - Wr[n];
-          diff2[n] += d * d;
-          norm2[n] += v * v;
+        if (nr == 4) {
+          const T* G0 = G + int64_t(r0) * Lg;
+          T* a0 = acc;
+          T* a1 = acc + Lq;
+          T* a2 = acc + 2 * Lq;
+          T* a3 = acc + 3 * Lq;
+          for (int c = 0; c < Lg; ++c) {
+            const T g0 = G0[c], g1 = G0[Lg + c], g2 = G0[2 * Lg + c], g3 = G0[3 * Lg + c];
+            const T* Zc = Z + int64_t(c) * Lq;
+            for (int n = 0; n < Lq; ++n) {
+              const T zv = Zc[n];
+              a0[n] += g0 * zv;
+              a1[n] += g1 * zv;
+              a2[n] += g2 * zv;
+              a3[n] += g3 * zv;
+            }
+          }
+        } else {
+          for (int k = 0; k < nr; ++k) {
+            const T* Gr = G + int64_t(r0 + k) * Lg;
+            T* ak = acc + k * Lq;
+            for (int c = 0; c < Lg; ++c) {
+              const T g = Gr[c];
+              const T* Zc = Z + int64_t(c) * Lq;
+              for (int n = 0; n < Lq; ++n) ak[n] += g * Zc[n];
+            }
+          }
+        }
+        for (int k = 0; k < nr; ++k) {
+          const int64_t r = r0 + k;
+          const T* Zr = Z + r * Lq;
+          const T* Wr = W + r * Lq;
+          const T* ak = acc + k * Lq;
+          T* Wnr = Wn + r * Lq;
+          for (int n = 0; n < Lq; ++n) {
+            T v = fista_prox(Zr[n], ak[n], step, thr);
+            Wnr[n] = v;
+            T d = v - Wr[n];
+            diff2[n] += d * d;
+            norm2[n] += v * v;
+          }
         }
       }
       const T tn = fista_t_next(t);

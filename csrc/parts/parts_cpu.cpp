@@ -58,7 +58,7 @@ void dsr_forward_cpu(const DsrArgs& a, const at::Tensor& err) {
     const DsrTile<scalar_t> L = dsr_tile<scalar_t>(a);
     scalar_t* o = err.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-      std::vector<scalar_t> scratch(3 * size_t(a.Lg) * a.Lq + 4 * size_t(a.Lq));
+      std::vector<scalar_t> scratch(3 * size_t(a.Lg) * a.Lq + 7 * size_t(a.Lq));
       for (int64_t p = b; p < e; ++p) dsr_pair_task(L, p, scratch.data(), o);
     });
   });
