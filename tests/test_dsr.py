@@ -189,3 +189,9 @@ def test_cuda_opcheck_and_devices():
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (x, y, 0.1, 50, 1e-6, 0))
     with pytest.raises(ValueError, match="same device"):
         partdist.dsr_dist(x, y.cpu())
+
+
+def test_torch_compile_fullgraph():
+    x, y = rand_grid(2, 3, 3, 4)
+    compiled = torch.compile(lambda a, b: partdist.dsr_dist(a, b, beta=0.2), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, y), partdist.dsr_dist(x, y, beta=0.2))

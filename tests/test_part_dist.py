@@ -254,3 +254,18 @@ def test_cuda_reduced_precision_and_devices():
         partdist.part_dist(x, y.cpu(), vx, vy.cpu())
     with pytest.raises(ValueError, match="vis_x must be on the same device"):
         partdist.part_dist(x, y, vx.cpu(), vy)
+
+
+def test_torch_compile_fullgraph():
+    x, y, vx, vy = rand_parts(4, 3, 3, vis="float")
+
+    def fn(a, b, c, d):
+        return partdist.part_dist(a, b, c, d, empty_value=0.0).sum()
+
+    args = [t.clone().requires_grad_() for t in (x, y, vx, vy)]
+    ref_args = [t.clone().requires_grad_() for t in (x, y, vx, vy)]
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled(*args).backward()
+    fn(*ref_args).backward()
+    for a, r in zip(args, ref_args):
+        torch.testing.assert_close(a.grad, r.grad)
