@@ -4,7 +4,11 @@
 // Everything here is an inline host+device function: the CPU launcher
 // (parts_cpu.cpp, at::parallel_for) and the CUDA launcher (parts_cuda.cu, one
 // thread per pair / per (pair, query cell)) both call these and nothing else
-// does any of this math.
+// does any of this math. The loop orders differ (CPU: a query row's pairs
+// innermost for part_dist, all query cells of a pair at once for DSR, so that
+// they vectorize; CUDA: one pair or one cell per thread); the per-element steps
+// (part_term / part_finalize, fista_prox / fista_t_next / fista_done /
+// recon_error) are shared.
 //
 // part_dist, pair (a, b) with P parts:
 //   d_p   = ||x_ap - y_bp||_2 = sqrt(max(|x_ap|^2 + |y_bp|^2 - 2 x_ap.y_bp, 0))
