@@ -116,13 +116,12 @@ PD_HD T part_pair_value(const PartTile<T>& L, int64_t i, int64_t j, T& wsum) {
   return part_finalize(num, den, L.empty_value);
 }
 
-// Forward of the pairs (i, j0..j1-1) of one query row, part by part with the pairs
-// innermost (contiguous in xy): the CPU launcher's loop order, which vectorizes.
-// num, den: j1 - j0 scratch entries each. Same sums, in the same order, as
+// Weighted sums of the pairs (i, j0..j1-1) of one query row, part by part with the
+// pairs innermost (contiguous in xy): the CPU launcher's loop order, which
+// vectorizes. num, den: j1 - j0 entries each. Same sums, in the same order, as
 // part_pair_value.
 template <typename T>
-PD_HD void part_row_forward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, T* num,
-                            T* den, T* out) {
+PD_HD void part_row_sums(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, T* num, T* den) {
   const int64_t n = j1 - j0;
   for (int64_t k = 0; k < n; ++k) {
     num[k] = T(0);
@@ -139,8 +138,14 @@ PD_HD void part_row_forward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t
       den[k] += v;
     }
   }
+}
+
+template <typename T>
+PD_HD void part_row_forward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, T* num,
+                            T* den, T* out) {
+  part_row_sums(L, i, j0, j1, num, den);
   T* o = out + i * L.out_si + j0;
-  for (int64_t k = 0; k < n; ++k) o[k] = part_finalize(num[k], den[k], L.empty_value);
+  for (int64_t k = 0; k < j1 - j0; ++k) o[k] = part_finalize(num[k], den[k], L.empty_value);
 }
 
 template <typename T>
@@ -148,6 +153,17 @@ PD_HD void part_pair_forward(const PartTile<T>& L, int64_t q, T* out) {
   const int64_t i = q / L.nc, j = q - i * L.nc;
   T w;
   out[i * L.out_si + j] = part_pair_value(L, i, j, w);
+}
+
+// Per-part backward factors of one pair (see part_pair_backward): g the incoming
+// gradient, D and W the pair's value and total weight, v the part's weight, (aa, bb,
+// ab) its norms and dot product.
+template <typename T>
+PD_HD void part_weights(T g, T D, T W, T v, T aa, T bb, T ab, T& wv, T& ev) {
+  const bool live = W > T(0) && g != T(0);
+  T d = part_norm_dist(aa, bb, ab);
+  wv = (live && v != T(0) && d > T(0)) ? g * v / ((live ? W : T(1)) * (d > T(0) ? d : T(1))) : T(0);
+  ev = live ? g * (d - D) / W : T(0);
 }
 
 // Backward of pair q. g: incoming gradient (layout of out). Writes, per part p,
@@ -162,23 +178,40 @@ PD_HD void part_pair_backward(const PartTile<T>& L, int64_t q, const T* gout, T*
   const T g = gout[i * L.out_si + j];
   T W;
   const T D = part_pair_value(L, i, j, W);
-  const bool live = W > T(0) && g != T(0);
-  const T* xxi = L.xx + i * L.P;
-  const T* yyj = L.yy + j * L.P;
-  const T* vxi = L.vx + i * L.P;
-  const T* vyj = L.vy + j * L.P;
   const int64_t off = i * L.xy_si + j;
   for (int p = 0; p < L.P; ++p) {
     const int64_t k = p * L.xy_sp + off;
-    T wv = T(0), ev = T(0);
-    if (live) {
-      T v = vxi[p] * vyj[p];
-      T d = part_norm_dist(xxi[p], yyj[p], L.xy[k]);
-      wv = (v != T(0) && d > T(0)) ? g * v / (W * d) : T(0);
-      ev = g * (d - D) / W;
-    }
+    T wv, ev;
+    part_weights(g, D, W, L.vx[i * L.P + p] * L.vy[j * L.P + p], L.xx[i * L.P + p],
+                 L.yy[j * L.P + p], L.xy[k], wv, ev);
     cw[k] = wv;
     if (ce) ce[k] = ev;
+  }
+}
+
+// The same for the pairs (i, j0..j1-1) of one query row, pairs innermost (the CPU
+// launcher's order). num, den: j1 - j0 scratch entries each.
+template <typename T>
+PD_HD void part_row_backward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1,
+                             const T* gout, T* cw, T* ce, T* num, T* den) {
+  const int64_t n = j1 - j0;
+  part_row_sums(L, i, j0, j1, num, den);
+  for (int64_t k = 0; k < n; ++k) num[k] = part_finalize(num[k], den[k], T(0));  // D
+  const T* g = gout + i * L.out_si + j0;
+  for (int p = 0; p < L.P; ++p) {
+    const T xa = L.xx[i * L.P + p], va = L.vx[i * L.P + p];
+    const int64_t off = p * L.xy_sp + i * L.xy_si + j0;
+    const T* t = L.xy + off;
+    const T* yy = L.yy + j0 * L.P + p;
+    const T* vy = L.vy + j0 * L.P + p;
+    T* w = cw + off;
+    T* e = ce ? ce + off : nullptr;
+    for (int64_t k = 0; k < n; ++k) {
+      T wv, ev;
+      part_weights(g[k], num[k], den[k], va * vy[k * L.P], xa, yy[k * L.P], t[k], wv, ev);
+      w[k] = wv;
+      if (e) e[k] = ev;
+    }
   }
 }
 

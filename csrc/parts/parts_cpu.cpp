@@ -38,14 +38,19 @@ void part_backward_cpu(const PartArgs& a, const at::Tensor& gout, const at::Tens
                        const at::Tensor& ce) {
   const int64_t n = a.mc * a.nc;
   if (n == 0) return;
-  const int64_t grain = std::max<int64_t>(1, 2048 / std::max(1, a.P));
+  const int64_t nb = (a.nc + kRow - 1) / kRow, blocks = a.mc * nb;
+  const int64_t grain = std::max<int64_t>(1, 4096 / (std::min(a.nc, kRow) * std::max(1, a.P)));
   AT_DISPATCH_FLOATING_TYPES(a.xy.scalar_type(), "partdist_part_backward_cpu", [&] {
     const PartTile<scalar_t> L = part_tile<scalar_t>(a);
     const scalar_t* g = gout.const_data_ptr<scalar_t>();
     scalar_t* w = cw.mutable_data_ptr<scalar_t>();
     scalar_t* e = ce.defined() ? ce.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, n, grain, [&](int64_t b, int64_t end) {
-      for (int64_t q = b; q < end; ++q) part_pair_backward(L, q, g, w, e);
+    at::parallel_for(0, blocks, grain, [&](int64_t b, int64_t end) {
+      scalar_t num[kRow], den[kRow];
+      for (int64_t q = b; q < end; ++q) {
+        const int64_t i = q / nb, j0 = (q - i * nb) * kRow;
+        part_row_backward(L, i, j0, std::min(a.nc, j0 + kRow), g, w, e, num, den);
+      }
     });
   });
 }
