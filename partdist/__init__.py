@@ -8,6 +8,8 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 * :func:`batch_local_dist` - fused local distance + DMLI for aligned pairs
 * :func:`local_dist` - the same for all query x gallery pairs, tile by tile
 * :func:`local_dist_topk` - the k nearest per query without the dense result
+* :func:`part_dist` - visibility-aware mean part distance of all pairs
+* :func:`dsr_dist` - DSR (deep spatial reconstruction) distance of all pairs
 * :func:`neighborhood_diff`, :func:`cross_neighborhood_diff` - IDLA's cross-input
   neighborhood differences (``partdist.models.IDLA`` uses them)
 
@@ -24,17 +26,20 @@ from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, lo
 from .mining import hard_example_mining, triplet_hard_loss
 from .neighborhood import cross_neighborhood_diff, neighborhood_diff
 from .parts import bilinear_pool, keypoints_to_parts, part_pool
+from .part_dist import MAX_DSR_CELLS, dsr_dist, part_dist
 from .eval.streaming import local_dist_topk  # noqa: E402  (needs the ops above)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_DSR_CELLS",
     "MAX_STRIPES",
     "batch_local_dist",
     "bilinear_pool",
     "cross_neighborhood_diff",
     "dmli",
     "dmli_path",
+    "dsr_dist",
     "hard_example_mining",
     "keypoints_to_parts",
     "local_dist",
@@ -42,6 +47,7 @@ __all__ = [
     "local_dist_topk",
     "neighborhood_diff",
     "part_pool",
+    "part_dist",
     "triplet_hard_loss",
     "unaligned_dist",
 ]

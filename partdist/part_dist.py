@@ -1,0 +1,225 @@
+"""Visibility-aware part distance and the DSR distance (issue 7): wrappers, fake
+kernels and autograd of ``torch.ops.partdist.part_dist`` / ``dsr_dist``.
+
+The compiled kernels live in ``csrc/parts/``; this module adds the Python-side
+argument checks, the fake (meta) kernels for ``torch.compile`` and the autograd
+formulas (``part_dist`` calls the compiled ``part_dist_backward`` op; ``dsr_dist``
+is not differentiable and says so on backward).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from ._checks import _shape, check_chunk_size, check_floating, check_same_device_dtype, check_tensor
+
+__all__ = ["part_dist", "dsr_dist", "MAX_DSR_CELLS"]
+
+#: Largest number of gallery cells ``Lg`` accepted by :func:`dsr_dist`.
+MAX_DSR_CELLS = 256
+
+_ops = torch.ops.partdist
+
+
+# ------------------------------------------------------------------------ checks
+def _check_feats(op, name, t, layout, what):
+    check_floating(op, name, t)
+    if t.dim() != 3:
+        raise ValueError(f"{op}: {name} must be a 3-D tensor {layout}, got shape {_shape(t)}")
+    if t.shape[1] < 1:
+        raise ValueError(f"{op}: {name} must have at least one {what} (dim 1 of {layout}), got shape {_shape(t)}")
+    if t.shape[2] < 1:
+        raise ValueError(
+            f"{op}: {name} must have at least one feature channel (dim 2 of {layout}), got shape {_shape(t)}"
+        )
+
+
+def _check_parts(op, x, y):
+    _check_feats(op, "x", x, "[M, P, C]", "part")
+    _check_feats(op, "y", y, "[N, P, C]", "part")
+    check_same_device_dtype(op, "y", y, "x", x)
+    if x.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"{op}: x and y must have the same number of parts P (dim 1) and channels C (dim 2), "
+            f"got x {_shape(x)} and y {_shape(y)}"
+        )
+
+
+def _check_vis(op, name, v, feats, feats_name, n_name):
+    check_tensor(op, name, v)
+    if v.dtype != torch.bool and not v.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a bool or floating-point tensor [{n_name}, P], got dtype {v.dtype}")
+    expected = [feats.shape[0], feats.shape[1]]
+    if list(v.shape) != expected:
+        raise ValueError(
+            f"{op}: {name} must have shape [{n_name}, P] = {expected} (one visibility per part of {feats_name}), "
+            f"got shape {_shape(v)}"
+        )
+    if v.device != feats.device:
+        raise ValueError(f"{op}: {name} must be on the same device as {feats_name} ({feats.device}), got {v.device}")
+
+
+def _check_empty_value(op, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        raise ValueError(f"{op}: empty_value must be a number (inf allowed, NaN not), got {v!r}")
+
+
+def _check_dsr(op, x, y, beta, max_iter, tol, chunk_size):
+    _check_feats(op, "x", x, "[M, Lq, C]", "query cell")
+    _check_feats(op, "y", y, "[N, Lg, C]", "gallery cell")
+    check_same_device_dtype(op, "y", y, "x", x)
+    if x.shape[2] != y.shape[2]:
+        raise ValueError(
+            f"{op}: x and y must have the same number of channels C (dim 2), got x {_shape(x)} and y {_shape(y)}"
+        )
+    if y.shape[1] > MAX_DSR_CELLS:
+        raise ValueError(f"{op}: at most {MAX_DSR_CELLS} gallery cells Lg (dim 1 of y) are supported, got {_shape(y)}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"{op}: beta must be a finite number >= 0, got {beta!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
+        raise TypeError(f"{op}: max_iter must be an int >= 1, got {max_iter!r}")
+    if max_iter < 1 or max_iter > 2**30:
+        raise ValueError(f"{op}: max_iter must be an int >= 1, got {max_iter}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"{op}: tol must be a finite number >= 0, got {tol!r}")
+    check_chunk_size(op, chunk_size)
+
+
+# ------------------------------------------------------------------ fake kernels
+@torch.library.register_fake("partdist::part_dist")
+def _(x, y, vis_x, vis_y, empty_value, chunk_size=0):
+    return x.new_empty((x.shape[0], y.shape[0]))
+
+
+@torch.library.register_fake("partdist::part_dist_backward")
+def _(grad, x, y, vis_x, vis_y, empty_value, chunk_size, vis_grad):
+    return torch.empty_like(x), torch.empty_like(y), torch.empty_like(vis_x), torch.empty_like(vis_y)
+
+
+@torch.library.register_fake("partdist::dsr_dist")
+def _(x, y, beta, max_iter=200, tol=1e-5, chunk_size=0):
+    return x.new_empty((x.shape[0], y.shape[0]))
+
+
+# ---------------------------------------------------------------------- autograd
+def _setup_part(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.extra = inputs[4:]
+
+
+def _backward_part(ctx, grad):
+    x, y, vx, vy = ctx.saved_tensors
+    vis_grad = bool(ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
+    gx, gy, gvx, gvy = _ops.part_dist_backward(grad.contiguous(), x, y, vx, vy, *ctx.extra, vis_grad)
+    if not vis_grad:
+        gvx = gvy = None
+    return (gx, gy, gvx, gvy) + (None,) * len(ctx.extra)
+
+
+torch.library.register_autograd("partdist::part_dist", _backward_part, setup_context=_setup_part)
+
+
+def _setup_dsr(ctx, inputs, output):
+    pass
+
+
+def _backward_dsr(ctx, grad):
+    raise RuntimeError(
+        "partdist.dsr_dist is not differentiable: its backward is not implemented (the Lasso "
+        "codes w* depend on x and y through FISTA). Compute it under torch.no_grad() or on detached "
+        "inputs; for a trainable part distance use partdist.part_dist."
+    )
+
+
+torch.library.register_autograd("partdist::dsr_dist", _backward_dsr, setup_context=_setup_dsr)
+
+
+# -------------------------------------------------------------------- public API
+def part_dist(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    vis_x: torch.Tensor,
+    vis_y: torch.Tensor,
+    chunk_size: Optional[int] = None,
+    empty_value: float = math.inf,
+) -> torch.Tensor:
+    """Visibility-aware part distance of all pairs (every ``x[a]`` against every ``y[b]``).
+
+    ``D[a, b] = sum_p v_p ||x[a, p] - y[b, p]||_2 / sum_p v_p`` with
+    ``v_p = vis_x[a, p] * vis_y[b, p]``: the mean distance over the parts both images
+    show (the part-level distance of VPM / partial-ReID methods).
+
+    Args:
+        x: ``[M, P, C]`` part features (e.g. queries); y: ``[N, P, C]`` (e.g. gallery),
+            same dtype and device. float32/float64; float16/bfloat16 are computed in
+            float32 and returned in their dtype.
+        vis_x: ``[M, P]``, vis_y: ``[N, P]``: part visibilities, ``bool`` (visible or
+            not) or floating weights, meant in ``[0, 1]`` (any weights ``>= 0`` give a
+            weighted mean; they are not checked, to avoid a device sync). A part with
+            weight 0 is ignored entirely, even if its features are NaN.
+        chunk_size: at most this many pairs per tile (one batched GEMM of their parts
+            followed by the fused kernel). ``None``/``0``: ``max(64, 2**18 // P)`` on CPU,
+            ``2**24 // P`` on CUDA. Extra memory is ``P * chunk_size`` values per tile
+            (per CPU thread in the forward; twice that in backward), never ``M * N * P``.
+        empty_value: the distance of a pair that shares no visible part
+            (``sum_p v_p == 0``). Default ``+inf``: such a pair carries no evidence, so
+            it ranks after every pair that does. Any non-NaN number is allowed.
+
+    Returns:
+        ``[M, N]`` in the dtype of ``x``. Differentiable in ``x`` and ``y`` and, when
+        they are floating tensors that require grad, in ``vis_x`` / ``vis_y``
+        (``dD/dvis_x[a, p] = vis_y[b, p] (d_p - D) / sum_p v_p``). The gradient of a pair
+        without a shared visible part is 0 everywhere; where two parts coincide
+        (``d_p = 0``) the subgradient 0 is used.
+    """
+    op = "partdist.part_dist"
+    _check_parts(op, x, y)
+    _check_vis(op, "vis_x", vis_x, x, "x", "M")
+    _check_vis(op, "vis_y", vis_y, y, "y", "N")
+    check_chunk_size(op, chunk_size if chunk_size != 0 else None)
+    _check_empty_value(op, empty_value)
+    vx = vis_x.to(x.dtype)
+    vy = vis_y.to(x.dtype)
+    return _ops.part_dist(x, y, vx, vy, float(empty_value), int(chunk_size or 0))
+
+
+def dsr_dist(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    beta: float = 0.1,
+    max_iter: int = 200,
+    tol: float = 1e-5,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """DSR distance (He et al., CVPR 2018) of all query x gallery pairs.
+
+    Every query cell ``x_n`` (a row of ``x[a]``) is reconstructed from the gallery's
+    cells ``Y = y[b]^T`` (``C x Lg``) by the Lasso
+
+        ``w_n = argmin_w 1/2 ||x_n - Y w||_2^2 + beta ||w||_1``   (the 1/2 is included)
+
+    and ``D[a, b] = mean_n ||x_n - Y w_n||_2^2``: the mean squared reconstruction error
+    (the paper's distance; neither the 1/2 nor ``beta ||w||_1`` is in it).
+
+    Solver: FISTA (Beck & Teboulle) from ``w = 0``, step ``1/L`` with ``L`` the exact
+    largest eigenvalue of ``Y^T Y`` (``torch.linalg.eigvalsh`` per gallery image), run
+    per query cell until ``||w_k+1 - w_k||_2 <= tol * ||w_k+1||_2`` or ``max_iter``
+    iterations. The Gram matrices ``Y^T Y`` and ``Y^T X`` come from GEMMs, tile by tile
+    (``chunk_size`` pairs per tile; ``None``: ``2**21 // (Lg * Lq)`` on CPU, ``2**26 //
+    (Lg * Lq)`` on CUDA), the iterations run in the kernel.
+
+    Args:
+        x: ``[M, Lq, C]`` query cell features; y: ``[N, Lg, C]`` gallery cell features,
+            ``Lg <= MAX_DSR_CELLS``; same dtype and device.
+        beta: the sparsity weight, ``>= 0`` (``0``: least squares by FISTA).
+
+    Returns:
+        ``[M, N]`` in the dtype of ``x``. Not differentiable: backward raises.
+    """
+    op = "partdist.dsr_dist"
+    _check_dsr(op, x, y, beta, max_iter, tol, chunk_size if chunk_size != 0 else None)
+    return _ops.dsr_dist(x, y, float(beta), int(max_iter), float(tol), int(chunk_size or 0))
