@@ -123,15 +123,105 @@ def _backward_part(ctx, grad):
 torch.library.register_autograd("partdist::part_dist", _backward_part, setup_context=_setup_part)
 
 
+# The DSR backward (implicit differentiation of the Lasso, see dsr_dist's docstring) is a
+# Python custom op, so that torch.compile / AOT autograd see one opaque op with a fake
+# kernel instead of tracing its data-dependent parts (FISTA's stopping rule, the pairs
+# with a nonzero incoming gradient).
+
+#: Relative threshold on |w| below which a FISTA coefficient counts as zero in backward
+#: (times ``max_k |w_k|`` of the same query cell; see :func:`dsr_dist`).
+_DSR_ACTIVE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def _dsr_tile_pairs(Lq, Lg, C, device, chunk_size):
+    # the batched masked solve holds ~3 Lq Lg^2 values per pair (matrix, LU, copies), the
+    # FISTA iterates and the gradient pieces O(Lq (Lg + C) + Lg C) more
+    per_pair = Lq * (3 * Lg * Lg + 12 * Lg + 4 * C) + 3 * Lg * C
+    budget = 2**26 if device.type == "cuda" else 2**22
+    pairs = max(1, budget // per_pair)
+    return min(pairs, chunk_size) if chunk_size else pairs
+
+
+def _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size):
+    from .reference import lasso_fista  # the batched FISTA with the kernel's step and stopping rule
+
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):  # the forward computes these in float32
+        x, y, grad = x.float(), y.float(), grad.float()
+    grad = grad.to(x.dtype)
+    gx = torch.zeros_like(x)
+    gy = torch.zeros_like(y)
+    M, Lq, C = x.shape
+    N, Lg, _ = y.shape
+    pairs = torch.nonzero(grad)  # only pairs that receive gradient: [P, 2] (a, b)
+    if pairs.shape[0] == 0:
+        return gx.to(out_dtype), gy.to(out_dtype)
+    G_all = y @ y.transpose(1, 2)  # [N, Lg, Lg]
+    lip_all = torch.linalg.eigvalsh(G_all)[..., -1].clamp_min(0)  # [N], as the forward
+    rtol = _DSR_ACTIVE_RTOL.get(x.dtype, 1e-5)
+    cut = 100 * Lg * torch.finfo(x.dtype).eps  # relative pivot / eigenvalue cutoff of the solve
+    eye = torch.eye(Lg, dtype=x.dtype, device=x.device)
+    step = _dsr_tile_pairs(Lq, Lg, C, x.device, chunk_size)
+    for p0 in range(0, pairs.shape[0], step):
+        ai, bi = pairs[p0 : p0 + step, 0], pairs[p0 : p0 + step, 1]
+        xs, ys, G = x[ai], y[bi], G_all[bi]  # [p, Lq, C], [p, Lg, C], [p, Lg, Lg]
+        B = ys @ xs.transpose(1, 2)  # [p, Lg, Lq] = Y^T x_n per column
+        w = lasso_fista(G, B, beta, lip_all[bi], max_iter, tol)  # the forward's codes, [p, Lg, Lq]
+        # active set: nonzero (up to FISTA's tiny not-yet-zero entries) coefficients
+        wt = w.transpose(1, 2)  # [p, Lq, Lg]
+        act = wt.abs() > rtol * wt.abs().amax(-1, keepdim=True)
+        act = act & (wt != 0)
+        a = act.to(x.dtype)
+        s = torch.sign(wt) * a
+        # closed form on the active set: H_A w_A = Y_A^T x - beta s_A, H_A q_A = beta s_A
+        # (q = H_A^-1 Y_A^T r by the KKT conditions); inactive rows/cols -> scale * identity, rhs 0
+        scale = torch.diagonal(G, dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(x.dtype).tiny)  # [p]
+        A = G.unsqueeze(1) * (a.unsqueeze(-1) * a.unsqueeze(-2)) + torch.diag_embed((1 - a) * scale.view(-1, 1, 1))
+        rhs = torch.stack(((B.transpose(1, 2) - beta * s) * a, beta * s), -1)  # [p, Lq, Lg, 2]
+        # Cholesky (A is SPD when Y_A has full column rank); a (numerically) rank-deficient
+        # Y_A -- more active cells than channels, duplicate cells, an unconverged FISTA
+        # active set -- is flagged by a tiny pivot and solved by the pseudo-inverse instead
+        # (the Lasso fit Y w is unique even when w is not; this gives its min-norm codes)
+        chol, info = torch.linalg.cholesky_ex(A)
+        piv = torch.diagonal(chol, dim1=-2, dim2=-1).pow(2)
+        bad = (info != 0) | (piv.amin(-1) <= cut * scale.view(-1, 1))
+        sol = torch.cholesky_solve(rhs, chol)
+        if bool(bad.any()):
+            sol[bad] = torch.linalg.pinv(A[bad], hermitian=True, rtol=cut) @ rhs[bad]
+        wA, q = sol[..., 0] * a, sol[..., 1] * a  # [p, Lq, Lg]
+        r = xs - wA @ ys  # residuals x_n - Y w_n, [p, Lq, C]
+        v = q @ ys  # Y q_n, [p, Lq, C]
+        g = (grad[ai, bi] * (2.0 / Lq)).view(-1, 1, 1)
+        gx.index_add_(0, ai, g * (r - v))
+        gy.index_add_(0, bi, g * (wA.transpose(1, 2) @ v - (wA + q).transpose(1, 2) @ r))
+    return gx.to(out_dtype), gy.to(out_dtype)
+
+
+@torch.library.custom_op("partdist::dsr_dist_backward", mutates_args=())
+def _dsr_dist_backward(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, beta: float, max_iter: int, tol: float, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size)
+
+
+@_dsr_dist_backward.register_fake
+def _(grad, x, y, beta, max_iter, tol, chunk_size):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
 def _setup_dsr(ctx, inputs, output):
-    pass
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.extra = inputs[2:]
 
 
 def _backward_dsr(ctx, grad):
-    raise RuntimeError(
-        "partdist.dsr_dist is not differentiable: its backward is not implemented (the Lasso "
-        "codes w* depend on x and y through FISTA). Compute it under torch.no_grad() or on detached "
-        "inputs; for a trainable part distance use partdist.part_dist."
+    x, y = ctx.saved_tensors
+    if grad is None:
+        return (None,) * (2 + len(ctx.extra))
+    gx, gy = _ops.dsr_dist_backward(grad.contiguous(), x, y, *ctx.extra)
+    return (gx if ctx.needs_input_grad[0] else None, gy if ctx.needs_input_grad[1] else None) + (None,) * len(
+        ctx.extra
     )
 
 
