@@ -270,6 +270,14 @@ def test_grad_only_x_or_only_y():
     torch.testing.assert_close(yr.grad, y2.grad)
 
 
+def test_no_double_backward():
+    x, y = rand_grid(2, 2, 2, 3, C=5)
+    x.requires_grad_()
+    (gx,) = torch.autograd.grad(partdist.dsr_dist(x, y, beta=0.2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="dsr_dist_backward.*no autograd formula"):
+        gx.sum().backward()
+
+
 def test_opcheck():
     x, y = rand_grid(2, 3, 3, 4)
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (x, y, 0.1, 50, 1e-6, 0))
@@ -336,6 +344,23 @@ def test_cuda_opcheck_and_devices():
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (x, y, 0.1, 50, 1e-6, 0))
     with pytest.raises(ValueError, match="same device"):
         partdist.dsr_dist(x, y.cpu())
+
+
+@needs_cuda
+def test_cuda_grad_matches_cpu():
+    x, y = rand_grid(3, 4, 3, 5, C=9, seed=10)
+    g = torch.randn(3, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(11))
+    grads = []
+    for dev in ("cpu", "cuda"):
+        xd, yd = x.to(dev).requires_grad_(), y.to(dev).requires_grad_()
+        out = partdist.dsr_dist(xd, yd, beta=0.3, chunk_size=5, **CONVERGED)
+        grads.append([t.cpu() for t in torch.autograd.grad(out, (xd, yd), g.to(dev))])
+    for c, d in zip(*grads):
+        torch.testing.assert_close(d, c, rtol=1e-8, atol=1e-10)
+    xc, yc = x[:2, :2].cuda().requires_grad_(), y[:2].cuda().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: partdist.dsr_dist(a, b, beta=0.3, **CONVERGED), (xc, yc),
+                                    eps=1e-7, atol=1e-6, rtol=1e-5)
+    torch.library.opcheck(torch.ops.partdist.dsr_dist, (xc, yc, 0.3, 500, 1e-10, 0))
 
 
 def test_torch_compile_fullgraph():
