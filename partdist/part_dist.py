@@ -324,8 +324,10 @@ def dsr_dist(
 
     The backward recomputes the codes of the pairs with a nonzero incoming gradient only,
     with a batched PyTorch FISTA run to the forward's stopping rule (same ``beta``,
-    ``max_iter``, ``tol``, step ``1/L``), so the active set is the forward's. FISTA's iterate
-    can carry tiny not-yet-zero coefficients: a coefficient counts as active only if
+    ``max_iter``, ``tol``, step ``1/L``), so the active set is the forward's (up to rounding
+    differences between the kernel and the GEMMs). FISTA's soft-thresholding sets most
+    inactive coefficients exactly to 0, but an unconverged iterate can carry tiny
+    not-yet-zero ones: a coefficient counts as active only if
     ``|w_k| > rtol * max_k |w_k|`` of its query cell (``rtol = 1e-9`` in float64, ``1e-5``
     in float32; float16/bfloat16 are computed in float32). ``w_A`` and ``q`` then come from
     one batched masked solve per (pair, query cell), ``(G * a a^T + diag(1 - a) c) [w, q] =
