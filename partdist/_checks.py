@@ -40,12 +40,13 @@ def check_same_device_dtype(op, name, t, ref_name, ref):
         raise TypeError(f"{op}: {name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}")
 
 
-def check_stripes(op, name, t, layout):
+def check_stripes(op, name, t, layout, what="stripe"):
+    """A floating ``[.., K, C]`` tensor with K >= 1 (``what``: the name of dim 1) and C >= 1."""
     check_floating(op, name, t)
     if t.dim() != 3:
         raise ValueError(f"{op}: {name} must be a 3-D tensor {layout}, got shape {_shape(t)}")
     if t.shape[1] < 1:
-        raise ValueError(f"{op}: {name} must have at least one stripe (dim 1 of {layout}), got shape {_shape(t)}")
+        raise ValueError(f"{op}: {name} must have at least one {what} (dim 1 of {layout}), got shape {_shape(t)}")
     if t.shape[2] < 1:
         raise ValueError(
             f"{op}: {name} must have at least one feature channel (dim 2 of {layout}), got shape {_shape(t)}"

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import _shape, check_chunk_size, check_floating, check_same_device_dtype, check_tensor
+from ._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
 
 __all__ = ["part_dist", "dsr_dist", "MAX_DSR_CELLS"]
 
@@ -28,15 +28,7 @@ _ops = torch.ops.partdist
 
 # ------------------------------------------------------------------------ checks
 def _check_feats(op, name, t, layout, what):
-    check_floating(op, name, t)
-    if t.dim() != 3:
-        raise ValueError(f"{op}: {name} must be a 3-D tensor {layout}, got shape {_shape(t)}")
-    if t.shape[1] < 1:
-        raise ValueError(f"{op}: {name} must have at least one {what} (dim 1 of {layout}), got shape {_shape(t)}")
-    if t.shape[2] < 1:
-        raise ValueError(
-            f"{op}: {name} must have at least one feature channel (dim 2 of {layout}), got shape {_shape(t)}"
-        )
+    check_stripes(op, name, t, layout, what)
 
 
 def _check_parts(op, x, y):

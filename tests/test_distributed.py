@@ -89,22 +89,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_ranks(target, extra_args, world=2, timeout=TIMEOUT_S):
+    """Spawn ``world`` processes ``target(rank, port, *extra_args)`` and join them; processes
+    still alive after ``timeout`` seconds are killed. Returns ``(procs, hung)``."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, port, *extra_args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join(5)
+    return procs, hung
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out_dir = str(tmp_path_factory.mktemp("dist"))
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, port, out_dir)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
+    procs, hung = run_ranks(worker, (out_dir,))
     errors = []
     for r in range(2):
         err = os.path.join(out_dir, f"rank{r}.pt.err")

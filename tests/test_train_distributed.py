@@ -12,7 +12,6 @@ logged losses only). Without ``freeze_bn`` the test only checks that the ranks s
 
 import datetime
 import os
-import socket
 import subprocess
 import sys
 import traceback
@@ -20,7 +19,7 @@ import traceback
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from test_distributed import run_ranks  # shared helper (tests/ is on sys.path under pytest)
 
 TIMEOUT_S = 180
 VENV_BIN = os.path.dirname(sys.executable)
@@ -80,12 +79,6 @@ def worker(rank, port, root, out_dir):
         raise
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from partdist.data import SyntheticReID
@@ -105,17 +98,7 @@ def ddp_results(data_root, tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out_dir = str(tmp_path_factory.mktemp("ddp"))
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, port, data_root, out_dir)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
+    procs, hung = run_ranks(worker, (data_root, out_dir), timeout=TIMEOUT_S)
     errors = [f"rank {r}:\n" + open(os.path.join(out_dir, f"rank{r}.err")).read()
               for r in range(2) if os.path.exists(os.path.join(out_dir, f"rank{r}.err"))]
     assert not hung, f"DDP workers did not finish within {TIMEOUT_S} s\n" + "\n".join(errors)

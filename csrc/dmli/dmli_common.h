@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "../common/hd.h"
+#include "../common/math.h"
 
 namespace partdist {
 namespace dmli {
@@ -33,8 +34,6 @@ namespace dmli {
 constexpr int kMaxStripes = 128;
 
 // ---------------------------------------------------------------- primitives
-PD_HD float pd_sqrt(float x) { return sqrtf(x); }
-PD_HD double pd_sqrt(double x) { return sqrt(x); }
 // float tanh as a clamped rational function (the coefficients of Eigen's
 // generic_fast_tanh_float): max abs error 4e-7 (a few ulp), branch-free so that
 // the compiler vectorizes loops over cells; NaN propagates.
@@ -66,12 +65,10 @@ PD_HD T pd_min(T a, T b) {
 }
 
 // ------------------------------------------------------------ cell functions
-// Euclidean distance of two stripes from |a|^2, |b|^2 and a.b. Clamped at 0
-// (rounding can make the expansion slightly negative); NaN propagates.
+// Euclidean distance of two stripes from |a|^2, |b|^2 and a.b (common/math.h).
 template <typename T>
 PD_HD T stripe_dist(T aa, T bb, T ab) {
-  T s = aa + bb - T(2) * ab;
-  return s < T(0) ? T(0) : pd_sqrt(s);
+  return gemm_dist(aa, bb, ab);
 }
 
 // (e^r - 1) / (e^r + 1)

@@ -38,6 +38,7 @@
 #include <cstdint>
 
 #include "../common/hd.h"
+#include "../common/math.h"
 
 namespace partdist {
 namespace parts {
@@ -46,8 +47,6 @@ namespace parts {
 // three vectors of Lg values per thread in local arrays).
 constexpr int kMaxCells = 256;
 
-PD_HD float pd_sqrt(float x) { return sqrtf(x); }
-PD_HD double pd_sqrt(double x) { return sqrt(x); }
 
 template <typename T>
 PD_HD T pd_abs(T x) {
@@ -55,11 +54,10 @@ PD_HD T pd_abs(T x) {
 }
 
 // ---------------------------------------------------------------- part_dist
-// Distance of two parts from |a|^2, |b|^2 and a.b, clamped at 0; NaN propagates.
+// Distance of two parts from |a|^2, |b|^2 and a.b (common/math.h).
 template <typename T>
 PD_HD T part_norm_dist(T aa, T bb, T ab) {
-  T s = aa + bb - T(2) * ab;
-  return s < T(0) ? T(0) : pd_sqrt(s);
+  return gemm_dist(aa, bb, ab);
 }
 
 // Where the data of one tile lives. Pair (i, j) of the tile is query a0 + i and
