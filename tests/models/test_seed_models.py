@@ -199,3 +199,21 @@ def test_hard_setting(tmp_path):
         assert json.load(f)["setting"] == "hard"
     with pytest.raises(ValueError, match="setting must be one of"):
         SyntheticReID(str(tmp_path / "x"), setting="extreme", **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["glad", "idla"])
+def test_cli_train_and_eval(name, synth, tmp_path, capsys):
+    from partdist.cli import main
+
+    root, _ = synth
+    out = str(tmp_path / name)
+    args = ["train", "--model", name, "--data", root, "--out", out, "--backbone", "compact", "--height", str(H),
+            "--width", str(W), "--p", "2", "--k", "2", "--epochs", "1", "--iters-per-epoch", "1", "--progress", "false"]
+    assert main(args) == 0
+    assert main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--data", root]) == 0
+    text = capsys.readouterr().out
+    assert ("| pair |" if name == "idla" else "| global |") in text and "ms per query" in text
+    if name == "glad":  # DSR on a model without local features: a clear exit, no traceback
+        with pytest.raises(SystemExit, match="needs local features"):
+            main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--data", root, "--distance", "dsr"])
