@@ -23,7 +23,10 @@ These are the failure modes that the dynamic matching of local features (DMLI)
 exists for: the same body part lands at different heights in different cameras.
 :func:`default_camera_params` lists the defaults (camera 1 aligned, 2 shifted down,
 3 small and high, 4 occluded from the bottom, further cameras cycle through these
-with other values); pass ``camera_params`` to choose your own.
+with other values); pass ``camera_params`` to choose your own. ``setting="hard"``
+(:data:`SETTINGS`) makes alignment and parts matter more: :func:`hard_camera_params` (stronger
+shifts and scale changes, occlusion in every camera, stronger light) and muted clothing colours;
+the default setting is unchanged.
 
 Output is the Market-1501 layout (``bounding_box_train``, ``query``,
 ``bounding_box_test``, files ``{pid:04d}_c{cam}s1_{frame:06d}_{idx:02d}.jpg``), so
