@@ -7,7 +7,7 @@ import torch
 
 import partdist
 from partdist import reference as R
-from partdist.neighborhood import tiled_to_blocks
+from partdist.ops.neighborhood import tiled_to_blocks
 
 ops = torch.ops.partdist
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

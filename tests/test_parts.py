@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import partdist
 from partdist import reference as R
-from partdist.parts import KEYPOINT_NAMES, PART_SCHEMES
+from partdist.pooling import KEYPOINT_NAMES, PART_SCHEMES
 
 
 def _fmap(n=2, c=5, h=7, w=6, dtype=torch.float64, seed=0):

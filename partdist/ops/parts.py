@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
+from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from .._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
 
 __all__ = ["part_dist", "dsr_dist", "MAX_DSR_CELLS"]
 
@@ -136,7 +136,7 @@ def _dsr_tile_pairs(Lq, Lg, C, device, chunk_size):
 
 
 def _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size):
-    from .reference import lasso_fista  # the batched FISTA with the kernel's step and stopping rule
+    from ..reference import lasso_fista  # the batched FISTA with the kernel's step and stopping rule
 
     out_dtype = x.dtype
     if x.dtype in (torch.float16, torch.bfloat16):  # the forward computes these in float32
