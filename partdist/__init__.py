@@ -22,12 +22,13 @@ Part features (plain PyTorch, :mod:`partdist.pooling`):
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
+from . import _moved
+from .eval.streaming import local_dist_topk
 from .ops.dmli import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .ops.mining import hard_example_mining, triplet_hard_loss
 from .ops.neighborhood import cross_neighborhood_diff, neighborhood_diff
 from .ops.parts import MAX_DSR_CELLS, dsr_dist, part_dist
 from .pooling import bilinear_pool, keypoints_to_parts, part_pool
-from .eval.streaming import local_dist_topk
 
 __version__ = "0.1.0"
 
@@ -51,3 +52,14 @@ __all__ = [
     "triplet_hard_loss",
     "unaligned_dist",
 ]
+
+# Old module paths (partdist._ops, partdist.mining, partdist.parts, ...) keep working for one
+# release, with a DeprecationWarning naming the new path (see partdist/_moved.py).
+_moved.install()
+
+
+def __getattr__(name):
+    module = _moved.moved_attribute(__name__, name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return module
