@@ -60,7 +60,7 @@ cuda-check: $(CUDA_VENV)/.stamp
 # CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
 # tests run under them; any report aborts the run (halt_on_error).
 # the tests of the compiled ops (run with the CUDA build and under the sanitizers)
-OP_TESTS ?= tests/test_dmli.py tests/test_dmli_variants.py tests/test_neighborhood.py tests/test_mining.py tests/test_properties.py tests/test_stability.py tests/test_part_dist.py tests/test_dsr.py
+OP_TESTS ?= $(addprefix tests/ops/,test_dmli.py test_dmli_variants.py test_neighborhood.py test_mining.py test_properties.py test_stability.py test_part_dist.py test_dsr.py)
 SANITIZE_TESTS ?= $(OP_TESTS)
 sanitize: venv
 	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize

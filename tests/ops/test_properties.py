@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of the DMLI family against the pure-PyTorch reference.
 
 Default budget is small so CI stays fast; ``PARTDIST_HYPOTHESIS_EXAMPLES=1000 pytest
-tests/test_properties.py`` runs a longer search.
+tests/ops/test_properties.py`` runs a longer search.
 """
 
 import math
