@@ -17,9 +17,6 @@ from partdist.eval import (
 )
 from partdist.reference import re_ranking_dense
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 def feats(seed=0, q=23, g=41, h=6, c=12, d=20, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
@@ -233,7 +230,7 @@ def test_bad_inputs():
 
 
 # ------------------------------------------------------------------------ CUDA
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_topk_matches_cpu(dtype):
     ql, gl, qg, gg = feats(10, q=40, g=300, h=8, c=32)
@@ -245,7 +242,7 @@ def test_cuda_topk_matches_cpu(dtype):
         assert (idx.cpu() == ref_idx).float().mean() > 0.99
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_re_ranking_features_matches_cpu():
     ql, gl, qg, gg = feats(11, q=30, g=80)
     out = re_ranking_features(ql.cuda(), gl.cuda(), qg.cuda(), gg.cuda(), k1=8, k2=3)

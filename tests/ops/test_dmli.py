@@ -7,8 +7,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 SHAPES = [(1, 1), (1, 5), (5, 1), (3, 7), (8, 8), (6, 2)]
 
@@ -362,7 +360,7 @@ def test_direct_op_calls_are_checked_in_cpp():
 
 
 # --------------------------------------------------------------- CUDA
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):
     x, y = rand_xy(33, 8, 6, C=32, dtype=dtype)
@@ -380,7 +378,7 @@ def test_cuda_matches_cpu(dtype):
     assert torch.equal(dc.grad.cpu(), dd.grad)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_gradcheck():
     x, y = rand_xy(3, 4, 5, C=6, device="cuda")
     x.requires_grad_()
@@ -392,7 +390,7 @@ def test_cuda_gradcheck():
     assert gradcheck(partdist.dmli, (d,))
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_reduced_precision(dtype):
     x, y = rand_xy(20, 8, 8, C=64, dtype=torch.float32, device="cuda")
@@ -402,7 +400,7 @@ def test_cuda_reduced_precision(dtype):
     torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_mixed_devices_rejected():
     x, y = rand_xy(3, 4, 5)
     with pytest.raises(ValueError, match="same device"):

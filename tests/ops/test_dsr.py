@@ -7,10 +7,6 @@ import torch
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-
 def rand_grid(M, N, Lq, Lg, C=8, dtype=torch.float64, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(M, Lq, C, generator=g, dtype=dtype)
@@ -328,7 +324,7 @@ def test_bad_inputs_op():
 
 
 # ---------------------------------------------------------------------- CUDA
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):
     x, y = rand_grid(9, 13, 6, 10, C=16, dtype=dtype)
@@ -338,7 +334,7 @@ def test_cuda_matches_cpu(dtype):
     torch.testing.assert_close(gpu.cpu(), cpu, **t)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_opcheck_and_devices():
     x, y = rand_grid(2, 3, 3, 4, device="cuda")
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (x, y, 0.1, 50, 1e-6, 0))
@@ -346,7 +342,7 @@ def test_cuda_opcheck_and_devices():
         partdist.dsr_dist(x, y.cpu())
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_grad_matches_cpu():
     x, y = rand_grid(3, 4, 3, 5, C=9, seed=10)
     g = torch.randn(3, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(11))
