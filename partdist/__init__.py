@@ -22,6 +22,8 @@ Part features (plain PyTorch, :mod:`partdist.pooling`):
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
+import sys
+
 from . import _moved
 from .eval.streaming import local_dist_topk
 from .ops.dmli import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
@@ -55,7 +57,7 @@ __all__ = [
 
 # Old module paths (partdist._ops, partdist.mining, partdist.parts, ...) keep working for one
 # release, with a DeprecationWarning naming the new path (see partdist/_moved.py).
-_moved.install()
+_moved.install(sys.modules[__name__])
 
 
 def __getattr__(name):

@@ -64,8 +64,23 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__getattr__ = __getattr__
 
 
-def install() -> None:
-    """Appends the finder to ``sys.meta_path`` (once)."""
+class _Package(types.ModuleType):
+    """The ``partdist`` package: importing the old path ``partdist.part_dist`` does not
+    replace the function ``partdist.part_dist`` with that module (as before the move)."""
+
+    def __setattr__(self, name, value):
+        if (
+            isinstance(value, types.ModuleType)
+            and f"{self.__name__}.{name}" in MOVED
+            and not isinstance(self.__dict__.get(name, value), types.ModuleType)
+        ):
+            return
+        super().__setattr__(name, value)
+
+
+def install(package: types.ModuleType) -> None:
+    """Appends the finder to ``sys.meta_path`` (once) and guards ``package``'s names."""
+    package.__class__ = _Package
     if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
         sys.meta_path.append(_MovedFinder())
 

@@ -4,6 +4,7 @@
 import importlib
 import subprocess
 import sys
+import types
 import warnings
 
 import pytest
@@ -28,7 +29,8 @@ def _forget(name):
     """Drop the old module (and the parent's attribute) so that the next import runs the hook again."""
     sys.modules.pop(name, None)
     parent, _, child = name.rpartition(".")
-    vars(sys.modules[parent]).pop(child, None)
+    if isinstance(vars(sys.modules[parent]).get(child), types.ModuleType):
+        delattr(sys.modules[parent], child)
 
 
 def test_every_moved_path_is_tested():
@@ -52,6 +54,15 @@ def test_old_path_warns_and_reexports(old):
         del new._moved_probe
     with pytest.raises(AttributeError):
         mod.no_such_name_here  # noqa: B018
+
+
+def test_old_path_part_dist_keeps_the_function():
+    # partdist.part_dist is both an old module path and a public function: the function stays
+    _forget("partdist.part_dist")
+    with pytest.warns(DeprecationWarning, match="partdist.ops.parts"):
+        from partdist.part_dist import part_dist
+    assert part_dist is partdist.part_dist is partdist.ops.parts.part_dist
+    assert callable(partdist.part_dist) and not isinstance(partdist.part_dist, types.ModuleType)
 
 
 def test_from_import_statement_warns_at_the_import():
