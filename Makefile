@@ -1,6 +1,7 @@
 # make demo    : set up .venv (idempotent), build partdist, run the main job: synthetic data ->
 #                train AlignedReID on the CPU -> evaluate (global / DMLI / re-ranked) -> pictures
 # make test    : set up .venv (idempotent), build partdist, run the test suite
+# make test-fast : the same without the tests marked slow (under a minute on 2 cores)
 # make bench   : the microbenchmarks (DMLI, mining, neighborhood differences)
 # make bench-market : Market-1501-size local distances and re-ranking (long)
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
@@ -11,7 +12,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build test demo bench bench-market cuda-check sanitize clean
+.PHONY: all venv build test test-fast demo bench bench-market cuda-check sanitize clean
 
 all: test
 
@@ -29,6 +30,9 @@ build: venv
 
 test: build
 	$(PY) -m pytest tests -q
+
+test-fast: build
+	$(PY) -m pytest tests -q -m "not slow"
 
 demo: build
 	$(VENV)/bin/partdist demo --out runs/demo

@@ -7,6 +7,7 @@ import torch
 
 import partdist
 import partdist._memory as pm
+import partdist.eval.streaming as streaming
 from partdist.eval import (
     distance_blocks,
     global_distance,
@@ -16,6 +17,7 @@ from partdist.eval import (
     topk_distance,
 )
 from partdist.reference import re_ranking_dense
+
 
 def feats(seed=0, q=23, g=41, h=6, c=12, d=20, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
@@ -120,7 +122,7 @@ def test_topk_streams_in_row_blocks(monkeypatch):
         calls.append((x.shape[0], y.shape[0]))
         return real(x, y, *a, **kw)
 
-    monkeypatch.setattr(partdist, "local_dist", spy)
+    monkeypatch.setattr(streaming, "local_dist", spy)  # the name the streaming code calls
     partdist.local_dist_topk(ql, gl, 3, block_rows=8)
     assert calls == [(8, 41), (8, 41), (8, 41), (6, 41)]
 

@@ -156,7 +156,7 @@ def test_nan_in_nan_out():
 
 
 def test_large_distances_do_not_overflow():
-    # The seed's (e^d - 1)/(e^d + 1) overflows to inf/inf = NaN for d > 88 in float32;
+    # AlignedReID's (e^d - 1)/(e^d + 1) overflows to inf/inf = NaN for d > 88 in float32;
     # the kernel evaluates it as tanh(d/2) and returns 1 per cell.
     x = torch.zeros(1, 2, 4)
     y = torch.full((1, 2, 4), 100.0)

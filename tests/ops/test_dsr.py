@@ -7,6 +7,7 @@ import torch
 import partdist
 from partdist import reference as R
 
+
 def rand_grid(M, N, Lq, Lg, C=8, dtype=torch.float64, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(M, Lq, C, generator=g, dtype=dtype)

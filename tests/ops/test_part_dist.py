@@ -9,6 +9,7 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
+
 def tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
 
