@@ -251,6 +251,7 @@ def test_float32_backward_matches_float64():
 
 
 # ------------------------------------------------------- torch.library
+@pytest.mark.slow
 def test_opcheck_all_ops():
     x, y = rand_xy(3, 4, 5, C=6)
     x.requires_grad_()

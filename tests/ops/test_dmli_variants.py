@@ -32,6 +32,7 @@ def test_soft_values_and_grads_match_logsumexp_reference(gamma, m, n):
     torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma", GAMMAS)
 def test_soft_gradcheck_all_dp_ops(gamma):
     d = torch.rand(3, 4, 5, dtype=torch.float64, requires_grad=True)

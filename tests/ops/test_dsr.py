@@ -149,6 +149,7 @@ def sparsity(x, y, beta):
 CONVERGED = dict(max_iter=20000, tol=1e-14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.5])
 def test_gradcheck_float64(beta):
     # Lg <= C: Y^T Y invertible; FISTA run to convergence so its active set is the Lasso's
@@ -225,6 +226,7 @@ def test_grad_default_solver_settings_float32():
     assert torch.isfinite(xb.grad.float()).all() and torch.isfinite(yb.grad.float()).all()
 
 
+@pytest.mark.slow
 def test_grad_more_gallery_cells_than_channels():
     # Lg > C: Y^T Y is singular, but the converged Lasso keeps <= C active cells (Y_A full rank)
     x, y = rand_grid(2, 2, 2, 7, C=4, seed=8)
