@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mining import triplet_hard_loss
-from ..part_dist import dsr_dist
-from ..parts import part_pool
+from ..ops.mining import triplet_hard_loss
+from ..ops.parts import dsr_dist
+from ..pooling import part_pool
 from .backbones import build_backbone
 from .reid import _check_images
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parts import part_pool
+from ..pooling import part_pool
 from .backbones import build_backbone
 from .pairs import batch_pairs, contrastive_loss
 from .reid import _check_images

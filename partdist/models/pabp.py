@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parts import bilinear_pool
+from ..pooling import bilinear_pool
 from .backbones import build_backbone
 from .pdc import check_keypoints
 from .reid import _check_images

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..neighborhood import cross_neighborhood_diff
+from ..ops.neighborhood import cross_neighborhood_diff
 from .pairs import verification_terms
 from .reid import _check_images
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parts import keypoints_to_parts
+from ..pooling import keypoints_to_parts
 from .backbones import build_backbone
 from .pdc import check_keypoints
 from .posebox import POSE_LAYOUT_6, assemble_posebox, box_thetas

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parts import part_pool
+from ..pooling import part_pool
 from .backbones import build_backbone
 from .reid import _check_images
 
