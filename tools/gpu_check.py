@@ -62,15 +62,21 @@ BENCHES = collections.OrderedDict(
         ("mining", ("bench_mining.py", 1.0, [], ["--quick", "--sizes", "64,128"])),
         ("neighborhood", ("bench_neighborhood.py", 0.8, [], ["--quick"])),
         ("parts", ("bench_parts.py", 1.0, [], ["--quick"])),
-        ("market", ("bench_market.py", 4.0, ["--dense-sizes", "1500,3000", "--ref-queries", "100"], ["--quick"])),
+        # the CPU side of the Market benchmark at C = 128 only (C = 2048 takes minutes on a CPU)
+        ("market", ("bench_market.py", 4.0, ["--dense-sizes", "1500,3000", "--ref-queries", "100", "--cpu-C", "128"],
+                    ["--quick"])),
     ]
 )
-DRY_RUN_TESTS = ["tests/test_mining.py"]
+# --dry-run: the tests whose name or markers say cuda (all skipped on a CPU: exercises the skip detection)
+DRY_RUN_TESTS = ["tests", "-k", "cuda"]
 PASS, FAIL, TIMEOUT, SKIP, WARN = "pass", "FAIL", "timeout", "skipped", "pass (warnings)"
 
 # A name part or skip reason that says "CUDA" / "GPU".
 CUDA_WORD = re.compile(r"(?i)\b(cuda|gpu|nvidia)\b")
-CUDA_NAME_PART = re.compile(r"(?i)(^|[\[\]\-_/:.,=])(cuda|gpu)(\d*)($|[\[\]\-_/:.,=])")
+# test function names that say CUDA: test_cuda_..., test_gpu_..., ..._cuda, ..._gpu
+CUDA_FUNC_NAME = re.compile(r"(?i)^test_(cuda|gpu)(_|$)|_(cuda|gpu)$")
+# a parameter id part that is a CUDA device: [cuda], [cuda-float32], [float64-cuda:0]
+CUDA_PARAM_PART = re.compile(r"(?i)^(cuda|gpu)(:\d+)?$")
 
 
 # ----------------------------------------------------------------------------------------- pytest plugin
@@ -80,14 +86,18 @@ _PLUGIN_RECORDS = []
 
 
 def is_cuda_test(nodeid, marker_names=(), skipif_reasons=()):
-    """Whether a test is a CUDA test: a ``cuda`` marker, a skipif whose reason names CUDA/GPU, or a
-    ``cuda``/``gpu`` part in its name or parameter id (``test_x_cuda``, ``[cuda]``, ``[cuda-float32]``)."""
+    """Whether a test is a CUDA test: a ``cuda`` marker, a skipif whose reason names CUDA/GPU, a
+    function name ``test_cuda_*`` / ``test_gpu_*`` / ``*_cuda`` / ``*_gpu``, or a parameter id part
+    that is a CUDA device (``[cuda]``, ``[cuda-float32]``, ``[float64-cuda:0]``)."""
     if "cuda" in marker_names:
         return True
     if any(CUDA_WORD.search(str(r)) for r in skipif_reasons):
         return True
-    name = nodeid.split("::", 1)[-1] if "::" in nodeid else nodeid
-    return bool(CUDA_NAME_PART.search(name))
+    name = nodeid.rsplit("::", 1)[-1]
+    func, _, params = name.partition("[")
+    if CUDA_FUNC_NAME.search(func):
+        return True
+    return any(CUDA_PARAM_PART.match(p) for p in re.split(r"[-,\]\s]+", params) if p)
 
 
 def _item_is_cuda(item):
@@ -522,9 +532,11 @@ class Check:
         cuobjdump = _find_tool("cuobjdump")
         if sos and cuobjdump and torch_cuda:
             try:
-                out = subprocess.run([cuobjdump, "--list-elf", os.path.join(ROOT, "partdist", sos[0])],
-                                     capture_output=True, text=True, timeout=60).stdout
-                res["details"]["cubins"] = sorted(set(re.findall(r"sm_\d+a?", out)))
+                so = os.path.join(ROOT, "partdist", sos[0])
+                for kind in ("elf", "ptx"):
+                    out = subprocess.run([cuobjdump, f"--list-{kind}", so], capture_output=True, text=True,
+                                         timeout=60).stdout
+                    res["details"]["cubins" if kind == "elf" else "ptx"] = sorted(set(re.findall(r"sm_\d+a?", out)))
             except (OSError, subprocess.TimeoutExpired):
                 pass
         k = run_logged([self.py, "-c", _KERNEL_SNIPPET], os.path.join(d, "kernels.log"), 180, self.child_env(),
@@ -830,7 +842,8 @@ def render_markdown(report):
     b = stages.get("build", {}).get("details", {})
     if b:
         lines.append("\n## Build\n")
-        lines.append(f"- extension: {b.get('extension')}, cubins: {b.get('cubins', '-')}, build env: {b.get('env')}")
+        lines.append(f"- extension: {b.get('extension')}, cubins: {b.get('cubins', '-')}, PTX: {b.get('ptx', '-')}, "
+                     f"build env: {b.get('env')}, build time: {b.get('build_seconds', '-')} s")
         if "kernels" in b:
             k = b["kernels"]
             lines.append(f"- partdist ops: {k['ops']}, with CPU kernel: {k['cpu']}, with CUDA kernel: {k['cuda']}; "
@@ -903,8 +916,8 @@ def parse_args(argv=None):
     ap.add_argument("--stage-timeout", type=float, default=470.0,
                     help="seconds per stage (default 470) [make: STAGE_TIMEOUT=]")
     ap.add_argument("--test-timeout", type=float, default=300, help="per-test limit with pytest-timeout")
-    ap.add_argument("--tests", nargs="*", default=None,
-                    help="test paths (default tests/) [make: TESTS=]")
+    ap.add_argument("--tests", default=None,
+                    help="pytest paths and selection, one string, e.g. 'tests/ops -k dmli' (default: tests) [make: TESTS=]")
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments")
     ap.add_argument("--benches", default=",".join(BENCHES),
                     help="comma-separated of: " + ",".join(BENCHES) + " [make: BENCHES=]")
@@ -921,6 +934,7 @@ def parse_args(argv=None):
     if bad or not stages:
         ap.error(f"--stage/STAGE: unknown stage(s) {bad or args.stage!r}; use one or more of {', '.join(STAGES)} or all")
     args.stages = stages
+    args.tests = shlex.split(args.tests) if args.tests else None
     args.benches = [b.strip() for b in args.benches.split(",") if b.strip()]
     bad = [b for b in args.benches if b not in BENCHES]
     if bad or not args.benches:

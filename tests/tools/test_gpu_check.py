@@ -35,10 +35,17 @@ def _load_bench_common():
         ("tests/test_dmli.py::test_matches_cpu[cuda]", (), (), True),
         ("tests/test_dmli.py::test_matches_cpu[cuda-float32]", (), (), True),
         ("tests/test_dmli.py::test_backward_cuda", (), (), True),
-        ("tests/test_x.py::test_on_gpu_large", (), (), True),
+        ("tests/test_dmli.py::test_cuda_matches_cpu[float32]", (), (), True),
+        ("tests/test_x.py::test_gpu_large", (), (), True),
+        ("tests/test_x.py::test_grad[float64-cuda:0]", (), (), True),
+        ("tests/test_x.py::TestOps::test_grad[cuda]", (), (), True),
         ("tests/test_dmli.py::test_matches_cpu[cpu]", (), (), False),
         ("tests/test_dmli.py::test_forward", ("slow",), ("needs /proc",), False),
-        ("tests/test_cudaish.py::test_barracuda_name", (), (), False),  # 'cuda' inside a word is not a part
+        # CPU tests that merely talk about CUDA in their names are not CUDA tests
+        ("tests/test_cudaish.py::test_barracuda_name", (), (), False),
+        ("tests/tools/test_gpu_check.py::test_is_cuda_test[x]", (), (), False),
+        ("tests/tools/test_gpu_check.py::test_main_without_gpu_fails", (), (), False),
+        ("tests/test_x.py::test_emulated_cuda_kernels_match_cpu", (), (), False),
     ],
 )
 def test_is_cuda_test(nodeid, markers, reasons, want):
@@ -238,12 +245,11 @@ def test_bad_stage_and_bench_names_are_clear_errors(capsys):
     assert G.parse_args(["--stage", "test,bench"]).stages == ["test", "bench"]
 
 
-def test_main_without_gpu_fails_the_stage_and_writes_the_report(tmp_path):
-    """No --allow-cpu on a machine without a GPU: the sanitize stage fails at once, and the report
-    says why. (On a GPU machine this test checks nothing the GPU run does not: skipped there.)"""
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: the no-GPU path does not apply")
+def test_main_without_gpu_fails_the_stage_and_writes_the_report(tmp_path, monkeypatch):
+    """No --allow-cpu and no GPU (hidden with CUDA_VISIBLE_DEVICES where there is one): the
+    sanitize stage fails at once, and the report says why."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     rc = G.main(["--stage", "sanitize", "--out", str(tmp_path), "--python", sys.executable])
     assert rc == 1
     rep = json.loads((tmp_path / "report.json").read_text())
