@@ -616,7 +616,9 @@ class Check:
             r = run_logged([self.py, script, "--device", "cpu", "--json", j], os.path.join(d, "ops-cpu.log"), budget,
                            self.child_env(), self.args.verbose)
             res["commands"].append(r.as_dict() | {"log": self.rel(r.log)})
-            res["details"]["tools"]["none (cpu)"] = _ops_summary(r.tail, j)
+            res["details"]["tools"]["none (cpu)"] = {"rc": r.rc, "seconds": round(r.seconds, 1), "timed_out": r.timed_out,
+                                                     "errors": None, "partdist_errors": [], "other_errors": [],
+                                                     "ops": _ops_summary(r.tail, j)}
             if r.rc != 0:
                 res["failures"].append(f"op script failed on the CPU (exit {r.rc}): {_last_error(r.tail)}")
             return self._finish(res, TIMEOUT if r.timed_out else None, r)
@@ -817,6 +819,19 @@ def _md_table(headers, rows):
     return "\n".join(out) + "\n"
 
 
+def pivot_records(records):
+    """``{(case, method): {device: (value, unit), "note": str}}`` in first-seen order: each
+    figure of one case and method on every device, side by side."""
+    out = collections.OrderedDict()
+    for rec in records:
+        cell = out.setdefault((rec.get("case", ""), rec.get("method", "")), {})
+        dev = str(rec.get("device", "")).split(":")[0]
+        cell[dev] = (rec.get("value"), rec.get("unit"))
+        if rec.get("note"):
+            cell["note"] = rec["note"]
+    return out
+
+
 def render_markdown(report):
     env = report.get("env", {})
     lines = ["# partdist GPU check\n"]
@@ -872,15 +887,16 @@ def render_markdown(report):
         lines.append(_md_table(["target", "measured", "goal", "verdict"], tr))
     benches = stages.get("bench", {}).get("details", {}).get("benches", {})
     if benches:
-        lines.append("\n## Benchmark figures\n")
+        lines.append("\n## Benchmark figures (GPU beside CPU, same inputs)\n")
         rows = []
         for name, bd in benches.items():
-            for rec in bd.get("records", []):
-                rows.append([name, rec.get("case", ""), rec.get("device", ""), rec.get("method", ""),
-                             _fmt_value(rec.get("value"), rec.get("unit")), rec.get("note", "")])
+            for (case, method), by_dev in pivot_records(bd.get("records", [])).items():
+                rows.append([name, case, method] + [_fmt_value(*by_dev[d]) if d in by_dev else "-" for d in ("cuda", "cpu")]
+                            + [by_dev.get("note", "")])
             if bd.get("timed_out") or bd.get("rc"):
-                rows.append([name, "(run)", "", "", "cut at the time limit" if bd.get("timed_out") else f"exit {bd['rc']}", ""])
-        lines.append(_md_table(["bench", "case", "device", "method", "value", "note"], rows))
+                rows.append([name, "(run)", "cut at the time limit" if bd.get("timed_out") else f"exit {bd['rc']}",
+                             "", "", ""])
+        lines.append(_md_table(["bench", "case", "method", "cuda", "cpu", "note"], rows))
     return "\n".join(lines) + "\n"
 
 

@@ -223,7 +223,8 @@ def test_report_markdown_and_summary_rows():
                                                  "tests": ["tests"]}},
             "bench": {"status": G.PASS, "seconds": 300.0, "failures": [], "warnings": [], "details": {"benches": {
                 "dmli": {"rc": 0, "timed_out": False, "records": [
-                    {"case": "(a)", "device": "cuda", "method": "partdist", "value": 0.0001, "unit": "s", "note": ""}]}}},
+                    {"case": "(a)", "device": "cuda", "method": "partdist", "value": 0.0001, "unit": "s", "note": ""},
+                    {"case": "(a)", "device": "cpu", "method": "partdist", "value": 0.0005, "unit": "s", "note": ""}]}}},
                 "targets": [{"name": "train >= 30x", "value": 41.0, "limit": 30.0, "op": ">=", "unit": "x", "met": True},
                             {"name": "rerank < 5 s", "value": None, "limit": 5.0, "op": "<", "unit": "s", "met": None}]},
         },
@@ -231,6 +232,7 @@ def test_report_markdown_and_summary_rows():
     md = G.render_markdown(report)
     assert "NVIDIA H100" in md and "## Failures" in md and "t::x" in md
     assert "| train >= 30x | 41x | >= 30x | met |" in md and "not measured" in md
+    assert "| dmli | (a) | partdist | 0.1 ms | 0.5 ms |" in md  # the GPU figure beside the CPU one
     rows = G.stage_rows(report)
     assert rows[0][0] == "test" and "4 CUDA passed, 1 CUDA skipped" in rows[0][3]
 
