@@ -290,7 +290,7 @@ def parse_sanitizer_log(text):
             continue
         frame = next((f for f in b["frames"] if f.startswith(("at ", "in ")) or " in " in f), b["frames"][0] if b["frames"] else "")
         entry = b["header"] + (f" | {frame}" if frame else "")
-        (ours if any("partdist" in f for f in b["frames"]) else other).append(entry)
+        (ours if any("partdist" in f for f in [b["header"]] + b["frames"]) else other).append(entry)
     return {"summary_errors": summary, "partdist": ours, "other": other}
 
 

@@ -302,3 +302,54 @@ def test_readme_and_makefile_document_every_stage():
         assert f"| `{stage}` |" in sec
     make = open(os.path.join(ROOT, "Makefile")).read()
     assert "gpu-check:" in make and "tools/gpu_check.py --stage $(STAGE) --out $(OUT)" in make
+
+
+FAKE_SANITIZER = r'''#!PYTHON
+"""A stand-in for compute-sanitizer: runs the op script on the CPU (one case) and prints what the
+real tool prints; racecheck 'finds' a race in a partdist kernel, initcheck one in a torch kernel."""
+import subprocess, sys
+args = sys.argv[1:]
+tool = args[args.index("--tool") + 1]
+i = next(k for k, a in enumerate(args) if a.endswith("gpu_sanitize_ops.py")) - 1
+cmd = [("cpu" if a == "cuda" else a) for a in args[i:]] + ["--only", "dmli_path"]
+print("========= COMPUTE-SANITIZER", flush=True)
+rc = subprocess.call(cmd)
+errors = 0
+if tool == "racecheck":
+    print("========= Error: Race reported between Write access at partdist::dmli::forward_kernel<float>+0x10")
+    print("=========     and Read access at partdist::dmli::forward_kernel<float>+0x30 [4 hazards]")
+    print("=========")
+    errors = 1
+if tool == "initcheck":
+    print("========= Uninitialized __global__ memory read of size 4 bytes")
+    print("=========     at void at::native::reduce_kernel<512, 1>(T1)+0x80")
+    print("=========")
+    errors = 1
+print(f"========= ERROR SUMMARY: {errors} error{'s' if errors != 1 else ''}")
+sys.exit(86 if errors else rc)
+'''
+
+
+def test_sanitize_stage_runs_each_tool_and_attributes_errors(tmp_path, monkeypatch):
+    """The GPU path of the sanitize stage, with a fake compute-sanitizer on PATH: one process per
+    tool, a partdist error fails the stage, an error in a torch kernel alone is a warning."""
+    pytest.importorskip("torch")
+    fake = tmp_path / "bin" / "compute-sanitizer"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_SANITIZER.replace("PYTHON", sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent) + os.pathsep + os.environ["PATH"])
+    args = G.parse_args(["--stage", "sanitize", "--out", str(tmp_path / "out"), "--python", sys.executable,
+                         "--sanitize-tools", "memcheck,racecheck,initcheck"])
+    check = G.Check(args)
+    check.env_info = {"cuda_available": True}
+    res = check.stage_sanitize(300)
+    tools = res["details"]["tools"]
+    assert list(tools) == ["memcheck", "racecheck", "initcheck"]
+    assert tools["memcheck"]["errors"] == 0 and tools["memcheck"]["ops"]["passed"] == tools["memcheck"]["ops"]["total"] == 2
+    assert len(tools["racecheck"]["partdist_errors"]) == 1 and not tools["racecheck"]["other_errors"]
+    assert len(tools["initcheck"]["other_errors"]) == 1 and not tools["initcheck"]["partdist_errors"]
+    assert res["status"] == G.FAIL
+    assert len(res["failures"]) == 1 and res["failures"][0].startswith("racecheck: 1 error(s) in partdist kernels")
+    assert any(w.startswith("initcheck: 1 error(s) outside partdist") for w in res["warnings"])
+    assert (tmp_path / "out" / "sanitize" / "racecheck.log").exists()
