@@ -81,6 +81,7 @@ gpu-check:
 	$(PYTHON) tools/gpu_check.py --stage $(STAGE) --out $(OUT) $(if $(DRYRUN),--dry-run) $(if $(ALLOW_CPU),--allow-cpu) \
 	  $(if $(TESTS),--tests "$(TESTS)") $(if $(BENCHES),--benches $(BENCHES)) \
 	  $(if $(SANITIZE_TOOLS),--sanitize-tools $(SANITIZE_TOOLS)) $(if $(STAGE_TIMEOUT),--stage-timeout $(STAGE_TIMEOUT)) \
+	  $(if $(TOTAL_TIMEOUT),--total-timeout $(TOTAL_TIMEOUT)) \
 	  $(if $(BUILD_MODE),--build-mode $(BUILD_MODE)) $(GPU_CHECK_ARGS)
 
 clean:

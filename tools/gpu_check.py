@@ -70,6 +70,8 @@ BENCHES = collections.OrderedDict(
 # --dry-run: the tests whose name or markers say cuda (all skipped on a CPU: exercises the skip detection)
 DRY_RUN_TESTS = ["tests", "-k", "cuda"]
 PASS, FAIL, TIMEOUT, SKIP, WARN = "pass", "FAIL", "timeout", "skipped", "pass (warnings)"
+# shares of --total-timeout when several stages run in one command
+STAGE_WEIGHTS = {"build": 1.0, "test": 1.0, "sanitize": 1.2, "bench": 2.0}
 
 # A name part or skip reason that says "CUDA" / "GPU".
 CUDA_WORD = re.compile(r"(?i)\b(cuda|gpu|nvidia)\b")
@@ -300,6 +302,13 @@ def split_budget(total, weights):
     return total * weights[0] / s if s > 0 else total
 
 
+def stage_budget(stages_left, seconds_left, stage_timeout):
+    """Seconds for the first of ``stages_left`` when ``seconds_left`` must cover them all: its
+    weighted share (STAGE_WEIGHTS), at most ``stage_timeout``; a stage that needs less leaves the
+    rest to the later ones, since the next call shares what is then left."""
+    return min(stage_timeout, split_budget(max(0.0, seconds_left), [STAGE_WEIGHTS[s] for s in stages_left]))
+
+
 # ----------------------------------------------------------------------------------------- running
 class RunResult:
     def __init__(self, cmd, rc, timed_out, seconds, tail, log):
@@ -518,7 +527,9 @@ class Check:
             cmd = [self.py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]
         else:
             cmd = [self.py, "setup.py", "build_ext", "--inplace"]
-        r = run_logged(cmd, os.path.join(d, "build.log"), budget - 60, self.child_env(**env_extra), self.args.verbose)
+        # the rest of the budget: the kernel listing and the GPU smoke run
+        r = run_logged(cmd, os.path.join(d, "build.log"), max(budget * 0.8, budget - 60), self.child_env(**env_extra),
+                       self.args.verbose)
         res["commands"].append(r.as_dict() | {"log": self.rel(r.log)})
         if r.timed_out:
             res["failures"].append(f"build cut after {r.seconds:.0f} s")
@@ -931,6 +942,9 @@ def parse_args(argv=None):
                     help="--allow-cpu + tiny sizes and a short test selection [make: DRYRUN=1]")
     ap.add_argument("--stage-timeout", type=float, default=470.0,
                     help="seconds per stage (default 470) [make: STAGE_TIMEOUT=]")
+    ap.add_argument("--total-timeout", type=float, default=None,
+                    help="seconds for the whole command: the stages share it (each at most --stage-timeout), "
+                         "e.g. 560 where one command may run 10 minutes [make: TOTAL_TIMEOUT=]")
     ap.add_argument("--test-timeout", type=float, default=300, help="per-test limit with pytest-timeout")
     ap.add_argument("--tests", default=None,
                     help="pytest paths and selection, one string, e.g. 'tests/ops -k dmli' (default: tests) [make: TESTS=]")
@@ -961,10 +975,13 @@ def parse_args(argv=None):
         ap.error(f"--sanitize-tools/SANITIZE_TOOLS: unknown tool(s) {bad}; use some of {', '.join(SANITIZER_TOOLS)}")
     if args.stage_timeout < 60:
         ap.error("--stage-timeout/STAGE_TIMEOUT: at least 60 seconds")
+    if args.total_timeout is not None and args.total_timeout < 60:
+        ap.error("--total-timeout/TOTAL_TIMEOUT: at least 60 seconds")
     return args
 
 
 def main(argv=None):
+    t_start = time.monotonic()
     args = parse_args(argv)
     check = Check(args)
     os.makedirs(check.out, exist_ok=True)
@@ -974,7 +991,21 @@ def main(argv=None):
     if env.get("torch_error"):
         print(f"[gpu_check] cannot import torch with {args.python}: {env['torch_error']}", flush=True)
     check.write()
-    results = [check.run_stage(s, args.stage_timeout) for s in args.stages]
+    t_end = None if args.total_timeout is None else t_start + args.total_timeout
+    results = []
+    for i, stage in enumerate(args.stages):
+        budget = args.stage_timeout
+        if t_end is not None:  # this stage's share of what is left of the command's time
+            left = t_end - time.monotonic() - 15  # the report and the table at the end
+            budget = stage_budget(args.stages[i:], left, args.stage_timeout)
+            if budget < 30:
+                check.report["stages"][stage] = {"status": TIMEOUT, "seconds": 0, "failures": [
+                    f"not run: {max(0, left):.0f} s left of --total-timeout {args.total_timeout:.0f} s"],
+                    "warnings": [], "details": {}}
+                check.write()
+                results.append(check.report["stages"][stage])
+                continue
+        results.append(check.run_stage(stage, budget))
     print_summary(check.report)
     print(f"\nreport: {os.path.join(check.out, 'report.md')} and report.json", flush=True)
     return 0 if all(r["status"] in (PASS, WARN) for r in results) else 1

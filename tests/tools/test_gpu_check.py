@@ -199,6 +199,11 @@ def test_parse_sanitizer_log_clean_and_racecheck():
 def test_split_budget_gives_the_rest_to_later_commands():
     assert G.split_budget(100, [1, 1, 2]) == 25
     assert G.split_budget(100, [4]) == 100
+    # a 10-minute command for all four stages: each gets its weighted share, capped per stage
+    w = G.STAGE_WEIGHTS
+    assert G.stage_budget(list(G.STAGES), 520, 470) == pytest.approx(520 * w["build"] / sum(w.values()))
+    assert G.stage_budget(["bench"], 520, 470) == 470
+    assert G.stage_budget(["test", "bench"], -5, 470) == 0
 
 
 def test_run_logged_kills_a_command_past_its_limit(tmp_path):
