@@ -358,3 +358,18 @@ def test_sanitize_stage_runs_each_tool_and_attributes_errors(tmp_path, monkeypat
     assert len(res["failures"]) == 1 and res["failures"][0].startswith("racecheck: 1 error(s) in partdist kernels")
     assert any(w.startswith("initcheck: 1 error(s) outside partdist") for w in res["warnings"])
     assert (tmp_path / "out" / "sanitize" / "racecheck.log").exists()
+
+
+def test_sanitize_op_script_covers_every_partdist_op():
+    """Every registered partdist op (its backward through its forward's case) has a case in
+    tools/gpu_sanitize_ops.py, so a new op cannot escape the sanitizer stage unnoticed."""
+    torch = pytest.importorskip("torch")
+    import partdist  # noqa: F401  (registers the ops)
+    import gpu_sanitize_ops
+
+    names = [c[0] for c in gpu_sanitize_ops.cases()]
+    ops = sorted({n.split("::", 1)[1].replace("_backward", "") for n in torch._C._dispatch_get_all_op_names()
+                  if n.startswith("partdist::")})
+    assert ops, "no partdist op registered"
+    missing = [op for op in ops if not any(name == op or name.startswith(op + ",") for name in names)]
+    assert not missing, f"ops without a case in tools/gpu_sanitize_ops.py: {missing}"
