@@ -523,14 +523,19 @@ class Check:
         if not self.cuda:
             (res["warnings"] if self.allow_cpu else res["failures"]).append("torch.cuda.is_available() is False")
         res["details"]["env"] = {k: v for k, v in env_extra.items()}
-        if self.args.build_mode == "pip":
-            cmd = [self.py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]
-        else:
-            cmd = [self.py, "setup.py", "build_ext", "--inplace"]
-        # the rest of the budget: the kernel listing and the GPU smoke run
-        r = run_logged(cmd, os.path.join(d, "build.log"), max(budget * 0.8, budget - 60), self.child_env(**env_extra),
-                       self.args.verbose)
+        inplace = [self.py, "setup.py", "build_ext", "--inplace"]
+        pip = [self.py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]
+        t_end = time.monotonic() + max(budget * 0.8, budget - 60)  # the rest: kernel listing, GPU smoke run
+        r = run_logged(pip if self.args.build_mode == "pip" else inplace, os.path.join(d, "build.log"),
+                       t_end - time.monotonic(), self.child_env(**env_extra), self.args.verbose)
         res["commands"].append(r.as_dict() | {"log": self.rel(r.log)})
+        if self.args.build_mode == "pip" and r.rc != 0 and not r.timed_out and re.search(
+                r"(?i)externally.managed|permission denied|read-only file system|not writeable", r.tail):
+            res["warnings"].append("pip may not install into this python (" + _last_error(r.tail)[:120] +
+                                   "): built in place instead")
+            r = run_logged(inplace, os.path.join(d, "build-inplace.log"), t_end - time.monotonic(),
+                           self.child_env(**env_extra), self.args.verbose)
+            res["commands"].append(r.as_dict() | {"log": self.rel(r.log)})
         if r.timed_out:
             res["failures"].append(f"build cut after {r.seconds:.0f} s")
             return self._finish(res, TIMEOUT, r)
@@ -986,8 +991,9 @@ def main(argv=None):
     check = Check(args)
     os.makedirs(check.out, exist_ok=True)
     env = check.collect_env()
-    print(f"[gpu_check] {env.get('gpu') or 'no GPU'}; torch {env.get('torch')} (CUDA {env.get('torch_cuda')}); "
-          f"python {env.get('python')}; report -> {check.out}", flush=True)
+    print(f"[gpu_check] {env.get('gpu') or 'no GPU'} (capability {env.get('capability', '-')}, driver "
+          f"{env.get('driver', '-')}); torch {env.get('torch')} (CUDA {env.get('torch_cuda')}); nvcc: "
+          f"{env.get('nvcc') or 'not found'}; python {env.get('python')}; report -> {check.out}", flush=True)
     if env.get("torch_error"):
         print(f"[gpu_check] cannot import torch with {args.python}: {env['torch_error']}", flush=True)
     check.write()
