@@ -546,6 +546,8 @@ class Check:
         sos = sorted(f for f in os.listdir(os.path.join(ROOT, "partdist")) if f.startswith("_C") and f.endswith(".so"))
         res["details"]["extension"] = sos
         cuobjdump = _find_tool("cuobjdump")
+        if torch_cuda and not cuobjdump:
+            res["details"]["cubins"] = "cuobjdump not found"
         if sos and cuobjdump and torch_cuda:
             try:
                 so = os.path.join(ROOT, "partdist", sos[0])
