@@ -47,7 +47,8 @@ def _load_bench_common():
         ("tests/tools/test_gpu_check.py::test_main_without_gpu_fails", (), (), False),
         ("tests/test_x.py::test_emulated_cuda_kernels_match_cpu", (), (), False),
     ],
-)
+    ids=lambda v: None if not isinstance(v, str) else v.rsplit("::", 1)[-1].replace("cuda", "CU").replace("gpu", "GP"),
+)  # ids without 'cuda': these CPU tests must not look like CUDA tests themselves
 def test_is_cuda_test(nodeid, markers, reasons, want):
     assert G.is_cuda_test(nodeid, markers, reasons) is want
 
