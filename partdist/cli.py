@@ -74,11 +74,27 @@ def cmd_train(args):
         started = True
     splits = _splits(args.data, args.dataset)
     num_classes = len({pid for _, pid, _ in splits.train})
-    tr = train(cfg, num_classes, make_batches(splits.train, cfg), resume=args.resume)
+    parts = _parts_for(cfg.model, args.data, splits.train, "train")
+    tr = train(cfg, num_classes, make_batches(splits.train, cfg, parts=parts), resume=args.resume)
     if tr.is_main:
         print(f"checkpoint: {tr.ckpt_path}")
     if started:
         torch.distributed.destroy_process_group()
+
+
+def _parts_for(model, root, items, cmd):
+    """The part annotations that ``model`` needs (None for models without parts); a clear exit
+    when the data set has none."""
+    from .data import part_annotations
+    from .models.zoo import model_spec
+
+    needs = model_spec(model).needs
+    if not needs:
+        return None
+    try:
+        return part_annotations(root, items, needs, model)
+    except ValueError as err:
+        sys.exit(f"partdist {cmd}: {err}")
 
 
 def _load_model(path, device="cpu"):
@@ -93,9 +109,26 @@ def _load_model(path, device="cpu"):
 
 def cmd_eval(args):
     from .eval.evaluate import evaluate_model, format_table
+    from .models.zoo import model_spec
 
     model, cfg = _load_model(args.checkpoint, args.device)
     splits = _splits(args.data, args.dataset)
+    spec = model_spec(cfg.model)
+    if args.distance or spec.needs or spec.pair or not spec.distributed:
+        # the models of partdist.models.MODEL_SPECS beyond AlignedReID / PCB / ICNN: one distance
+        from .eval.model_eval import evaluate_reference_model
+
+        q_parts = _parts_for(cfg.model, args.data, splits.query, "eval")
+        g_parts = _parts_for(cfg.model, args.data, splits.gallery, "eval")
+        try:
+            res, _ = evaluate_reference_model(model, cfg.model, splits.query, splits.gallery, cfg.height, cfg.width,
+                                              args.device, q_parts, g_parts, distance=args.distance)
+        except ValueError as err:
+            sys.exit(f"partdist eval: {err}")
+        print(format_table({os.path.basename(args.checkpoint): res}))
+        for name, r in res.items():
+            print(f"{name}: {r['ms_per_query']:.2f} ms per query (query features + distances to the gallery)")
+        return
     res, _ = evaluate_model(model, splits.query, splits.gallery, cfg.height, cfg.width, args.device,
                             lam=args.lam, rerank=not args.no_rerank, flip=args.flip,
                             progress=not args.no_progress and sys.stderr.isatty())
@@ -106,7 +139,7 @@ def cmd_synthetic(args):
     from .data import SyntheticReID
 
     root = SyntheticReID(args.out, num_ids=args.ids, num_cams=args.cams, imgs_per_id_cam=args.per_cam,
-                         height=args.height, width=args.width, seed=args.seed).generate()
+                         height=args.height, width=args.width, seed=args.seed, setting=args.setting).generate()
     print(root)
 
 
@@ -225,6 +258,9 @@ def main(argv=None):
     e.add_argument("--flip", action="store_true")
     e.add_argument("--no-rerank", action="store_true")
     e.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+    e.add_argument("--distance", choices=("global", "global + DMLI", "dsr", "pair"), default=None,
+                   help="evaluate with this one distance (dsr: partdist.dsr_dist on the local features); "
+                        "default: the model's (partdist.models.MODEL_SPECS)")
     e.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("synthetic", help="write the synthetic set in the Market-1501 layout")
@@ -235,6 +271,8 @@ def main(argv=None):
     s.add_argument("--height", type=int, default=256)
     s.add_argument("--width", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--setting", choices=("default", "hard"), default="default",
+                   help="hard: stronger camera shifts and scale, more occlusion, muted colours")
     s.set_defaults(fn=cmd_synthetic)
 
     args = ap.parse_args(argv)

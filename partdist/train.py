@@ -1,4 +1,9 @@
-"""Training of the reference ReID models (AlignedReID, PCB, PCB+RPP, ICNN) with the partdist losses.
+"""Training of the reference ReID models (:data:`partdist.models.MODEL_SPECS`) with the partdist losses.
+
+Embedding models train with the ID loss (one per classifier, averaged) + the batch-hard triplet
+loss on ``global`` (+ DMLI for AlignedReID, + the model's ``extra_losses``); pair models
+(IDLA, PersonNet, Gate Siamese) with their pair losses on the pairs of each P x K batch
+(:mod:`partdist.models.pairs`); part models get ``(images, pids, parts)`` batches.
 
 Checkpoints are written atomically at the end of every epoch (model, optimizer, scheduler,
 RNG states, epoch, metrics); ``resume=True`` continues from the last one exactly: every epoch
@@ -36,16 +41,17 @@ from torch import nn
 
 from . import distributed as pdist
 from .losses import AlignedTripletLoss, CrossEntropyLabelSmooth, TripletLoss
-from .models import ICNN, PCB, AlignedReID
+from .models.zoo import MODEL_SPECS, model_spec
 
 __all__ = ["TrainConfig", "build_model", "Trainer", "train", "make_batches"]
 
-MODELS = ("aligned", "pcb", "pcb_rpp", "icnn")
+#: every model of :data:`partdist.models.MODEL_SPECS` (the ``--model`` choices)
+MODELS = tuple(MODEL_SPECS)
 
 
 @dataclass
 class TrainConfig:
-    model: str = "aligned"  # aligned | pcb | pcb_rpp | icnn
+    model: str = "aligned"  # a name of MODELS (partdist.models.MODEL_SPECS)
     backbone: str = "compact"  # resnet50 | resnet18 | compact
     weights: Optional[str] = None  # local torchvision-style state_dict for the backbone
     last_stride: Optional[int] = None  # default: 2 for aligned, 1 for pcb
@@ -76,8 +82,7 @@ class TrainConfig:
     freeze_bn: bool = False  # BatchNorm layers use and keep their running statistics (affine params still train)
 
     def validate(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
+        model_spec(self.model)  # a clear error for an unknown name
         for name in ("p", "k", "epochs", "height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -92,12 +97,8 @@ class TrainConfig:
 
 
 def build_model(cfg: TrainConfig, num_classes: Optional[int]) -> nn.Module:
-    if cfg.model == "aligned":
-        return AlignedReID(num_classes, cfg.backbone, cfg.last_stride or 2, cfg.weights)
-    if cfg.model == "icnn":
-        return ICNN(num_classes, backbone=cfg.backbone, last_stride=cfg.last_stride or 1, weights=cfg.weights)
-    return PCB(num_classes, backbone=cfg.backbone, last_stride=cfg.last_stride or 1, weights=cfg.weights,
-               rpp=cfg.model == "pcb_rpp")
+    """The model ``cfg.model`` (:data:`partdist.models.MODEL_SPECS`)."""
+    return model_spec(cfg.model).build(cfg, num_classes)
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -137,10 +138,17 @@ class _RankShare(torch.utils.data.Sampler):
         return len(self.sampler) // self.batch_size * self.share
 
 
-def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, world_size: Optional[int] = None):
+def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, world_size: Optional[int] = None,
+                 parts=None):
     """``epoch -> iterator of (images, pids)``: P x K batches of the training items with the
     training transforms, a pure function of ``(cfg.seed, epoch)`` (sampler order and
     augmentations are both keyed on them), so a resumed run sees the same batches.
+
+    ``parts`` (one row per training item: keypoints ``[M, 14, 3]``, boxes or masks, e.g. from
+    :func:`partdist.data.part_annotations`) is required by the models that take parts
+    (``needs`` in :data:`partdist.models.MODEL_SPECS`); the batches are then
+    ``(images, pids, parts)`` and the training transforms keep the geometry (resize and random
+    erasing only: no flip, no pad + crop, which the part locations would not follow).
 
     With ``world_size`` W > 1 (default: that of the initialized process group) it yields this
     ``rank``'s share of each global P x K batch: the P / W identities (K images each) at
@@ -156,7 +164,17 @@ def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, wo
         raise ValueError(f"rank: expected 0 <= rank < world_size ({world}), got {rank}")
     _check_share(cfg.p, world)
     items = list(train_items)
-    ds = ImageDataset(items, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
+    needs = model_spec(cfg.model).needs
+    if needs and parts is None:
+        raise ValueError(f"parts: model {cfg.model!r} needs {needs} for every training image; pass "
+                         "parts=partdist.data.part_annotations(root, train_items, ...)")
+    if parts is not None:
+        from .data import PartImageDataset
+
+        tf = build_transforms(cfg.height, cfg.width, is_train=True, flip_p=0.0, pad=0)
+        ds = PartImageDataset(items, parts, tf, seed=cfg.seed)
+    else:
+        ds = ImageDataset(items, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
     sampler = RandomIdentitySampler(items, batch_size=cfg.p * cfg.k, num_instances=cfg.k, seed=cfg.seed)
     share = sampler if world == 1 else _RankShare(sampler, cfg.p * cfg.k, rank, world)
 
@@ -165,10 +183,10 @@ def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, wo
         sampler.set_epoch(epoch)
         loader = DataLoader(ds, batch_size=cfg.p * cfg.k // world, sampler=share, num_workers=cfg.num_workers,
                             drop_last=True)
-        for k, (images, pids, _cams) in enumerate(loader):
+        for k, batch in enumerate(loader):
             if cfg.iters_per_epoch is not None and k >= cfg.iters_per_epoch:
                 break
-            yield images, torch.as_tensor(pids)
+            yield (batch[0], torch.as_tensor(batch[1])) + tuple(batch[3:4])
 
     return batches
 
@@ -209,8 +227,13 @@ class Trainer:
         self.rank, self.world = pdist.rank(), pdist.world_size()
         self.ddp = pdist.is_distributed()
         self.is_main = self.rank == 0
+        self.spec = model_spec(cfg.model)
         if self.ddp:
             _check_share(cfg.p, self.world)
+            if not self.spec.distributed:
+                ok = ", ".join(n for n, s in MODEL_SPECS.items() if s.distributed)
+                raise ValueError(f"distributed: model {cfg.model!r} trains in a single process only "
+                                 f"(distributed training: {ok})")
         self.device = torch.device(cfg.device)
         if self.ddp and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank % torch.cuda.device_count())))
@@ -294,8 +317,16 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------- step
-    def _loss_parts(self, images, pids):
-        out = self.net(images)
+    def _loss_parts(self, images, pids, part_locs=None):
+        if self.spec.pair:  # pairs formed within the P x K batch (partdist.models.pairs)
+            return self.model.pair_loss_terms(images, pids)
+        if self.spec.needs:
+            if part_locs is None:
+                raise ValueError(f"model {self.cfg.model!r} needs {self.spec.needs}: the batches must be "
+                                 "(images, pids, parts) (make_batches(..., parts=...))")
+            out = self.net(images, part_locs)
+        else:
+            out = self.net(images)
         parts = {}
         logits = out["logits"]
         if isinstance(logits, list):
@@ -310,12 +341,14 @@ class Trainer:
             parts["local"] = res.local_loss * self.cfg.local_weight
         else:
             parts["global"] = self.triplet(out["global"], pids) * self.cfg.triplet_weight
+        if hasattr(self.model, "extra_losses"):  # SCPNet's SCP loss, DSR's DSR triplet loss
+            parts.update(self.model.extra_losses(out, pids))
         return parts
 
-    def loss(self, images, pids):
+    def loss(self, images, pids, part_locs=None):
         """``(loss, parts)`` for a batch (this rank's share under DDP, where ``loss`` is the
         global-batch loss: the ID terms are this rank's mean, the triplet terms global)."""
-        parts = self._loss_parts(images, pids)
+        parts = self._loss_parts(images, pids, part_locs)
         return sum(parts.values()), parts
 
     def _objective(self, parts):
@@ -345,9 +378,10 @@ class Trainer:
             from tqdm import tqdm
 
             it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for images, pids in it:
-            images, pids = images.to(self.device), pids.to(self.device)
-            parts = self._loss_parts(images, pids)
+        for batch in it:
+            images, pids = batch[0].to(self.device), batch[1].to(self.device)
+            part_locs = batch[2].to(self.device) if len(batch) > 2 else None
+            parts = self._loss_parts(images, pids, part_locs)
             loss = sum(parts.values()).detach()
             self.opt.zero_grad(set_to_none=True)
             self._objective(parts).backward()

@@ -26,7 +26,17 @@ from .datasets import (
 from .image_dataset import ImageDataset, PartImageDataset, read_image
 from .pairs import BalancedPairSampler
 from .sampler import RandomIdentitySampler
-from .synthetic import SYNTHETIC_PARTS, CameraParams, SyntheticReID, default_camera_params, load_synthetic_parts, make_grid
+from .synthetic import (
+    SETTINGS,
+    SYNTHETIC_PARTS,
+    CameraParams,
+    SyntheticReID,
+    default_camera_params,
+    hard_camera_params,
+    load_synthetic_parts,
+    make_grid,
+    part_annotations,
+)
 from .transforms import build_transforms
 
 __all__ = [
@@ -50,6 +60,9 @@ __all__ = [
     "make_grid",
     "load_synthetic_parts",
     "SYNTHETIC_PARTS",
+    "SETTINGS",
+    "hard_camera_params",
+    "part_annotations",
     "build_transforms",
     "transforms",
 ]

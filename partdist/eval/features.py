@@ -46,8 +46,9 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
                     "(images, pids, camids, parts)"
                 )
             out = model(imgs, batch[3].to(device))
-            parts.append(out["parts"].float().cpu())
-            vis.append(out["part_visibility"].cpu())
+            if "parts" in out:  # part features (GLAD, SpindleNet, SPReID; not PDC / PIE / PABP)
+                parts.append(out["parts"].float().cpu())
+                vis.append(out["part_visibility"].cpu())
         else:
             out = model(imgs)
         g, l = out["global"], out.get("local")
@@ -68,7 +69,7 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
         "pids": torch.cat(pids),
         "camids": torch.cat(cams),
     }
-    if needs_parts:
+    if parts:
         res["parts"], res["part_visibility"] = torch.cat(parts), torch.cat(vis)
     return res
 
