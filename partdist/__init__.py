@@ -30,6 +30,17 @@ from .part_dist import MAX_DSR_CELLS, dsr_dist, part_dist
 from .eval.streaming import local_dist_topk  # noqa: E402  (needs the ops above)
 
 from ._version import __version__  # noqa: E402
+from . import losses  # noqa: E402  (partdist.losses after `import partdist`)
+
+
+def __getattr__(name):
+    # partdist.FeatureExtractor without importing the evaluation code at `import partdist`
+    if name == "FeatureExtractor":
+        from .eval.evaluate import FeatureExtractor
+
+        return FeatureExtractor
+    raise AttributeError(f"module 'partdist' has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_DSR_CELLS",
@@ -50,4 +61,6 @@ __all__ = [
     "part_dist",
     "triplet_hard_loss",
     "unaligned_dist",
+    "FeatureExtractor",
+    "losses",
 ]
