@@ -58,7 +58,7 @@ def test_icnn_outputs_and_cli_eval(tiny_set, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", tr.ckpt_path, "--data", data_root]) == 0
     table = capsys.readouterr().out
-    assert "| checkpoint.pt | global + DMLI |" in table
+    assert "| icnn compact epoch 1 | global + DMLI |" in table
 
 
 def test_make_batches_rank_shares_are_whole_identities(tiny_set, tmp_path):

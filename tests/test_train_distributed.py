@@ -168,10 +168,11 @@ def test_cli_under_torchrun(data_root, single, tmp_path):
         assert len(f.readlines()) == 2
 
 
-def test_distributed_flag_without_torchrun_environment_is_explained(data_root, tmp_path, monkeypatch):
+def test_distributed_flag_without_torchrun_environment_is_explained(data_root, tmp_path, monkeypatch, capsys):
     from partdist.cli import main
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(RuntimeError, match="launch with `torchrun"):
-        main(["train", "--data", data_root, "--distributed", "--out", str(tmp_path)])
+    assert main(["train", "--data", data_root, "--distributed", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("partdist train: error: --distributed:") and "launch with `torchrun" in err, err
