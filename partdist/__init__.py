@@ -29,7 +29,7 @@ from .parts import bilinear_pool, keypoints_to_parts, part_pool
 from .part_dist import MAX_DSR_CELLS, dsr_dist, part_dist
 from .eval.streaming import local_dist_topk  # noqa: E402  (needs the ops above)
 
-from ._version import __version__  # noqa: E402
+from ._version import __version__ as __version__  # noqa: E402
 from . import losses  # noqa: E402  (partdist.losses after `import partdist`)
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import pickle
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -619,7 +619,7 @@ class Trainer:
             keys = sorted(sums)
             t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(t)
-            sums = {k: v / self.world for k, v in zip(keys, t.tolist())}
+            sums = {k: v / self.world for k, v in zip(keys, t.tolist(), strict=True)}
         self.sched.step()
         self.epoch = epoch + 1
         rec = {"epoch": self.epoch, **{k: v / max(n, 1) for k, v in sums.items()},

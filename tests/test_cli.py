@@ -292,8 +292,8 @@ def test_progress_lines_have_total_and_eta():
 @pytest.mark.slow
 def test_public_names_and_feature_extractor(trained, data_root):
     import partdist
-    from partdist.eval import evaluate_model  # noqa: F401
     from partdist.data import market1501
+    from partdist.eval import evaluate_model  # noqa: F401
 
     assert partdist.losses.AlignedTripletLoss is not None
     paths = [p for p, _, _ in market1501(data_root).query[:3]]

@@ -4,9 +4,8 @@ fused and re-ranked distances, CMC and mAP under the Market-1501 protocol."""
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 import partdist
