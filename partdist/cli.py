@@ -23,11 +23,21 @@ class CLIError(Exception):
     """A user's mistake: printed as one line (``partdist <command>: error: ...``), exit status 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after each flag's help, unless the help already says its default or
+    there is none to say (``None``)."""
+
+    def _get_help_string(self, action):
+        if "(default" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """Every flag's default shown in ``--help``; a usage mistake is one line and exit status 2."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
@@ -633,7 +643,9 @@ def register_eval(sub):
                        "gallery: global, local (DMLI), fused and re-ranked distances, CMC and mAP.")
     e.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a `partdist train` run")
     e.add_argument("--data", required=True, help="dataset root folder")
-    e.add_argument("--dataset", default="market1501", help="folder layout of --data")
+    from .data import DATASETS
+
+    e.add_argument("--dataset", default="market1501", choices=sorted(DATASETS), help="folder layout of --data")
     e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.add_argument("--lam", type=float, default=1.0, help="weight of the local distance in global + lam * local")
     e.add_argument("--ap", choices=["torchreid", "devkit"], default="torchreid",

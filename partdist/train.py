@@ -74,7 +74,7 @@ HELP = {
     "backbone": "backbone network (resnet50 as in the published Market-1501 recipes; compact: a small CNN "
     "for smoke tests and the CPU demo)",
     "weights": "local torchvision-style ResNet state_dict to start the backbone from (ImageNet weights are "
-    "never downloaded); without it the backbone starts from random weights",
+    "never downloaded) (default: none: the backbone starts from random weights)",
     "last_stride": "stride of the backbone's last stage (default: 2 for aligned, 1 for the part models)",
     "height": "input image height in pixels",
     "width": "input image width in pixels",
