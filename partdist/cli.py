@@ -262,9 +262,10 @@ def _apply_config_file(parser, argv, args):
     return parser.parse_args(argv)
 
 
-def _check_out(cmd: str, out: str, resume: bool, overwrite: bool, ckpt_name: str = "checkpoint.pt"):
-    """``--out`` holding a run needs ``--resume`` or ``--overwrite``; ``--resume`` needs a run."""
-    ckpt = os.path.join(out, ckpt_name)
+def _check_out(out: str, resume: bool, overwrite: bool, run_dir: str = None):
+    """``--out`` holding a run needs ``--resume`` or ``--overwrite``; ``--resume`` needs a run.
+    ``run_dir``: where the run's checkpoint is (default ``out`` itself)."""
+    ckpt = os.path.join(run_dir or out, "checkpoint.pt")
     if resume and overwrite:
         raise CLIError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                        "--overwrite replaces it; give one")
@@ -325,7 +326,7 @@ def cmd_train(args):
     check_device(cfg.device)
     under_torchrun = pdist.launched_by_torchrun()
     if not under_torchrun or os.environ.get("RANK", "0") == "0":
-        _check_out("train", cfg.out, args.resume, args.overwrite)
+        _check_out(cfg.out, args.resume, args.overwrite)
     started = False
     if (cfg.distributed or under_torchrun) and not pdist.is_distributed():
         try:
@@ -514,7 +515,7 @@ def cmd_demo(args):
     t_start = time.time()
     out = args.out
     train_out = os.path.join(out, "train")
-    _check_out("demo", train_out, args.resume, args.overwrite)
+    _check_out(out, args.resume, args.overwrite, run_dir=train_out)
     if not args.resume and not args.overwrite and os.path.exists(os.path.join(out, "results.json")):
         raise CLIError(f"--out {out} already holds demo results; pass --overwrite to replace them, or another --out")
     os.makedirs(out, exist_ok=True)

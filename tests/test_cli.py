@@ -301,3 +301,37 @@ def test_public_names_and_feature_extractor(trained, data_root):
     f = fe(paths)
     assert f["global"].shape[0] == 3 and f["local"].shape[0] == 3
     assert torch.allclose(f["global"].norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_demo_refuses_an_earlier_demo(tmp_path):
+    out = tmp_path / "demo"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "checkpoint.pt").write_bytes(b"earlier run")
+    (out / "results.json").write_text("{}")
+    before = digest(out)
+    r = run("demo", "--quick", "--out", out)
+    assert_one_line_error(r, "demo", f"--out {out} already holds a run", "--overwrite")
+    assert digest(out) == before
+
+
+def test_demo_pictures_without_matplotlib_warn_in_one_line(data_root, tmp_path, monkeypatch, capsys):
+    """Results are written before the pictures; without matplotlib the curves are skipped with
+    one warning and the other pictures are still drawn."""
+    import types
+
+    from partdist.cli import _demo_pictures
+    from partdist.data import market1501
+    from partdist.train import TrainConfig, build_model
+
+    splits = market1501(data_root)
+    cfg = TrainConfig(backbone="compact", height=64, width=32)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"epoch": 1, "loss": 1.0}) + "\n")
+    trainer = types.SimpleNamespace(model=build_model(cfg, 4).eval(), metrics_path=str(metrics))
+    dists = {"global + DMLI": torch.rand(len(splits.query), len(splits.gallery))}
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    written = _demo_pictures(splits, dists, trainer, cfg, str(tmp_path / "pics"))
+    assert written == ["rank_list.png", "dmli_alignment.png"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("partdist demo: warning: matplotlib is not installed")
+    assert (tmp_path / "pics" / "rank_list.png").exists() and not (tmp_path / "pics" / "training_curves.png").exists()
