@@ -324,6 +324,9 @@ def cmd_train(args):
 
     cfg = _config_from(args)
     check_device(cfg.device)
+    if cfg.weights and not os.path.isfile(cfg.weights):
+        raise CLIError(f"--weights {cfg.weights}: no such file (backbone weights are read from a local file, never "
+                       "downloaded)")
     under_torchrun = pdist.launched_by_torchrun()
     if not under_torchrun or os.environ.get("RANK", "0") == "0":
         _check_out(cfg.out, args.resume, args.overwrite)
