@@ -6,16 +6,14 @@ import os
 import pytest
 import torch
 
-from partdist.data import SyntheticReID, market1501
+from partdist.data import market1501
 from partdist.eval.evaluate import evaluate_model, format_table
 from partdist.train import TrainConfig, Trainer, build_model, make_batches
 
 
 @pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    SyntheticReID(str(root), num_ids=8, num_cams=2, imgs_per_id_cam=2, height=64, width=32, seed=3).generate()
-    return market1501(str(root))
+def tiny_set(tiny_reid_root):
+    return market1501(tiny_reid_root)
 
 
 def _cfg(tmp_path, **kw):
