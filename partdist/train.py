@@ -642,15 +642,17 @@ class Trainer:
         the trainer was made with ``overwrite=True`` (then its metrics and best checkpoint are
         replaced as well); continue a run with :meth:`resume`."""
         eval_every = self.cfg.eval_every if eval_every is None else eval_every
-        if self.epoch == 0 and self.is_main:
+        if self.epoch == 0:  # every rank checks (the out folder is shared), so all stop alike
             if os.path.exists(self.ckpt_path) and not self.overwrite:
                 raise FileExistsError(
                     f"out: {self.cfg.out} already holds a run ({self.ckpt_path}); resume it (--resume), "
                     "replace it (--overwrite) or choose another --out"
                 )
-            for path in (self.metrics_path, self.best_path):
-                if os.path.exists(path):
-                    os.remove(path)
+            self._barrier()
+            if self.is_main:
+                for path in (self.metrics_path, self.best_path):
+                    if os.path.exists(path):
+                        os.remove(path)
         self._barrier()
         while self.epoch < self.cfg.epochs:
             rec = self.train_epoch()

@@ -135,3 +135,17 @@ def test_demo_quick_writes_results_and_pictures(tmp_path):
     assert {"untrained", "trained"} <= set(res)
     for name in ("rank_list.png", "dmli_alignment.png", "training_curves.png"):
         assert (out / "pictures" / name).stat().st_size > 0
+
+
+def test_new_run_refuses_an_existing_one_unless_overwrite(tiny_set, tmp_path):
+    num_classes = len({p for _, p, _ in tiny_set.train})
+    quiet = lambda *a: None  # noqa: E731
+    cfg = _cfg(tmp_path, epochs=1)
+    Trainer(cfg, num_classes, make_batches(tiny_set.train, cfg), log=quiet).fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        Trainer(cfg, num_classes, make_batches(tiny_set.train, cfg), log=quiet).fit()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    Trainer(cfg, num_classes, make_batches(tiny_set.train, cfg), log=quiet, overwrite=True).fit()
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1]  # replaced, not appended to
