@@ -24,26 +24,15 @@ Part features (plain PyTorch, :mod:`partdist.pooling`):
 
 import sys
 
-from . import _moved
+from . import _moved, losses
+from ._version import __version__ as __version__
+from .eval.evaluate import FeatureExtractor
 from .eval.streaming import local_dist_topk
 from .ops.dmli import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .ops.mining import hard_example_mining, triplet_hard_loss
 from .ops.neighborhood import cross_neighborhood_diff, neighborhood_diff
 from .ops.parts import MAX_DSR_CELLS, dsr_dist, part_dist
 from .pooling import bilinear_pool, keypoints_to_parts, part_pool
-
-from ._version import __version__ as __version__  # noqa: E402
-from . import losses  # noqa: E402  (partdist.losses after `import partdist`)
-
-
-def __getattr__(name):
-    # partdist.FeatureExtractor without importing the evaluation code at `import partdist`
-    if name == "FeatureExtractor":
-        from .eval.evaluate import FeatureExtractor
-
-        return FeatureExtractor
-    raise AttributeError(f"module 'partdist' has no attribute {name!r}")
-
 
 __all__ = [
     "MAX_DSR_CELLS",

@@ -4,11 +4,11 @@
 (:mod:`partdist.eval.streaming`: row blocks, top-k, re-ranking from features), and a model's
 evaluation (:func:`evaluate_model`) and features of image files (:class:`FeatureExtractor`)."""
 
+from .evaluate import FeatureExtractor, evaluate_model, features_for, format_table
 from .features import extract_features, fused_distance, global_distance, local_distance
 from .rank import evaluate_rank
 from .reranking import re_ranking
 from .streaming import distance_blocks, query_gallery_distance, re_ranking_features, topk_distance
-from .evaluate import FeatureExtractor, evaluate_model, features_for, format_table  # noqa: E402
 
 __all__ = [
     "evaluate_rank",
