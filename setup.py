@@ -15,7 +15,8 @@ PARTDIST_SANITIZE=1   build the CPU kernels with AddressSanitizer and
                       UndefinedBehaviorSanitizer (see the Makefile's sanitize target).
 PARTDIST_DEBUG=1      -O0 -g. Without it the build is a release build: -O3 and no
                       debug information (-g0 last on the compile line overrides the
-                      -g that Python's own CFLAGS carry; about 16 MB -> see README).
+                      -g that Python's own CFLAGS carry): the CPU module is ~1.0 MB
+                      instead of ~15.6 MB.
 MAX_JOBS              parallel compile jobs for ninja.
 """
 
