@@ -38,8 +38,10 @@ test: build
 test-fast: build
 	$(PY) -m pytest tests -q -m "not slow"
 
+# make demo replaces its own earlier output in runs/demo (the command alone refuses to)
+DEMO_FLAGS ?= --overwrite
 demo: build
-	$(VENV)/bin/partdist demo --out runs/demo
+	$(VENV)/bin/partdist demo --out runs/demo $(DEMO_FLAGS)
 
 bench: build
 	$(PY) benchmarks/bench_dmli.py

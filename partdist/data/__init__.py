@@ -8,10 +8,12 @@
 * :mod:`~partdist.data.transforms`: resize, flip, pad + crop, random erasing, to-tensor,
   normalize (no torchvision);
 * :class:`ImageDataset`: a torch Dataset over ``(path, pid, camid)`` lists;
-* :class:`BalancedPairSampler`: balanced positive / negative pairs (verification models).
+* :class:`BalancedPairSampler`: balanced positive / negative pairs (verification models);
+* :func:`check_images`: every image's header read once, the unreadable files listed.
 """
 
 from . import transforms
+from .check import check_images
 from .datasets import (
     DATASETS,
     ReIDSplits,
@@ -41,6 +43,7 @@ from .transforms import build_transforms
 
 __all__ = [
     "BalancedPairSampler",
+    "check_images",
     "DATASETS",
     "ReIDSplits",
     "cuhk03_np",

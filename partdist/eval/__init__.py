@@ -1,8 +1,10 @@
 """Evaluation: ranking metrics (:mod:`partdist.eval.rank`), k-reciprocal re-ranking
 (:mod:`partdist.eval.reranking`), feature extraction and query x gallery distances
 (:mod:`partdist.eval.features`), and their streaming forms for benchmark-size sets
-(:mod:`partdist.eval.streaming`: row blocks, top-k, re-ranking from features)."""
+(:mod:`partdist.eval.streaming`: row blocks, top-k, re-ranking from features), and a model's
+evaluation (:func:`evaluate_model`) and features of image files (:class:`FeatureExtractor`)."""
 
+from .evaluate import FeatureExtractor, evaluate_model, features_for, format_table
 from .features import extract_features, fused_distance, global_distance, local_distance
 from .rank import evaluate_rank
 from .reranking import re_ranking
@@ -19,4 +21,8 @@ __all__ = [
     "query_gallery_distance",
     "topk_distance",
     "re_ranking_features",
+    "evaluate_model",
+    "features_for",
+    "format_table",
+    "FeatureExtractor",
 ]

@@ -108,12 +108,8 @@ def worker(rank, port, root, out_dir):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from partdist.data import SyntheticReID
-
-    root = tmp_path_factory.mktemp("synthetic")
-    SyntheticReID(str(root), num_ids=8, num_cams=2, imgs_per_id_cam=2, height=64, width=32, seed=3).generate()
-    return str(root)
+def data_root(tiny_reid_root):
+    return tiny_reid_root
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +200,11 @@ def test_cli_under_torchrun(data_root, ddp_results, tmp_path):
         assert len(f.readlines()) == 2
 
 
-def test_distributed_flag_without_torchrun_environment_is_explained(data_root, tmp_path, monkeypatch):
+def test_distributed_flag_without_torchrun_environment_is_explained(data_root, tmp_path, monkeypatch, capsys):
     from partdist.cli import main
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
-    with pytest.raises(RuntimeError, match="launch with `torchrun"):
-        main(["train", "--data", data_root, "--distributed", "--out", str(tmp_path)])
+    assert main(["train", "--data", data_root, "--distributed", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("partdist train: error: --distributed:") and "launch with `torchrun" in err, err
