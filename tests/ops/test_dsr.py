@@ -1,4 +1,4 @@
-"""dsr_dist: DSR reconstruction distance (He et al., CVPR 2018), FISTA Lasso per query cell (issue 7)."""
+"""dsr_dist: DSR reconstruction distance (He et al., CVPR 2018), FISTA Lasso per query cell."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests of partdist.neighborhood_diff / cross_neighborhood_diff (IDLA, issue 4)."""
+"""Tests of partdist.neighborhood_diff / cross_neighborhood_diff (IDLA)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""part_dist: visibility-aware mean part distance of all pairs (issue 7)."""
+"""part_dist: visibility-aware mean part distance of all pairs."""
 
 import math
 

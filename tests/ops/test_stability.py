@@ -1,8 +1,10 @@
 """Determinism, memory stability and thread safety of the ops."""
 
+import ctypes
 import gc
 import os
 import threading
+import tracemalloc
 
 import pytest
 import torch
@@ -58,29 +60,106 @@ def test_bit_identical_across_calls_and_thread_counts():
         assert torch.equal(a, c)
 
 
-def _rss_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")
+    ]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
-@pytest.mark.skipif(bool(os.environ.get("PARTDIST_SANITIZED")), reason="ASan's quarantine holds freed memory")
+def _libc():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def _in_use():
+    """``(native, python)``: bytes that C/C++ code holds from malloc (glibc's ``mallinfo2``,
+    all arenas, ``mmap``-ed chunks included; torch's CPU tensors, TensorImpls and kernel
+    buffers come from there) and bytes Python holds (``tracemalloc``: objects of any size,
+    also the small ones in pymalloc's arenas that ``mallinfo2`` does not see). Neither
+    depends on which pages were touched or returned to the OS, unlike RSS."""
+    gc.collect()
+    mi = _LIBC.mallinfo2()
+    return mi.uordblks + mi.hblkhd, tracemalloc.get_traced_memory()[0]
+
+
+# Calls measured, and the growth per call that fails the check: half of the smallest leak it
+# must catch (1 KiB per call of any op; each call of _run_all calls every op once).
+_CALLS = 150
+_LIMIT = 512
+
+
+def _growth_per_call(step, calls=_CALLS, warmup=30):
+    """Median over three windows of the heap growth per call of ``step``, native and Python
+    (bytes); a leak grows every window, a one-off cache fill only one."""
+    for _ in range(warmup):  # allocator caches, thread pools, lazily built dispatch tables
+        step()
+    tracemalloc.start()
+    try:
+        marks = [_in_use()]
+        for _ in range(3):
+            for _ in range(calls // 3):
+                step()
+            marks.append(_in_use())
+    finally:
+        tracemalloc.stop()
+    per = [[(b[k] - a[k]) / (calls // 3) for a, b in zip(marks, marks[1:])] for k in (0, 1)]
+    return tuple(sorted(p)[1] for p in per)
+
+
+_needs_mallinfo = pytest.mark.skipif(_LIBC is None, reason="needs glibc's mallinfo2 (glibc >= 2.33)")
+_not_sanitized = pytest.mark.skipif(bool(os.environ.get("PARTDIST_SANITIZED")), reason="ASan replaces malloc")
+
+
+@_needs_mallinfo
+@_not_sanitized
 def test_memory_flat_over_many_calls():
     args = _inputs(N=16, M=8, C=16)
-    for _ in range(50):  # warm up allocator caches
+    native, python = _growth_per_call(lambda: _run_all(*args))
+    assert native < _LIMIT and python < _LIMIT, (
+        f"the heap grew by {native:.0f} B (C/C++) and {python:.0f} B (Python) per call of every op"
+    )
+
+
+@pytest.mark.parametrize("where", ["native malloc", "torch tensor", "python objects"])
+@_needs_mallinfo
+@_not_sanitized
+def test_memory_check_catches_a_1kib_leak_per_call(where):
+    """The measurement of test_memory_flat_over_many_calls, on the same calls plus a planted
+    leak of 1 KiB per call: C/C++ memory (``malloc`` never freed), a tensor kept alive, or
+    small Python objects kept alive; each must exceed the limit."""
+    args = _inputs(N=16, M=8, C=16)
+    kept = []
+
+    def step():
         _run_all(*args)
-    gc.collect()
-    before = _rss_bytes()
-    for _ in range(2000):
-        _run_all(*args)
-    gc.collect()
-    growth = _rss_bytes() - before
-    # one iteration allocates ~30 KiB; a leak of even one small tensor per call would add tens of MiB
-    assert growth < 12 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 iterations"
+        if where == "native malloc":
+            kept.append(_LIBC.malloc(1024))
+        elif where == "torch tensor":
+            kept.append(torch.empty(256))  # 1 KiB of float32
+        else:
+            kept.append([(i,) for i in range(16)])  # 16 tuples + list: over 1 KiB, blocks of < 512 B
+
+    try:
+        native, python = _growth_per_call(step)
+    finally:
+        if where == "native malloc":
+            for p in kept:
+                _LIBC.free(p)
+        kept.clear()
+    grown = native if where != "python objects" else python
+    assert grown >= _LIMIT, f"a planted leak of 1 KiB per call measured {native:.0f} B / {python:.0f} B per call"
 
 
 @pytest.mark.slow
