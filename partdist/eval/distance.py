@@ -103,13 +103,17 @@ class Distance:
             return glob
         return glob.to(torch.promote_types(glob.dtype, loc.dtype)) + self.lam * loc
 
-    def all_pairs(self, q_local=None, g_local=None, q_global=None, g_global=None, *, chunk_size=None) -> torch.Tensor:
+    def all_pairs(
+        self, q_local=None, g_local=None, q_global=None, g_global=None, *, chunk_size=None, local_fn=None
+    ) -> torch.Tensor:
         """``[Q, G]``: the distance of every query to every gallery item (``chunk_size``:
-        pairs per tile inside :func:`partdist.local_dist`)."""
+        pairs per tile inside :func:`partdist.local_dist`; ``local_fn``: the function called
+        in its place, with its arguments, e.g. a wrapper)."""
         glob = global_distance(q_global, g_global, self.metric) if self.uses_global else None
         loc = None
         if self.uses_local:
-            loc = local_dist(q_local, g_local, self.normalize, chunk_size, gamma=self.gamma, band=self.band)
+            fn = local_dist if local_fn is None else local_fn
+            loc = fn(q_local, g_local, self.normalize, chunk_size, gamma=self.gamma, band=self.band)
         return self._fuse(glob, loc)
 
     def pairs(self, a_local=None, b_local=None, a_global=None, b_global=None) -> torch.Tensor:

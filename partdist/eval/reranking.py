@@ -247,6 +247,10 @@ def topk_rows(block: np.ndarray, k: int) -> np.ndarray:
     return cols[take].reshape(c, k)
 
 
+# neighbour_lists calls it by this module-level name, which tests replace to simulate a failure
+_topk_rows = topk_rows
+
+
 def neighbour_lists(D: DistanceSource, K: int, chunk: int) -> Tuple[np.ndarray, np.ndarray]:
     """Stage 1: the first ``K`` entries of the stable argsort of every row of ``O`` (``[N, K]``
     int32) and the column maxima of ``A`` (``[N]`` float32), ``chunk`` rows at a time."""
@@ -267,7 +271,7 @@ def neighbour_lists(D: DistanceSource, K: int, chunk: int) -> Tuple[np.ndarray, 
                     )
                 colmax[s:e] = m
                 block /= m[:, None]
-                R[s:e] = topk_rows(block, K)
+                R[s:e] = _topk_rows(block, K)
             except MemoryError:
                 raise _oom("ranking neighbours", f"block of {e - s} x {n}", chunk) from None
             del block

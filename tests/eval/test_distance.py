@@ -71,7 +71,7 @@ def test_every_code_path_computes_the_described_distance(kind, metric):
         "local": (ql, gl, None, None),
         "fused": (ql, gl, qg, gg),
     }[kind]
-    legacy = query_gallery_distance(*legacy_feats, lam=0.6, metric=metric, gamma=0.2, band=3.0)
+    legacy = query_gallery_distance(*legacy_feats, lam=0.6, metric=metric, gamma=0.2, band=3.0, block_rows=4)
     assert torch.equal(legacy, dense)
     # re-ranking from features: the dense re-ranking of the described distance
     q_all = torch.cat([ql, gl]), torch.cat([qg, gg])
