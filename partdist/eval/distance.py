@@ -25,7 +25,9 @@ KINDS = ("global", "local", "fused")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
-def global_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean", *, paired: bool = False) -> torch.Tensor:
+def global_distance(
+    qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean", *, paired: bool = False
+) -> torch.Tensor:
     """``[Q, D] x [G, D] -> [Q, G]``; metric ``euclidean``, ``sqeuclidean`` or ``cosine`` (1 - cos).
 
     With ``paired=True``: ``[N, D] x [N, D] -> [N]``, the distance of ``qf[k]`` to ``gf[k]``
@@ -44,6 +46,15 @@ def global_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean
     sq = (qn + gn - 2 * dot) if paired else (qn[:, None] + gn[None] - 2 * dot)
     sq = sq.clamp_min(0)
     return sq if metric == "sqeuclidean" else sq.sqrt()
+
+
+def _check_fields(op, kind, metric, lam):
+    if kind not in KINDS:
+        raise ValueError(f"{op}: kind must be one of {KINDS}, got {kind!r}")
+    if metric not in METRICS:
+        raise ValueError(f"{op}: metric must be one of {METRICS}, got {metric!r}")
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam):
+        raise TypeError(f"{op}: lam must be a finite real number, got {lam!r}")
 
 
 @dataclass(frozen=True)
@@ -74,18 +85,14 @@ class Distance:
 
     def check(self, op: str) -> None:
         """Raise ``ValueError`` / ``TypeError`` (message prefixed with ``op``) for a bad field."""
-        if self.kind not in KINDS:
-            raise ValueError(f"{op}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"{op}: metric must be one of {METRICS}, got {self.metric!r}")
-        lam = self.lam
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam):
-            raise TypeError(f"{op}: lam must be a finite real number, got {lam!r}")
+        _check_fields(op, self.kind, self.metric, self.lam)
 
     @classmethod
-    def for_features(cls, has_local: bool, has_global: bool, **options) -> "Distance":
-        """The distance the given features describe: fused with both, else the one given."""
+    def for_features(cls, has_local: bool, has_global: bool, op: str = "partdist.eval.Distance", **options):
+        """The distance the given features describe: fused with both, else the one given
+        (``options``: the other fields; errors prefixed with ``op``)."""
         kind = "fused" if has_local and has_global else ("local" if has_local else "global")
+        _check_fields(op, kind, options.get("metric", "euclidean"), options.get("lam", 1.0))
         return cls(kind=kind, **options)
 
     @property

@@ -31,7 +31,7 @@ import torch
 
 from .._memory import check_dense_fits, progress_bar
 from ..ops.dmli import local_dist
-from .distance import METRICS, Distance
+from .distance import Distance
 from .reranking import rerank_source, topk_rows
 
 __all__ = [
@@ -136,13 +136,7 @@ def _distance(op, distance, has_local, has_global, options):
     if unknown:
         raise TypeError(f"{op}() got an unexpected keyword argument {unknown[0]!r}")
     if distance is None:
-        metric = options.get("metric", "euclidean")
-        lam = options.get("lam", 1.0)
-        if metric not in METRICS:
-            raise ValueError(f"{op}: metric must be one of {METRICS}, got {metric!r}")
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam):
-            raise TypeError(f"{op}: lam must be a finite real number, got {lam!r}")
-        return Distance.for_features(has_local, has_global, **options)
+        return Distance.for_features(has_local, has_global, op, **options)
     if not isinstance(distance, Distance):
         raise TypeError(f"{op}: distance must be a partdist.eval.Distance, got {type(distance).__name__}")
     given = [k for k, v in options.items() if not _is_default(k, v)]
@@ -151,8 +145,8 @@ def _distance(op, distance, has_local, has_global, options):
             f"{op}: give distance=Distance(...) or the separate options, not both (got distance and "
             f"{', '.join(given)}); put {given[0]}= into the Distance"
         )
-    need = [n for n, used, have in (("local", distance.uses_local, has_local), ("global", distance.uses_global, has_global))
-            if used and not have]
+    uses = (("local", distance.uses_local, has_local), ("global", distance.uses_global, has_global))
+    need = [name for name, used, have in uses if used and not have]
     if need:
         raise ValueError(
             f"{op}: a {distance.kind!r} distance needs {need[0]} features (q_{need[0]}, g_{need[0]})"
