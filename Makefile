@@ -8,13 +8,17 @@
 # make sanitize : build the CPU kernels with ASan+UBSan and run the op tests under them
 # make build   : set up .venv and build partdist (does nothing when nothing changed; see below)
 # make rebuild : a fresh editable install (after changing PARTDIST_* build variables)
+# make gpu-check : on a GPU machine (no venv, $(PYTHON) with a CUDA torch): build for the GPU present,
+#                  whole test suite (fails on any skipped CUDA test), compute-sanitizer, benchmarks on
+#                  cuda + cpu with the GPU targets -> $(OUT)/report.md + report.json. STAGE=build|test|
+#                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes)
 PYTHON ?= python3
 VENV := .venv
 CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize clean
+.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check clean
 
 all: test
 
@@ -96,6 +100,16 @@ sanitize: venv
 	  PARTDIST_SANITIZED=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  PYTHONPATH=$(CURDIR)/build/sanitize/lib $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
+
+# No venv and no dependency on the targets above: the GPU machine's python3 already holds a CUDA torch.
+STAGE ?= all
+OUT ?= gpu-report
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --stage $(STAGE) --out $(OUT) $(if $(DRYRUN),--dry-run) $(if $(ALLOW_CPU),--allow-cpu) \
+	  $(if $(TESTS),--tests "$(TESTS)") $(if $(BENCHES),--benches $(BENCHES)) \
+	  $(if $(SANITIZE_TOOLS),--sanitize-tools $(SANITIZE_TOOLS)) $(if $(STAGE_TIMEOUT),--stage-timeout $(STAGE_TIMEOUT)) \
+	  $(if $(TOTAL_TIMEOUT),--total-timeout $(TOTAL_TIMEOUT)) \
+	  $(if $(BUILD_MODE),--build-mode $(BUILD_MODE)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build partdist/*.so *.egg-info $(VENV)/.editable $(VENV)/.built
