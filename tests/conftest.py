@@ -3,8 +3,9 @@
 * ``@pytest.mark.cuda``: needs a CUDA device; skipped here when there is none (the one
   place that decides it, so the CUDA build run with ``make cuda-check`` on a GPU machine
   runs exactly these).
-* ``@pytest.mark.slow``: the long tests (multi-process, training runs, memory and thread
-  checks, big hypothesis sweeps); ``make test-fast`` deselects them, ``make test`` runs all.
+* ``@pytest.mark.slow``: the long tests (multi-process, training runs, thread checks, big
+  hypothesis sweeps, torch.compile, the larger gradcheck / opcheck cases, the memory check's
+  planted-leak self-tests but one); ``make test-fast`` deselects them, ``make test`` runs all.
 """
 
 import pytest

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..ops.dmli import unaligned_dist
+from .distance import Distance
 from .features import extract_features, global_distance, local_distance
 from .rank import evaluate_rank
 from .streaming import re_ranking_features
@@ -81,7 +82,8 @@ def evaluate_model(
         if rerank:
             # streaming: the (q+g)^2 fused distances are never held as dense matrices
             dists["global + DMLI, re-ranked"] = re_ranking_features(
-                q["local"], g["local"], q["global"], g["global"], lam=lam, progress=progress
+                q["local"], g["local"], q["global"], g["global"], distance=Distance("fused", lam=lam),
+                progress=progress,
             )
     results = {name: _score(d, q, g, max_rank, ap) for name, d in dists.items()}
     return results, dists
