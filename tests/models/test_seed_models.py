@@ -164,7 +164,7 @@ def test_missing_annotations_clear_errors(synth, tmp_path):
         build_model(dataclasses.replace(cfg, model="personnet", weights="w.pth"), 4)
 
 
-def test_cli_train_part_model_without_annotations(synth, tmp_path):
+def test_cli_train_part_model_without_annotations(synth, tmp_path, capsys):
     from partdist.cli import main
 
     root, _ = synth
@@ -174,9 +174,13 @@ def test_cli_train_part_model_without_annotations(synth, tmp_path):
 
     for d in ("bounding_box_train", "query", "bounding_box_test"):
         shutil.copytree(os.path.join(root, d), plain / d)
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--model", "pdc", "--data", str(plain), "--out", str(tmp_path / "o"), "--backbone", "compact"])
-    assert "needs keypoints" in str(exc.value.code) and "partdist synthetic" in str(exc.value.code)
+    code = main(["train", "--model", "pdc", "--data", str(plain), "--out", str(tmp_path / "o"), "--backbone", "compact",
+                 "--p", "2", "--k", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "partdist train: error: --model pdc:" in err and "needs keypoints" in err and "partdist synthetic" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "o" / "checkpoint.pt")
 
 
 # ------------------------------------------------------------------ hard synthetic setting
@@ -215,5 +219,7 @@ def test_cli_train_and_eval(name, synth, tmp_path, capsys):
     text = capsys.readouterr().out
     assert ("| pair |" if name == "idla" else "| global |") in text and "ms per query" in text
     if name == "glad":  # DSR on a model without local features: a clear exit, no traceback
-        with pytest.raises(SystemExit, match="needs local features"):
-            main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--data", root, "--distance", "dsr"])
+        capsys.readouterr()
+        code = main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--data", root, "--distance", "dsr"])
+        err = capsys.readouterr().err
+        assert code == 2 and "needs local features" in err and len(err.strip().splitlines()) == 1
