@@ -1,4 +1,4 @@
-"""``partdist`` command line: ``demo``, ``train``, ``eval``, ``synthetic``."""
+"""``partdist`` command line: ``demo``, ``train``, ``eval``, ``synthetic``, ``index``, ``search``."""
 
 from __future__ import annotations
 
@@ -236,6 +236,10 @@ def main(argv=None):
     s.add_argument("--width", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_synthetic)
+
+    from .search.cli import register as _register_search  # partdist index / partdist search
+
+    _register_search(sub)
 
     args = ap.parse_args(argv)
     import signal
