@@ -2,9 +2,10 @@
 of the two-stage search (global shortlist of K' re-scored by global + lam * DMLI) against
 the exact fused search, one process vs 2 gloo processes (each holding half the gallery).
 
-Synthetic clustered features: identities with --views views each; a view's global feature
-(D = 512) and its H = 8 stripes of C = 128 are its identity's centre plus noise, stripes
-shifted by -1/0/+1 (misaligned crops: what DMLI aligns), all L2-normalized. Queries are
+Synthetic clustered features: identities with --views views each; a view's H = 8 stripes of
+C = 128 are its identity's stripes shifted by -1/0/+1 (misaligned crops: what DMLI aligns)
+plus noise; its global feature (D = 512) is a fixed projection of its mean stripe plus noise
+of its own (correlated with the stripes, as one backbone's features are); all L2-normalized. Queries are
 fresh views of gallery identities. The gallery is generated chunk by chunk straight into
 the storage dtype (float16 by default: 10^6 items take 3 GiB), each chunk from its own
 seed, so every process can generate its own shard alone.
@@ -41,22 +42,28 @@ CHUNK = 1 << 15
 
 
 def centres(n_ids, seed):
+    """Identity centres of the stripes ``[n_ids, H, C]`` and the global projection ``[D, C]``."""
     g = torch.Generator().manual_seed(seed)
-    cg = torch.nn.functional.normalize(torch.randn(n_ids, D, generator=g), dim=1)
+    proj = torch.randn(D, C, generator=g) / C**0.5
     cl = torch.nn.functional.normalize(torch.randn(n_ids, H, C, generator=g), dim=2)
-    return cg, cl
+    return proj, cl
 
 
-def views(cg, cl, ident, gen, noise):
-    """Noisy, misaligned views of identities ``ident``: global [n, D], local [n, H, C] (float32)."""
+def views(proj, cl, ident, gen, noise):
+    """Noisy, misaligned views of identities ``ident``: global [n, D], local [n, H, C] (float32).
+
+    Stripes: the identity's stripes shifted by -1/0/+1 plus noise, normalized. Global: a fixed
+    projection of the mean stripe plus a little noise of its own, normalized (global and local
+    features of one image are correlated, as those of one backbone are)."""
     n = ident.shape[0]
-    g = torch.nn.functional.normalize(cg[ident] + noise * torch.randn(n, D, generator=gen) / D**0.5, dim=1)
     loc = cl[ident]
     shift = torch.randint(-1, 2, (n,), generator=gen)
     pos = (torch.arange(H)[None, :] + shift[:, None]).clamp(0, H - 1)
     loc = loc.gather(1, pos[:, :, None].expand(n, H, C))
     loc = torch.nn.functional.normalize(loc + noise * torch.randn(n, H, C, generator=gen) / C**0.5, dim=2)
-    return g, loc
+    g = loc.mean(1) @ proj.t()
+    g = g + 0.5 * noise * g.norm(dim=1, keepdim=True) * torch.randn(n, D, generator=gen) / D**0.5
+    return torch.nn.functional.normalize(g, dim=1), loc
 
 
 def build_shard(args, size, rows, dtype, cg, cl):
@@ -128,7 +135,8 @@ def worker(rank, port, world, size, args, out_path):
     mems = [torch.zeros_like(mem) for _ in range(world)]
     dist.all_gather(mems, mem)
     if rank == 0:
-        torch.save({"res": {k: (t, r) for k, (t, _, r) in res.items()}, "mem": torch.stack(mems)}, out_path)
+        plain = {k: (t, (r.distances, r.ids)) for k, (t, _, r) in res.items()}
+        torch.save({"res": plain, "mem": torch.stack(mems)}, out_path)
     dist.destroy_process_group()
 
 
@@ -204,7 +212,9 @@ def main():
             else:
                 got = run_world(world, size, args, tmp)
                 build_s = time.perf_counter() - t0
-                res = got["res"]
+                from partdist.search import SearchResult
+
+                res = {k: (t, SearchResult(*r)) for k, (t, r) in got["res"].items()}
                 m = got["mem"]  # [world, 1 + searches]: index bytes, then peak extra bytes
                 index_mem = int(m[:, 0].max())
                 mems = {k: int(m[:, 1 + j].max()) for j, k in enumerate(res)}

@@ -98,6 +98,19 @@ def _labels(op, name, v, n):
     return t.to(torch.int64).cpu()
 
 
+def _stable_smallest(d: torch.Tensor, k: int):
+    """The ``k`` smallest entries of each row of ``d`` (finite values), sorted, equal values by
+    the smaller column (as a stable sort would); ``torch.topk`` plus a check of the ties at
+    the k-th value (rows where ``topk`` had to choose among equal values are sorted whole)."""
+    v, i = torch.topk(d, k, dim=1, largest=False, sorted=False)
+    kth = v.max(1, keepdim=True).values
+    ambiguous = ((d == kth).sum(1) > (v == kth).sum(1)).nonzero().flatten()
+    for r in ambiguous.tolist():
+        o = torch.sort(d[r], stable=True).indices[:k]
+        v[r], i[r] = d[r][o], o
+    return _merge.merge_topk(v, i, k)
+
+
 class GalleryIndex:
     """Gallery features for search by ``global + lam * local``.
 
@@ -589,7 +602,7 @@ class GalleryIndex:
         if backend == "faiss":
             sv, si = self._faiss_shortlist(qg, kk, metric, faiss_factory)
         else:
-            sv, si = self._exact_shard(qg, None, kk, **{**opts, "use_local": False})
+            sv, si = self._global_shortlist(qg, kk, metric, block_queries, opts["chunk_rows"], opts["show"])
         if use_dist:
             sv, si = _merge.merge_ranks(sv, si, kk, group)
         rows, own = self._locate(si)
@@ -599,7 +612,7 @@ class GalleryIndex:
                 sv = _merge.sum_owned(sv, group)
         fused = sv
         if use_local:
-            loc = self._pairwise(ql, rows, own, self._local_dist, local=True, show=opts["show"])
+            loc = self._shortlist_local(ql, rows, own, opts["show"])
             if use_dist:
                 loc = _merge.sum_owned(loc, group)
             fused = sv + lam * loc
@@ -630,6 +643,61 @@ class GalleryIndex:
                 bar.update(e - s)
         return best
 
+    def _global_shortlist(self, qg, kk, metric, block_queries, chunk_rows, show):
+        """This process's ``min(kk, len)`` nearest by the global distance: one GEMM per (query
+        block, gallery chunk) into a reused buffer, the distance formula of
+        :func:`partdist.eval.global_distance` applied in place, then ``torch.topk`` (ties
+        resolved by the smaller row, as a stable sort). Selection and merging use the same
+        key, (distance, id), so the shortlist does not depend on how the gallery is chunked
+        or sharded."""
+        from tqdm import tqdm
+
+        Q = qg.shape[0]
+        cd = qg.dtype
+        best = (torch.empty((Q, 0), dtype=cd, device=self.device),
+                torch.empty((Q, 0), dtype=torch.int64, device=self.device))
+        if self._n == 0:
+            return best
+        qb = block_queries or min(Q, 256 if self.device.type == "cpu" else 4096)
+        cr = min(chunk_rows, self._n)
+        gemm = torch.empty((qb, cr), dtype=cd, device=self.device)
+        dbuf = torch.empty((qb, cr), dtype=cd, device=self.device)
+        if metric == "cosine":
+            qx = torch.nn.functional.normalize(qg, dim=1)
+        else:
+            qx, qn = 2 * qg, qg.pow(2).sum(1, keepdim=True)
+        ids_dev = self.ids.to(self.device)
+        parts = []
+        with tqdm(total=self._n, desc="shortlist (global)", unit="item", unit_scale=True, disable=not show,
+                  leave=False) as bar:
+            for s in range(0, self._n, cr):
+                e = min(s + cr, self._n)
+                g = self._rows(s, e, local=False)[0]
+                if metric == "cosine":
+                    g = torch.nn.functional.normalize(g, dim=1)
+                else:
+                    gn = g.pow(2).sum(1)[None]
+                vals, idx = [], []
+                for a in range(0, Q, qb):
+                    b = min(a + qb, Q)
+                    m, d = gemm[: b - a, : e - s], dbuf[: b - a, : e - s]
+                    torch.mm(qx[a:b], g.t(), out=m)
+                    if metric == "cosine":  # 1 - q.g
+                        torch.neg(m, out=d).add_(1)
+                    else:  # (|q|^2 + |g|^2) - 2 q.g, clamped, sqrt for euclidean
+                        torch.add(qn[a:b], gn, out=d).sub_(m).clamp_min_(0)
+                        if metric == "euclidean":
+                            d.sqrt_()
+                    v, i = _stable_smallest(d, min(kk, e - s))
+                    vals.append(v)
+                    idx.append(i)
+                v, i = torch.cat(vals), torch.cat(idx)
+                parts.append((v, ids_dev[s:e][i]))
+                if len(parts) > 1:
+                    parts = [_merge.merge_parts(parts, kk, Q, cd, self.device)]
+                bar.update(e - s)
+        return _merge.merge_parts(parts, kk, Q, cd, self.device)
+
     def _locate(self, ids):
         """Rows of this process holding ``ids`` ``[Q, K]``: ``(rows, owned)``."""
         mine = self.ids.to(ids.device)
@@ -639,11 +707,31 @@ class GalleryIndex:
         rows = torch.searchsorted(mine, ids).clamp_(max=mine.numel() - 1)
         return rows.to(self.device), (mine[rows] == ids).to(self.device)
 
-    def _local_dist(self, a, b):
-        return partdist.local_dist(a, b, self.normalize, gamma=self.gamma, band=self.band)
+    def _shortlist_local(self, ql, rows, own, show):
+        """DMLI distance (:func:`partdist.batch_local_dist`) of each query to its owned shortlist
+        entries, zeros elsewhere; blocks of queries, one call per block."""
+        from tqdm import tqdm
+
+        Q, K = rows.shape
+        cd = self._compute_dtype()
+        out = torch.zeros((Q, K), dtype=cd, device=self.device)
+        per_query = K * (ql.shape[1] + self.stripes) * self.channels * ql.element_size()
+        blk = max(1, min(Q, (16 << 20) // max(1, per_query)))
+        qidx = torch.arange(Q, device=self.device)[:, None].expand(Q, K)
+        with tqdm(total=Q, desc="shortlist: local distance", unit="query", disable=not show, leave=False) as bar:
+            for s in range(0, Q, blk):
+                e = min(s + blk, Q)
+                o = own[s:e]
+                r = rows[s:e][o]
+                if r.numel():
+                    out[s:e][o] = partdist.batch_local_dist(ql[qidx[s:e][o]], self.local_features[r].to(cd),
+                                                            self.normalize, gamma=self.gamma, band=self.band)
+                bar.update(e - s)
+        return out
 
     def _pairwise(self, q, rows, own, fn, local, show=False):
-        """``fn(q[i:i+1], gallery rows of query i)`` for the owned shortlist entries, zeros elsewhere."""
+        """``fn(q[i:i+1], gallery rows of query i)`` for the owned shortlist entries, zeros elsewhere
+        (one query at a time)."""
         from tqdm import tqdm
 
         cd = self._compute_dtype()

@@ -224,3 +224,17 @@ def test_faiss_missing_is_a_clear_error(monkeypatch):
     d = data()
     with pytest.raises(ImportError, match=r"pip install 'partdist\[faiss\]'"):
         build(d).search(d["qg"], d["ql"], 3, mode="two-stage", backend="faiss")
+
+
+def test_two_stage_covering_shortlist_on_continuous_features():
+    """Off the exact (dyadic) grid the kernels round dot products differently (GEMM tiles in the
+    exact mode, per pair in the shortlist): same ranking, distances equal to float32 rounding."""
+    g = torch.Generator().manual_seed(3)
+    gg, gl = torch.randn(80, 32, generator=g), torch.randn(80, 4, 16, generator=g)
+    qg, ql = torch.randn(9, 32, generator=g), torch.randn(9, 4, 16, generator=g)
+    idx = GalleryIndex()
+    idx.add(gg, gl)
+    ex = idx.search(qg, ql, 80)
+    ts = idx.search(qg, ql, 80, mode="two-stage", shortlist=80)
+    assert torch.equal(ts.ids, ex.ids)
+    torch.testing.assert_close(ts.distances, ex.distances, rtol=1e-5, atol=1e-5)
