@@ -119,6 +119,7 @@ setup(
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch", "numpy", "pillow", "tqdm"],
+    extras_require={"faiss": ["faiss-cpu"]},  # partdist.search: FAISS shortlists (backend="faiss")
     python_requires=">=3.9",
     entry_points={"console_scripts": ["partdist=partdist.cli:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

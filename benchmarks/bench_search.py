@@ -170,7 +170,7 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--shortlist", type=int, default=100)
     ap.add_argument("--views", type=int, default=10, help="views per identity")
-    ap.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the identity centre")
+    ap.add_argument("--noise", type=float, default=0.7, help="noise norm relative to the identity centre")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--device", default="cpu")
@@ -232,12 +232,18 @@ def main():
                     single = single or {}
                     single[name] = r
                 elif single and name in single:
-                    same = "yes" if torch.equal(single[name].ids, r.ids) and torch.equal(
-                        single[name].distances, r.distances) else "NO"
+                    a = single[name]
+                    if torch.equal(a.ids, r.ids) and torch.equal(a.distances, r.distances):
+                        same = "yes (bitwise)"
+                    else:
+                        diff = (a.distances.double() - r.distances.double()).abs().max().item()
+                        ids_same = (a.ids == r.ids).double().mean().item()
+                        same = f"ids {100 * ids_same:.2f}% equal, max |d diff| {diff:.1e}"
                 qps = n_q[name] / t
                 who = "1 process" if world == 1 else f"{world} gloo processes"
                 rows.append([f"{size:,}", who, name, n_q[name], f"{t:.2f} s", f"{qps:,.1f}",
                              f"{rec}", fmt_mem(index_mem), fmt_mem(mems.get(name)), same])
+                print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
                 if name == "two-stage" and world == 1:
                     if ref is not None:
                         targets.append((f"recall@10 >= 0.99 at K' = {args.shortlist}, {size:,}", float(rec) >= 0.99,

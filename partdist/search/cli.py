@@ -292,13 +292,16 @@ def _search(args):
         q_pids = _gather_rows(f["pids"], world) if labeled else None
         q_cams = _gather_rows(f["camids"], world) if labeled else None
         q_paths = [p for p, _, _ in items]
+    lam = idx.lam if args.lam is None else args.lam
+    if idx.has_local and ql is None and lam > 0 and qg.shape[1] == idx.dim:
+        raise UsageError(f"the queries have no local (stripe) features but the index has and the local weight is "
+                         f"{lam} > 0: pass --lam 0 for a global-only search, or queries from the index's model")
     try:
         res = idx.search(qg, ql, args.k, mode=args.mode, shortlist=args.shortlist, rerank=args.rerank,
                          backend=args.backend, faiss_factory=args.faiss_factory, lam=args.lam,
                          distributed=world > 1, progress=_progress(args))
     except ValueError as e:
-        msg = str(e).replace("pass q_local", "the query features have no stripes; pass --lam 0")
-        raise UsageError(msg) from None
+        raise UsageError(str(e)) from None
     except ImportError as e:
         raise UsageError(f"--backend faiss: {e}") from None
     paths = _result_paths(idx, res.ids, world)

@@ -100,15 +100,17 @@ def _labels(op, name, v, n):
 
 def _stable_smallest(d: torch.Tensor, k: int):
     """The ``k`` smallest entries of each row of ``d`` (finite values), sorted, equal values by
-    the smaller column (as a stable sort would); ``torch.topk`` plus a check of the ties at
-    the k-th value (rows where ``topk`` had to choose among equal values are sorted whole)."""
-    v, i = torch.topk(d, k, dim=1, largest=False, sorted=False)
-    kth = v.max(1, keepdim=True).values
-    ambiguous = ((d == kth).sum(1) > (v == kth).sum(1)).nonzero().flatten()
-    for r in ambiguous.tolist():
+    the smaller column (as a stable sort would): ``torch.topk`` of ``k + 1``, and rows whose
+    k-th and (k+1)-th values are equal (``topk`` may have chosen among ties) sorted whole."""
+    n = d.shape[1]
+    if k >= n:
+        return _merge.merge_topk(d, torch.arange(n, device=d.device).expand_as(d), k)
+    v, i = torch.topk(d, k + 1, dim=1, largest=False, sorted=False)
+    v, i = _merge.merge_topk(v, i, k + 1)
+    for r in (v[:, k] == v[:, k - 1]).nonzero().flatten().tolist():
         o = torch.sort(d[r], stable=True).indices[:k]
-        v[r], i[r] = d[r][o], o
-    return _merge.merge_topk(v, i, k)
+        v[r, :k], i[r, :k] = d[r][o], o
+    return v[:, :k], i[:, :k]
 
 
 class GalleryIndex:
@@ -600,16 +602,18 @@ class GalleryIndex:
             raise ValueError(f"{op}: rerank needs a shortlist longer than k1 = {k1}, got {kk} (raise shortlist, "
                              "or lower k1)")
         if backend == "faiss":
-            sv, si = self._faiss_shortlist(qg, kk, metric, faiss_factory)
+            sk, si = self._faiss_shortlist(qg, kk, metric, faiss_factory)
         else:
-            sv, si = self._global_shortlist(qg, kk, metric, block_queries, opts["chunk_rows"], opts["show"])
+            sk, si = self._global_shortlist_keys(qg, kk, metric, block_queries, opts["chunk_rows"], opts["show"])
         if use_dist:
-            sv, si = _merge.merge_ranks(sv, si, kk, group)
+            sk, si = _merge.merge_ranks(sk, si, kk, group)
         rows, own = self._locate(si)
         if backend == "faiss":  # FAISS distances are its own (e.g. squared L2): recompute the metric
             sv = self._pairwise(qg, rows, own, lambda a, b: partdist.eval.global_distance(a, b, metric), local=False)
             if use_dist:
                 sv = _merge.sum_owned(sv, group)
+        else:
+            sv = self._key_to_distance(sk, qg, metric)
         fused = sv
         if use_local:
             loc = self._shortlist_local(ql, rows, own, opts["show"])
@@ -643,29 +647,24 @@ class GalleryIndex:
                 bar.update(e - s)
         return best
 
-    def _global_shortlist(self, qg, kk, metric, block_queries, chunk_rows, show):
+    def _global_shortlist_keys(self, qg, kk, metric, block_queries, chunk_rows, show):
         """This process's ``min(kk, len)`` nearest by the global distance: one GEMM per (query
-        block, gallery chunk) into a reused buffer, the distance formula of
-        :func:`partdist.eval.global_distance` applied in place, then ``torch.topk`` (ties
-        resolved by the smaller row, as a stable sort). Selection and merging use the same
-        key, (distance, id), so the shortlist does not depend on how the gallery is chunked
-        or sharded."""
+        block, gallery chunk) into a reused buffer and ``torch.topk``. The selection key is
+        ``|g|^2 - 2 q.g`` (euclidean, sqeuclidean: the squared distance less the query's
+        ``|q|^2``) or ``-q.g`` of the normalized features (cosine); chunks and ranks are merged
+        by (key, id), so the shortlist does not depend on how the gallery is chunked or
+        sharded. Returns ``(keys, ids)``; :meth:`_key_to_distance` gives the distances."""
         from tqdm import tqdm
 
         Q = qg.shape[0]
         cd = qg.dtype
-        best = (torch.empty((Q, 0), dtype=cd, device=self.device),
-                torch.empty((Q, 0), dtype=torch.int64, device=self.device))
         if self._n == 0:
-            return best
+            return (torch.empty((Q, 0), dtype=cd, device=self.device),
+                    torch.empty((Q, 0), dtype=torch.int64, device=self.device))
         qb = block_queries or min(Q, 256 if self.device.type == "cpu" else 4096)
         cr = min(chunk_rows, self._n)
-        gemm = torch.empty((qb, cr), dtype=cd, device=self.device)
-        dbuf = torch.empty((qb, cr), dtype=cd, device=self.device)
-        if metric == "cosine":
-            qx = torch.nn.functional.normalize(qg, dim=1)
-        else:
-            qx, qn = 2 * qg, qg.pow(2).sum(1, keepdim=True)
+        buf = torch.empty((qb, cr), dtype=cd, device=self.device)
+        qx = torch.nn.functional.normalize(qg, dim=1) if metric == "cosine" else qg
         ids_dev = self.ids.to(self.device)
         parts = []
         with tqdm(total=self._n, desc="shortlist (global)", unit="item", unit_scale=True, disable=not show,
@@ -675,28 +674,28 @@ class GalleryIndex:
                 g = self._rows(s, e, local=False)[0]
                 if metric == "cosine":
                     g = torch.nn.functional.normalize(g, dim=1)
+                    bias, alpha = torch.zeros((1, e - s), dtype=cd, device=self.device), -1
                 else:
-                    gn = g.pow(2).sum(1)[None]
+                    bias, alpha = g.pow(2).sum(1)[None], -2
                 vals, idx = [], []
                 for a in range(0, Q, qb):
                     b = min(a + qb, Q)
-                    m, d = gemm[: b - a, : e - s], dbuf[: b - a, : e - s]
-                    torch.mm(qx[a:b], g.t(), out=m)
-                    if metric == "cosine":  # 1 - q.g
-                        torch.neg(m, out=d).add_(1)
-                    else:  # (|q|^2 + |g|^2) - 2 q.g, clamped, sqrt for euclidean
-                        torch.add(qn[a:b], gn, out=d).sub_(m).clamp_min_(0)
-                        if metric == "euclidean":
-                            d.sqrt_()
-                    v, i = _stable_smallest(d, min(kk, e - s))
+                    key = buf[: b - a, : e - s]
+                    torch.addmm(bias, qx[a:b], g.t(), beta=1, alpha=alpha, out=key)
+                    v, i = _stable_smallest(key, min(kk, e - s))
                     vals.append(v)
                     idx.append(i)
-                v, i = torch.cat(vals), torch.cat(idx)
-                parts.append((v, ids_dev[s:e][i]))
-                if len(parts) > 1:
-                    parts = [_merge.merge_parts(parts, kk, Q, cd, self.device)]
+                parts.append((torch.cat(vals), ids_dev[s:e][torch.cat(idx)]))
                 bar.update(e - s)
         return _merge.merge_parts(parts, kk, Q, cd, self.device)
+
+    @staticmethod
+    def _key_to_distance(key, qg, metric):
+        """Global distance from the shortlist key (padding stays +inf)."""
+        if metric == "cosine":
+            return key + 1
+        sq = (key + qg.pow(2).sum(1, keepdim=True)).clamp_min(0)
+        return sq.sqrt() if metric == "euclidean" else sq
 
     def _locate(self, ids):
         """Rows of this process holding ``ids`` ``[Q, K]``: ``(rows, owned)``."""
@@ -709,25 +708,24 @@ class GalleryIndex:
 
     def _shortlist_local(self, ql, rows, own, show):
         """DMLI distance (:func:`partdist.batch_local_dist`) of each query to its owned shortlist
-        entries, zeros elsewhere; blocks of queries, one call per block."""
+        entries, zeros elsewhere; blocks of pairs, one call per block."""
         from tqdm import tqdm
 
         Q, K = rows.shape
         cd = self._compute_dtype()
-        out = torch.zeros((Q, K), dtype=cd, device=self.device)
-        per_query = K * (ql.shape[1] + self.stripes) * self.channels * ql.element_size()
-        blk = max(1, min(Q, (16 << 20) // max(1, per_query)))
-        qidx = torch.arange(Q, device=self.device)[:, None].expand(Q, K)
-        with tqdm(total=Q, desc="shortlist: local distance", unit="query", disable=not show, leave=False) as bar:
-            for s in range(0, Q, blk):
-                e = min(s + blk, Q)
-                o = own[s:e]
-                r = rows[s:e][o]
-                if r.numel():
-                    out[s:e][o] = partdist.batch_local_dist(ql[qidx[s:e][o]], self.local_features[r].to(cd),
-                                                            self.normalize, gamma=self.gamma, band=self.band)
+        out = torch.zeros(Q * K, dtype=cd, device=self.device)
+        pos = own.flatten().nonzero().flatten()
+        qpos, gpos = pos // K, rows.flatten()[pos]
+        per_pair = (ql.shape[1] + self.stripes) * self.channels * ql.element_size()
+        blk = max(1, (16 << 20) // per_pair)
+        with tqdm(total=pos.numel(), desc="shortlist: local distance", unit="pair", unit_scale=True,
+                  disable=not show, leave=False) as bar:
+            for s in range(0, pos.numel(), blk):
+                e = min(s + blk, pos.numel())
+                out[pos[s:e]] = partdist.batch_local_dist(ql[qpos[s:e]], self.local_features[gpos[s:e]].to(cd),
+                                                          self.normalize, gamma=self.gamma, band=self.band)
                 bar.update(e - s)
-        return out
+        return out.view(Q, K)
 
     def _pairwise(self, q, rows, own, fn, local, show=False):
         """``fn(q[i:i+1], gallery rows of query i)`` for the owned shortlist entries, zeros elsewhere
