@@ -800,14 +800,17 @@ class GalleryIndex:
 
             fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
             index = faiss.index_factory(self.dim, factory, fm)
-            for s in range(0, self._n, 1 << 16):
-                x = self.global_features[s : s + (1 << 16)].float().cpu()
+
+            def rows(s, e):
+                x = self.global_features[s:e].float().cpu()
                 if metric == "cosine":
                     x = torch.nn.functional.normalize(x, dim=1)
-                x = np.ascontiguousarray(x.numpy())
-                if not index.is_trained:
-                    index.train(x if self._n <= (1 << 16) else self.global_features.float().cpu().numpy())
-                index.add(x)
+                return np.ascontiguousarray(x.numpy())
+
+            if not index.is_trained:  # e.g. IVF: trained on (at most) the first 2**18 items
+                index.train(rows(0, min(self._n, 1 << 18)))
+            for s in range(0, self._n, 1 << 16):
+                index.add(rows(s, min(s + (1 << 16), self._n)))
             self._faiss = ((metric, factory), index)
         x = qg.float().cpu()
         if metric == "cosine":
