@@ -577,6 +577,11 @@ class GalleryIndex:
         if use_dist:
             info = _merge.all_gather_ints([self._n, qg.shape[0], qg.shape[1], k, shortlist, int(use_local),
                                            _MODES.index(mode), int(rerank)], group)
+            fresh = [r for r in range(info.shape[0]) if info[r, 0] == 0 and info[r, 5] != info[:, 5].max()]
+            if fresh:
+                raise ValueError(f"{op}: the shard of rank(s) {fresh} is empty and was never given features, so it "
+                                 "does not know the feature sizes: add zero rows there, "
+                                 "index.add(torch.empty(0, D), torch.empty(0, H, C))")
             if not bool((info[:, 1:] == info[0, 1:]).all()):
                 raise ValueError(f"{op}: every rank must call search with the same queries and options "
                                  f"(Q, D, k, shortlist, lam > 0, mode, rerank per rank: {info[:, 1:].tolist()})")

@@ -65,6 +65,14 @@ def worker(rank, port, out_dir):
         pair = dist.new_group([1, 2])  # every rank takes part in creating it
         d = data()
         res = {3: run_all(lambda dt: build(d, rows=SHARDS[3][rank], dtype=dt), d, True)}
+        from partdist.search import GalleryIndex
+
+        fresh = GalleryIndex() if rank == 0 else build(d, rows=SHARDS[3][rank])
+        try:
+            fresh.search(d["qg"], d["ql"], 3, distributed=True)
+            res["fresh_error"] = ""
+        except ValueError as e:  # every rank must raise, none may hang
+            res["fresh_error"] = str(e)
         if rank > 0:
             res[2] = run_all(lambda dt: build(d, rows=SHARDS[2][rank - 1], dtype=dt), d, True, group=pair)
         else:
@@ -106,3 +114,8 @@ def test_ties_cross_shards(results):
     same = dists[:, 1:] == dists[:, :-1]
     assert same.any()  # duplicates 3/40, 10/11/50, 0/59 tie for every query
     assert bool((d_ids[:, 1:][same] > d_ids[:, :-1][same]).all())
+
+
+def test_empty_shard_without_feature_sizes_is_explained_on_every_rank(results):
+    for res in results:
+        assert "rank(s) [0] is empty and was never given features" in res["fresh_error"]
