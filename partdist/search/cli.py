@@ -122,6 +122,20 @@ def _load_share(files, rank, world, device):
     return idx
 
 
+def _agree(world, error):
+    """Under torchrun: every rank learns whether any rank failed (so that none is left waiting in
+    a collective); raises ``error`` here, or a pointer to the failing rank's message."""
+    if world > 1:
+        from ._merge import comm_device
+
+        flag = torch.tensor([0 if error else 1], device=comm_device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        if not int(flag.item()) and not error:
+            error = UsageError("another rank failed (see its message above)")
+    if error:
+        raise error
+
+
 def _check_new(path, flag, overwrite):
     if os.path.exists(path) and not overwrite:
         raise UsageError(f"{flag} {path!r} exists; pass --overwrite to replace it, or choose another path")
@@ -176,18 +190,14 @@ def _index(args):
     items, labeled = _list_images(args.images, "--images")
     rank, world, dev, args._started_dist = _start_distributed(args.device)
     outs = _part_paths(args.out, world)
-    if rank == 0:
+    error = None
+    try:
         for o in outs:
             _check_new(o, "--out", args.overwrite)
-    if world > 1:  # the check above must stop every rank
-        flag = torch.tensor([int(rank != 0 or all(args.overwrite or not os.path.exists(o) for o in outs))])
-        from ._merge import comm_device
-
-        flag = flag.to(comm_device())
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        if not int(flag.item()):
-            raise UsageError(f"--out {args.out!r}: index files exist; pass --overwrite")
-    model, cfg = load_checkpoint(args.checkpoint, dev)
+        model, cfg = load_checkpoint(args.checkpoint, dev)
+    except UsageError as e:
+        error = e
+    _agree(world, error)
     s, e = len(items) * rank // world, len(items) * (rank + 1) // world
     mine = items[s:e]
     f = _features(model, cfg, mine, dev, args)
@@ -268,7 +278,12 @@ def _search(args):
         _check_new(args.out, "--out", args.overwrite)
     files = index_files(args.index)
     rank, world, dev, args._started_dist = _start_distributed(args.device)
-    idx = _load_share(files, rank, world, dev)
+    error = idx = None
+    try:
+        idx = _load_share(files, rank, world, dev)
+    except UsageError as e:
+        error = e
+    _agree(world, error)
     if args.query_index:
         try:
             qi = GalleryIndex.load(args.query_index)
