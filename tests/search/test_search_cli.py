@@ -67,6 +67,7 @@ def test_search_cli_equals_api(setup, capsys):
     assert 0 <= res["metrics"]["mAP"] <= 1
 
 
+@pytest.mark.slow  # multi-process
 def test_search_under_torchrun_equals_one_process(setup):
     """`torchrun --nproc_per_node 2 -m partdist.cli search` (gloo): each rank holds half the
     index; the JSON equals the single-process run's."""

@@ -19,6 +19,8 @@ from test_distributed import run_ranks  # noqa: E402
 
 from search_data import G, build, data  # noqa: E402
 
+pytestmark = pytest.mark.slow  # multi-process
+
 TIMEOUT_S = 120
 EVEN = list(range(0, G, 2))
 SHARDS = {
