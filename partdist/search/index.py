@@ -486,7 +486,7 @@ class GalleryIndex:
             return chunk_rows
         per_row = 4 * ((self.dim or 1) + (self.stripes or 0) * (self.channels or 0))
         rows = max(1024, _CHUNK_BYTES // per_row)
-        return 1 << 20 if self.device.type == "cuda" else 1 << int(math.log2(rows))
+        return 1 << 18 if self.device.type == "cuda" else 1 << int(math.log2(rows))
 
     def _rows(self, s, e, local=True):
         """Features of rows ``s:e`` in the compute dtype (a view when no conversion is needed)."""
@@ -666,7 +666,7 @@ class GalleryIndex:
         if self._n == 0:
             return (torch.empty((Q, 0), dtype=cd, device=self.device),
                     torch.empty((Q, 0), dtype=torch.int64, device=self.device))
-        qb = block_queries or min(Q, 256 if self.device.type == "cpu" else 4096)
+        qb = block_queries or min(Q, 256 if self.device.type == "cpu" else 1024)
         cr = min(chunk_rows, self._n)
         buf = torch.empty((qb, cr), dtype=cd, device=self.device)
         qx = torch.nn.functional.normalize(qg, dim=1) if metric == "cosine" else qg
