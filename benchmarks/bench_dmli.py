@@ -1,4 +1,4 @@
-"""DMLI microbenchmark: partdist vs the seed's Python loop vs vectorized PyTorch.
+"""DMLI microbenchmark: partdist vs a per-pair Python loop vs vectorized PyTorch.
 
 (a) training batch: 256 aligned pairs (128 anchors x one positive and one negative),
     m = n = 8, C = 128, forward + backward.
@@ -32,7 +32,7 @@ from common import (Results, add_device_arg, env_line, fmt_mem, fmt_time, median
 TARGET_TRAIN = "DMLI training batch: partdist vs vectorized PyTorch, same GPU"
 
 
-def training_batch(device, anchors, m, C, reps, seed_pairs, res):
+def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(anchors, m, C, generator=g)
     p = torch.randn(anchors, m, C, generator=g)
@@ -53,13 +53,13 @@ def training_batch(device, anchors, m, C, reps, seed_pairs, res):
     t_pd = median_time(run(partdist.batch_local_dist, x, y), device, reps=reps * 10)
     t_vec = median_time(run(R.batch_local_dist_vectorized, x, y), device, reps=reps)
 
-    # The seed loop: one Python DP per pair over the normalized distance matrix.
-    def seed(xs, ys):
+    # The per-pair loop: one Python DP per pair over the normalized distance matrix.
+    def loop(xs, ys):
         return R.dmli_loop(R.normalize_dist(R.batch_euclidean_dist(xs, ys)))
 
-    k = min(seed_pairs, x.shape[0])
-    t_seed_k = median_time(run(seed, x[:k], y[:k]), device, reps=max(1, reps // 2), warmup=0)
-    t_seed = t_seed_k * x.shape[0] / k
+    k = min(loop_pairs, x.shape[0])
+    t_loop_k = median_time(run(loop, x[:k], y[:k]), device, reps=max(1, reps // 2), warmup=0)
+    t_loop = t_loop_k * x.shape[0] / k
 
     # agreement check on the same inputs
     diff = (partdist.batch_local_dist(x, y) - R.batch_local_dist_vectorized(x, y)).abs().max().item()
@@ -67,9 +67,9 @@ def training_batch(device, anchors, m, C, reps, seed_pairs, res):
         ["partdist.batch_local_dist", fmt_time(t_pd), "1.0x"],
         ["vectorized PyTorch (AlignedReID)", fmt_time(t_vec), f"{t_vec / t_pd:.1f}x"],
         [
-            "seed loop (per pair)" + ("" if k == x.shape[0] else f", timed on {k} pairs, scaled"),
-            fmt_time(t_seed),
-            f"{t_seed / t_pd:.0f}x",
+            "Python loop (per pair)" + ("" if k == x.shape[0] else f", timed on {k} pairs, scaled"),
+            fmt_time(t_loop),
+            f"{t_loop / t_pd:.0f}x",
         ],
     ]
     print(f"\n(a) training batch, {x.shape[0]} aligned pairs, m=n={m}, C={C}, forward+backward [{device}]")
@@ -78,12 +78,12 @@ def training_batch(device, anchors, m, C, reps, seed_pairs, res):
     case = f"(a) training batch {x.shape[0]} pairs, m=n={m}, C={C}, fwd+bwd"
     res.add(case, device, "partdist.batch_local_dist", t_pd)
     res.add(case, device, "vectorized PyTorch", t_vec)
-    res.add(case, device, "seed loop (scaled)", t_seed, note=f"timed on {k} pairs")
+    res.add(case, device, "Python loop (scaled)", t_loop, note=f"timed on {k} pairs")
     res.add(case, device, "vectorized / partdist", t_vec / t_pd, unit="x")
     res.add(case, device, "max |partdist - vectorized|", diff, unit="")
     if (x.shape[0], m, C) == (256, 8, 128):  # the target's size (not --quick)
         res.measure(TARGET_TRAIN, t_vec / t_pd, device)
-    return t_pd, t_vec, t_seed
+    return t_pd, t_vec, t_loop
 
 
 def all_pairs(device, M, N, m, C, reps, vec_chunk, res):
@@ -131,7 +131,7 @@ def all_pairs(device, M, N, m, C, reps, vec_chunk, res):
 
 
 def variants(device, reps, quick, res):
-    """Soft-DMLI and banded DMLI against the hard op, same inputs (issue: DMLI variants)."""
+    """Soft-DMLI and banded DMLI against the hard op, same inputs."""
     g = torch.Generator().manual_seed(2)
     N, M, G, m, C = (32, 40, 100, 8, 32) if quick else (256, 1000, 1000, 8, 128)
     x = torch.randn(N, m, C, generator=g).to(device)
@@ -172,10 +172,10 @@ def main(argv=None):
     for device in devices:
         print(f"== {env_line(device)}")
         if args.quick:
-            training_batch(device, anchors=16, m=8, C=32, reps=2, seed_pairs=4, res=res)
+            training_batch(device, anchors=16, m=8, C=32, reps=2, loop_pairs=4, res=res)
             all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50, res=res)
         else:
-            training_batch(device, anchors=128, m=8, C=128, reps=args.reps, seed_pairs=32, res=res)
+            training_batch(device, anchors=128, m=8, C=128, reps=args.reps, loop_pairs=32, res=res)
             all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000, res=res)
         if args.variants:
             variants(device, max(1, args.reps // 2), args.quick, res)

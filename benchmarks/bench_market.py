@@ -1,4 +1,4 @@
-"""Market-1501-scale evaluation benchmark (issue 6): local query x gallery distances and
+"""Market-1501-scale evaluation benchmark: local query x gallery distances and
 k-reciprocal re-ranking with local distances, on random unit-norm stripe features of
 Market-1501's sizes (3,368 queries x 15,913 gallery, H = 8 stripes).
 

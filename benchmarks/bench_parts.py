@@ -1,4 +1,4 @@
-"""Benchmark of the part distances of issue 7: part_dist and dsr_dist.
+"""Benchmark of the part distances: part_dist and dsr_dist.
 
 1. ``part_dist`` all pairs, retrieval (forward): x ``[M, P, C]`` queries against y
    ``[N, P, C]`` gallery with random bool visibilities, float32:
