@@ -145,7 +145,7 @@ def _run(fn, args):
     try:
         return fn(args) or 0
     except UsageError as e:
-        print(f"partdist {args.cmd}: {e}", file=sys.stderr, flush=True)
+        print(f"partdist {args.cmd}: error: {e}", file=sys.stderr, flush=True)
         return 2
     finally:
         if getattr(args, "_started_dist", False) and torch.distributed.is_initialized():
