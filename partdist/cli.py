@@ -735,7 +735,9 @@ def register_synthetic(sub):
 
 # The subcommands: each entry adds its parser to the subparsers and sets ``fn`` (called with
 # the parsed arguments). Add a command by appending its ``register(subparsers)`` here.
-COMMANDS = [register_demo, register_train, register_eval, register_synthetic]
+from .search.cli import register as register_search  # noqa: E402  (partdist index, partdist search)
+
+COMMANDS = [register_demo, register_train, register_eval, register_synthetic, register_search]
 
 
 def build_parser():

@@ -1,0 +1,120 @@
+"""`partdist index` / `partdist search`: a folder of images + a checkpoint -> index -> results,
+equal to the API; under torchrun (2 gloo processes) equal to one process; clear errors."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from partdist.cli import main
+from partdist.search import GalleryIndex
+
+TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from partdist.data import SyntheticReID, market1501
+    from partdist.train import TrainConfig, build_model
+
+    root = tmp_path_factory.mktemp("cli")
+    SyntheticReID(str(root / "data"), num_ids=6, num_cams=2, imgs_per_id_cam=2, height=64, width=32,
+                  seed=5).generate()
+    splits = market1501(str(root / "data"))
+    cfg = TrainConfig(model="aligned", backbone="compact", height=64, width=32, out=str(root / "train"))
+    torch.manual_seed(0)
+    model = build_model(cfg, 3)
+    ckpt = root / "ckpt.pt"
+    torch.save({"config": dataclasses.asdict(cfg), "num_classes": 3, "model": model.state_dict()}, ckpt)
+    gallery = os.path.dirname(splits.gallery[0][0])
+    query = os.path.dirname(splits.query[0][0])
+    idx_path = root / "gallery.idx"
+    assert main(["index", "--images", gallery, "--checkpoint", str(ckpt), "--out", str(idx_path),
+                 "--dtype", "float32", "--no-progress"]) == 0
+    return {"root": root, "ckpt": str(ckpt), "gallery": gallery, "query": query, "index": str(idx_path),
+            "splits": splits, "model": model, "cfg": cfg}
+
+
+def test_index_holds_the_features_of_the_eval_code(setup):
+    from partdist.eval.evaluate import features_for
+
+    idx = GalleryIndex.load(setup["index"])
+    f = features_for(setup["model"].eval(), setup["splits"].gallery, 64, 32)
+    assert len(idx) == len(setup["splits"].gallery) and idx.paths == [p for p, _, _ in setup["splits"].gallery]
+    torch.testing.assert_close(idx.global_features, f["global"])
+    torch.testing.assert_close(idx.local_features, f["local"])
+    assert torch.equal(idx.pids, f["pids"]) and idx.meta["checkpoint"] == setup["ckpt"]
+
+
+def test_search_cli_equals_api(setup, capsys):
+    from partdist.eval.evaluate import features_for
+
+    out = setup["root"] / "res.json"
+    assert main(["search", "--index", setup["index"], "--queries", setup["query"], "--k", "5", "--mode", "exact",
+                 "--out", str(out), "--evaluate", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "mAP" in printed and "searched" in printed
+    res = json.loads(out.read_text())
+    q = features_for(setup["model"].eval(), setup["splits"].query, 64, 32)
+    api = GalleryIndex.load(setup["index"]).search(q["global"], q["local"], 5)
+    assert [r["ids"] for r in res["results"]] == api.ids.tolist()
+    paths = [p for p, _, _ in setup["splits"].gallery]
+    assert res["results"][0]["paths"] == [paths[i] for i in api.ids[0].tolist()]
+    assert 0 <= res["metrics"]["mAP"] <= 1
+
+
+@pytest.mark.slow  # multi-process
+def test_search_under_torchrun_equals_one_process(setup):
+    """`torchrun --nproc_per_node 2 -m partdist.cli search` (gloo): each rank holds half the
+    index; the JSON equals the single-process run's."""
+    one, two = setup["root"] / "one.json", setup["root"] / "two.json"
+    common = ["search", "--index", setup["index"], "--query-index", setup["index"], "--k", "3", "--mode",
+              "two-stage", "--shortlist", "4", "--no-progress"]
+    assert main(common + ["--out", str(one)]) == 0
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node", "2",
+           "-m", "partdist.cli"] + common + ["--out", str(two)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("searched") == 1  # rank 0 prints
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["results"] == b["results"]
+
+
+def test_cli_errors_name_the_flag(setup, capsys, tmp_path):
+    def err(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    assert "--overwrite" in err(["index", "--images", setup["gallery"], "--checkpoint", setup["ckpt"], "--out",
+                                 setup["index"], "--no-progress"])
+    assert "--images" in err(["index", "--images", str(tmp_path / "none"), "--checkpoint", setup["ckpt"], "--out",
+                              str(tmp_path / "x.idx")])
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"not a checkpoint")
+    assert "--checkpoint" in err(["index", "--images", setup["gallery"], "--checkpoint", str(bad_ckpt), "--out",
+                                  str(tmp_path / "x.idx")])
+    assert "no such index file" in err(["search", "--index", str(tmp_path / "none.idx"), "--query-index",
+                                        setup["index"]])
+    corrupt = tmp_path / "corrupt.idx"
+    corrupt.write_bytes(open(setup["index"], "rb").read()[:300])
+    assert "corrupt" in err(["search", "--index", str(corrupt), "--query-index", setup["index"]])
+    assert "--k must be >= 1" in err(["search", "--index", setup["index"], "--query-index", setup["index"],
+                                      "--k", "0"])
+    g = GalleryIndex()
+    g.add(torch.randn(3, 5))
+    g.save(tmp_path / "small.idx")
+    msg = err(["search", "--index", setup["index"], "--query-index", str(tmp_path / "small.idx")])
+    assert "D = 5" in msg and "same model" in msg
+    idx = GalleryIndex.load(setup["index"])
+    g = GalleryIndex()
+    g.add(idx.global_features[:2])
+    g.save(tmp_path / "noloc.idx")
+    msg = err(["search", "--index", setup["index"], "--query-index", str(tmp_path / "noloc.idx")])
+    assert "no local (stripe) features" in msg and "--lam 0" in msg
+    assert main(["search", "--index", setup["index"], "--query-index", str(tmp_path / "noloc.idx"), "--lam", "0",
+                 "--k", "2"]) == 0
