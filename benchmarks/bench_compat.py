@@ -427,10 +427,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--cython-dir", default=None,
                     help="directory holding a built rank_cy module (torchreid / fast-reid evaluate_cy)")
     args = ap.parse_args(argv)
     reps = 2 if args.quick else args.reps
+    if args.threads:
+        torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
     print(f"== {env_line('cpu')}")
     if "distances" in only:

@@ -139,69 +139,128 @@ class Mined(NamedTuple):
     valid: torch.Tensor
 
 
-def selected_sq_dist(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor, clamped: torch.Tensor):
-    """Entries ``(i, j)`` of the originals' matrix ``sqrt(clamp(d2, 1e-12))`` with their gradient.
+class _MinedDist(torch.autograd.Function):
+    """Distance matrix of a batch with itself + batch-hard mining, one fused backward.
 
-    ``d`` (the originals' values, no autograd) is returned as is; the gradient is the one
-    of the formula, ``(x_i - x_j) / d`` per side (0 where the clamp is active), from the
-    explicit difference: ``O(len(i) C)`` backward instead of the ``N x N`` matrix's GEMMs.
+    ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``;
+    ``kind="cosine"``: fast-reid's ``2 - 2 x x^T`` of (already normalized) ``x``.
+    Outputs ``(dist [N, N], dist_ap, dist_an, p_inds, n_inds, valid)``; ``dist_ap`` /
+    ``dist_an`` are entries of ``dist`` (0 where there is none), and their gradient goes
+    to those entries: to the first tied column (``split_ties=False``, ``torch.max`` /
+    ``torch.min`` along a dim) or shared evenly by all tied columns (``split_ties=True``,
+    a full ``max()`` / ``min()`` of the masked row). ``zero_ap``: fast-reid's
+    ``max(dist * is_pos)`` picks a 0 of a non-positive column when it wins (cosine only).
+    The backward is the gradient autograd gives through the formula: one ``N x N x C``
+    GEMM, whatever receives gradient (the originals' autograd takes two, plus
+    ``N x C`` temporaries).
     """
-    diff = x.index_select(0, i) - x.index_select(0, j)
-    s = (diff * diff).sum(-1)
-    scale = torch.where(clamped, torch.zeros((), dtype=d.dtype, device=d.device), 0.5 / d)
-    return d + (s - s.detach()) * scale
 
-
-def selected_cos_dist(xn: torch.Tensor, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor):
-    """Entries ``(i, j)`` of ``2 - 2 xn xn^T`` (values ``d``) with their gradient through ``xn``."""
-    c = -2 * (xn.index_select(0, i) * xn.index_select(0, j)).sum(-1)
-    return d + (c - c.detach())
-
-
-def mine_split_ties(features: torch.Tensor, labels: torch.Tensor, matrix=None) -> Mined:
-    """Batch-hard mining on the originals' Euclidean matrix, gradient split at ties.
-
-    The hardest positive of anchor i is ``dist[i][mask[i]].max()`` and the hardest
-    negative ``dist[i][mask[i] == 0].min()`` (torchreid, michuanhaohao): a full
-    reduction, whose gradient is shared evenly by all tied entries. The matrix is the
-    originals' (same GEMM formula: the same values, so the same ties), computed without
-    autograd; the gradient of the chosen entries comes from :func:`selected_sq_dist`.
-    Anchors without a negative get ``valid = False`` (the originals raise there).
-    ``matrix``: ``gemm_euclidean(features, features)`` if already computed.
-    """
-    x = features
-    D, clamped = gemm_euclidean(x.detach(), x.detach()) if matrix is None else (matrix[0].detach(), matrix[1])
-    with torch.no_grad():
+    @staticmethod
+    def forward(ctx, x, labels, kind, split_ties, zero_ap):
+        N = x.shape[0]
+        if kind == "euclidean":
+            d2 = _sq_dist_(x, x)
+            clamped = d2 < CLAMP
+            D = d2.clamp_min_(CLAMP).sqrt_()
+        else:
+            D = torch.addmm(torch.full((), 2.0, dtype=x.dtype, device=x.device), x, x.t(), alpha=-2)
+            clamped = None
         m = _mine(D, labels, True)
-        pos = labels[:, None] == labels[None, :]
-        tie_p = (D == m.dist_ap[:, None]) & pos
-        tie_n = (D == m.dist_an[:, None]) & ~pos & m.valid[:, None]
-        cnt_p, cnt_n = tie_p.sum(1), tie_n.sum(1)
-        ties = bool((cnt_p > 1).any() | (cnt_n > 1).any())
-    N = x.shape[0]
-    if not ties:
-        return mine_first_index(x, labels, (D, clamped), m)
-    out = []
-    for tie, cnt in ((tie_p, cnt_p), (tie_n, cnt_n)):
-        i, j = tie.nonzero(as_tuple=True)
-        w = 1.0 / cnt.to(D.dtype)[i]
-        d = selected_sq_dist(x, i, j, D[i, j], clamped[i, j])
-        # the tied values are equal: their weighted sum is the value, the gradient is split
-        out.append(torch.zeros(N, dtype=d.dtype, device=x.device).index_add(0, i, d * w))
-    return Mined(out[0], out[1], m.p_inds, m.n_inds, m.valid)
+        ap, an, valid = m.dist_ap, m.dist_an, m.valid
+        wp = wn = None
+        if split_ties:
+            pos = labels[:, None] == labels[None, :]
+            tie_p = (D == ap[:, None]) & pos
+            tie_n = (D == an[:, None]) & ~pos & valid[:, None]
+            cp, cn = tie_p.sum(1), tie_n.sum(1)
+            if bool((cp > 1).any() | (cn > 1).any()):
+                wp = tie_p.to(D.dtype) / cp.clamp_min(1).to(D.dtype)[:, None]
+                wn = tie_n.to(D.dtype) / cn.clamp_min(1).to(D.dtype)[:, None]
+        keep_ap = None
+        if zero_ap:
+            neg = labels[None, :] != labels[:, None]
+            has_neg = neg.any(1)
+            first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
+            zero_wins = has_neg & ((ap < 0) | ((ap == 0) & (first_neg < m.p_inds)))
+            if bool(zero_wins.any()):
+                ap = ap.masked_fill(zero_wins, 0)
+                keep_ap = ~zero_wins
+        ctx.kind, ctx.N = kind, N
+        ctx.save_for_backward(x, D, clamped, m.p_inds, m.n_inds, valid, wp, wn, keep_ap)
+        ctx.mark_non_differentiable(m.p_inds, m.n_inds, valid)
+        ctx.set_materialize_grads(False)
+        return D, ap, an, m.p_inds, m.n_inds, valid
+
+    @staticmethod
+    def backward(ctx, gD, g_ap, g_an, _gp, _gn, _gv):
+        x, D, clamped, p_inds, n_inds, valid, wp, wn, keep_ap = ctx.saved_tensors
+        N = ctx.N
+        G = torch.zeros_like(D) if gD is None else gD.clone()
+        ar = torch.arange(N, device=D.device)
+        if g_ap is not None:
+            if keep_ap is not None:
+                g_ap = g_ap * keep_ap
+            if wp is not None:
+                G.addcmul_(wp, g_ap[:, None])
+            else:
+                G.index_put_((ar, p_inds), g_ap, accumulate=True)
+        if g_an is not None:
+            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            if wn is not None:
+                G.addcmul_(wn, g_an[:, None])
+            else:
+                G.index_put_((ar, n_inds.clamp_min(0)), g_an, accumulate=True)
+        if ctx.kind == "euclidean":
+            # d D / d d2 = 1 / (2 D), 0 where clamped; d d2 / dx brings the 2 back
+            G.div_(D).masked_fill_(clamped, 0)
+            S = G + G.t()
+            return _xgrad(x, S, x, S.sum(1)), None, None, None, None
+        S = G + G.t()
+        return torch.mm(S, x).mul_(-2), None, None, None, None
 
 
-def mine_first_index(features: torch.Tensor, labels: torch.Tensor, matrix=None, mined=None) -> Mined:
+def mined_dist(x, labels, kind="euclidean", split_ties=False, zero_ap=False) -> tuple:
+    """``(dist, Mined)`` of :class:`_MinedDist` (``dist`` differentiable)."""
+    D, ap, an, p, n, valid = _MinedDist.apply(x, labels, kind, split_ties, zero_ap)
+    return D, Mined(ap, an, p, n, valid)
+
+
+def mine_split_ties(features: torch.Tensor, labels: torch.Tensor) -> Mined:
+    """Batch-hard mining on the originals' Euclidean matrix, gradient split at ties
+    (torchreid's / michuanhaohao's per-anchor ``dist[i][mask[i]].max()`` and
+    ``dist[i][mask[i] == 0].min()``: full reductions). Anchors without a negative get
+    ``valid = False`` (the originals raise there)."""
+    return mined_dist(features, labels, "euclidean", True)[1]
+
+
+def mine_first_index(features: torch.Tensor, labels: torch.Tensor) -> Mined:
     """Batch-hard mining as ``torch.max`` / ``torch.min`` along a dim (AlignedReID's
-    ``hard_example_mining``): ties go to the first column, which gets all the gradient.
-    Same matrix and gradient as :func:`mine_split_ties` otherwise."""
-    x = features
-    D, clamped = gemm_euclidean(x.detach(), x.detach()) if matrix is None else (matrix[0].detach(), matrix[1])
-    with torch.no_grad():
-        m = _mine(D, labels, True) if mined is None else mined
-    ar = torch.arange(x.shape[0], device=x.device)
-    pi, ni = m.p_inds, m.n_inds.clamp_min(0)
-    ap = selected_sq_dist(x, ar, pi, D[ar, pi], clamped[ar, pi])
-    an = selected_sq_dist(x, ar, ni, D[ar, ni], clamped[ar, ni])
-    an = torch.where(m.valid, an, torch.zeros((), dtype=an.dtype, device=an.device))
-    return Mined(ap, an, m.p_inds, m.n_inds, m.valid)
+    ``hard_example_mining``): ties go to the first column, which gets all the gradient."""
+    return mined_dist(features, labels, "euclidean", False)[1]
+
+
+class _Normalize(torch.autograd.Function):
+    """``x / (||x||_2 + 1e-12)`` along the last dim, with a fused backward (one ``x``-sized
+    temporary instead of the autograd chain's several)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
+        den = n + 1e-12
+        ctx.save_for_backward(x, n, den)
+        return x / den
+
+    @staticmethod
+    def backward(ctx, g):
+        x, n, den = ctx.saved_tensors
+        # d/dx [x / (||x|| + e)] = g / den - x (g . x) / (den^2 ||x||)   (0 at x = 0 as torch.norm)
+        gx_dot = torch.linalg.vecdot(g, x).unsqueeze(-1)
+        b = torch.where(n > 0, gx_dot / (den * den * n), torch.zeros((), dtype=n.dtype, device=n.device))
+        return (g / den).sub_(x * b)
+
+
+def normalize(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """AlignedReID ``normalize``: ``x / (||x||_2 + 1e-12)`` along ``axis`` (same values)."""
+    if axis in (-1, x.dim() - 1) and torch.is_grad_enabled() and x.requires_grad:
+        return _Normalize.apply(x)
+    return x / (torch.linalg.vector_norm(x, 2, dim=axis, keepdim=True) + 1e-12)

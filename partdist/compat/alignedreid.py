@@ -45,7 +45,8 @@ from .._ops import batch_local_dist as _batch_local_dist
 from .._ops import dmli as _dmli
 from .._ops import local_dist as _local_dist
 from ..mining import hard_example_mining as _mine
-from ._common import gemm_euclidean, mine_first_index, mine_split_ties, ranking_loss, ranking_loss_valid
+from ._common import gemm_euclidean, mined_dist, ranking_loss, ranking_loss_valid
+from ._common import normalize as _normalize
 
 __all__ = [
     "normalize",
@@ -68,7 +69,7 @@ def normalize(x, axis=-1):
 
     Replaces huanghoujing ``loss.normalize(x, axis=-1)``.
     """
-    return 1.0 * x / (torch.norm(x, 2, axis, keepdim=True).expand_as(x) + 1e-12)
+    return _normalize(x, axis)
 
 
 def euclidean_dist(x, y):
@@ -241,9 +242,8 @@ def _feature_triplet(op, inputs, targets, margin, with_dist=False):
     ``[N, N]`` distance if asked."""
     check_features(op, "inputs", inputs, "[N, d]", 2)
     check_labels(op, "targets", targets, inputs.shape[0], "one label per row of inputs")
-    mat = gemm_euclidean(inputs, inputs) if with_dist else None
-    m = mine_split_ties(inputs, targets, mat)
-    return ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, margin), (mat[0] if with_dist else None)
+    dist, m = mined_dist(inputs, targets, split_ties=True)
+    return ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, margin), (dist if with_dist else None)
 
 
 def _tri(tri_loss, dist_ap, dist_an, valid):
@@ -273,10 +273,9 @@ def global_loss(tri_loss, global_feat, labels, normalize_feature=True):
     check_labels(op, "labels", labels, global_feat.shape[0], "one label per row of global_feat")
     if normalize_feature:
         global_feat = normalize(global_feat, axis=-1)
-    mat = gemm_euclidean(global_feat, global_feat)
-    m = mine_first_index(global_feat, labels, mat)
+    dist_mat, m = mined_dist(global_feat, labels)
     loss = _tri(tri_loss, m.dist_ap, m.dist_an, m.valid)
-    return loss, m.p_inds.to(labels.dtype), m.n_inds.to(labels.dtype), m.dist_ap, m.dist_an, mat[0]
+    return loss, m.p_inds.to(labels.dtype), m.n_inds.to(labels.dtype), m.dist_ap, m.dist_an, dist_mat
 
 
 def local_loss(tri_loss, local_feat, p_inds=None, n_inds=None, labels=None, normalize_feature=True):
@@ -346,8 +345,7 @@ class TripletLossAlignedReID(nn.Module):
                 f"{op}: local_features must hold one image per row of inputs ([{inputs.shape[0]}, c, H]), "
                 f"got {list(local_features.shape)}"
             )
-        mat = gemm_euclidean(inputs, inputs) if self.mutual else None
-        m = mine_first_index(inputs, targets, mat)  # the original's view-based hard_example_mining
+        dist, m = mined_dist(inputs, targets)  # the original's view-based hard_example_mining
         gl = ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, self.margin)
         lf = local_features.permute(0, 2, 1)
         N = lf.shape[0]
@@ -355,5 +353,5 @@ class TripletLossAlignedReID(nn.Module):
         d = _batch_local_dist(torch.cat([lf, lf]), lf.index_select(0, other), True)
         ll = ranking_loss_valid(d[:N], d[N:], m.valid, self.margin)
         if self.mutual:
-            return gl + ll, mat[0]
+            return gl + ll, dist
         return gl, ll

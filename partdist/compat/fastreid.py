@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_features, check_labels
-from ..mining import hard_example_mining as _mine
 from ._common import cosine_dist as _cosine_dist
-from ._common import gemm_euclidean, mine_first_index, selected_cos_dist
+from ._common import gemm_euclidean, mined_dist
 
 __all__ = ["triplet_loss", "euclidean_dist", "cosine_dist", "evaluate_rank", "re_ranking", "install", "uninstall"]
 
@@ -67,26 +66,11 @@ def _hard_mined(embedding, targets, norm_feat):
     rounding) or is 0 and comes later. The matrix is computed without autograd and the
     gradient of the chosen entries is the formula's, from the two selected rows.
     """
-    N = embedding.shape[0]
-    ar = torch.arange(N, device=embedding.device)
     if norm_feat:
-        xn = F.normalize(embedding, dim=1)
-        with torch.no_grad():
-            D = _cosine_dist(xn.detach(), xn.detach())
-            m = _mine(D, targets, True)
-        pi, ni = m.p_inds, m.n_inds.clamp_min(0)
-        ap = selected_cos_dist(xn, ar, pi, D[ar, pi])
-        an = selected_cos_dist(xn, ar, ni, D[ar, ni])
-        with torch.no_grad():
-            neg = targets[None, :] != targets[:, None]
-            has_neg = neg.any(1)
-            first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
-            zero_wins = has_neg & ((m.dist_ap < 0) | ((m.dist_ap == 0) & (first_neg < pi)))
-        zero = torch.zeros((), dtype=ap.dtype, device=ap.device)
-        ap = torch.where(zero_wins, zero, ap)
+        _, m = mined_dist(F.normalize(embedding, dim=1), targets, "cosine", zero_ap=True)
     else:
-        m = mine_first_index(embedding, targets)
-        ap, an = m.dist_ap, m.dist_an
+        _, m = mined_dist(embedding, targets)
+    ap, an = m.dist_ap, m.dist_an
     big = torch.full((), 1e9, dtype=an.dtype, device=an.device)
     return ap, torch.where(m.valid, an, big)
 
