@@ -143,7 +143,7 @@ class _MinedDist(torch.autograd.Function):
     """Distance matrix of a batch with itself + batch-hard mining, one fused backward.
 
     ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``;
-    ``kind="cosine"``: fast-reid's ``2 - 2 x x^T`` of (already normalized) ``x``.
+    ``kind="cosine"``: fast-reid's ``2 - 2 xn xn^T`` of ``xn = F.normalize(x, dim=1)``.
     Outputs ``(dist [N, N], dist_ap, dist_an, p_inds, n_inds, valid)``; ``dist_ap`` /
     ``dist_an`` are entries of ``dist`` (0 where there is none), and their gradient goes
     to those entries: to the first tied column (``split_ties=False``, ``torch.max`` /
@@ -162,9 +162,12 @@ class _MinedDist(torch.autograd.Function):
             d2 = _sq_dist_(x, x)
             clamped = d2 < CLAMP
             D = d2.clamp_min_(CLAMP).sqrt_()
-        else:
-            D = torch.addmm(torch.full((), 2.0, dtype=x.dtype, device=x.device), x, x.t(), alpha=-2)
-            clamped = None
+        else:  # fast-reid: F.normalize (x / max(||x||, 1e-12)), then 2 - 2 xn xn^T
+            n = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)
+            den = n.clamp_min(1e-12)
+            xn = x / den
+            D = torch.addmm(torch.full((), 2.0, dtype=x.dtype, device=x.device), xn, xn.t(), alpha=-2)
+            clamped = (xn, n, den)
         m = _mine(D, labels, True)
         ap, an, valid = m.dist_ap, m.dist_an, m.valid
         wp = wn = None
@@ -177,7 +180,7 @@ class _MinedDist(torch.autograd.Function):
                 wp = tie_p.to(D.dtype) / cp.clamp_min(1).to(D.dtype)[:, None]
                 wn = tie_n.to(D.dtype) / cn.clamp_min(1).to(D.dtype)[:, None]
         keep_ap = None
-        if zero_ap:
+        if zero_ap and bool((ap <= 0).any()):
             neg = labels[None, :] != labels[:, None]
             has_neg = neg.any(1)
             first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
@@ -186,6 +189,9 @@ class _MinedDist(torch.autograd.Function):
                 ap = ap.masked_fill(zero_wins, 0)
                 keep_ap = ~zero_wins
         ctx.kind, ctx.N = kind, N
+        if kind != "euclidean":
+            ctx.cos = clamped
+            clamped = None
         ctx.save_for_backward(x, D, clamped, m.p_inds, m.n_inds, valid, wp, wn, keep_ap)
         ctx.mark_non_differentiable(m.p_inds, m.n_inds, valid)
         ctx.set_materialize_grads(False)
@@ -215,8 +221,13 @@ class _MinedDist(torch.autograd.Function):
             G.div_(D).masked_fill_(clamped, 0)
             S = G + G.t()
             return _xgrad(x, S, x, S.sum(1)), None, None, None, None
+        xn, n, den = ctx.cos
         S = G + G.t()
-        return torch.mm(S, x).mul_(-2), None, None, None, None
+        gxn = torch.mm(S, xn).mul_(-2)
+        # F.normalize's backward: g / den - x (g . x) / (den^2 ||x||) where ||x|| >= 1e-12
+        b = torch.where(n >= 1e-12, torch.linalg.vecdot(gxn, x).unsqueeze(1) / (den * den * n),
+                        torch.zeros((), dtype=n.dtype, device=n.device))
+        return gxn.div_(den).sub_(x * b), None, None, None, None
 
 
 def mined_dist(x, labels, kind="euclidean", split_ties=False, zero_ap=False) -> tuple:

@@ -67,7 +67,7 @@ def _hard_mined(embedding, targets, norm_feat):
     gradient of the chosen entries is the formula's, from the two selected rows.
     """
     if norm_feat:
-        _, m = mined_dist(F.normalize(embedding, dim=1), targets, "cosine", zero_ap=True)
+        _, m = mined_dist(embedding, targets, "cosine", zero_ap=True)
     else:
         _, m = mined_dist(embedding, targets)
     ap, an = m.dist_ap, m.dist_an
