@@ -269,8 +269,8 @@ def fwd_bwd(fn, *inputs, loss=None):
 ROWS = []
 
 
-def compare(name, size, ours, orig, reps):
-    t_ours, t_orig = paired(ours, orig, reps)
+def compare(name, size, ours, orig, reps, warmup=1):
+    t_ours, t_orig = paired(ours, orig, reps, warmup)
     ROWS.append([name, size, fmt_time(t_orig), fmt_time(t_ours), f"{t_orig / t_ours:.2f}x"])
     return t_orig / t_ours
 
@@ -395,11 +395,14 @@ def bench_rank(quick, reps, cython_dir):
     for Q, G in sizes:
         data = _rank_data(Q, G)
         s = f"{Q}x{G}"
-        r = max(1, reps // 2) if Q > 1000 else reps
+        big = Q > 1000
+        r, w = (1, 0) if big else (reps, 1)
         ours = lambda: FR.evaluate_rank(*data)  # noqa: E731
-        compare("evaluate_rank vs Python eval_market1501", s, ours, lambda: o_eval_market1501(*data), r)
         if evaluate_cy is not None:
-            compare("evaluate_rank vs Cython evaluate_cy", s, ours, lambda: evaluate_cy(*data, 50, False), r)
+            compare("evaluate_rank vs Cython evaluate_cy", s, ours, lambda: evaluate_cy(*data, 50, False),
+                    max(3, r), w)
+        compare("evaluate_rank vs Python eval_market1501", s, ours, lambda: o_eval_market1501(*data), r, w)
+        if evaluate_cy is not None:
             cmc_cy, ap_cy, inp_cy = evaluate_cy(*data, 50, False)
             cmc, ap, inp = ours()
             print(f"{s}: max |cmc - cython| = {np.abs(cmc - cmc_cy).max():.1e}, "
