@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..mining import hard_example_mining as _mine
+from ..ops.mining import hard_example_mining as _mine
 
 # clamp of the squared distance in the originals' ``dist.clamp(min=1e-12).sqrt()``
 CLAMP = 1e-12

@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from .._checks import MAX_STRIPES, check_features, check_labels, check_margin
-from .._ops import batch_local_dist as _batch_local_dist
-from .._ops import dmli as _dmli
-from .._ops import local_dist as _local_dist
-from ..mining import hard_example_mining as _mine
+from ..ops.dmli import batch_local_dist as _batch_local_dist
+from ..ops.dmli import dmli as _dmli
+from ..ops.dmli import local_dist as _local_dist
+from ..ops.mining import hard_example_mining as _mine
 from ._common import gemm_euclidean, mined_dist, ranking_loss, ranking_loss_valid
 from ._common import normalize as _normalize
 
