@@ -54,6 +54,15 @@ def training_batch(device, anchors, m, C, reps, seed_pairs):
     t_seed_k = median_time(run(seed, x[:k], y[:k]), device, reps=max(1, reps // 2), warmup=0)
     t_seed = t_seed_k * x.shape[0] / k
 
+    # breakdown: the forward and backward kernels called directly (no autograd), the rest
+    # of the fwd+bwd step is overhead (autograd graph, checks, the sum and its backward)
+    ops = torch.ops.partdist
+    with torch.no_grad():
+        t_fk = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps * 10)
+        gr = torch.ones(x.shape[0], dtype=x.dtype, device=device)
+        t_bk = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
+                           reps=reps * 10)
+
     # agreement check on the same inputs
     diff = (partdist.batch_local_dist(x, y) - R.batch_local_dist_vectorized(x, y)).abs().max().item()
     rows = [
@@ -67,6 +76,8 @@ def training_batch(device, anchors, m, C, reps, seed_pairs):
     ]
     print(f"\n(a) training batch, {x.shape[0]} aligned pairs, m=n={m}, C={C}, forward+backward [{device}]")
     print_table(rows, ["method", "median", "time / partdist"])
+    print(f"breakdown of partdist's {fmt_time(t_pd)}: forward kernel {fmt_time(t_fk)}, backward kernel "
+          f"{fmt_time(t_bk)} ({t_bk / t_fk:.1f}x the forward), overhead {fmt_time(max(0.0, t_pd - t_fk - t_bk))}")
     print(f"max |partdist - vectorized| = {diff:.2e}")
     return t_pd, t_vec, t_seed
 
