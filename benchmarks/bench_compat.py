@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from partdist import reference as R
 from partdist.compat import alignedreid as A
 from partdist.compat import fastreid as FR
 from partdist.compat import torchreid as T
@@ -60,20 +61,8 @@ def o_batch_euclidean_dist(x, y):
     return dist.clamp(min=1e-12).sqrt()
 
 
-def o_shortest_dist(dist_mat):
-    m, n = dist_mat.size()[:2]
-    dist = [[0 for _ in range(n)] for _ in range(m)]
-    for i in range(m):
-        for j in range(n):
-            if (i == 0) and (j == 0):
-                dist[i][j] = dist_mat[i, j]
-            elif (i == 0) and (j > 0):
-                dist[i][j] = dist[i][j - 1] + dist_mat[i, j]
-            elif (i > 0) and (j == 0):
-                dist[i][j] = dist[i - 1][j] + dist_mat[i, j]
-            else:
-                dist[i][j] = torch.min(dist[i - 1][j], dist[i][j - 1]) + dist_mat[i, j]
-    return dist[-1][-1]
+# AlignedReID's shortest_dist loop, verbatim in partdist.reference
+o_shortest_dist = R.shortest_dist
 
 
 def o_batch_local_dist(x, y):
@@ -272,6 +261,7 @@ ROWS = []
 def compare(name, size, ours, orig, reps, warmup=1):
     t_ours, t_orig = paired(ours, orig, reps, warmup)
     ROWS.append([name, size, fmt_time(t_orig), fmt_time(t_ours), f"{t_orig / t_ours:.2f}x"])
+    print(" | ".join(ROWS[-1]), flush=True)
     return t_orig / t_ours
 
 
@@ -383,7 +373,7 @@ def _rank_data(Q, G, seed=0, ids=None):
     return d, q_pids, g_pids, rng.integers(0, 6, Q), rng.integers(0, 6, G)
 
 
-def bench_rank(quick, reps, cython_dir):
+def bench_rank(quick, reps, cython_dir, python_market=False):
     evaluate_cy = None
     if cython_dir:
         sys.path.insert(0, cython_dir)
@@ -401,7 +391,8 @@ def bench_rank(quick, reps, cython_dir):
         if evaluate_cy is not None:
             compare("evaluate_rank vs Cython evaluate_cy", s, ours, lambda: evaluate_cy(*data, 50, False),
                     max(3, r), w)
-        compare("evaluate_rank vs Python eval_market1501", s, ours, lambda: o_eval_market1501(*data), r, w)
+        if not big or python_market:
+            compare("evaluate_rank vs Python eval_market1501", s, ours, lambda: o_eval_market1501(*data), r, w)
         if evaluate_cy is not None:
             cmc_cy, ap_cy, inp_cy = evaluate_cy(*data, 50, False)
             cmc, ap, inp = ours()
@@ -410,8 +401,6 @@ def bench_rank(quick, reps, cython_dir):
 
 
 def bench_rerank(quick, reps):
-    from partdist import reference as R
-
     n = 120 if quick else 600
     rng = np.random.default_rng(1)
     f = rng.random((n, 32)).astype(np.float32)
@@ -431,6 +420,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--python-market", action="store_true",
+                    help="also time the pure-Python original at Market-1501 size (minutes)")
     ap.add_argument("--cython-dir", default=None,
                     help="directory holding a built rank_cy module (torchreid / fast-reid evaluate_cy)")
     args = ap.parse_args(argv)
@@ -448,7 +439,7 @@ def main(argv=None):
     if "step" in only:
         bench_step(args.quick, reps)
     if "rank" in only:
-        bench_rank(args.quick, reps, args.cython_dir)
+        bench_rank(args.quick, reps, args.cython_dir, args.python_market)
     if "rerank" in only:
         bench_rerank(args.quick, reps)
     print()

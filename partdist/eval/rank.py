@@ -78,9 +78,14 @@ def _block_ranks(d, qp, qc, gp, gc, drop_junk):
     inf = torch.tensor(float("inf"), dtype=d.dtype)
     md = torch.where(match, d, inf).topk(K, dim=1, largest=False, sorted=True).values  # [B, K], padded by inf
     lo = torch.searchsorted(md, d)  # number of match distances < d[b, g]
-    hi = torch.searchsorted(md, d, right=True)
-    # a kept item sharing its distance with a true match other than itself: order by index
-    exact &= ~(((hi - lo) > match.to(hi.dtype)) & kept).any(1)
+    # ties that the order by index would decide: two true matches at one distance, or a
+    # kept non-match at the distance of a true match (md[lo] is the first match distance
+    # >= d, equal to it exactly at a tie)
+    if K > 1:
+        real = torch.arange(1, K)[None, :] < k[:, None]  # pairs (t-1, t) of actual matches
+        exact &= ~((md[:, 1:] == md[:, :-1]) & real).any(1)
+    at = md.gather(1, lo.clamp_max(K - 1))
+    exact &= ~((at == d) & kept & ~match).any(1)
     h = torch.zeros(d.shape[0], K + 1, dtype=torch.int64).scatter_add_(1, lo, kept.to(torch.int64))
     ranks = h.cumsum(1)[:, :K]
     return ranks.numpy().astype(np.float64), k.numpy(), exact.numpy()
@@ -199,15 +204,27 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
         for r0 in range(0, num_q, step):
             r1 = min(num_q, r0 + step)
             ranks, k, exact = _block_ranks(d_all[r0:r1], qp_t[r0:r1], qc_t[r0:r1], gp_t, gc_t, drop_junk)
-            for b in range(r1 - r0):
-                i = r0 + b
-                if not exact[b]:
-                    slow(i)
-                elif k[b] > 0:
-                    rk = ranks[b, : k[b]]
-                    firsts[i] = int(rk[0])
-                    all_ap[i] = _ap_from_ranks(rk, ap)
-                    all_inp[i] = k[b] / rk[-1]
+            # every row at once: AP, INP and the first rank from the match ranks
+            K = ranks.shape[1]
+            t = np.arange(K, dtype=np.float64)
+            live = (t[None, :] < k[:, None]) & exact[:, None]
+            kk = np.maximum(k, 1).astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):  # padding entries (t >= k) are masked
+                prec = np.where(live, (t + 1) / ranks, 0.0)
+                if ap == "torchreid":
+                    ap_rows = prec.sum(1) / kk
+                else:
+                    hits = ranks - 1
+                    old = np.where(hits != 0, t / np.maximum(hits, 1), 1.0)
+                    ap_rows = np.where(live, (old + prec) / 2, 0.0).sum(1) / kk
+            last = ranks[np.arange(ranks.shape[0]), np.maximum(k - 1, 0)]
+            ok = exact & (k > 0)
+            idx = np.arange(r0, r1)[ok]
+            firsts[idx] = ranks[ok, 0].astype(np.int64)
+            all_ap[idx] = ap_rows[ok]
+            all_inp[idx] = k[ok] / last[ok]
+            for i in np.arange(r0, r1)[~exact]:
+                slow(int(i))
     valid = firsts > 0
     if not valid.any():
         raise ValueError("evaluate_rank: no query has a true match in the gallery (all queries invalid)")
