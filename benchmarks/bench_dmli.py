@@ -61,6 +61,15 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     t_loop_k = median_time(run(loop, x[:k], y[:k]), device, reps=max(1, reps // 2), warmup=0)
     t_loop = t_loop_k * x.shape[0] / k
 
+    # breakdown: the forward and backward kernels called directly (no autograd), the rest
+    # of the fwd+bwd step is overhead (autograd graph, checks, the sum and its backward)
+    ops = torch.ops.partdist
+    with torch.no_grad():
+        t_fk = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps * 10)
+        gr = torch.ones(x.shape[0], dtype=x.dtype, device=device)
+        t_bk = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
+                           reps=reps * 10)
+
     # agreement check on the same inputs
     diff = (partdist.batch_local_dist(x, y) - R.batch_local_dist_vectorized(x, y)).abs().max().item()
     rows = [
@@ -74,6 +83,8 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     ]
     print(f"\n(a) training batch, {x.shape[0]} aligned pairs, m=n={m}, C={C}, forward+backward [{device}]")
     print_table(rows, ["method", "median", "time / partdist"])
+    print(f"breakdown of partdist's {fmt_time(t_pd)}: forward kernel {fmt_time(t_fk)}, backward kernel "
+          f"{fmt_time(t_bk)} ({t_bk / t_fk:.1f}x the forward), overhead {fmt_time(max(0.0, t_pd - t_fk - t_bk))}")
     print(f"max |partdist - vectorized| = {diff:.2e}")
     case = f"(a) training batch {x.shape[0]} pairs, m=n={m}, C={C}, fwd+bwd"
     res.add(case, device, "partdist.batch_local_dist", t_pd)

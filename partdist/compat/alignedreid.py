@@ -14,7 +14,14 @@ and return tuples:
 Usage: ``from partdist.compat.alignedreid import global_loss, local_loss, TripletLoss``
 in place of the original imports.
 
-Differences from the originals (all documented per function):
+Same behaviour as the originals: the global distances are the originals' GEMM formula
+(same values, zero gradient where the clamp is active); mining picks the first of tied
+columns where the original uses ``torch.max(.., dim)`` and splits the gradient among
+tied entries where it uses a full ``max()`` (the feature call of ``TripletLoss``); the
+margin losses are the installed torch's ``margin_ranking_loss`` / ``soft_margin_loss``
+(so the hinge subgradient is the original's); indices have the labels' dtype.
+
+Differences from the originals:
 
 * Batches whose identities have different numbers of images work (the originals'
   ``view(N, -1)`` crashes), and so do anchors without a negative; such anchors get
@@ -23,8 +30,9 @@ Differences from the originals (all documented per function):
 * Stripe distances inside the local distances are clamped at 0 instead of going
   through ``sqrt(clamp(., 1e-12))``: a cell of two identical stripes costs 0 instead of
   ``tanh(0.5e-6)``, i.e. at most ``(m + n - 1) * 5e-7`` on a local distance.
-* The triplet losses use the mined distances recomputed exactly (see
-  :mod:`partdist.losses`): equal to the originals up to rounding.
+* The losses back-propagate through the chosen pairs only (the gradient the original
+  formula gives there, from explicit differences): ``O(N C)`` instead of the
+  ``N x N`` matrix's GEMMs. Equal to the originals up to rounding.
 """
 
 from __future__ import annotations
@@ -32,14 +40,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_features, check_labels, check_margin
+from .._checks import MAX_STRIPES, check_features, check_labels, check_margin
 from ..ops.dmli import batch_local_dist as _batch_local_dist
 from ..ops.dmli import dmli as _dmli
 from ..ops.dmli import local_dist as _local_dist
-from ..ops.dmli import local_dist_matrix as _local_dist_matrix
-from ..losses import mine_euclidean
 from ..ops.mining import hard_example_mining as _mine
-from ..ops.mining import pair_loss
+from ._common import gemm_euclidean, mined_dist, ranking_loss, ranking_loss_valid
+from ._common import normalize as _normalize
 
 __all__ = [
     "normalize",
@@ -62,30 +69,34 @@ def normalize(x, axis=-1):
 
     Replaces huanghoujing ``loss.normalize(x, axis=-1)``.
     """
-    return 1.0 * x / (torch.norm(x, 2, axis, keepdim=True).expand_as(x) + 1e-12)
+    return _normalize(x, axis)
 
 
 def euclidean_dist(x, y):
     """``[m, d] x [n, d] -> [m, n]`` Euclidean distances.
 
     Replaces ``euclidean_dist(x, y)`` (both repositories): ``sqrt(clamp(||x||^2 + ||y||^2
-    - 2 x.y, min=1e-12))``. Computed by :func:`partdist.local_dist_matrix` and clamped
-    at ``1e-6 = sqrt(1e-12)``, which gives the same values and, as the original, a zero
-    gradient where the clamp is active.
+    - 2 x.y, min=1e-12))``, the same formula (same values, zero gradient where the clamp
+    is active) with a fused backward (one GEMM when ``x`` is ``y``).
     """
     op = "alignedreid.euclidean_dist"
     check_features(op, "x", x, "[m, d]", 2)
     check_features(op, "y", y, "[n, d]", 2)
-    return _local_dist_matrix(x[None], y[None], False)[0].clamp_min(1e-6)
+    return gemm_euclidean(x, y)[0]
 
 
 def batch_euclidean_dist(x, y):
     """``[N, m, d] x [N, n, d] -> [N, m, n]`` Euclidean distances of aligned pairs.
 
-    Replaces ``batch_euclidean_dist(x, y)`` (both repositories), clamp as in
-    :func:`euclidean_dist`. Computed by :func:`partdist.local_dist_matrix`.
+    Replaces ``batch_euclidean_dist(x, y)`` (both repositories): the same batched GEMM
+    formula as :func:`euclidean_dist`, with its fused backward.
     """
-    return _local_dist_matrix(x, y, False).clamp_min(1e-6)
+    op = "alignedreid.batch_euclidean_dist"
+    check_features(op, "x", x, "[N, m, d]", 3)
+    check_features(op, "y", y, "[N, n, d]", 3)
+    if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2]:
+        raise ValueError(f"{op}: y must be [N, n, d] with x's N and d ({list(x.shape)}), got {list(y.shape)}")
+    return gemm_euclidean(x, y)[0]
 
 
 def shortest_dist(dist_mat):
@@ -94,14 +105,36 @@ def shortest_dist(dist_mat):
     Replaces ``shortest_dist(dist_mat)`` (both repositories): ``dist_mat`` is ``[m, n]``
     (returns a scalar) or ``[m, n, *]`` (returns ``[*]``). Computed by :func:`partdist.dmli`
     (which takes the DP dimensions last); the gradient at ties of the minimum is split in
-    half as autograd through the original loop does.
+    half as autograd through the original loop does. More than ``partdist.MAX_STRIPES``
+    rows or columns take a slower path (one vectorized step per anti-diagonal, autograd
+    through ``torch.minimum``, which splits ties the same way).
     """
     if not isinstance(dist_mat, torch.Tensor) or dist_mat.dim() < 2:
         raise ValueError(
             "alignedreid.shortest_dist: dist_mat must be a tensor [m, n] or [m, n, *], got "
             + (f"shape {list(dist_mat.shape)}" if isinstance(dist_mat, torch.Tensor) else type(dist_mat).__name__)
         )
-    return _dmli(dist_mat.movedim((0, 1), (-2, -1)))
+    d = dist_mat.movedim((0, 1), (-2, -1))
+    if d.shape[-2] > MAX_STRIPES or d.shape[-1] > MAX_STRIPES:
+        return _dmli_diagonals(d)
+    return _dmli(d)
+
+
+def _dmli_diagonals(d):
+    """Shortest monotone path of ``d [..., m, n]`` by anti-diagonals (any m, n)."""
+    m, n = d.shape[-2], d.shape[-1]
+    inf = torch.full(d.shape[:-2] + (1,), float("inf"), dtype=d.dtype, device=d.device)
+    prev, a_prev = d[..., :1, 0], 0  # diagonal 0: cell (0, 0); a_prev = its first row index
+    for k in range(1, m + n - 1):
+        a, b = max(0, k - n + 1), min(k, m - 1)
+        rows = torch.arange(a, b + 1, device=d.device)
+        cell = d[..., rows, k - rows]
+        # p[r] is cell (a_prev - 1 + r) of the previous diagonal (inf outside)
+        p = torch.cat([inf, prev, inf], dim=-1)
+        up = p[..., a - a_prev: b - a_prev + 1]  # (i - 1, j)
+        left = p[..., a - a_prev + 1: b - a_prev + 2]  # (i, j - 1)
+        prev, a_prev = torch.minimum(up, left) + cell, a
+    return prev[..., 0]
 
 
 def batch_local_dist(x, y):
@@ -131,8 +164,9 @@ def hard_example_mining(dist_mat, labels, return_inds=False):
 
     Replaces ``hard_example_mining(dist_mat, labels, return_inds=False)`` (both
     repositories): ``dist_mat [N, N]``, ``labels [N]`` -> ``(dist_ap, dist_an)`` or, with
-    ``return_inds``, ``(dist_ap, dist_an, p_inds, n_inds)``, all ``[N]``. The anchor is its
-    own positive, ties go to the first index, as in the original.
+    ``return_inds``, ``(dist_ap, dist_an, p_inds, n_inds)``, all ``[N]``, the indices in
+    the labels' dtype. The anchor is its own positive, ties go to the first index (which
+    gets the gradient), as in the original.
 
     Unlike the original this works for any number of images per identity. An anchor
     without negative gets ``dist_an = 0`` and ``n_inds = -1`` (check ``n_inds >= 0``
@@ -141,7 +175,7 @@ def hard_example_mining(dist_mat, labels, return_inds=False):
     """
     m = _mine(dist_mat, labels, True)
     if return_inds:
-        return m.dist_ap, m.dist_an, m.p_inds, m.n_inds
+        return m.dist_ap, m.dist_an, m.p_inds.to(labels.dtype), m.n_inds.to(labels.dtype)
     return m.dist_ap, m.dist_an
 
 
@@ -193,28 +227,23 @@ class TripletLoss(nn.Module):
         if isinstance(targets, torch.Tensor) and targets.is_floating_point():
             # huanghoujing: (dist_ap, dist_an)
             margin = self._margin(False)
-            y = torch.ones_like(targets)
-            if margin is None:
-                return nn.functional.soft_margin_loss(targets - inputs, y)
-            return nn.functional.margin_ranking_loss(targets, inputs, y, margin=margin)
+            return ranking_loss(inputs, targets, margin)
         loss, dist = _feature_triplet("alignedreid.TripletLoss", inputs, targets, self._margin(True), self.mutual)
         return (loss, dist) if self.mutual else loss
 
     def _dist_loss(self, dist_ap, dist_an, valid):
         """Loss over the valid anchors of mined distance vectors (used by global_loss / local_loss)."""
-        return pair_loss(dist_ap, dist_an, valid, self._margin(False))
+        return ranking_loss_valid(dist_ap, dist_an, valid, self._margin(False))
 
 
 def _feature_triplet(op, inputs, targets, margin, with_dist=False):
-    """Batch-hard triplet loss of features; also the differentiable [N, N] distance if asked."""
+    """Batch-hard triplet loss of features (michuanhaohao: per-anchor masked ``max()`` /
+    ``min()``, so tied hardest samples share the gradient); also the differentiable
+    ``[N, N]`` distance if asked."""
     check_features(op, "inputs", inputs, "[N, d]", 2)
     check_labels(op, "targets", targets, inputs.shape[0], "one label per row of inputs")
-    if with_dist:
-        dist = euclidean_dist(inputs, inputs)
-        m = _mine(dist, targets, True)
-        return pair_loss(m.dist_ap, m.dist_an, m.valid, margin), dist
-    m = mine_euclidean(inputs, targets)
-    return pair_loss(m.dist_ap, m.dist_an, m.valid, margin), None
+    dist, m = mined_dist(inputs, targets, split_ties=True)
+    return ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, margin), (dist if with_dist else None)
 
 
 def _tri(tri_loss, dist_ap, dist_an, valid):
@@ -236,14 +265,17 @@ def global_loss(tri_loss, global_feat, labels, normalize_feature=True):
     ``(loss, p_inds, n_inds, dist_ap, dist_an, dist_mat)`` with ``dist_mat`` the
     differentiable ``[N, N]`` Euclidean distance. ``tri_loss`` is a ``TripletLoss`` (this
     module's or any object called as ``tri_loss(dist_ap, dist_an)``); it is applied to
-    the valid anchors only.
+    the valid anchors only. The loss back-propagates through the chosen pairs only
+    (the gradient the formula gives there); ``dist_mat`` has the full backward.
     """
+    op = "alignedreid.global_loss"
+    check_features(op, "global_feat", global_feat, "[N, C]", 2)
+    check_labels(op, "labels", labels, global_feat.shape[0], "one label per row of global_feat")
     if normalize_feature:
         global_feat = normalize(global_feat, axis=-1)
-    dist_mat = euclidean_dist(global_feat, global_feat)
-    m = _mine(dist_mat, labels, True)
+    dist_mat, m = mined_dist(global_feat, labels)
     loss = _tri(tri_loss, m.dist_ap, m.dist_an, m.valid)
-    return loss, m.p_inds, m.n_inds, m.dist_ap, m.dist_an, dist_mat
+    return loss, m.p_inds.to(labels.dtype), m.n_inds.to(labels.dtype), m.dist_ap, m.dist_an, dist_mat
 
 
 def local_loss(tri_loss, local_feat, p_inds=None, n_inds=None, labels=None, normalize_feature=True):
@@ -267,11 +299,11 @@ def local_loss(tri_loss, local_feat, p_inds=None, n_inds=None, labels=None, norm
         dist_mat = local_dist(local_feat, local_feat)
         with torch.no_grad():
             m = _mine(dist_mat.detach(), labels, True)
-        p_inds, n_inds, valid = m.p_inds, m.n_inds, m.valid
+        p_inds, n_inds, valid = m.p_inds.to(labels.dtype), m.n_inds.to(labels.dtype), m.valid
     else:
         valid = (p_inds >= 0) & (n_inds >= 0)
     N = local_feat.shape[0]
-    other = torch.cat([p_inds, n_inds]).clamp_min(0)
+    other = torch.cat([p_inds, n_inds]).clamp_min(0).long()
     d = _batch_local_dist(torch.cat([local_feat, local_feat]), local_feat.index_select(0, other), True)
     zero = torch.zeros((), dtype=d.dtype, device=d.device)
     dist_ap = torch.where(p_inds >= 0, d[:N], zero)
@@ -313,18 +345,13 @@ class TripletLossAlignedReID(nn.Module):
                 f"{op}: local_features must hold one image per row of inputs ([{inputs.shape[0]}, c, H]), "
                 f"got {list(local_features.shape)}"
             )
-        if self.mutual:
-            dist = euclidean_dist(inputs, inputs)
-            m = _mine(dist, targets, True)
-        else:
-            dist = None
-            m = mine_euclidean(inputs, targets)
-        gl = pair_loss(m.dist_ap, m.dist_an, m.valid, self.margin)
+        dist, m = mined_dist(inputs, targets)  # the original's view-based hard_example_mining
+        gl = ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, self.margin)
         lf = local_features.permute(0, 2, 1)
         N = lf.shape[0]
         other = torch.cat([m.p_inds, m.n_inds]).clamp_min(0)
         d = _batch_local_dist(torch.cat([lf, lf]), lf.index_select(0, other), True)
-        ll = pair_loss(d[:N], d[N:], m.valid, self.margin)
+        ll = ranking_loss_valid(d[:N], d[N:], m.valid, self.margin)
         if self.mutual:
             return gl + ll, dist
         return gl, ll

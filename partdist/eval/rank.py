@@ -1,27 +1,41 @@
-"""Ranking metrics under the Market-1501 protocol: CMC and mAP (torchreid's definitions).
+"""Ranking metrics under the Market-1501 protocol: CMC, mAP and mINP (torchreid's definitions).
 
 For each query, the gallery is sorted by increasing distance, then
 
 * gallery items with the query's person ID **and** camera are removed (the same
-  person seen by the same camera is not a retrieval), and so are junk items
-  (person ID ``-1``);
+  person seen by the same camera is not a retrieval), and, with ``drop_junk=True``
+  (the default), so are junk items (person ID ``-1``). torchreid's and fast-reid's
+  ``evaluate_rank`` keep pid ``-1`` items as non-matches: pass ``drop_junk=False``
+  (the :mod:`partdist.compat` shims do);
 * queries left without any true match are skipped (they count neither in CMC nor mAP);
 * CMC(r) = fraction of the valid queries with a true match within the first r items;
 * AP = mean over the true matches of precision at their rank (torchreid's
-  ``eval_market1501``); mAP is the mean over the valid queries.
+  ``eval_market1501``); mAP is the mean over the valid queries; INP = number of matches
+  / rank of the last match.
 
 Ties in the distance are broken by gallery order (stable sort), so the result is
 deterministic (torchreid's ``np.argsort`` leaves the order of ties unspecified).
+
+How it is computed: no row is sorted. Every metric above only needs the rank of each
+true match among the kept gallery items, and that rank is the number of kept items
+with a smaller distance. Per block of queries, the (few) match distances of each row
+are sorted (``topk``), every gallery item is placed among them by binary search
+(``searchsorted``), and a histogram of those positions gives all match ranks at once:
+``O(G log k)`` per query for ``k`` matches instead of the ``O(G log G)`` argsort of
+the usual code. Rows with a distance tie that involves a true match, or a non-finite
+distance, take the stable-argsort path. The CUHK03 protocol (random gallery draws)
+always takes the argsort path.
 """
 
 from __future__ import annotations
-
-from typing import Tuple
 
 import numpy as np
 import torch
 
 __all__ = ["evaluate_rank"]
+
+# elements of the query x gallery block handled at once by the vectorized path
+_BLOCK = 1 << 21
 
 
 def _np(x, name, dtype=None):
@@ -33,23 +47,78 @@ def _np(x, name, dtype=None):
     return a
 
 
-def _ap(raw: np.ndarray, mode: str) -> float:
-    """Average precision of one ranked 0/1 match list (junk already removed)."""
-    hits = np.nonzero(raw)[0]
+def _ap_from_ranks(ranks: np.ndarray, mode: str) -> float:
+    """AP of one query from the 1-based ranks (among kept items) of its true matches, ascending."""
+    t = np.arange(ranks.shape[0], dtype=np.float64)
     if mode == "torchreid":
-        precision = raw.cumsum() / np.arange(1, raw.shape[0] + 1)
-        return float((precision * raw).sum() / raw.sum())
+        return float(((t + 1) / ranks).mean())
     # Market-1501 devkit (compute_AP.m): trapezoid between the precision just before
     # and at each hit, each hit weighing 1 / (number of hits)
-    k = np.arange(hits.shape[0], dtype=np.float64)
-    precision = (k + 1) / (hits + 1)
-    old = np.where(hits != 0, k / np.maximum(hits, 1), 1.0)
-    return float(((old + precision) / 2).sum() / hits.shape[0])
+    hits = ranks - 1
+    old = np.where(hits != 0, t / np.maximum(hits, 1), 1.0)
+    return float(((old + (t + 1) / ranks) / 2).mean())
+
+
+def _block_ranks(d, qp, qc, gp, gc, drop_junk):
+    """Match ranks of a block of queries, vectorized.
+
+    Returns ``(ranks [B, K] float64, k [B], exact [B] bool)``: ``ranks[b, t]`` is the 1-based
+    rank among the kept items of row b's (t+1)-th nearest true match (valid for t < k[b]);
+    ``exact[b]`` is False where a tie or a non-finite distance needs the argsort path.
+    """
+    same = gp[None, :] == qp[:, None]
+    samecam = gc[None, :] == qc[:, None]
+    match = same & ~samecam
+    kept = ~(same & samecam)
+    if drop_junk:
+        kept &= (gp != -1)[None, :]
+    k = match.sum(1)
+    K = max(int(k.max()), 1) if k.numel() else 1
+    exact = torch.isfinite(d).all(1)
+    inf = torch.tensor(float("inf"), dtype=d.dtype)
+    md = torch.where(match, d, inf).topk(K, dim=1, largest=False, sorted=True).values  # [B, K], padded by inf
+    lo = torch.searchsorted(md, d)  # number of match distances < d[b, g]
+    # ties that the order by index would decide: two true matches at one distance, or a
+    # kept non-match at the distance of a true match (md[lo] is the first match distance
+    # >= d, equal to it exactly at a tie)
+    if K > 1:
+        real = torch.arange(1, K)[None, :] < k[:, None]  # pairs (t-1, t) of actual matches
+        exact &= ~((md[:, 1:] == md[:, :-1]) & real).any(1)
+    at = md.gather(1, lo.clamp_max(K - 1))
+    exact &= ~((at == d) & kept & ~match).any(1)
+    h = torch.zeros(d.shape[0], K + 1, dtype=torch.int64).scatter_add_(1, lo, kept.to(torch.int64))
+    ranks = h.cumsum(1)[:, :K]
+    return ranks.numpy().astype(np.float64), k.numpy(), exact.numpy()
+
+
+def _argsort_raw(d_row, q_pid, q_cam, g_pids, g_camids, drop_junk):
+    """Kept gallery pids of one query in stable distance order, and its 0/1 match vector."""
+    o = np.argsort(d_row, kind="stable")
+    gp = g_pids[o]
+    junk = (gp == q_pid) & (g_camids[o] == q_cam)
+    if drop_junk:
+        junk |= gp == -1
+    kept = gp[~junk]
+    return kept, (kept == q_pid).astype(np.float64)
+
+
+def _cuhk03_cmc(kept, raw, max_rank, repeats, rng):
+    groups = [np.nonzero(kept == pid)[0] for pid in np.unique(kept)]
+    cmc = np.zeros(max_rank)
+    for _ in range(repeats):
+        mask = np.zeros(raw.shape[0], dtype=bool)
+        mask[[rng.choice(g) for g in groups]] = True
+        c = raw[mask].cumsum()
+        c[c > 1] = 1
+        c = c[:max_rank]
+        cmc[: c.shape[0]] += c
+        cmc[c.shape[0]:] += c[-1] if c.size else 0.0
+    return cmc / repeats
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, ap: str = "torchreid",
                   return_minp: bool = False, use_metric_cuhk03: bool = False, cuhk03_repeats: int = 10,
-                  seed: int = 0):
+                  seed: int = 0, drop_junk: bool = True, per_query: bool = False):
     """CMC curve and mAP of a query x gallery distance matrix (smaller = more similar).
 
     ``ap="torchreid"`` (default) is torchreid's AP (mean of the precisions at the true
@@ -64,22 +133,36 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     Args:
         distmat: ``[Q, G]`` distances (tensor or array).
         q_pids, q_camids: ``[Q]`` person and camera IDs of the queries.
-        g_pids, g_camids: ``[G]`` person and camera IDs of the gallery (pid ``-1`` = junk).
-        max_rank: length of the returned CMC curve (cut to the number of gallery items).
+        g_pids, g_camids: ``[G]`` person and camera IDs of the gallery.
+        max_rank: length of the returned CMC curve (cut to the number of gallery items
+            ``G``, as torchreid does; when fewer items are left after the removals the
+            curve is continued with its last value).
+        drop_junk: remove gallery items with pid ``-1`` (Market-1501 junk). ``False``
+            keeps them as non-matches, as torchreid and fast-reid do.
+        per_query: return the per-query AP and INP arrays instead of their means
+            (fast-reid's convention).
 
     Returns:
-        ``(cmc, mAP)`` (``(cmc, mAP, mINP)`` with ``return_minp``): ``cmc`` a float32 array of
-        length ``min(max_rank, G)`` (``cmc[0]`` is rank-1 accuracy), ``mAP`` a float, all in
-        ``[0, 1]``.
+        ``(cmc, mAP)``; ``(cmc, mAP, mINP)`` with ``return_minp``; ``(cmc, all_AP, all_INP)``
+        with ``per_query`` (float64 arrays, one entry per valid query in query order).
+        ``cmc`` is a float32 array of length ``min(max_rank, G)`` (``cmc[0]`` is rank-1
+        accuracy); all values in ``[0, 1]``.
 
     Raises:
         ValueError on inconsistent shapes, a non-positive ``max_rank``, or when no
         query has a true match in the gallery.
     """
-    d = _np(distmat, "distmat", np.float64)
-    if d.ndim != 2:
-        raise ValueError(f"evaluate_rank: distmat must be 2-D [Q, G], got shape {list(d.shape)}")
-    num_q, num_g = d.shape
+    if isinstance(distmat, torch.Tensor):
+        distmat = distmat.detach().cpu()
+        d_all = distmat if distmat.dtype in (torch.float32, torch.float64) else distmat.double()
+        d_all = d_all.contiguous()
+    else:
+        a = np.asarray(distmat)
+        a = a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+        d_all = torch.from_numpy(np.ascontiguousarray(a))
+    if d_all.dim() != 2:
+        raise ValueError(f"evaluate_rank: distmat must be 2-D [Q, G], got shape {list(d_all.shape)}")
+    num_q, num_g = d_all.shape
     q_pids, g_pids = _np(q_pids, "q_pids").reshape(-1), _np(g_pids, "g_pids").reshape(-1)
     q_camids, g_camids = _np(q_camids, "q_camids").reshape(-1), _np(g_camids, "g_camids").reshape(-1)
     for name, a, n in (("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q),
@@ -93,41 +176,67 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     if ap not in ("torchreid", "devkit"):
         raise ValueError(f"evaluate_rank: ap must be 'torchreid' or 'devkit', got {ap!r}")
     rng = np.random.default_rng(seed)
+    d_np = d_all.numpy()
 
-    order = np.argsort(d, axis=1, kind="stable")
-    matches = g_pids[order] == q_pids[:, None]
-    all_cmc, all_ap, all_inp = [], [], []
-    for i in range(num_q):
-        o = order[i]
-        junk = ((g_pids[o] == q_pids[i]) & (g_camids[o] == q_camids[i])) | (g_pids[o] == -1)
-        raw = matches[i][~junk].astype(np.float64)
+    firsts = np.zeros(num_q, dtype=np.int64)  # 1-based rank of the first match (0: invalid query)
+    cmc_rows = {}  # CUHK03 CMC rows
+    all_ap = np.zeros(num_q)
+    all_inp = np.zeros(num_q)
+
+    def slow(i):
+        kept, raw = _argsort_raw(d_np[i], q_pids[i], q_camids[i], g_pids, g_camids, drop_junk)
         if not raw.any():
-            continue  # the query identity does not appear in the gallery
+            return
+        ranks = np.nonzero(raw)[0].astype(np.float64) + 1
+        firsts[i] = int(ranks[0])
+        all_ap[i] = _ap_from_ranks(ranks, ap)
+        all_inp[i] = ranks.shape[0] / ranks[-1]
         if use_metric_cuhk03:
-            kept = g_pids[o][~junk]
-            groups = [np.nonzero(kept == pid)[0] for pid in np.unique(kept)]
-            cmc = np.zeros(max_rank)
-            for _ in range(cuhk03_repeats):
-                mask = np.zeros(raw.shape[0], dtype=bool)
-                mask[[rng.choice(g) for g in groups]] = True
-                c = raw[mask].cumsum()
-                c[c > 1] = 1
-                c = c[:max_rank]
-                cmc[: c.shape[0]] += c
-                cmc[c.shape[0]:] += c[-1] if c.size else 0.0
-            cmc = cmc / cuhk03_repeats
-        else:
-            cmc = raw.cumsum()
-            cmc[cmc > 1] = 1
-            cmc = cmc[:max_rank]
-        if cmc.shape[0] < max_rank:  # fewer valid gallery items than max_rank
-            cmc = np.concatenate([cmc, np.full(max_rank - cmc.shape[0], cmc[-1] if cmc.size else 0.0)])
-        all_cmc.append(cmc)
-        all_ap.append(_ap(raw, ap))
-        all_inp.append(float(raw.sum() / (np.nonzero(raw)[0][-1] + 1)))
-    if not all_cmc:
+            cmc_rows[i] = _cuhk03_cmc(kept, raw, max_rank, cuhk03_repeats, rng)
+
+    if use_metric_cuhk03:
+        for i in range(num_q):
+            slow(i)
+    else:
+        qp_t, gp_t = torch.from_numpy(np.ascontiguousarray(q_pids)), torch.from_numpy(np.ascontiguousarray(g_pids))
+        qc_t, gc_t = torch.from_numpy(np.ascontiguousarray(q_camids)), torch.from_numpy(np.ascontiguousarray(g_camids))
+        step = max(1, _BLOCK // max(num_g, 1))
+        for r0 in range(0, num_q, step):
+            r1 = min(num_q, r0 + step)
+            ranks, k, exact = _block_ranks(d_all[r0:r1], qp_t[r0:r1], qc_t[r0:r1], gp_t, gc_t, drop_junk)
+            # every row at once: AP, INP and the first rank from the match ranks
+            K = ranks.shape[1]
+            t = np.arange(K, dtype=np.float64)
+            live = (t[None, :] < k[:, None]) & exact[:, None]
+            kk = np.maximum(k, 1).astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):  # padding entries (t >= k) are masked
+                prec = np.where(live, (t + 1) / ranks, 0.0)
+                if ap == "torchreid":
+                    ap_rows = prec.sum(1) / kk
+                else:
+                    hits = ranks - 1
+                    old = np.where(hits != 0, t / np.maximum(hits, 1), 1.0)
+                    ap_rows = np.where(live, (old + prec) / 2, 0.0).sum(1) / kk
+            last = ranks[np.arange(ranks.shape[0]), np.maximum(k - 1, 0)]
+            ok = exact & (k > 0)
+            idx = np.arange(r0, r1)[ok]
+            firsts[idx] = ranks[ok, 0].astype(np.int64)
+            all_ap[idx] = ap_rows[ok]
+            all_inp[idx] = k[ok] / last[ok]
+            for i in np.arange(r0, r1)[~exact]:
+                slow(int(i))
+    valid = firsts > 0
+    if not valid.any():
         raise ValueError("evaluate_rank: no query has a true match in the gallery (all queries invalid)")
-    cmc = np.asarray(all_cmc, dtype=np.float32).mean(0)
+    if use_metric_cuhk03:
+        cmc = np.mean([cmc_rows[i] for i in np.nonzero(valid)[0]], axis=0)
+    else:
+        # CMC(r) = fraction of valid queries whose first match is within rank r
+        counts = np.bincount(np.minimum(firsts[valid], max_rank + 1), minlength=max_rank + 2)
+        cmc = counts[1: max_rank + 1].cumsum() / valid.sum()
+    cmc = cmc.astype(np.float32)
+    if per_query:
+        return cmc, all_ap[valid], all_inp[valid]
     if return_minp:
-        return cmc, float(np.mean(all_ap)), float(np.mean(all_inp))
-    return cmc, float(np.mean(all_ap))
+        return cmc, float(np.mean(all_ap[valid])), float(np.mean(all_inp[valid]))
+    return cmc, float(np.mean(all_ap[valid]))

@@ -1,9 +1,8 @@
 """Public functional ops of the DMLI family, with fake kernels and autograd.
 
-The compiled kernels are registered in C++ as ``torch.ops.partdist.*``; this module
-adds what torch.library needs from Python: a fake (meta) implementation of every op
-so that ``torch.compile`` can trace them, and the autograd formulas, which call the
-backward ops (themselves compiled kernels).
+The compiled kernels and their autograd are registered in C++ as
+``torch.ops.partdist.*``; this module adds what torch.library needs from Python: a fake
+(meta) implementation of every op so that ``torch.compile`` can trace them.
 """
 
 from __future__ import annotations
@@ -91,44 +90,10 @@ def _(grad, x, y, normalize, chunk_size, gamma, band, unaligned):
 
 
 # ---------------------------------------------------------------------- autograd
-def _setup_xy(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.extra = inputs[2:]
-
-
-def _backward_xy(op):
-    def backward(ctx, grad):
-        x, y = ctx.saved_tensors
-        if grad is None:
-            return (None,) * (2 + len(ctx.extra))
-        gx, gy = op(grad.contiguous(), x, y, *ctx.extra)
-        return (gx, gy) + (None,) * len(ctx.extra)
-
-    return backward
-
-
-torch.library.register_autograd(
-    "partdist::local_dist_matrix", _backward_xy(_ops.local_dist_matrix_backward), setup_context=_setup_xy
-)
-torch.library.register_autograd(
-    "partdist::batch_local_dist", _backward_xy(_ops.batch_local_dist_backward), setup_context=_setup_xy
-)
-torch.library.register_autograd(
-    "partdist::local_dist", _backward_xy(_ops.local_dist_backward), setup_context=_setup_xy
-)
-
-
-def _setup_dmli(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.extra = inputs[1:]
-
-
-def _backward_dmli(ctx, grad):
-    (dist,) = ctx.saved_tensors
-    return (_ops.dmli_backward(grad.contiguous(), dist, *ctx.extra),) + (None,) * len(ctx.extra)
-
-
-torch.library.register_autograd("partdist::dmli", _backward_dmli, setup_context=_setup_dmli)
+# local_dist_matrix, dmli, batch_local_dist and local_dist have their autograd in C++
+# (csrc/dmli/dmli_autograd.cpp, at the Autograd dispatch key): the forward saves x, y
+# (or dist) and the options, the backward calls the compiled *_backward op. No Python
+# runs per call. The backward ops themselves have no autograd (no double backward).
 
 
 # -------------------------------------------------------------------- public API

@@ -1,0 +1,277 @@
+"""Pieces shared by the compat shims: the GEMM-form Euclidean distance, the originals'
+ranking losses, and batch-hard mining with the originals' gradient at ties.
+
+Every function here computes what the originals' formulas compute (same arithmetic for
+the distances, the installed torch's own loss functions for the hinge), only with less
+work: fused forward / backward passes, one GEMM in the backward of a self-distance, and
+mining that back-propagates through the ``2N`` chosen pairs instead of the ``N x N``
+matrix.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.mining import hard_example_mining as _mine
+
+# clamp of the squared distance in the originals' ``dist.clamp(min=1e-12).sqrt()``
+CLAMP = 1e-12
+
+
+# --------------------------------------------------------------- distances
+def _sq_dist_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``||x_i||^2 + ||y_j||^2 - 2 x_i . y_j`` as the originals compute it ([m, n] or [N, m, n])."""
+    xx = (x * x).sum(-1)
+    yy = xx if y is x else (y * y).sum(-1)
+    d = xx.unsqueeze(-1) + yy.unsqueeze(-2)  # the originals' order of operations
+    if x.dim() == 2:
+        return d.addmm_(x, y.t(), alpha=-2)
+    return d.baddbmm_(x, y.transpose(1, 2), alpha=-2)
+
+
+class _GemmEuclidean(torch.autograd.Function):
+    """``sqrt(clamp(||x||^2 + ||y||^2 - 2 x.y, min=1e-12))`` with a fused backward.
+
+    The value is the originals' formula; the backward is what autograd gives through it
+    (sqrt, clamp - the gradient passes where the squared distance is >= 1e-12 - and the
+    GEMM form), in two GEMMs, or one when ``x`` and ``y`` are the same tensor. Also
+    returns the clamp mask (not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, x, y):
+        same = y is x
+        d2 = _sq_dist_(x, x if same else y)
+        clamped = d2 < CLAMP
+        d = d2.clamp_min_(CLAMP).sqrt_()
+        ctx.same = same
+        ctx.save_for_backward(x, y, d, clamped)
+        ctx.mark_non_differentiable(clamped)
+        return d, clamped
+
+    @staticmethod
+    def backward(ctx, grad, _g_clamped):
+        x, y, d, clamped = ctx.saved_tensors
+        # d(d)/d(d2) = 1 / (2 d), zero where the clamp is active; the factor 2 of d2's
+        # gradient cancels the 1/2
+        g = (grad / d).masked_fill_(clamped, 0)
+        if ctx.same:
+            s = g + g.transpose(-1, -2)
+            return _xgrad(x, s, x, s.sum(-1)), None
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = _xgrad(x, g, y, g.sum(-1))
+        if ctx.needs_input_grad[1]:
+            gy = _xgrad(y, g.transpose(-1, -2), x, g.sum(-2))
+        return gx, gy
+
+
+def _xgrad(x, g, y, rowsum):
+    """``rowsum * x - g @ y`` (the gradient of ``sum g * d2 / 2`` w.r.t. x)."""
+    if x.dim() == 2:
+        return torch.addmm(x * rowsum[:, None], g, y, alpha=-1)
+    return torch.baddbmm(x * rowsum[..., None], g, y, alpha=-1)
+
+
+# Below this many output elements the plain formula (a few autograd nodes) is faster
+# than a Python autograd.Function round trip (measured in benchmarks/bench_compat.py).
+_SMALL = 2048
+
+
+def gemm_euclidean(x: torch.Tensor, y: torch.Tensor):
+    """The originals' ``sqrt(clamp(xx + yy - 2 x.y, min=1e-12))`` and its clamp mask.
+
+    ``[m, d] x [n, d] -> [m, n]`` or batched ``[N, m, d] x [N, n, d] -> [N, m, n]``;
+    differentiable in the first output when an input requires grad.
+    """
+    if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+        with torch.no_grad():
+            d2 = _sq_dist_(x, x if y is x else y)
+            clamped = d2 < CLAMP
+            return d2.clamp_min_(CLAMP).sqrt_(), clamped
+    if x.shape[-2] * y.shape[-2] * (x.shape[0] if x.dim() == 3 else 1) < _SMALL:
+        d2 = _sq_dist_(x, y)
+        return d2.clamp(min=CLAMP).sqrt(), d2.detach() < CLAMP
+    return _GemmEuclidean.apply(x, y)
+
+
+def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The originals' GEMM-form Euclidean distance (see :func:`gemm_euclidean`)."""
+    return gemm_euclidean(x, y)[0]
+
+
+def cosine_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """fast-reid ``cosine_dist``: ``2 - 2 * normalize(x) @ normalize(y)^T``."""
+    xn = F.normalize(x, dim=1)
+    yn = xn if y is x else F.normalize(y, dim=1)
+    return torch.addmm(torch.full((), 2.0, dtype=xn.dtype, device=xn.device), xn, yn.t(), alpha=-2)
+
+
+# ------------------------------------------------------------------ losses
+def ranking_loss(dist_ap: torch.Tensor, dist_an: torch.Tensor, margin: Optional[float]) -> torch.Tensor:
+    """``MarginRankingLoss(margin)(dist_an, dist_ap, 1)``, or ``SoftMarginLoss`` on
+    ``dist_an - dist_ap`` for ``margin=None``: the installed torch's own functions, so the
+    subgradient at the hinge point is the one of the original on this torch."""
+    y = torch.ones_like(dist_an)
+    if margin is None:
+        return F.soft_margin_loss(dist_an - dist_ap, y)
+    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
+
+
+def ranking_loss_valid(dist_ap, dist_an, valid, margin):
+    """:func:`ranking_loss` over the valid anchors (0 with a zero gradient when none is)."""
+    if bool(valid.all()):
+        return ranking_loss(dist_ap, dist_an, margin)
+    if not bool(valid.any()):
+        return (dist_ap * 0).sum() + (dist_an * 0).sum()
+    return ranking_loss(dist_ap[valid], dist_an[valid], margin)
+
+
+# ------------------------------------------------------------------- mining
+class Mined(NamedTuple):
+    dist_ap: torch.Tensor
+    dist_an: torch.Tensor
+    p_inds: torch.Tensor
+    n_inds: torch.Tensor
+    valid: torch.Tensor
+
+
+class _MinedDist(torch.autograd.Function):
+    """Distance matrix of a batch with itself + batch-hard mining, one fused backward.
+
+    ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``;
+    ``kind="cosine"``: fast-reid's ``2 - 2 xn xn^T`` of ``xn = F.normalize(x, dim=1)``.
+    Outputs ``(dist [N, N], dist_ap, dist_an, p_inds, n_inds, valid)``; ``dist_ap`` /
+    ``dist_an`` are entries of ``dist`` (0 where there is none), and their gradient goes
+    to those entries: to the first tied column (``split_ties=False``, ``torch.max`` /
+    ``torch.min`` along a dim) or shared evenly by all tied columns (``split_ties=True``,
+    a full ``max()`` / ``min()`` of the masked row). ``zero_ap``: fast-reid's
+    ``max(dist * is_pos)`` picks a 0 of a non-positive column when it wins (cosine only).
+    The backward is the gradient autograd gives through the formula: one ``N x N x C``
+    GEMM, whatever receives gradient (the originals' autograd takes two, plus
+    ``N x C`` temporaries).
+    """
+
+    @staticmethod
+    def forward(ctx, x, labels, kind, split_ties, zero_ap):
+        N = x.shape[0]
+        if kind == "euclidean":
+            d2 = _sq_dist_(x, x)
+            clamped = d2 < CLAMP
+            D = d2.clamp_min_(CLAMP).sqrt_()
+        else:  # fast-reid: F.normalize (x / max(||x||, 1e-12)), then 2 - 2 xn xn^T
+            n = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)
+            den = n.clamp_min(1e-12)
+            xn = x / den
+            D = torch.addmm(torch.full((), 2.0, dtype=x.dtype, device=x.device), xn, xn.t(), alpha=-2)
+            clamped = (xn, n, den)
+        m = _mine(D, labels, True)
+        ap, an, valid = m.dist_ap, m.dist_an, m.valid
+        wp = wn = None
+        if split_ties:
+            pos = labels[:, None] == labels[None, :]
+            tie_p = (D == ap[:, None]) & pos
+            tie_n = (D == an[:, None]) & ~pos & valid[:, None]
+            cp, cn = tie_p.sum(1), tie_n.sum(1)
+            if bool((cp > 1).any() | (cn > 1).any()):
+                wp = tie_p.to(D.dtype) / cp.clamp_min(1).to(D.dtype)[:, None]
+                wn = tie_n.to(D.dtype) / cn.clamp_min(1).to(D.dtype)[:, None]
+        keep_ap = None
+        if zero_ap and bool((ap <= 0).any()):
+            neg = labels[None, :] != labels[:, None]
+            has_neg = neg.any(1)
+            first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
+            zero_wins = has_neg & ((ap < 0) | ((ap == 0) & (first_neg < m.p_inds)))
+            if bool(zero_wins.any()):
+                ap = ap.masked_fill(zero_wins, 0)
+                keep_ap = ~zero_wins
+        ctx.kind, ctx.N = kind, N
+        if kind != "euclidean":
+            ctx.cos = clamped
+            clamped = None
+        ctx.save_for_backward(x, D, clamped, m.p_inds, m.n_inds, valid, wp, wn, keep_ap)
+        ctx.mark_non_differentiable(m.p_inds, m.n_inds, valid)
+        ctx.set_materialize_grads(False)
+        return D, ap, an, m.p_inds, m.n_inds, valid
+
+    @staticmethod
+    def backward(ctx, gD, g_ap, g_an, _gp, _gn, _gv):
+        x, D, clamped, p_inds, n_inds, valid, wp, wn, keep_ap = ctx.saved_tensors
+        N = ctx.N
+        G = torch.zeros_like(D) if gD is None else gD.clone()
+        ar = torch.arange(N, device=D.device)
+        if g_ap is not None:
+            if keep_ap is not None:
+                g_ap = g_ap * keep_ap
+            if wp is not None:
+                G.addcmul_(wp, g_ap[:, None])
+            else:
+                G.index_put_((ar, p_inds), g_ap, accumulate=True)
+        if g_an is not None:
+            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            if wn is not None:
+                G.addcmul_(wn, g_an[:, None])
+            else:
+                G.index_put_((ar, n_inds.clamp_min(0)), g_an, accumulate=True)
+        if ctx.kind == "euclidean":
+            # d D / d d2 = 1 / (2 D), 0 where clamped; d d2 / dx brings the 2 back
+            G.div_(D).masked_fill_(clamped, 0)
+            S = G + G.t()
+            return _xgrad(x, S, x, S.sum(1)), None, None, None, None
+        xn, n, den = ctx.cos
+        S = G + G.t()
+        gxn = torch.mm(S, xn).mul_(-2)
+        # F.normalize's backward: g / den - x (g . x) / (den^2 ||x||) where ||x|| >= 1e-12
+        b = torch.where(n >= 1e-12, torch.linalg.vecdot(gxn, x).unsqueeze(1) / (den * den * n),
+                        torch.zeros((), dtype=n.dtype, device=n.device))
+        return gxn.div_(den).sub_(x * b), None, None, None, None
+
+
+def mined_dist(x, labels, kind="euclidean", split_ties=False, zero_ap=False) -> tuple:
+    """``(dist, Mined)`` of :class:`_MinedDist` (``dist`` differentiable)."""
+    D, ap, an, p, n, valid = _MinedDist.apply(x, labels, kind, split_ties, zero_ap)
+    return D, Mined(ap, an, p, n, valid)
+
+
+def mine_split_ties(features: torch.Tensor, labels: torch.Tensor) -> Mined:
+    """Batch-hard mining on the originals' Euclidean matrix, gradient split at ties
+    (torchreid's / michuanhaohao's per-anchor ``dist[i][mask[i]].max()`` and
+    ``dist[i][mask[i] == 0].min()``: full reductions). Anchors without a negative get
+    ``valid = False`` (the originals raise there)."""
+    return mined_dist(features, labels, "euclidean", True)[1]
+
+
+def mine_first_index(features: torch.Tensor, labels: torch.Tensor) -> Mined:
+    """Batch-hard mining as ``torch.max`` / ``torch.min`` along a dim (AlignedReID's
+    ``hard_example_mining``): ties go to the first column, which gets all the gradient."""
+    return mined_dist(features, labels, "euclidean", False)[1]
+
+
+class _Normalize(torch.autograd.Function):
+    """``x / (||x||_2 + 1e-12)`` along the last dim, with a fused backward (one ``x``-sized
+    temporary instead of the autograd chain's several)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
+        den = n + 1e-12
+        ctx.save_for_backward(x, n, den)
+        return x / den
+
+    @staticmethod
+    def backward(ctx, g):
+        x, n, den = ctx.saved_tensors
+        # d/dx [x / (||x|| + e)] = g / den - x (g . x) / (den^2 ||x||)   (0 at x = 0 as torch.norm)
+        gx_dot = torch.linalg.vecdot(g, x).unsqueeze(-1)
+        b = torch.where(n > 0, gx_dot / (den * den * n), torch.zeros((), dtype=n.dtype, device=n.device))
+        return (g / den).sub_(x * b)
+
+
+def normalize(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """AlignedReID ``normalize``: ``x / (||x||_2 + 1e-12)`` along ``axis`` (same values)."""
+    if axis in (-1, x.dim() - 1) and torch.is_grad_enabled() and x.requires_grad:
+        return _Normalize.apply(x)
+    return x / (torch.linalg.vector_norm(x, 2, dim=axis, keepdim=True) + 1e-12)

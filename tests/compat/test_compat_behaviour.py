@@ -1,0 +1,422 @@
+"""partdist.compat against the originals' semantics where they are easy to get wrong:
+the hinge subgradient, tied hardest samples, unequal K, single-image identities,
+pid -1 in the gallery, the CMC length, index dtypes, more than 128 stripes, and the
+fast-reid shims (including install() on stand-in modules).
+
+The "original" functions below are written from the public code's semantics
+(torchreid ``losses/hard_mine_triplet_loss.py`` and ``metrics/rank.py``,
+AlignedReID-Re-Production-Pytorch ``aligned_reid/model/loss.py``, fast-reid 1.4
+``modeling/losses/triplet_loss.py``, ``modeling/losses/utils.py`` and
+``evaluation/rank.py``); they run on the installed torch, so the comparison holds for
+whatever subgradient this torch's losses use.
+"""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from partdist import reference as R
+from partdist.compat import alignedreid as A
+from partdist.compat import fastreid as FR
+from partdist.compat import torchreid as T
+from partdist.eval import evaluate_rank
+
+
+# ------------------------------------------------------------ originals
+def orig_euclidean(x, y):
+    m, n = x.size(0), y.size(0)
+    xx = torch.pow(x, 2).sum(1, keepdim=True).expand(m, n)
+    yy = torch.pow(y, 2).sum(1, keepdim=True).expand(n, m).t()
+    dist = xx + yy
+    dist = dist.addmm(x, y.t(), beta=1, alpha=-2)
+    return dist.clamp(min=1e-12).sqrt()
+
+
+def orig_torchreid_triplet(inputs, targets, margin=0.3):
+    """torchreid TripletLoss.forward: masked per-anchor max()/min() (full reductions)."""
+    n = inputs.size(0)
+    dist = torch.pow(inputs, 2).sum(dim=1, keepdim=True).expand(n, n)
+    dist = dist + dist.t()
+    dist = dist.addmm(inputs, inputs.t(), beta=1, alpha=-2)
+    dist = dist.clamp(min=1e-12).sqrt()
+    mask = targets.expand(n, n).eq(targets.expand(n, n).t())
+    dist_ap, dist_an = [], []
+    for i in range(n):
+        dist_ap.append(dist[i][mask[i]].max().unsqueeze(0))
+        dist_an.append(dist[i][mask[i] == 0].min().unsqueeze(0))
+    dist_ap, dist_an = torch.cat(dist_ap), torch.cat(dist_an)
+    y = torch.ones_like(dist_an)
+    return torch.nn.MarginRankingLoss(margin=margin)(dist_an, dist_ap, y)
+
+
+def orig_fastreid_triplet(embedding, targets, margin, norm_feat, hard_mining):
+    if norm_feat:
+        x = F.normalize(embedding, dim=1)
+        dist_mat = 2 - 2 * torch.mm(x, x.t())
+    else:
+        dist_mat = orig_euclidean(embedding, embedding)
+    N = dist_mat.size(0)
+    is_pos = targets.view(N, 1).expand(N, N).eq(targets.view(N, 1).expand(N, N).t()).float()
+    is_neg = targets.view(N, 1).expand(N, N).ne(targets.view(N, 1).expand(N, N).t()).float()
+    if hard_mining:
+        dist_ap, _ = torch.max(dist_mat * is_pos, dim=1)
+        dist_an, _ = torch.min(dist_mat * is_neg + is_pos * 1e9, dim=1)
+    else:
+        def softmax_weights(dist, mask):
+            max_v = torch.max(dist * mask, dim=1, keepdim=True)[0]
+            diff = dist - max_v
+            Z = torch.sum(torch.exp(diff) * mask, dim=1, keepdim=True) + 1e-6
+            return torch.exp(diff) * mask / Z
+
+        dist_ap = dist_mat * is_pos
+        dist_an = dist_mat * is_neg
+        dist_ap = torch.sum(dist_ap * softmax_weights(dist_ap, is_pos), dim=1)
+        dist_an = torch.sum(dist_an * softmax_weights(-dist_an, is_neg), dim=1)
+    y = dist_an.new().resize_as_(dist_an).fill_(1)
+    if margin > 0:
+        return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
+    loss = F.soft_margin_loss(dist_an - dist_ap, y)
+    if loss == float("Inf"):
+        loss = F.margin_ranking_loss(dist_an, dist_ap, y, margin=0.3)
+    return loss
+
+
+def orig_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """torchreid / fast-reid eval_market1501 (Python version), stable argsort; returns
+    (cmc, all_AP, all_INP)."""
+    num_q, num_g = distmat.shape
+    if num_g < max_rank:
+        max_rank = num_g
+    indices = np.argsort(distmat, axis=1, kind="stable")
+    all_cmc, all_AP, all_INP = [], [], []
+    for q_idx in range(num_q):
+        q_pid, q_camid = q_pids[q_idx], q_camids[q_idx]
+        order = indices[q_idx]
+        remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)
+        keep = np.invert(remove)
+        raw_cmc = (g_pids[order] == q_pid).astype(np.int32)[keep]
+        if not np.any(raw_cmc):
+            continue
+        cmc = raw_cmc.cumsum()
+        max_pos_idx = np.max(np.where(raw_cmc == 1))
+        all_INP.append(cmc[max_pos_idx] / (max_pos_idx + 1.0))
+        cmc[cmc > 1] = 1
+        all_cmc.append(cmc[:max_rank])
+        tmp = np.asarray([x / (i + 1.0) for i, x in enumerate(raw_cmc.cumsum())]) * raw_cmc
+        all_AP.append(tmp.sum() / raw_cmc.sum())
+    all_cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / len(all_AP)
+    return all_cmc, all_AP, all_INP
+
+
+def grads(fn, *inputs):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward()
+    return out.detach(), [t.grad for t in leaves]
+
+
+def assert_same_grad(fn, ref, *inputs, **tol):
+    a, ga = grads(fn, *inputs)
+    b, gb = grads(ref, *inputs)
+    torch.testing.assert_close(a, b.to(a.dtype), **tol)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, **tol)
+
+
+# ---------------------------------------------------------------- hinge
+def test_hinge_point_subgradient_is_the_installed_torchs():
+    # an - ap == margin exactly for anchors 1 and 2 (the case from the bug report)
+    x = torch.tensor([[0.0], [1.0], [1.25], [5.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    _, g = grads(lambda t: T.TripletLoss(0.25)(t, labels), x)
+    _, gr = grads(lambda t: orig_torchreid_triplet(t, labels, 0.25), x)
+    torch.testing.assert_close(g[0], gr[0])
+    # and the distance-vector call of the AlignedReID TripletLoss
+    ap, an = torch.tensor([1.0, 2.0]), torch.tensor([1.25, 2.0])
+    assert_same_grad(lambda a, b: A.TripletLoss(0.25)(a, b),
+                     lambda a, b: torch.nn.MarginRankingLoss(0.25)(b, a, torch.ones(2)), ap, an)
+    # fast-reid
+    assert_same_grad(lambda t: FR.triplet_loss(t, labels, 0.25, False, True),
+                     lambda t: orig_fastreid_triplet(t, labels, 0.25, False, True), x)
+
+
+# ----------------------------------------------------------------- ties
+def _dup_batch(seed=0, dtype=torch.float64):
+    """A batch with duplicated images (torchreid's sampler draws with replacement)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(6, 5, generator=g, dtype=dtype)
+    x = base[[0, 1, 1, 2, 3, 3, 4, 5, 5, 5]]
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    return x, labels
+
+
+def test_tied_hardest_samples_share_the_gradient_as_torchreid():
+    x, labels = _dup_batch()
+    # the duplicates make tied hardest positives (anchor 0: images 1 and 2) and tied
+    # hardest negatives (images 7, 8, 9 for some anchors)
+    assert_same_grad(lambda t: T.TripletLoss(5.0)(t, labels), lambda t: orig_torchreid_triplet(t, labels, 5.0), x)
+    assert_same_grad(lambda t: A.TripletLoss(5.0)(t, labels), lambda t: orig_torchreid_triplet(t, labels, 5.0), x)
+
+
+def test_aligned_view_mining_gives_ties_to_the_first_index():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    x = base[[0, 1, 1, 2, 3, 3, 3, 4, 5, 5, 0, 1]]  # duplicates: tied hardest samples
+    d = orig_euclidean(x, x)
+    lab = torch.arange(3).repeat_interleave(4)  # equal K for the view-based original
+    ap, an, p, n = A.hard_example_mining(d, lab, return_inds=True)
+    rap, ran, rp, rn = R.hard_example_mining_view(d, lab, return_inds=True)
+    assert torch.equal(p, rp) and torch.equal(n, rn)
+    assert_same_grad(lambda t: A.hard_example_mining(t, lab)[0].sum() + A.hard_example_mining(t, lab)[1].sum(),
+                     lambda t: sum(v.sum() for v in R.hard_example_mining_view(t, lab)), d)
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 3, 3]), torch.arange(6)],
+                         ids=["unequal_k_and_singletons", "all_singletons"])
+def test_unequal_k_and_single_image_identities(labels):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(len(labels), 7, generator=g, dtype=torch.float64)
+    assert_same_grad(lambda t: T.TripletLoss(0.3)(t, labels), lambda t: orig_torchreid_triplet(t, labels, 0.3), x)
+    for norm in (False, True):
+        assert_same_grad(lambda t: FR.triplet_loss(t, labels, 0.3, norm, True),
+                         lambda t: orig_fastreid_triplet(t, labels, 0.3, norm, True), x, rtol=1e-6, atol=1e-7)
+
+
+# -------------------------------------------------------------- dtypes
+def test_index_dtype_follows_labels():
+    x = torch.randn(8, 4, dtype=torch.float64)
+    for dt in (torch.int32, torch.int64):
+        labels = (torch.arange(8) // 2).to(dt)
+        d = A.euclidean_dist(x, x)
+        _, _, p, n = A.hard_example_mining(d, labels, return_inds=True)
+        assert p.dtype == dt and n.dtype == dt
+        out = A.global_loss(A.TripletLoss(0.3), x, labels)
+        assert out[1].dtype == dt and out[2].dtype == dt
+        A.local_loss(A.TripletLoss(0.3), torch.randn(8, 3, 4, dtype=torch.float64), out[1], out[2])
+
+
+# ------------------------------------------------------- >128 stripes
+_orig_shortest_dist = R.shortest_dist  # AlignedReID's loop, verbatim
+
+
+@pytest.mark.parametrize("shape", [(131, 3, 2), (2, 140), (130, 129)])
+def test_shortest_dist_more_than_128_stripes(shape):
+    g = torch.Generator().manual_seed(4)
+    d = torch.rand(*shape, generator=g, dtype=torch.float64)
+    if len(shape) == 2 and shape[0] > 100 and shape[1] > 100:
+        d = (d * 4).round() / 4  # many ties of the minimum: the gradient splits
+        d = d[:40, :130]  # keep the original loop's run time small: >128 columns only
+    assert_same_grad(lambda t: A.shortest_dist(t).sum(), lambda t: _orig_shortest_dist(t).sum(), d)
+
+
+# ------------------------------------------------------------- fast-reid loss
+@pytest.mark.parametrize("norm_feat", [False, True])
+@pytest.mark.parametrize("hard_mining", [True, False])
+@pytest.mark.parametrize("margin", [0.3, 0.0])
+def test_fastreid_triplet_loss(norm_feat, hard_mining, margin):
+    x, labels = _dup_batch(5)
+    assert_same_grad(lambda t: FR.triplet_loss(t, labels, margin, norm_feat, hard_mining),
+                     lambda t: orig_fastreid_triplet(t, labels, margin, norm_feat, hard_mining), x,
+                     rtol=1e-6, atol=1e-7)
+
+
+def test_fastreid_no_negative_and_soft_margin_fallback():
+    x = torch.randn(5, 3, dtype=torch.float64)
+    one_id = torch.zeros(5, dtype=torch.long)
+    assert_same_grad(lambda t: FR.triplet_loss(t, one_id, 0.3, False, True),
+                     lambda t: orig_fastreid_triplet(t, one_id, 0.3, False, True), x)
+    # soft margin overflowing to inf in float32 -> fast-reid falls back to margin 0.3
+    big = torch.tensor([[0.0], [200.0], [0.0], [200.0]])
+    lab = torch.tensor([0, 0, 1, 1])
+    ref = orig_fastreid_triplet(big, lab, 0.0, False, True)
+    assert torch.isfinite(ref)
+    assert_same_grad(lambda t: FR.triplet_loss(t, lab, 0.0, False, True),
+                     lambda t: orig_fastreid_triplet(t, lab, 0.0, False, True), big)
+
+
+def test_fastreid_distances():
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    y[1] = x[2]
+    assert_same_grad(lambda a, b: (FR.euclidean_dist(a, b) * torch.arange(24.0).view(6, 4).double()).sum(),
+                     lambda a, b: (orig_euclidean(a, b) * torch.arange(24.0).view(6, 4).double()).sum(), x, y)
+    assert_same_grad(lambda a: (FR.euclidean_dist(a, a) ** 2).sum(), lambda a: (orig_euclidean(a, a) ** 2).sum(), x)
+
+    def cos_ref(a, b):
+        return 2 - 2 * torch.mm(F.normalize(a, dim=1), F.normalize(b, dim=1).t())
+
+    assert_same_grad(lambda a, b: (FR.cosine_dist(a, b) ** 2).sum(), lambda a, b: (cos_ref(a, b) ** 2).sum(), x, y)
+
+
+def test_euclidean_dist_large_uses_the_same_formula():
+    # above the small-size threshold the fused autograd.Function is used
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 33, generator=g, dtype=torch.float64)
+    y = torch.randn(48, 33, generator=g, dtype=torch.float64)
+    y[3] = x[5]
+    w = torch.rand(64, 48, generator=g, dtype=torch.float64)
+    assert_same_grad(lambda a, b: (A.euclidean_dist(a, b) * w).sum(), lambda a, b: (orig_euclidean(a, b) * w).sum(), x, y)
+    w2 = torch.rand(64, 64, generator=g, dtype=torch.float64)
+    assert_same_grad(lambda a: (A.euclidean_dist(a, a) * w2).sum(), lambda a: (orig_euclidean(a, a) * w2).sum(), x)
+    xb, yb = x.view(4, 16, 33), y.view(4, 12, 33)
+    wb = torch.rand(4, 16, 12, generator=g, dtype=torch.float64)
+    assert_same_grad(lambda a, b: (A.batch_euclidean_dist(a, b) * wb).sum(),
+                     lambda a, b: (R.batch_euclidean_dist(a, b) * wb).sum(), xb, yb)
+
+
+# ---------------------------------------------------------------- ranking
+def _rank_case(seed, Q=40, G=300, junk=0.05, ties=False):
+    rng = np.random.default_rng(seed)
+    dist = rng.random((Q, G)).astype(np.float32)
+    if ties:
+        dist = np.round(dist * 20) / 20
+    q_pids, g_pids = rng.integers(0, 15, Q), rng.integers(0, 15, G)
+    g_pids[rng.random(G) < junk] = -1
+    return dist, q_pids, g_pids, rng.integers(0, 4, Q), rng.integers(0, 4, G)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_evaluate_rank_pid_minus1_as_torchreid_and_fastreid(ties):
+    dist, qp, gp, qc, gc = _rank_case(7, ties=ties)
+    cmc_o, ap_o, inp_o = orig_eval_market1501(dist, qp, gp, qc, gc, 50)
+    cmc, mAP = T.evaluate_rank(dist, qp, gp, qc, gc)
+    np.testing.assert_allclose(cmc, cmc_o, rtol=1e-6)
+    assert mAP == pytest.approx(np.mean(ap_o), rel=1e-9)
+    cmc2, all_ap, all_inp = FR.evaluate_rank(dist, qp, gp, qc, gc)
+    np.testing.assert_allclose(cmc2, cmc_o, rtol=1e-6)
+    np.testing.assert_allclose(all_ap, ap_o, rtol=1e-9)
+    np.testing.assert_allclose(all_inp, inp_o, rtol=1e-9)
+    # partdist's own default drops pid -1 (Market-1501 junk): another mAP
+    _, mAP_drop = evaluate_rank(dist, qp, gp, qc, gc)
+    assert mAP_drop != pytest.approx(mAP)
+
+
+def test_cmc_length_as_torchreid():
+    dist, qp, gp, qc, gc = _rank_case(8, Q=5, G=12)
+    cmc, _ = T.evaluate_rank(dist, qp, gp, qc, gc, max_rank=50)
+    assert cmc.shape == (12,)  # num_g < max_rank: cut to num_g
+    cmc, _ = T.evaluate_rank(dist, qp, gp, qc, gc, max_rank=5)
+    assert cmc.shape == (5,)
+
+
+def test_evaluate_rank_vectorized_equals_argsort_path():
+    # ties, inf and nan distances take the argsort path; the rest the vectorized one
+    dist, qp, gp, qc, gc = _rank_case(9, Q=60, G=200, ties=True)
+    dist = dist.astype(np.float64)
+    dist[3, 5] = np.inf
+    dist[4, 7] = np.nan
+    for ap in ("torchreid", "devkit"):
+        for drop in (True, False):
+            got = evaluate_rank(dist, qp, gp, qc, gc, ap=ap, drop_junk=drop, per_query=True)
+            # reference: per-query stable argsort
+            cmc_rows, aps, inps = [], [], []
+            for i in range(len(qp)):
+                o = np.argsort(dist[i], kind="stable")
+                junk = (gp[o] == qp[i]) & (gc[o] == qc[i])
+                if drop:
+                    junk |= gp[o] == -1
+                raw = (gp[o][~junk] == qp[i]).astype(float)
+                if not raw.any():
+                    continue
+                ranks = np.nonzero(raw)[0] + 1.0
+                t = np.arange(len(ranks))
+                if ap == "torchreid":
+                    aps.append(np.mean((t + 1) / ranks))
+                else:
+                    old = np.where(ranks > 1, t / np.maximum(ranks - 1, 1), 1.0)
+                    aps.append(np.mean((old + (t + 1) / ranks) / 2))
+                inps.append(len(ranks) / ranks[-1])
+                cmc_rows.append(np.arange(1, 51) >= ranks[0])
+            np.testing.assert_allclose(got[0], np.mean(cmc_rows, 0), rtol=1e-6)
+            np.testing.assert_allclose(got[1], aps, rtol=1e-12)
+            np.testing.assert_allclose(got[2], inps, rtol=1e-12)
+
+
+# ------------------------------------------------------------ re-ranking
+def test_fastreid_re_ranking():
+    rng = np.random.default_rng(10)
+    f = rng.random((30, 6)).astype(np.float32)
+    d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
+    qg, qq, gg = d[:8, 8:], d[:8, :8], d[8:, 8:]
+    out = FR.re_ranking(qg, qq, gg, k1=6, k2=3, lambda_value=0.3)
+    assert isinstance(out, np.ndarray) and out.shape == (8, 22)
+    np.testing.assert_allclose(out, R.re_ranking_dense(qg, qq, gg, k1=6, k2=3, lambda_value=0.3), atol=1e-6)
+
+
+# ------------------------------------------------------------ install()
+@pytest.fixture
+def fake_fastreid(monkeypatch):
+    """Stand-ins for fast-reid's modules, bound as fast-reid binds them."""
+    def orig_triplet(*a, **k):
+        return "orig triplet"
+
+    def orig_eval(*a, **k):
+        return "orig eval"
+
+    def orig_rerank(*a, **k):
+        return "orig rerank"
+
+    def orig_euc(x, y):
+        return "orig euc"
+
+    def orig_cos(x, y):
+        return "orig cos"
+
+    mods = {}
+
+    def mod(name, **attrs):
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        mods[name] = m
+        monkeypatch.setitem(sys.modules, name, m)
+        return m
+
+    mod("fastreid")
+    mod("fastreid.modeling")
+    mod("fastreid.modeling.losses.utils", euclidean_dist=orig_euc, cosine_dist=orig_cos)
+    mod("fastreid.modeling.losses.triplet_loss", triplet_loss=orig_triplet, euclidean_dist=orig_euc,
+        cosine_dist=orig_cos)
+    mod("fastreid.modeling.losses", triplet_loss=orig_triplet)  # `from .triplet_loss import triplet_loss`
+    mod("fastreid.modeling.meta_arch")
+    mod("fastreid.modeling.meta_arch.baseline", triplet_loss=orig_triplet)  # star import
+    mod("fastreid.evaluation")
+    mod("fastreid.evaluation.rank", evaluate_rank=orig_eval)
+    mod("fastreid.evaluation.rerank", re_ranking=orig_rerank)
+    project = types.ModuleType("my_project_losses")
+    project.triplet_loss = orig_triplet
+    project.unrelated = orig_eval
+    yield mods, project
+    FR.uninstall()
+
+
+def test_install_rebinds_the_names_fastreid_bound(fake_fastreid):
+    mods, project = fake_fastreid
+    done = FR.install(extra_modules=[project])
+    assert mods["fastreid.modeling.meta_arch.baseline"].triplet_loss is FR.triplet_loss
+    assert mods["fastreid.modeling.losses"].triplet_loss is FR.triplet_loss
+    assert mods["fastreid.modeling.losses.triplet_loss"].triplet_loss is FR.triplet_loss
+    assert mods["fastreid.modeling.losses.utils"].euclidean_dist is FR.euclidean_dist
+    assert mods["fastreid.modeling.losses.utils"].cosine_dist is FR.cosine_dist
+    assert mods["fastreid.evaluation.rank"].evaluate_rank is FR.evaluate_rank
+    assert mods["fastreid.evaluation.rerank"].re_ranking is FR.re_ranking
+    assert project.triplet_loss is FR.triplet_loss
+    assert project.unrelated() == "orig eval"  # only names that hold a replaced function
+    assert "fastreid.modeling.meta_arch.baseline.triplet_loss" in done
+    # the evaluator's `from .rank import evaluate_rank` inside a method now gets ours
+    from fastreid.evaluation.rank import evaluate_rank as ev  # noqa: E402 (the stand-in module)
+
+    assert ev is FR.evaluate_rank
+    assert FR.install() == []  # idempotent
+    FR.uninstall()
+    assert mods["fastreid.modeling.meta_arch.baseline"].triplet_loss() == "orig triplet"
+    assert mods["fastreid.evaluation.rank"].evaluate_rank() == "orig eval"
+    assert project.triplet_loss() == "orig triplet"
+
+
+def test_install_without_fastreid(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastreid", None)
+    with pytest.raises(ImportError, match="fast-reid is not installed"):
+        FR.install()
