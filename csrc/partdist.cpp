@@ -1,10 +1,13 @@
-// Library root: defines the `partdist` operator namespace and a tiny Python
-// module so that `import partdist._C` loads the shared library (and with it
-// every TORCH_LIBRARY_FRAGMENT of the op families).
+// Library root: defines the `partdist` operator namespace, the
+// `partdist_cuda_emulated` namespace (the same ops run by the CUDA backend's code in
+// its CPU emulation, for the tests), and a tiny Python module so that
+// `import partdist._C` loads the shared library (and with it every
+// TORCH_LIBRARY_FRAGMENT of the op families).
 #include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(partdist, m) {}
+TORCH_LIBRARY(partdist_cuda_emulated, m) {}
 
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -12,7 +15,7 @@ PyObject* PyInit__C(void) {
       PyModuleDef_HEAD_INIT,
       "_C",  // name
       "partdist compiled operators (registered as torch.ops.partdist.*)",
-      -1,    // size
+      -1,  // size
       nullptr,
   };
   return PyModule_Create(&module_def);
