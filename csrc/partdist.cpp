@@ -1,13 +1,11 @@
-// Library root: defines the `partdist` operator namespace, the
-// `partdist_cuda_emulated` namespace (the same ops run by the CUDA backend's code in
-// its CPU emulation, for the tests), and a tiny Python module so that
-// `import partdist._C` loads the shared library (and with it every
-// TORCH_LIBRARY_FRAGMENT of the op families).
+// Library root: defines the `partdist` operator namespace and a tiny Python module
+// so that `import partdist._C` loads the shared library (and with it every
+// TORCH_LIBRARY_FRAGMENT of the op families, and emulated.cpp's
+// partdist_cuda_emulated namespace).
 #include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(partdist, m) {}
-TORCH_LIBRARY(partdist_cuda_emulated, m) {}
 
 extern "C" {
 PyObject* PyInit__C(void) {

@@ -105,7 +105,7 @@ PD_HD T cell_weight(T g, T aa, T bb, T ab, bool normalize) {
 
 // Chain rule of one cell with weight w (see cell_weight) to its two stripes a, b of
 // C channels: dL/da += w (a - b), dL/db -= w (a - b). (accumulate_grads in
-// dmli_ops.cpp is the same sum over many cells as matrix products.)
+// common/gemm_grads.h is the same sum over many cells as matrix products.)
 template <typename T>
 PD_HD void add_cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
 #if !defined(__CUDACC__)

@@ -21,18 +21,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
 #include "../common/tiling.h"
 #include "dmli_common.h"
 
-namespace torch {
-class Library;
-}
-
 namespace partdist {
-struct CudaExec;
-namespace emu {
-struct EmuExec;
-}
 
 namespace dmli {
 
@@ -42,51 +35,35 @@ struct Prepared {
   at::Tensor x, y, xx, yy;
 };
 
-// Chain rule from cell weights W to the stripes, as matrix products (the sum of
-// add_cell_grad over the cells): with W[..., r, s] the weight of cell (x_r, y_s),
-// gx_r += sum_s W_rs (x_r - y_s), gy_s -= sum_r W_rs (x_r - y_s). For a batch
-// ([N, m, n], bmm) and for a 2-D tile ([R, S], mm).
-void accumulate_grads(const at::Tensor& W, const at::Tensor& x, const at::Tensor& y, at::Tensor gx,
-                      at::Tensor gy);
+#define PARTDIST_DMLI_BACKEND_MEMBERS                                                             \
+  static void forward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,       \
+                      const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);         \
+  static void backward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,    \
+                       const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,          \
+                       const at::Tensor& w);                                                      \
+  static void aligned_forward(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x, \
+                              const at::Tensor& y, const at::Tensor& out);                        \
+  static void aligned_backward(Mode mode, bool normalize, const DPRule& rule,                     \
+                               const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,  \
+                               const at::Tensor& gx, const at::Tensor& gy);                       \
+  static Tiling local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,       \
+                                  int64_t chunk_size);                                            \
+  static void local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,           \
+                                 int64_t chunk_size, const at::Tensor& out);
 
 struct CpuKernels {
   static constexpr int64_t kTileBytes = kCpuTileBytes;
   static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
-  static void forward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
-                      const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);
-  static void backward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,
-                       const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                       const at::Tensor& w);
-  static void aligned_forward(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
-                              const at::Tensor& y, const at::Tensor& out);
-  static void aligned_backward(Mode mode, bool normalize, const DPRule& rule,
-                               const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
-                               const at::Tensor& gx, const at::Tensor& gy);
-  static Tiling local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,
-                                  int64_t chunk_size);
-  static void local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,
-                                 int64_t chunk_size, const at::Tensor& out);
+  PARTDIST_DMLI_BACKEND_MEMBERS
 };
 
 template <typename Exec>
 struct DeviceKernels {
   static constexpr int64_t kTileBytes = kDeviceTileBytes;
   static constexpr int64_t kTablesPerPair = 1;  // BackwardKernel's interleaved table
-  static void forward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
-                      const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);
-  static void backward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,
-                       const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                       const at::Tensor& w);
-  static void aligned_forward(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
-                              const at::Tensor& y, const at::Tensor& out);
-  static void aligned_backward(Mode mode, bool normalize, const DPRule& rule,
-                               const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
-                               const at::Tensor& gx, const at::Tensor& gy);
-  static Tiling local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,
-                                  int64_t chunk_size);
-  static void local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,
-                                 int64_t chunk_size, const at::Tensor& out);
+  PARTDIST_DMLI_BACKEND_MEMBERS
 };
+#undef PARTDIST_DMLI_BACKEND_MEMBERS
 
 using CudaKernels = DeviceKernels<CudaExec>;
 using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;

@@ -11,6 +11,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 
+#include "../common/gemm_grads.h"
 #include "../common/ptr.h"
 #include "dmli_kernels.h"
 

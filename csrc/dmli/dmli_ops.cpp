@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "../common/checks.h"
-#include "../common/emulate.h"
+#include "../common/gemm_grads.h"
 #include "../common/matmul.h"
 #include "dmli_kernels.h"
 
@@ -20,12 +20,6 @@ namespace partdist {
 namespace dmli {
 
 using at::Tensor;
-
-// Chain rule from cell weights to the stripes as matrix products (see dmli_kernels.h).
-void accumulate_grads(const Tensor& W, const Tensor& x, const Tensor& y, Tensor gx, Tensor gy) {
-  gx.addcmul_(W.sum(-1, true), x).sub_(at::matmul(W, y));
-  gy.addcmul_(W.sum(-2).unsqueeze(-1), y).sub_(at::matmul(W.transpose(-1, -2), x));
-}
 
 PairLayout aligned_layout(int64_t N, int64_t m, int64_t n) {
   PairLayout L;
@@ -343,8 +337,6 @@ std::vector<int64_t> local_dist_tile_plan(const std::string& backend, int64_t M,
           b.mc, b.nc, b.pairs() * (2 + tables) * m * n * elem};
 }
 
-void set_emulation_fault(int64_t mode) { emu::fault().store(mode); }
-
 }  // namespace
 
 // DP options on the DMLI ops: gamma > 0 = soft-DMLI (smoothed minimum), band >= 0 =
@@ -385,11 +377,7 @@ void register_impls(torch::Library& m) {
   m.impl("local_dist_backward", &local_dist_backward_impl<K>);
 }
 
-template void register_impls<CpuKernels>(torch::Library&);
-template void register_impls<EmulatedCudaKernels>(torch::Library&);
-#ifdef PARTDIST_WITH_CUDA
-template void register_impls<CudaKernels>(torch::Library&);
-#endif
+PARTDIST_INSTANTIATE_REGISTER_IMPLS
 
 }  // namespace dmli
 }  // namespace partdist
@@ -400,9 +388,4 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "_local_dist_tile_plan(str backend, int M, int N, int m, int n, int elem_size, "
       "int chunk_size=0) -> int[]",
       &partdist::dmli::local_dist_tile_plan);
-}
-
-TORCH_LIBRARY_FRAGMENT(partdist_cuda_emulated, m) {
-  partdist::dmli::define_ops(m);
-  m.def("_set_fault(int mode) -> ()", &partdist::dmli::set_emulation_fault);
 }

@@ -18,18 +18,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
 #include "../common/ptr.h"
 #include "mining_common.h"
 
-namespace torch {
-class Library;
-}
-
 namespace partdist {
-struct CudaExec;
-namespace emu {
-struct EmuExec;
-}
 
 namespace mining {
 

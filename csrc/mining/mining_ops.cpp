@@ -191,14 +191,9 @@ void register_impls(torch::Library& m) {
   m.impl("hard_example_mining_backward", &hard_example_mining_backward_impl<K>);
 }
 
-template void register_impls<CpuKernels>(torch::Library&);
-template void register_impls<EmulatedCudaKernels>(torch::Library&);
-#ifdef PARTDIST_WITH_CUDA
-template void register_impls<CudaKernels>(torch::Library&);
-#endif
+PARTDIST_INSTANTIATE_REGISTER_IMPLS
 
 }  // namespace mining
 }  // namespace partdist
 
 TORCH_LIBRARY_FRAGMENT(partdist, m) { partdist::mining::define_ops(m); }
-TORCH_LIBRARY_FRAGMENT(partdist_cuda_emulated, m) { partdist::mining::define_ops(m); }

@@ -12,34 +12,28 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
 #include "neighborhood_common.h"
 
-namespace torch {
-class Library;
-}
-
 namespace partdist {
-struct CudaExec;
-namespace emu {
-struct EmuExec;
-}
 
 namespace nbhd {
 
-struct CpuKernels {
-  static void forward(const Geom& G, const at::Tensor& f, const at::Tensor& g,
-                      const at::Tensor& out);
-  static void backward(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f,
+#define PARTDIST_NBHD_BACKEND_MEMBERS                                                   \
+  static void forward(const Geom& G, const at::Tensor& f, const at::Tensor& g,          \
+                      const at::Tensor& out);                                           \
+  static void backward(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f, \
                        const at::Tensor& grad_g);
+
+struct CpuKernels {
+  PARTDIST_NBHD_BACKEND_MEMBERS
 };
 
 template <typename Exec>
 struct DeviceKernels {
-  static void forward(const Geom& G, const at::Tensor& f, const at::Tensor& g,
-                      const at::Tensor& out);
-  static void backward(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f,
-                       const at::Tensor& grad_g);
+  PARTDIST_NBHD_BACKEND_MEMBERS
 };
+#undef PARTDIST_NBHD_BACKEND_MEMBERS
 
 using CudaKernels = DeviceKernels<CudaExec>;
 using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;

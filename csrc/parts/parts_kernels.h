@@ -14,18 +14,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
 #include "../common/tiling.h"
 #include "parts_common.h"
 
-namespace torch {
-class Library;
-}
-
 namespace partdist {
-struct CudaExec;
-namespace emu {
-struct EmuExec;
-}
 
 namespace parts {
 
@@ -80,22 +73,23 @@ DsrTile<T> dsr_tile(const DsrArgs& a) {
   return L;
 }
 
+#define PARTDIST_PARTS_BACKEND_MEMBERS                                                       \
+  static void part_forward(const PartArgs& a, const at::Tensor& out);                        \
+  static void part_backward(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw, \
+                            const at::Tensor& ce);                                           \
+  static void dsr_forward(const DsrArgs& a, const at::Tensor& err);
+
 struct CpuKernels {
   static constexpr int64_t kTileBytes = kCpuTileBytes;
-  static void part_forward(const PartArgs& a, const at::Tensor& out);
-  static void part_backward(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
-                            const at::Tensor& ce);
-  static void dsr_forward(const DsrArgs& a, const at::Tensor& err);
+  PARTDIST_PARTS_BACKEND_MEMBERS
 };
 
 template <typename Exec>
 struct DeviceKernels {
   static constexpr int64_t kTileBytes = kDeviceTileBytes;
-  static void part_forward(const PartArgs& a, const at::Tensor& out);
-  static void part_backward(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
-                            const at::Tensor& ce);
-  static void dsr_forward(const DsrArgs& a, const at::Tensor& err);
+  PARTDIST_PARTS_BACKEND_MEMBERS
 };
+#undef PARTDIST_PARTS_BACKEND_MEMBERS
 
 using CudaKernels = DeviceKernels<CudaExec>;
 using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;

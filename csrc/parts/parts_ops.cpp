@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "../common/checks.h"
+#include "../common/gemm_grads.h"
 #include "../common/matmul.h"
 #include "parts_kernels.h"
 
@@ -153,10 +154,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
       K::part_backward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
                        g.narrow(0, a0, mc).narrow(1, b0, nc), cw, ce);
       // dL/dx_ap += sum_b cw (x_ap - y_bp), dL/dy_bp -= sum_a cw (x_ap - y_bp)
-      gxp.narrow(1, a0, mc).addcmul_(cw.sum(-1, true), xt).sub_(at::bmm(cw, yt));
-      gyp.narrow(1, b0, nc)
-          .addcmul_(cw.sum(-2).unsqueeze(-1), yt)
-          .sub_(at::bmm(cw.transpose(1, 2), xt));
+      accumulate_grads(cw, xt, yt, gxp.narrow(1, a0, mc), gyp.narrow(1, b0, nc));
       if (vis_grad) {
         Tensor vxt = p.vx.narrow(0, a0, mc).t(), vyt = p.vy.narrow(0, b0, nc).t();  // [P, mc|nc]
         gvx.narrow(0, a0, mc).add_(at::bmm(ce, vyt.unsqueeze(-1)).squeeze(-1).t());
@@ -274,11 +272,7 @@ void register_impls(torch::Library& m) {
   m.impl("dsr_dist", &dsr_dist_impl<K>);
 }
 
-template void register_impls<CpuKernels>(torch::Library&);
-template void register_impls<EmulatedCudaKernels>(torch::Library&);
-#ifdef PARTDIST_WITH_CUDA
-template void register_impls<CudaKernels>(torch::Library&);
-#endif
+PARTDIST_INSTANTIATE_REGISTER_IMPLS
 
 }  // namespace parts
 }  // namespace partdist
@@ -290,5 +284,3 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "int chunk_size=0) -> int[]",
       &partdist::parts::parts_tile_plan);
 }
-
-TORCH_LIBRARY_FRAGMENT(partdist_cuda_emulated, m) { partdist::parts::define_ops(m); }
