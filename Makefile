@@ -1,6 +1,7 @@
 # make demo    : set up .venv (idempotent), build partdist, run the main job: synthetic data ->
 #                train AlignedReID on the CPU -> evaluate (global / DMLI / re-ranked) -> pictures
 # make test    : set up .venv (idempotent), build partdist, run the test suite
+# make test-fast : the same without the tests marked slow (under a minute on 2 cores)
 # make bench   : the microbenchmarks (DMLI, mining, neighborhood differences)
 # make bench-market : Market-1501-size local distances and re-ranking (long)
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
@@ -12,7 +13,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build test demo bench bench-market cuda-check sanitize lint-cpp clean
+.PHONY: all venv build test test-fast demo bench bench-market cuda-check sanitize lint-cpp clean
 
 all: test
 
@@ -30,6 +31,9 @@ build: venv
 
 test: build
 	$(PY) -m pytest tests -q
+
+test-fast: build
+	$(PY) -m pytest tests -q -m "not slow"
 
 demo: build
 	$(VENV)/bin/partdist demo --out runs/demo
@@ -64,7 +68,7 @@ cuda-check: $(CUDA_VENV)/.stamp
 # CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
 # tests run under them; any report aborts the run (halt_on_error).
 # the tests of the compiled ops (run with the CUDA build and under the sanitizers)
-OP_TESTS ?= tests/test_dmli.py tests/test_dmli_variants.py tests/test_neighborhood.py tests/test_mining.py tests/test_properties.py tests/test_stability.py tests/test_part_dist.py tests/test_dsr.py tests/test_cuda_emulation.py
+OP_TESTS ?= $(addprefix tests/ops/,test_dmli.py test_dmli_variants.py test_neighborhood.py test_mining.py test_properties.py test_stability.py test_part_dist.py test_dsr.py test_cuda_emulation.py)
 SANITIZE_TESTS ?= $(OP_TESTS)
 sanitize: venv
 	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize

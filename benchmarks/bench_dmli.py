@@ -48,7 +48,7 @@ def training_batch(device, anchors, m, C, reps, seed_pairs):
 
     # The seed loop: one Python DP per pair over the normalized distance matrix.
     def seed(xs, ys):
-        return R.dmli_seed(R.normalize_dist(R.batch_euclidean_dist(xs, ys)))
+        return R.dmli_loop(R.normalize_dist(R.batch_euclidean_dist(xs, ys)))
 
     k = min(seed_pairs, x.shape[0])
     t_seed_k = median_time(run(seed, x[:k], y[:k]), device, reps=max(1, reps // 2), warmup=0)

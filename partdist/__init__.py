@@ -13,7 +13,7 @@ Ops (CPU and CUDA, differentiable, registered as ``torch.ops.partdist.*``):
 * :func:`neighborhood_diff`, :func:`cross_neighborhood_diff` - IDLA's cross-input
   neighborhood differences (``partdist.models.IDLA`` uses them)
 
-Part features (plain PyTorch, :mod:`partdist.parts`):
+Part features (plain PyTorch, :mod:`partdist.pooling`):
 
 * :func:`part_pool` - pool a feature map over stripes, a grid, boxes (RoIAlign-style) or soft masks
 * :func:`keypoints_to_parts` - 14-keypoint skeletons -> part boxes + visibility
@@ -22,12 +22,15 @@ Part features (plain PyTorch, :mod:`partdist.parts`):
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
-from ._ops import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
-from .mining import hard_example_mining, triplet_hard_loss
-from .neighborhood import cross_neighborhood_diff, neighborhood_diff
-from .parts import bilinear_pool, keypoints_to_parts, part_pool
-from .part_dist import MAX_DSR_CELLS, dsr_dist, part_dist
-from .eval.streaming import local_dist_topk  # noqa: E402  (needs the ops above)
+import sys
+
+from . import _moved
+from .eval.streaming import local_dist_topk
+from .ops.dmli import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
+from .ops.mining import hard_example_mining, triplet_hard_loss
+from .ops.neighborhood import cross_neighborhood_diff, neighborhood_diff
+from .ops.parts import MAX_DSR_CELLS, dsr_dist, part_dist
+from .pooling import bilinear_pool, keypoints_to_parts, part_pool
 
 __version__ = "0.1.0"
 
@@ -51,3 +54,14 @@ __all__ = [
     "triplet_hard_loss",
     "unaligned_dist",
 ]
+
+# Old module paths (partdist._ops, partdist.mining, partdist.parts, ...) keep working for one
+# release, with a DeprecationWarning naming the new path (see partdist/_moved.py).
+_moved.install(sys.modules[__name__])
+
+
+def __getattr__(name):
+    module = _moved.moved_attribute(__name__, name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return module

@@ -6,7 +6,7 @@
   the local (DMLI) triplet loss on the pairs mined by the global distance (or on its own
   hard pairs).
 
-Mining follows :mod:`partdist.mining` (any number of images per identity; anchors
+Mining follows :mod:`partdist.ops.mining` (any number of images per identity; anchors
 without positive or negative are left out of the mean; the loss is 0 when no anchor is
 valid). How the distances are computed: the ``N x N`` distance matrix is only used to
 *choose* the pairs, so it is computed without autograd (one GEMM, mined by the kernel);
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_features, check_labels, check_margin
-from ._ops import batch_local_dist, local_dist
+from .ops.dmli import batch_local_dist, local_dist
 from .distributed import all_gather_with_grad, is_distributed
-from .mining import HardMining, hard_example_mining, pair_loss
+from .ops.mining import HardMining, hard_example_mining, pair_loss
 
 __all__ = [
     "CrossEntropyLabelSmooth",

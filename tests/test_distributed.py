@@ -122,6 +122,7 @@ def results(tmp_path_factory):
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["triplet", "triplet_soft", "aligned_ownFalse", "aligned_ownTrue"])
 def test_cross_rank_loss_and_grads_equal_single_process(results, key):
     gf, lf = global_batch()
@@ -136,6 +137,7 @@ def test_cross_rank_loss_and_grads_equal_single_process(results, key):
     assert all(res[key][1].abs().sum() > 0 for res in results)
 
 
+@pytest.mark.slow
 def test_all_gather_with_grad(results):
     gf, _ = global_batch()
     w = torch.arange(12 * 16, dtype=torch.float64).reshape(12, 16)

@@ -229,7 +229,7 @@ def test_aligned_bad_input():
         loss(torch.randn(4, 3), torch.arange(5), torch.randn(4, 2, 3))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_losses_cuda_match_cpu():
     gf, lf = feats(len(UNEQUAL_K), seed=14), local_feats(len(UNEQUAL_K), seed=15)
     for own in (False, True):

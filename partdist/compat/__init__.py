@@ -12,7 +12,7 @@ The functions keep the original names, signatures, argument order, shape convent
 defaults and return tuples; each docstring quotes the signature it replaces. Where the
 original crashes (identities with different numbers of images in a batch, an anchor
 without negative) the replacement works: such anchors are left out of the losses (see
-:mod:`partdist.mining`).
+:mod:`partdist.ops.mining`).
 """
 
 from . import alignedreid, torchreid  # noqa: F401

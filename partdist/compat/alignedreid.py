@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from .._checks import check_features, check_labels, check_margin
-from .._ops import batch_local_dist as _batch_local_dist
-from .._ops import dmli as _dmli
-from .._ops import local_dist as _local_dist
-from .._ops import local_dist_matrix as _local_dist_matrix
+from ..ops.dmli import batch_local_dist as _batch_local_dist
+from ..ops.dmli import dmli as _dmli
+from ..ops.dmli import local_dist as _local_dist
+from ..ops.dmli import local_dist_matrix as _local_dist_matrix
 from ..losses import mine_euclidean
-from ..mining import hard_example_mining as _mine
-from ..mining import pair_loss
+from ..ops.mining import hard_example_mining as _mine
+from ..ops.mining import pair_loss
 
 __all__ = [
     "normalize",

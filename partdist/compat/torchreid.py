@@ -10,7 +10,7 @@ from torch import nn
 
 from .._checks import check_features, check_labels, check_margin
 from ..losses import mine_euclidean
-from ..mining import pair_loss
+from ..ops.mining import pair_loss
 
 __all__ = ["TripletLoss", "evaluate_rank"]
 

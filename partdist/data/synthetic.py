@@ -36,7 +36,7 @@ distractors (pid 0) join the gallery and junk images (pid -1) the gallery too.
 Ground-truth parts: ``generate`` also writes ``synthetic_parts.npz`` beside the manifest, with
 three parts per image (head, upper body, lower body; :data:`SYNTHETIC_PARTS`) as the figure was
 drawn, after the camera's shift, scale and occlusion: visible-pixel masks, their boxes, a
-visibility flag and 14 keypoints (LSP order, :data:`partdist.parts.KEYPOINT_NAMES`).
+visibility flag and 14 keypoints (LSP order, :data:`partdist.pooling.KEYPOINT_NAMES`).
 :func:`load_synthetic_parts` reads it. Recording them draws no random numbers, so the images
 are the same as without them.
 

@@ -8,8 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-import partdist
-
+from ..ops.dmli import unaligned_dist
 from .features import extract_features, global_distance, local_distance
 from .rank import evaluate_rank
 from .streaming import re_ranking_features
@@ -74,7 +73,7 @@ def evaluate_model(
         dists["global + DMLI"] = dists["global"] + lam * ld
         if unaligned and q["local"].shape[1] == g["local"].shape[1]:
             with torch.no_grad():
-                ud = partdist.unaligned_dist(q["local"], g["local"], all_pairs=True)
+                ud = unaligned_dist(q["local"], g["local"], all_pairs=True)
             dists["local (unaligned)"] = ud
             dists["global + unaligned"] = dists["global"] + lam * ud
         if rerank:

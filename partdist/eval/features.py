@@ -7,8 +7,6 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-import partdist
-
 __all__ = ["extract_features", "global_distance", "local_distance", "fused_distance"]
 
 

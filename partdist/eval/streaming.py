@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import partdist
-
 from .._memory import check_dense_fits, progress_bar
+from ..ops.dmli import batch_local_dist, local_dist
 from . import reranking as _rr
+from .features import global_distance
 
 __all__ = [
     "distance_blocks",
@@ -90,9 +90,9 @@ class _PairDistance:
     def all_pairs(self, a: _Side, b: _Side) -> torch.Tensor:
         out = None
         if a.glob is not None:
-            out = partdist.eval.global_distance(a.glob, b.glob, self.metric)
+            out = global_distance(a.glob, b.glob, self.metric)
         if a.local is not None:
-            loc = partdist.local_dist(
+            loc = local_dist(
                 a.local, b.local, self.normalize, self.chunk_size, gamma=self.gamma, band=self.band
             )
             out = loc if out is None else out.to(torch.promote_types(out.dtype, loc.dtype)) + self.lam * loc
@@ -103,7 +103,7 @@ class _PairDistance:
         if a.glob is not None:
             out = _gdist_pairs(a.glob, b.glob, self.metric)
         if a.local is not None:
-            loc = partdist.batch_local_dist(a.local, b.local, self.normalize, gamma=self.gamma, band=self.band)
+            loc = batch_local_dist(a.local, b.local, self.normalize, gamma=self.gamma, band=self.band)
             out = loc if out is None else out.to(torch.promote_types(out.dtype, loc.dtype)) + self.lam * loc
         return out
 

@@ -3,7 +3,16 @@
 from .backbones import CompactCNN, ResNet, build_backbone, resnet18, resnet50
 from .reid import ICNN, PCB, AlignedReID
 from .idla import IDLA, evaluate_idla, idla_distance_matrix, verification_step
-from .parts import GLAD, SPReID, SpindleNet
+from .part_heads import GLAD, SPReID, SpindleNet
 
 __all__ = ["AlignedReID", "PCB", "ICNN", "ResNet", "CompactCNN", "build_backbone", "resnet18", "resnet50",
            "IDLA", "verification_step", "idla_distance_matrix", "evaluate_idla", "GLAD", "SpindleNet", "SPReID"]
+
+
+def __getattr__(name):  # the old partdist.models.parts (moved to part_heads), one release
+    from .._moved import moved_attribute
+
+    module = moved_attribute(__name__, name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return module

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..eval.rank import evaluate_rank
-from ..neighborhood import cross_neighborhood_diff
+from ..ops.neighborhood import cross_neighborhood_diff
 
 __all__ = ["IDLA", "verification_step", "idla_distance_matrix", "evaluate_idla"]
 

@@ -140,6 +140,7 @@ HEADS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,make,kind", HEADS, ids=[h[0] for h in HEADS])
 def test_one_training_step_then_evaluation(synth, name, make, kind):
     root, splits = synth

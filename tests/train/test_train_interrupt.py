@@ -71,6 +71,7 @@ def _check_checkpoint(out, epoch):
     return ckpt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_kill_mid_epoch_then_resume_equals_uninterrupted(data_root, uninterrupted, tmp_path, sig):
     out = tmp_path / "run"

@@ -32,8 +32,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import check_margin, check_mining
+from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from .._checks import check_margin, check_mining
 
 __all__ = ["HardMining", "hard_example_mining", "triplet_hard_loss"]
 

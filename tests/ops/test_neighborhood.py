@@ -7,10 +7,9 @@ import torch
 
 import partdist
 from partdist import reference as R
-from partdist.neighborhood import tiled_to_blocks
+from partdist.ops.neighborhood import tiled_to_blocks
 
 ops = torch.ops.partdist
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 # (B, C, H, W) shapes, H = 1 and W = 1 included, maps smaller than the neighborhood too.
 SHAPES = [(2, 3, 4, 5), (1, 1, 1, 1), (2, 2, 1, 6), (3, 2, 7, 1), (1, 4, 2, 3), (2, 1, 9, 4)]
@@ -275,7 +274,7 @@ def test_mixed_devices():
     _raises(ValueError, r"neighborhood_diff: g must be on the same device as f \(cpu\), got meta", f, other, 3)
 
 
-@cuda
+@pytest.mark.cuda
 def test_mixed_devices_cuda():
     f, g = pair((1, 2, 3, 4))
     _raises(ValueError, r"g must be on the same device as f \(cpu\), got cuda", f, g.cuda(), 3)
@@ -298,7 +297,7 @@ def test_cpp_op_checks():
 
 
 # ------------------------------------------------------------------------ CUDA
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k", [1, 3, 5, 9])
 def test_cuda_matches_cpu(dtype, k):
@@ -317,7 +316,7 @@ def test_cuda_matches_cpu(dtype, k):
         torch.testing.assert_close(a.cpu().float(), b.float(), rtol=tol, atol=tol * 10)
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_gradcheck_and_opcheck():
     f, g = pair((2, 2, 3, 4), device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: partdist.neighborhood_diff(a, b, 3), (f, g))

@@ -7,8 +7,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 SHAPES = [(1, 1), (1, 5), (5, 1), (3, 7), (8, 8), (6, 2)]
 
@@ -41,7 +39,7 @@ def test_dmli_values_against_seed_loop(dtype, m, n):
     d = torch.rand(5, m, n, dtype=dtype)
     out = partdist.dmli(d)
     assert out.shape == (5,)
-    torch.testing.assert_close(out, R.dmli_seed(d), **tol(dtype))
+    torch.testing.assert_close(out, R.dmli_loop(d), **tol(dtype))
     torch.testing.assert_close(out, R.dmli_vectorized(d), **tol(dtype))
 
 
@@ -131,7 +129,7 @@ def test_non_contiguous_inputs():
     assert not xt.is_contiguous()
     torch.testing.assert_close(partdist.batch_local_dist(xt, yt), partdist.batch_local_dist(x, y))
     d = torch.rand(4, 5, 3, dtype=torch.float64).transpose(1, 2)
-    torch.testing.assert_close(partdist.dmli(d), R.dmli_seed(d))
+    torch.testing.assert_close(partdist.dmli(d), R.dmli_loop(d))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -158,7 +156,7 @@ def test_nan_in_nan_out():
 
 
 def test_large_distances_do_not_overflow():
-    # The seed's (e^d - 1)/(e^d + 1) overflows to inf/inf = NaN for d > 88 in float32;
+    # AlignedReID's (e^d - 1)/(e^d + 1) overflows to inf/inf = NaN for d > 88 in float32;
     # the kernel evaluates it as tanh(d/2) and returns 1 per cell.
     x = torch.zeros(1, 2, 4)
     y = torch.full((1, 2, 4), 100.0)
@@ -175,13 +173,13 @@ def test_dmli_grad_matches_seed_loop_with_ties():
     d2 = d.clone().requires_grad_()
     gout = torch.rand(20, dtype=torch.float64)
     (partdist.dmli(d1) * gout).sum().backward()
-    (R.dmli_seed(d2) * gout).sum().backward()
+    (R.dmli_loop(d2) * gout).sum().backward()
     assert torch.equal(d1.grad, d2.grad)  # halving is exact in binary
     # all-equal matrix: the gradient spreads over every tied path
     flat = torch.ones(1, 4, 4, dtype=torch.float64, requires_grad=True)
     partdist.dmli(flat).sum().backward()
     ref = torch.ones(1, 4, 4, dtype=torch.float64, requires_grad=True)
-    R.dmli_seed(ref).sum().backward()
+    R.dmli_loop(ref).sum().backward()
     assert torch.equal(flat.grad, ref.grad)
     assert (flat.grad > 0).all()
 
@@ -253,6 +251,7 @@ def test_float32_backward_matches_float64():
 
 
 # ------------------------------------------------------- torch.library
+@pytest.mark.slow
 def test_opcheck_all_ops():
     x, y = rand_xy(3, 4, 5, C=6)
     x.requires_grad_()
@@ -362,7 +361,7 @@ def test_direct_op_calls_are_checked_in_cpp():
 
 
 # --------------------------------------------------------------- CUDA
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):
     x, y = rand_xy(33, 8, 6, C=32, dtype=dtype)
@@ -380,7 +379,7 @@ def test_cuda_matches_cpu(dtype):
     assert torch.equal(dc.grad.cpu(), dd.grad)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_gradcheck():
     x, y = rand_xy(3, 4, 5, C=6, device="cuda")
     x.requires_grad_()
@@ -392,7 +391,7 @@ def test_cuda_gradcheck():
     assert gradcheck(partdist.dmli, (d,))
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_reduced_precision(dtype):
     x, y = rand_xy(20, 8, 8, C=64, dtype=torch.float32, device="cuda")
@@ -402,7 +401,7 @@ def test_cuda_reduced_precision(dtype):
     torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_mixed_devices_rejected():
     x, y = rand_xy(3, 4, 5)
     with pytest.raises(ValueError, match="same device"):

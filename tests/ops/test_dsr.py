@@ -7,9 +7,6 @@ import torch
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
 
 def rand_grid(M, N, Lq, Lg, C=8, dtype=torch.float64, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -152,6 +149,7 @@ def sparsity(x, y, beta):
 CONVERGED = dict(max_iter=20000, tol=1e-14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.5])
 def test_gradcheck_float64(beta):
     # Lg <= C: Y^T Y invertible; FISTA run to convergence so its active set is the Lasso's
@@ -228,6 +226,7 @@ def test_grad_default_solver_settings_float32():
     assert torch.isfinite(xb.grad.float()).all() and torch.isfinite(yb.grad.float()).all()
 
 
+@pytest.mark.slow
 def test_grad_more_gallery_cells_than_channels():
     # Lg > C: Y^T Y is singular, but the converged Lasso keeps <= C active cells (Y_A full rank)
     x, y = rand_grid(2, 2, 2, 7, C=4, seed=8)
@@ -328,7 +327,7 @@ def test_bad_inputs_op():
 
 
 # ---------------------------------------------------------------------- CUDA
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):
     x, y = rand_grid(9, 13, 6, 10, C=16, dtype=dtype)
@@ -338,7 +337,7 @@ def test_cuda_matches_cpu(dtype):
     torch.testing.assert_close(gpu.cpu(), cpu, **t)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_opcheck_and_devices():
     x, y = rand_grid(2, 3, 3, 4, device="cuda")
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (x, y, 0.1, 50, 1e-6, 0))
@@ -346,7 +345,7 @@ def test_cuda_opcheck_and_devices():
         partdist.dsr_dist(x, y.cpu())
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_grad_matches_cpu():
     x, y = rand_grid(3, 4, 3, 5, C=9, seed=10)
     g = torch.randn(3, 4, dtype=x.dtype, generator=torch.Generator().manual_seed(11))

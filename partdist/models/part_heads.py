@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parts import keypoints_to_parts, part_pool
+from ..pooling import keypoints_to_parts, part_pool
 from .backbones import build_backbone
 from .reid import _check_images
 

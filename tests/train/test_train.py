@@ -25,6 +25,7 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["aligned", "pcb", "pcb_rpp", "icnn"])
 def test_two_iteration_training_smoke(tiny_set, tmp_path, model):
     cfg = _cfg(tmp_path, model=model, last_stride=1)
@@ -39,6 +40,7 @@ def test_two_iteration_training_smoke(tiny_set, tmp_path, model):
         assert json.loads(f.readline())["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_icnn_outputs_and_cli_eval(tiny_set, tmp_path, capsys):
     from partdist.cli import main
 
@@ -61,6 +63,7 @@ def test_icnn_outputs_and_cli_eval(tiny_set, tmp_path, capsys):
     assert "| checkpoint.pt | global + DMLI |" in table
 
 
+@pytest.mark.slow
 def test_make_batches_rank_shares_are_whole_identities(tiny_set, tmp_path):
     """Under DDP each rank loads its share of the global P x K batch: whole identities, and the
     shares in rank order are exactly the single-process batch (same images, same augmentation)."""
@@ -76,6 +79,7 @@ def test_make_batches_rank_shares_are_whole_identities(tiny_set, tmp_path):
         make_batches(tiny_set.train, cfg, rank=0, world_size=3)
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_fixed_batch(tiny_set, tmp_path):
     cfg = _cfg(tmp_path)
     num_classes = len({p for _, p, _ in tiny_set.train})
@@ -91,6 +95,7 @@ def test_loss_decreases_on_a_fixed_batch(tiny_set, tmp_path):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_set, tmp_path):
     num_classes = len({p for _, p, _ in tiny_set.train})
     quiet = lambda *a: None  # noqa: E731
@@ -116,6 +121,7 @@ def test_bad_config_is_rejected(tmp_path):
         _cfg(tmp_path, k=1).validate()
 
 
+@pytest.mark.slow
 def test_evaluation_table_trained_beats_nothing(tiny_set):
     torch.manual_seed(0)
     model = build_model(_cfg("/tmp/unused"), num_classes=4)
@@ -127,6 +133,7 @@ def test_evaluation_table_trained_beats_nothing(tiny_set):
     assert "| untrained | global |" in format_table({"untrained": res})
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_results_and_pictures(tmp_path):
     from partdist.cli import main
 

@@ -112,6 +112,7 @@ def _assert_close_state(a, b, **tol):
         torch.testing.assert_close(a[k], b[k], msg=k, **tol)
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_single_process(ddp_results, single):
     out_dir, (r0, r1) = ddp_results
     # both ranks hold the same weights, and they are the single-process weights
@@ -137,18 +138,21 @@ def test_two_ranks_equal_single_process(ddp_results, single):
         assert len(f.readlines()) == 2
 
 
+@pytest.mark.slow
 def test_ddp_resume_is_exact(ddp_results):
     _, (r0, r1) = ddp_results
     for r in (r0, r1):
         _assert_close_state(r["resumed"], r0["straight"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_ddp_with_batchnorm_statistics_keeps_ranks_identical(ddp_results):
     _, (r0, r1) = ddp_results
     for a, b in zip(r0["bn_params"], r1["bn_params"]):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun(data_root, single, tmp_path):
     """`torchrun --nproc_per_node 2 -m partdist.cli train ...` on the CPU (gloo): the checkpoint
     equals the single-process run's weights."""

@@ -280,7 +280,7 @@ def test_default_cuda_arch_list():
     builds for them; a user's setting wins."""
     import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spec = importlib.util.spec_from_file_location("partdist_setup", os.path.join(root, "setup.py"))
     setup = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(setup)  # defines the functions; builds nothing

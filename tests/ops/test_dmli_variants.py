@@ -7,7 +7,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
 GAMMAS = [0.01, 0.1, 1.0, 5.0]
 
 
@@ -33,6 +32,7 @@ def test_soft_values_and_grads_match_logsumexp_reference(gamma, m, n):
     torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma", GAMMAS)
 def test_soft_gradcheck_all_dp_ops(gamma):
     d = torch.rand(3, 4, 5, dtype=torch.float64, requires_grad=True)
@@ -168,7 +168,7 @@ def test_unaligned_needs_same_number_of_stripes():
         torch.ops.partdist.batch_local_dist(torch.rand(2, 4, 3), torch.rand(2, 5, 3), True, 0.0, -1.0, True)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_variants_match_cpu():
     x, y = rand_xy(9, 6, 7, C=16, M=5)
     for kw in ({"gamma": 0.3}, {"band": 1.5}, {"gamma": 0.1, "band": 2.0}):

@@ -12,9 +12,9 @@ from typing import Optional
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import MAX_STRIPES, check_chunk_size, check_dist, check_rule, check_xy
-from ._memory import check_dense_fits
+from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from .._checks import MAX_STRIPES, check_chunk_size, check_dist, check_rule, check_xy
+from .._memory import check_dense_fits
 
 _STREAMING_HINT = (
     "partdist.local_dist_topk(x, y, k) (the k nearest per row, streaming), "

@@ -62,6 +62,7 @@ def test_idla_other_input_size_and_kernel():
     assert model(torch.randn(2, 3, 64, 32), torch.randn(2, 3, 64, 32)).shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_training_step_reduces_loss():
     torch.manual_seed(0)
     model = IDLA()
@@ -161,6 +162,7 @@ def test_evaluate_rank_matches_bruteforce_ap():
 
 
 # ---------------------------------------------------------- ranking with IDLA
+@pytest.mark.slow
 def test_idla_ranking_evaluation():
     torch.manual_seed(2)
     model = IDLA()

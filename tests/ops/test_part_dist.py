@@ -9,9 +9,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
 
 def tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -216,7 +213,7 @@ def test_bad_inputs_op():
 
 
 # ---------------------------------------------------------------------- CUDA
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):
     x, y, vx, vy = rand_parts(37, 29, 5, C=16, dtype=dtype, vis="float")
@@ -233,7 +230,7 @@ def test_cuda_matches_cpu(dtype):
         torch.testing.assert_close(c.grad.cpu(), a.grad, **tol(dtype))
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_gradcheck_and_opcheck():
     x, y, vx, vy = rand_parts(3, 4, 3, C=4, device="cuda", vis="float")
     vx = (vx * 0.8 + 0.1).requires_grad_()
@@ -244,7 +241,7 @@ def test_cuda_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.partdist.part_dist, (x, y, vx, vy, math.inf, 0))
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_reduced_precision_and_devices():
     x, y, vx, vy = rand_parts(20, 9, 4, C=32, dtype=torch.float32, device="cuda")
     out = partdist.part_dist(x.half(), y.half(), vx, vy)

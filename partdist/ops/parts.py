@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
+from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from .._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
 
 __all__ = ["part_dist", "dsr_dist", "MAX_DSR_CELLS"]
 
@@ -135,9 +135,41 @@ def _dsr_tile_pairs(Lq, Lg, C, device, chunk_size):
     return min(pairs, chunk_size) if chunk_size else pairs
 
 
-def _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size):
-    from .reference import lasso_fista  # the batched FISTA with the kernel's step and stopping rule
+def lasso_fista(G, b, beta, lip, max_iter=200, tol=1e-5):
+    """FISTA for ``min_w 1/2 w^T G w - b^T w + beta ||w||_1`` (= ``1/2 ||x - Y w||^2 + beta ||w||_1``
+    up to a constant, with ``G = Y^T Y``, ``b = Y^T x``), batched.
 
+    G ``[..., L, L]``, b ``[..., L, K]`` (K right-hand sides sharing G), lip ``[...]`` the
+    step constant (largest eigenvalue of G). The stopping rule of the kernel, per column:
+    stop after ``max_iter`` iterations or once ``||w_k+1 - w_k|| <= tol ||w_k+1||``
+    (a stopped column keeps its value). Returns w ``[..., L, K]``.
+    """
+    lip = lip[..., None, None]
+    live_lip = lip > 0
+    step = torch.where(live_lip, 1 / torch.where(live_lip, lip, torch.ones_like(lip)), torch.zeros_like(lip))
+    thr = beta * step
+    w = torch.zeros_like(b)
+    z = torch.zeros_like(b)
+    active = torch.ones(b.shape[:-2] + (1, b.shape[-1]), dtype=torch.bool, device=b.device) & live_lip
+    t = 1.0
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        u = z - step * (G @ z - b)
+        wn = torch.sign(u) * (u.abs() - thr).clamp_min(0)
+        tn = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        mom = (t - 1) / tn
+        t = tn
+        diff2 = (wn - w).pow(2).sum(-2, keepdim=True)
+        norm2 = wn.pow(2).sum(-2, keepdim=True)
+        zn = wn + mom * (wn - w)
+        w = torch.where(active, wn, w)
+        z = torch.where(active, zn, z)
+        active = active & ~(diff2 <= tol * tol * norm2)
+    return w
+
+
+def _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size):
     out_dtype = x.dtype
     if x.dtype in (torch.float16, torch.bfloat16):  # the forward computes these in float32
         x, y, grad = x.float(), y.float(), grad.float()

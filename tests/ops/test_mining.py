@@ -10,8 +10,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 NAN = float("nan")
 
@@ -464,7 +462,7 @@ def test_direct_op_call_checks_in_cpp():
 
 
 # --------------------------------------------------------------------- CUDA
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("N,M", [(1, 1), (7, 7), (33, 65), (300, 1000)])
 @pytest.mark.parametrize("ties", [False, True])
@@ -489,7 +487,7 @@ def test_cuda_matches_cpu(dtype, N, M, ties):
         torch.testing.assert_close(b.grad.cpu(), a.grad, equal_nan=True)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_square_exclude_self_and_gradcheck():
     labels = LABELS["with_singletons"].cuda()
     d = rand_dist(len(labels), seed=17).cuda()

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import partdist
 from partdist import reference as R
-from partdist.parts import KEYPOINT_NAMES, PART_SCHEMES
+from partdist.pooling import KEYPOINT_NAMES, PART_SCHEMES
 
 
 def _fmap(n=2, c=5, h=7, w=6, dtype=torch.float64, seed=0):
@@ -192,6 +192,7 @@ def test_zero_masks_give_zeros_and_finite_gradients():
         ("boxes", "avg", {"image_size": (28, 12), "sampling_ratio": 3}),
     ],
 )
+@pytest.mark.slow
 def test_gradcheck_wrt_fmap(parts, mode, kw):
     f = _fmap(n=2, c=3, h=7, w=6).requires_grad_()
     if parts == "boxes":

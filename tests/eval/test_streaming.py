@@ -7,6 +7,7 @@ import torch
 
 import partdist
 import partdist._memory as pm
+import partdist.eval.streaming as streaming
 from partdist.eval import (
     distance_blocks,
     global_distance,
@@ -16,8 +17,6 @@ from partdist.eval import (
     topk_distance,
 )
 from partdist.reference import re_ranking_dense
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def feats(seed=0, q=23, g=41, h=6, c=12, d=20, dtype=torch.float32):
@@ -123,7 +122,7 @@ def test_topk_streams_in_row_blocks(monkeypatch):
         calls.append((x.shape[0], y.shape[0]))
         return real(x, y, *a, **kw)
 
-    monkeypatch.setattr(partdist, "local_dist", spy)
+    monkeypatch.setattr(streaming, "local_dist", spy)  # the name the streaming code calls
     partdist.local_dist_topk(ql, gl, 3, block_rows=8)
     assert calls == [(8, 41), (8, 41), (8, 41), (6, 41)]
 
@@ -233,7 +232,7 @@ def test_bad_inputs():
 
 
 # ------------------------------------------------------------------------ CUDA
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_topk_matches_cpu(dtype):
     ql, gl, qg, gg = feats(10, q=40, g=300, h=8, c=32)
@@ -245,7 +244,7 @@ def test_cuda_topk_matches_cpu(dtype):
         assert (idx.cpu() == ref_idx).float().mean() > 0.99
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_re_ranking_features_matches_cpu():
     ql, gl, qg, gg = feats(11, q=30, g=80)
     out = re_ranking_features(ql.cuda(), gl.cuda(), qg.cuda(), gg.cuda(), k1=8, k2=3)

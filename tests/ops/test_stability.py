@@ -66,6 +66,7 @@ def _rss_bytes():
     raise RuntimeError("no VmRSS")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 @pytest.mark.skipif(bool(os.environ.get("PARTDIST_SANITIZED")), reason="ASan's quarantine holds freed memory")
 def test_memory_flat_over_many_calls():
@@ -82,6 +83,7 @@ def test_memory_flat_over_many_calls():
     assert growth < 12 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 iterations"
 
 
+@pytest.mark.slow
 def test_concurrent_python_threads_give_correct_results():
     cases = [_inputs(seed=s) for s in range(6)]
     expected = [_run_all(*c) for c in cases]

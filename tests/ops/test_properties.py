@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of the DMLI family against the pure-PyTorch reference.
 
 Default budget is small so CI stays fast; ``PARTDIST_HYPOTHESIS_EXAMPLES=1000 pytest
-tests/test_properties.py`` runs a longer search.
+tests/ops/test_properties.py`` runs a longer search.
 """
 
 import math
@@ -90,7 +90,7 @@ def test_batch_local_dist_matches_reference(shape, dtype, regime, normalize, see
         # fits in float32's 3.4e38, but the relative cancellation error is large): only finiteness
         assert torch.isfinite(out).all() or dtype == torch.float32
         return
-    # float64 reference; tanh(d/2) instead of the seed's (e^d-1)/(e^d+1), which is inf/inf for huge d
+    # float64 reference; tanh(d/2) instead of AlignedReID's (e^d-1)/(e^d+1), which is inf/inf for huge d
     raw = R.local_dist_matrix(x.double(), y.double(), normalize=False)
     ref = R.dmli_vectorized(torch.tanh(raw / 2) if normalize else raw).to(dtype) if N else out
     if normalize:

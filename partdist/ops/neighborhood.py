@@ -18,8 +18,8 @@ from typing import Tuple
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from ._checks import check_kernel_size, check_layout, check_maps, check_tiled_grad
+from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
+from .._checks import check_kernel_size, check_layout, check_maps, check_tiled_grad
 
 __all__ = ["neighborhood_diff", "cross_neighborhood_diff", "tiled_to_blocks"]
 
