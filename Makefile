@@ -6,6 +6,12 @@
 # make bench-market : Market-1501-size local distances and re-ranking (long)
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
 # make sanitize : build the CPU kernels with ASan+UBSan and run the op tests under them
+# make build   : set up .venv and build partdist (does nothing when nothing changed; see below)
+# make rebuild : a fresh editable install (after changing PARTDIST_* build variables)
+# make gpu-check : on a GPU machine (no venv, $(PYTHON) with a CUDA torch): build for the GPU present,
+#                  whole test suite (fails on any skipped CUDA test), compute-sanitizer, benchmarks on
+#                  cuda + cpu with the GPU targets -> $(OUT)/report.md + report.json. STAGE=build|test|
+#                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes)
 # make lint-cpp : clang-format check of csrc/ (.clang-format), no changes made
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +19,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build test test-fast demo bench bench-market cuda-check sanitize lint-cpp clean
+.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint-cpp clean
 
 all: test
 
@@ -25,9 +31,30 @@ $(VENV)/.stamp: requirements-dev.txt
 
 venv: $(VENV)/.stamp
 
-# ninja rebuilds only what changed; re-running is cheap.
-build: venv
+# `make build` when nothing changed does nothing (stamps in .venv). The editable install
+# (package metadata, the `partdist` command) runs when the venv, setup.py or pyproject.toml
+# changed; pip compiles every C++ file then, in a temporary folder. After a change under csrc/
+# alone, `setup.py build_ext --inplace` rebuilds the extension in place, its objects kept in
+# build/temp.*: ninja recompiles the changed files and those including a changed header (the
+# first such call compiles everything once). The build variables (PARTDIST_CUDA, ...) are
+# not seen by the stamps: `make rebuild` after changing them.
+CSRC := $(shell find csrc -type f 2>/dev/null)
+
+$(VENV)/.editable: $(VENV)/.stamp setup.py pyproject.toml
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# $? names .editable when pip has just compiled everything: nothing is left to build then.
+$(VENV)/.built: $(VENV)/.editable $(CSRC)
+	@case " $? " in *" $(VENV)/.editable "*) ;; *) \
+	  echo "$(PY) setup.py -q build_ext --inplace"; $(PY) setup.py -q build_ext --inplace || exit 1 ;; esac
+	touch $@
+
+build: $(VENV)/.built
+
+rebuild:
+	rm -f $(VENV)/.editable $(VENV)/.built
+	$(MAKE) build
 
 test: build
 	$(PY) -m pytest tests -q
@@ -35,8 +62,10 @@ test: build
 test-fast: build
 	$(PY) -m pytest tests -q -m "not slow"
 
+# make demo replaces its own earlier output in runs/demo (the command alone refuses to)
+DEMO_FLAGS ?= --overwrite
 demo: build
-	$(VENV)/bin/partdist demo --out runs/demo
+	$(VENV)/bin/partdist demo --out runs/demo $(DEMO_FLAGS)
 
 bench: build
 	$(PY) benchmarks/bench_dmli.py
@@ -82,5 +111,15 @@ CPP_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o
 lint-cpp: venv
 	$(VENV)/bin/clang-format --dry-run --Werror $(CPP_SOURCES)
 
+# No venv and no dependency on the targets above: the GPU machine's python3 already holds a CUDA torch.
+STAGE ?= all
+OUT ?= gpu-report
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --stage $(STAGE) --out $(OUT) $(if $(DRYRUN),--dry-run) $(if $(ALLOW_CPU),--allow-cpu) \
+	  $(if $(TESTS),--tests "$(TESTS)") $(if $(BENCHES),--benches $(BENCHES)) \
+	  $(if $(SANITIZE_TOOLS),--sanitize-tools $(SANITIZE_TOOLS)) $(if $(STAGE_TIMEOUT),--stage-timeout $(STAGE_TIMEOUT)) \
+	  $(if $(TOTAL_TIMEOUT),--total-timeout $(TOTAL_TIMEOUT)) \
+	  $(if $(BUILD_MODE),--build-mode $(BUILD_MODE)) $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf build partdist/*.so *.egg-info
+	rm -rf build partdist/*.so *.egg-info $(VENV)/.editable $(VENV)/.built

@@ -14,8 +14,11 @@ TORCH_CUDA_ARCH_LIST  CUDA architectures. Unset: the GPUs of this machine when i
 PARTDIST_NATIVE=0     do not compile the CPU kernels with -march=native (default 1:
                       the extension is built on the machine it runs on).
 PARTDIST_SANITIZE=1   build the CPU kernels with AddressSanitizer and
-                      UndefinedBehaviorSanitizer (`make sanitize`).
-PARTDIST_DEBUG=1      -O0 -g.
+                      UndefinedBehaviorSanitizer (see the Makefile's sanitize target).
+PARTDIST_DEBUG=1      -O0 -g. Without it the build is a release build: -O3 and no
+                      debug information (-g0 last on the compile line overrides the
+                      -g that Python's own CFLAGS carry): the CPU module is ~1.0 MB
+                      instead of ~15.6 MB.
 MAX_JOBS              parallel compile jobs for ninja.
 """
 
@@ -23,7 +26,8 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+import setuptools
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,6 +48,14 @@ def _env_flag(name, default=None):
 # reads it.
 if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+# pyproject.toml's SPDX `license` and `license-files` need setuptools >= 77; with
+# --no-build-isolation the installed setuptools builds, so say so before it fails obscurely.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(
+        "partdist: setuptools %s is too old to build partdist; run `pip install -U 'setuptools>=77' wheel` "
+        "first, then `pip install --no-build-isolation .`" % setuptools.__version__
+    )
 
 try:
     import torch
@@ -105,6 +117,8 @@ def _extensions():
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
         cxx += san
         ldflags += san
+    if not debug and not sanitize:
+        cxx.append("-g0")  # last wins over the -g in Python's CFLAGS: no debug information
     nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     macros = [("Py_LIMITED_API", "0x030A0000")]
     if with_cuda:
@@ -134,17 +148,12 @@ def _extensions():
     return [ext]
 
 
+# Name, version (partdist/_version.py), dependencies, license and the `partdist` command are
+# in pyproject.toml; this file only describes the compiled extension.
 def main():
     setup(
-        name="partdist",
-        version="0.1.0",
-        description="Fast part-based ReID distances (AlignedReID local distance, DMLI, mining) for PyTorch",
-        packages=find_packages(include=["partdist", "partdist.*"]),
         ext_modules=_extensions(),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-        install_requires=["torch", "numpy", "pillow", "tqdm"],
-        python_requires=">=3.9",
-        entry_points={"console_scripts": ["partdist=partdist.cli:main"]},
         options={"bdist_wheel": {"py_limited_api": "cp310"}},
     )
 

@@ -1,4 +1,4 @@
-"""Market-1501-scale evaluation benchmark (issue 6): local query x gallery distances and
+"""Market-1501-scale evaluation benchmark: local query x gallery distances and
 k-reciprocal re-ranking with local distances, on random unit-norm stripe features of
 Market-1501's sizes (3,368 queries x 15,913 gallery, H = 8 stripes).
 
@@ -17,8 +17,16 @@ Market-1501's sizes (3,368 queries x 15,913 gallery, H = 8 stripes).
     peak resident memory is reported; sizes whose predicted peak exceeds --dense-budget-gb
     are skipped, so the largest size shown is the largest that fits the budget.
 
-Each figure is one run (these are long); time and peak extra memory come from the same
-run (CPU memory: page-level resident set, see benchmarks/common.py).
+Each figure is one run (these are long; on CUDA after one untimed warm-up run); time and peak
+extra memory come from the same run (CPU memory: page-level resident set, see
+benchmarks/common.py). The usual dense re-ranking runs on the CPU only (numpy), so it is timed
+in the CPU run.
+
+GPU targets (checked on --device cuda, printed met / missed, written with --json): local q x g at
+C = 128 under 0.25 s and within 1.3x of the bare stripe GEMM alone; local re-ranking at
+Market-1501 size under 5 s.
+
+    python benchmarks/bench_market.py --device cuda --device cpu --cpu-C 128 --json market.json
 """
 
 from __future__ import annotations
@@ -33,13 +41,17 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import env_line, fmt_mem, fmt_time, print_table, sync, time_and_peak  # noqa: E402
+from common import (Results, add_device_arg, env_line, fmt_mem, fmt_time, print_table,  # noqa: E402
+                    resolve_devices, time_and_peak)
 
 import partdist  # noqa: E402
 import partdist.reference as R  # noqa: E402
 from partdist.eval import re_ranking_features  # noqa: E402
 
 Q_MARKET, G_MARKET = 3368, 15913
+TARGET_QG_TIME = "Market local q x g, C=128: partdist.local_dist time"
+TARGET_QG_GEMM = "Market local q x g, C=128: partdist.local_dist / bare stripe GEMM"
+TARGET_RERANK = "Market local re-ranking (re_ranking_features, distances included)"
 
 
 def unit_stripes(n, h, c, seed, device, dtype=torch.float32):
@@ -76,7 +88,7 @@ def vectorized_chunks(x, y, chunk=200):
     return fn
 
 
-def local_qg(device, Q, G, C, ref_queries, dtype=torch.float32, topk=100):
+def local_qg(device, Q, G, C, ref_queries, dtype=torch.float32, topk=100, res=None):
     x = unit_stripes(Q, 8, C, 1, device, dtype)
     y = unit_stripes(G, 8, C, 2, device, dtype)
     rows_gemm = max(1, (256 << 20) // (8 * G * 8 * 4))  # ~256 MiB buffer
@@ -105,6 +117,17 @@ def local_qg(device, Q, G, C, ref_queries, dtype=torch.float32, topk=100):
     print(f"\n(a) local q x g distances {Q} x {G}, H=8, C={C} [{device}{name}]")
     print_table(rows, ["method", "time", "time / GEMM", "local_dist time / this", "peak extra memory"])
     print(f"dense output [Q, G]: {fmt_mem(Q * G * 4)}; max |partdist - vectorized| on {nq} queries = {err:.2e}")
+    if res is not None:
+        case = f"(a) local q x g {Q}x{G}, H=8, C={C}{name}"
+        for method, t, mem in (("partdist.local_dist", t_pd, m_pd), (f"partdist.local_dist_topk k={topk}", t_tk, m_tk),
+                               ("bare stripe GEMM", t_gm, m_gm), ("vectorized 200x200 chunks", t_vec_full, m_vec)):
+            res.add(case, device, method, t, note=f"timed on {nq} queries, scaled" if "vectorized" in method and nq < Q else "")
+            res.add(case, device, method + " peak extra memory", mem, unit="B")
+        res.add(case, device, "partdist / GEMM", t_pd / t_gm, unit="x")
+        res.add(case, device, "max |partdist - vectorized|", err, unit="")
+        if (Q, G, C, dtype) == (Q_MARKET, G_MARKET, 128, torch.float32):
+            res.measure(TARGET_QG_TIME, t_pd, device)
+            res.measure(TARGET_QG_GEMM, t_pd / t_gm, device)
     return {"C": C, "device": device, "dtype": str(dtype), "partdist_s": t_pd, "topk_s": t_tk, "gemm_s": t_gm,
             "vectorized_s": t_vec_full, "partdist_mem": m_pd, "topk_mem": m_tk, "gemm_mem": m_gm}
 
@@ -150,12 +173,16 @@ def rerank_dense(Q, G, C):
     return r["t"], r["mem"], None
 
 
-def rerank(device, C, sizes, budget_gb, full=True):
+def rerank(device, C, sizes, budget_gb, full=True, res=None):
     rows = []
+    case = f"(b) re-ranking with local distances, C={C}"
     for n in sizes:
         q, g = _split(n)
         predicted = 28 * n * n  # ~7 dense N x N float32/int32 arrays live at the peak
         t_pd, m_pd = rerank_partdist(device, q, g, C)
+        if res is not None:
+            res.add(case, device, f"partdist re_ranking_features {q}x{g}", t_pd)
+            res.add(case, device, f"partdist re_ranking_features {q}x{g} peak extra memory", m_pd, unit="B")
         if predicted > budget_gb * 2**30:
             rows.append([f"{q} x {g}", fmt_time(t_pd), fmt_mem(m_pd), f"skipped (needs ~{predicted / 2**30:.1f} GiB)", "-", "-"])
             continue
@@ -164,8 +191,15 @@ def rerank(device, C, sizes, budget_gb, full=True):
             rows.append([f"{q} x {g}", fmt_time(t_pd), fmt_mem(m_pd), f"failed: {err}", "-", "-"])
         else:
             rows.append([f"{q} x {g}", fmt_time(t_pd), fmt_mem(m_pd), fmt_time(t_d), fmt_mem(m_d), f"{t_d / t_pd:.1f}x"])
+            if res is not None:
+                res.add(case, "cpu", f"usual dense re-ranking {q}x{g}", t_d, note="numpy, distances precomputed")
+                res.add(case, "cpu", f"usual dense re-ranking {q}x{g} peak extra memory", m_d, unit="B")
     if full:
         t_pd, m_pd = rerank_partdist(device, Q_MARKET, G_MARKET, C)
+        if res is not None:
+            res.add(case, device, f"partdist re_ranking_features {Q_MARKET}x{G_MARKET} (Market-1501)", t_pd)
+            res.add(case, device, f"partdist re_ranking_features {Q_MARKET}x{G_MARKET} peak extra memory", m_pd, unit="B")
+            res.measure(TARGET_RERANK, t_pd, device)
         rows.append([f"{Q_MARKET} x {G_MARKET} (Market-1501)", fmt_time(t_pd), fmt_mem(m_pd),
                      f"not run (needs ~{28 * (Q_MARKET + G_MARKET) ** 2 / 2**30:.1f} GiB)", "-", "-"])
     print(f"\n(b) re-ranking with local DMLI distances, H=8, C={C}, k1=20 k2=6 lambda=0.3 [{device}]")
@@ -177,8 +211,10 @@ def rerank(device, C, sizes, budget_gb, full=True):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    ap.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    add_device_arg(ap)
     ap.add_argument("--C", type=int, action="append", help="stripe channels (default: 128 and 2048)")
+    ap.add_argument("--cpu-C", type=int, action="append",
+                    help="stripe channels of the CPU run only (default: as --C; C=2048 takes minutes on a CPU)")
     ap.add_argument("--ref-queries", type=int, default=200, help="queries the vectorized chunks are timed on")
     ap.add_argument("--dense-sizes", default="1500,3000,6000,9000", help="q+g sizes for the dense re-ranking")
     ap.add_argument("--dense-budget-gb", type=float, default=4.0)
@@ -186,22 +222,29 @@ def main(argv=None):
     ap.add_argument("--skip-rerank", action="store_true")
     args = ap.parse_args(argv)
 
-    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    devices = resolve_devices(ap, args.device)
+    res = Results(args.json, "market")
+    res.target(TARGET_QG_TIME, 0.25, "<", unit="s")
+    res.target(TARGET_QG_GEMM, 1.3, "<=", unit="x")
+    res.target(TARGET_RERANK, 5.0, "<", unit="s")
     for device in devices:
         print(f"== {env_line(device)}")
         if args.quick:
-            local_qg(device, 60, 300, 32, ref_queries=20, topk=10)
-            rerank(device, 32, [200], 1.0, full=False)
+            local_qg(device, 60, 300, 32, ref_queries=20, topk=10, res=res)
+            rerank(device, 32, [200] if device == "cpu" else [], 1.0, full=False, res=res)
             continue
         if not args.skip_local:
-            for C in args.C or [128, 2048]:
-                local_qg(device, Q_MARKET, G_MARKET, C, args.ref_queries)
+            Cs = (args.cpu_C or args.C or [128, 2048]) if device == "cpu" else (args.C or [128, 2048])
+            for C in Cs:
+                local_qg(device, Q_MARKET, G_MARKET, C, args.ref_queries, res=res)
             if device == "cuda":
                 for dt in (torch.float16, torch.bfloat16):
-                    local_qg(device, Q_MARKET, G_MARKET, 128, args.ref_queries, dtype=dt)
+                    local_qg(device, Q_MARKET, G_MARKET, 128, args.ref_queries, dtype=dt, res=res)
         if not args.skip_rerank:
-            sizes = [int(s) for s in args.dense_sizes.split(",") if s]
-            rerank(device, 128, sizes, args.dense_budget_gb)
+            # the usual dense implementation is numpy on the CPU: timed in the CPU run only
+            sizes = [int(s) for s in args.dense_sizes.split(",") if s] if device == "cpu" else []
+            rerank(device, 128, sizes, args.dense_budget_gb, res=res)
+    res.finish()
     return 0
 
 

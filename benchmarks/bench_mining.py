@@ -23,13 +23,12 @@
 Every contender runs on the same inputs; medians of the repetitions are printed with
 the ratio to partdist. CUDA rows are added when a GPU is present.
 
-    python benchmarks/bench_mining.py [--quick] [--device cpu|cuda|all]
+    python benchmarks/bench_mining.py [--quick] [--device cpu|cuda|all ...] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -37,25 +36,8 @@ import partdist
 from partdist import reference as R
 from partdist.losses import AlignedTripletLoss
 
-from common import median_time, sync  # noqa: E402  (benchmarks/common.py)
-
-
-
-
-def fmt(s):
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.0f} us"
-
-
-def print_table(rows, headers):
-    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+from common import Results, add_device_arg, env_line, median_time, print_table, resolve_devices  # noqa: E402
+from common import fmt_time as fmt  # noqa: E402
 
 
 # ------------------------------------------------------------------ contenders
@@ -81,7 +63,7 @@ def fwd_bwd(loss_fn, dist_mat, labels):
     return run
 
 
-def bench_mining(device, sizes, quick, loop_max_n):
+def bench_mining(device, sizes, quick, loop_max_n, res):
     rows = []
     for N in sizes:
         g = torch.Generator().manual_seed(N)
@@ -106,12 +88,17 @@ def bench_mining(device, sizes, quick, loop_max_n):
                 t_loop = median_time(lambda: loop_triplet(d, labels), device, 1, warmup=0)
             loop_cells = [f"> {fmt(t_loop)} (forward only)", f"> {t_loop / t_ours:.0f}x"]
         rows.append([device, N, fmt(t_ours), fmt(t_mask), f"{t_mask / t_ours:.1f}x"] + loop_cells)
+        case = f"mining + triplet loss fwd+bwd, N={N}, K=4"
+        res.add(case, device, "partdist.triplet_hard_loss", t_ours)
+        res.add(case, device, "masked PyTorch", t_mask)
+        res.add(case, device, "per-anchor loop" + (" (forward only, lower bound)" if N > loop_max_n else ""), t_loop)
+        res.add(case, device, "masked / partdist", t_mask / t_ours, unit="x")
     print_table(
         rows, ["device", "N", "partdist", "masked PyTorch", "speedup vs masked", "per-anchor loop", "speedup vs loop"]
     )
 
 
-def bench_aligned(device, quick, N=128, m=8, C=128, G=2048):
+def bench_aligned(device, quick, res, N=128, m=8, C=128, G=2048):
     g = torch.Generator().manual_seed(0)
     gf = torch.randn(N, G, generator=g).to(device).requires_grad_()
     lf = torch.randn(N, m, C, generator=g).to(device).requires_grad_()
@@ -135,16 +122,20 @@ def bench_aligned(device, quick, N=128, m=8, C=128, G=2048):
     reps = 5 if quick else 30
     t_ours = median_time(ours, device, reps)
     t_vec = median_time(vectorized, device, reps)
+    case = f"AlignedReID loss step fwd+bwd, N={N} m={m} C={C} G={G}"
+    res.add(case, device, "partdist AlignedTripletLoss", t_ours)
+    res.add(case, device, "vectorized PyTorch", t_vec)
+    res.add(case, device, "vectorized / partdist", t_vec / t_ours, unit="x")
     print_table(
         [[device, f"N={N} m={m} C={C} G={G}", fmt(t_ours), fmt(t_vec), f"{t_vec / t_ours:.1f}x"]],
         ["device", "shape", "partdist", "vectorized PyTorch", "speedup"],
     )
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
-    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    add_device_arg(ap)
     ap.add_argument("--sizes", default="128,512,4096", help="N values of the mining benchmark")
     ap.add_argument(
         "--loop-max-n",
@@ -152,18 +143,17 @@ def main():
         default=512,
         help="largest N at which the per-anchor loop runs forward + backward (its backward is O(N^3))",
     )
-    args = ap.parse_args()
-    devices = ["cpu"] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append("cuda")
+    args = ap.parse_args(argv)
+    devices = resolve_devices(ap, args.device)
     sizes = [int(s) for s in args.sizes.split(",")]
+    res = Results(args.json, "mining")
     for dev in devices:
-        name = torch.cuda.get_device_name() if dev == "cuda" else f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
-        print(f"\n## {dev}: torch {torch.__version__}, {name}\n")
+        print(f"\n## {dev}: {env_line(dev)}\n")
         print("Mining + triplet loss, forward + backward from dist_mat [N, N] (float32, K=4):\n")
-        bench_mining(dev, sizes, args.quick, args.loop_max_n)
+        bench_mining(dev, sizes, args.quick, args.loop_max_n, res)
         print("\nAlignedReID loss step (global mining + local DMLI on mined pairs), forward + backward:\n")
-        bench_aligned(dev, args.quick)
+        bench_aligned(dev, args.quick, res)
+    res.finish()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ the inputs and the incoming gradient already allocated:
 ``peak - output`` is the memory beyond the output tensor itself: what the target
 "extra memory no more than the output" is about.
 
-Usage:  python benchmarks/bench_neighborhood.py [--device cpu|cuda|all] [--repeats N]
+Usage:  python benchmarks/bench_neighborhood.py [--device cpu|cuda|all ...] [--repeats N] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ import torch
 import partdist
 from partdist import reference as R
 
-from common import env_line, peak_extra_memory, print_table  # benchmarks/common.py (script directory)
+from common import (Results, add_device_arg, env_line, peak_extra_memory, print_table,  # benchmarks/common.py
+                    resolve_devices)
 
 VARIANTS = {
     "partdist": partdist.neighborhood_diff,
@@ -53,6 +54,7 @@ VARIANTS = {
 SIZES = {
     "idla": (64, 25, 37, 12, 5),  # IDLA: conv2 maps of a 160x60 input, 5x5 neighborhoods
     "large": (16, 32, 64, 32, 5),  # a larger map
+    "tiny": (4, 5, 9, 6, 3),  # --quick (smoke test)
 }
 
 
@@ -65,9 +67,7 @@ def make_inputs(size, device, dtype=torch.float32, seed=0):
     return f, g, go, k
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+from common import sync  # noqa: E402
 
 
 def run_fwd(fn, f, g, go, k):
@@ -81,8 +81,9 @@ def run_fwd_bwd(fn, f, g, go, k):
 
 def time_round_robin(fns, args, device, repeats):
     times = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up
-        fn(*args)
+    for _ in range(2 if device == "cuda" else 1):  # warm-up (CUDA: lazy loading, allocator)
+        for fn in fns.values():
+            fn(*args)
     sync(device)
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -113,7 +114,7 @@ def fmt_mb(b):
     return "-" if b is None else f"{b / 2**20:.1f}"
 
 
-def bench(device, size_name, repeats):
+def bench(device, size_name, repeats, res):
     size = SIZES[size_name]
     f, g, go, k = make_inputs(size, device)
     check_values(f, g, go, k)
@@ -132,6 +133,11 @@ def bench(device, size_name, repeats):
         rows.append([n, f"{fwd[n]:.2f}", f"{fb[n]:.2f}", f"{fb[n] / fb['partdist']:.2f}x", fmt_mb(peaks[n]),
                      fmt_mb(extra)])
     print_table(rows, ["variant", "fwd ms", "fwd+bwd ms", "fwd+bwd / partdist", "peak MiB", "peak - output MiB"])
+    case = f"{size_name}: B={B} C={C} H={H} W={W} k={k}"
+    for n in VARIANTS:
+        res.add(case + ", fwd", device, n, fwd[n] / 1e3)
+        res.add(case + ", fwd+bwd", device, n, fb[n] / 1e3)
+        res.add(case + ", fwd+bwd peak extra memory", device, n, peaks[n], unit="B")
     if device == "cpu":
         print("(CPU peak: resident pages (VmHWM), resolution ~1 MiB; a value slightly below the output "
               "size means no memory beyond the output; small tensors reusing resident heap pages do not show)")
@@ -139,26 +145,32 @@ def bench(device, size_name, repeats):
     best_f = min((n for n in VARIANTS if n != "partdist"), key=lambda n: fwd[n])
     print(f"speed-up over the best PyTorch version: fwd+bwd {fb[best] / fb['partdist']:.2f}x (vs {best}), "
           f"fwd {fwd[best_f] / fwd['partdist']:.2f}x (vs {best_f})")
+    res.add(case + ", fwd+bwd", device, f"best PyTorch ({best}) / partdist", fb[best] / fb["partdist"], unit="x")
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    add_device_arg(ap)
+    ap.add_argument("--quick", action="store_true", help="a tiny map and 3 repeats (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per variant (default 7 CPU, 50 CUDA)")
     ap.add_argument("--sizes", default="idla,large", help="comma-separated of: " + ",".join(SIZES))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if "cuda" in devices and not torch.cuda.is_available():
-        print("CUDA not available: CPU only.")
-        devices = [d for d in devices if d != "cuda"]
+    devices = resolve_devices(ap, args.device)
+    bad = [s for s in args.sizes.split(",") if s not in SIZES]
+    if bad:
+        ap.error(f"--sizes: unknown size(s) {bad}; use some of {', '.join(SIZES)}")
+    if args.quick:
+        args.sizes, args.repeats = "tiny", args.repeats or 3
+    res = Results(args.json, "neighborhood")
     print(f"partdist {partdist.__version__}; times: medians of {args.repeats or '7 (CPU) / 50 (CUDA)'} "
           "round-robin calls; float32")
     for device in devices:
         repeats = args.repeats or (7 if device == "cpu" else 50)
         for size_name in args.sizes.split(","):
-            bench(device, size_name, repeats)
+            bench(device, size_name, repeats, res)
+    res.finish()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark of the part distances of issue 7: part_dist and dsr_dist.
+"""Benchmark of the part distances: part_dist and dsr_dist.
 
 1. ``part_dist`` all pairs, retrieval (forward): x ``[M, P, C]`` queries against y
    ``[N, P, C]`` gallery with random bool visibilities, float32:
@@ -24,7 +24,7 @@
 Every contender runs once per repetition on the same inputs; medians are printed with the
 ratio ``contender / partdist``. CUDA rows are added when a GPU is present.
 
-    python benchmarks/bench_parts.py [--quick] [--device cpu|cuda|all]
+    python benchmarks/bench_parts.py [--quick] [--device cpu|cuda|all ...] [--json PATH]
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ import torch
 import partdist
 from partdist import reference as R
 
-from common import env_line, fmt_time, median_time, print_table  # noqa: E402
+from common import Results, add_device_arg, env_line, fmt_time, median_time, print_table, resolve_devices  # noqa: E402
+
+
+def _record(res, case, device, t_ours, ref_name, t_ref, err, err_note=""):
+    res.add(case, device, "partdist", t_ours)
+    res.add(case, device, ref_name, t_ref)
+    res.add(case, device, "vectorized / partdist", t_ref / t_ours, unit="x")
+    res.add(case, device, "max diff", err, unit="", note=err_note)
 
 
 def inputs_parts(M, N, P, C, device, seed=0):
@@ -48,7 +55,7 @@ def inputs_parts(M, N, P, C, device, seed=0):
     return x, y, vx, vy
 
 
-def bench_part_retrieval(device, quick):
+def bench_part_retrieval(device, quick, res):
     M, N, P, C = (100, 1000, 6, 256) if quick else (500, 5000, 6, 256)
     if device == "cuda":
         M, N = (1000, 10000) if not quick else (200, 2000)
@@ -59,13 +66,14 @@ def bench_part_retrieval(device, quick):
     err = (a - b).abs().nan_to_num(0.0, posinf=0.0).max().item()
     t_ours = median_time(ours, device, reps=3, max_seconds=20)
     t_ref = median_time(ref, device, reps=3, max_seconds=20)
+    _record(res, f"part_dist fwd {M}x{N}, P={P}, C={C}", device, t_ours, "vectorized (100 queries/chunk)", t_ref, err)
     return [
         [f"part_dist fwd {M}x{N}, P={P}, C={C}", "partdist", fmt_time(t_ours), "1.00", f"{err:.1e}"],
         ["", "vectorized (100 queries/chunk)", fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
     ]
 
 
-def bench_part_train(device, quick):
+def bench_part_train(device, quick, res):
     B, P, C = (64, 6, 256) if quick else (128, 6, 256)
     x, y, _, _ = inputs_parts(B, B, P, C, device, seed=1)
     g = torch.Generator().manual_seed(2)
@@ -86,13 +94,14 @@ def bench_part_train(device, quick):
     err = max((u.grad - v.grad).abs().max().item() for u, v in zip(ga, gb))
     t_ours = median_time(ours, device, reps=10, max_seconds=10)
     t_ref = median_time(ref, device, reps=10, max_seconds=10)
+    _record(res, f"part_dist fwd+bwd {B}x{B}, P={P}, C={C}", device, t_ours, "vectorized (autograd)", t_ref, err)
     return [
         [f"part_dist fwd+bwd {B}x{B}, P={P}, C={C}", "partdist", fmt_time(t_ours), "1.00", f"{err:.1e}"],
         ["", "vectorized (autograd)", fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
     ]
 
 
-def bench_dsr(device, quick):
+def bench_dsr(device, quick, res):
     M, N, Lq, Lg, C = (8, 32, 24, 24, 128) if quick else (16, 64, 24, 24, 128)
     if device == "cuda":
         M, N = (64, 512) if not quick else (16, 128)
@@ -107,31 +116,33 @@ def bench_dsr(device, quick):
     t_ours = median_time(ours, device, reps=3, max_seconds=20)
     t_ref = median_time(ref, device, reps=3, max_seconds=20)
     name = f"dsr_dist fwd {M}x{N}, Lq=Lg={Lq}, C={C}, {it} it"
+    _record(res, name, device, t_ours, "vectorized batched FISTA", t_ref, err, "relative")
     return [
         [name, "partdist", fmt_time(t_ours), "1.00", f"{err:.1e} rel"],
         ["", "vectorized batched FISTA", fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
     ]
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    add_device_arg(ap)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    devices = resolve_devices(ap, args.device)
+    res = Results(args.json, "parts")
     for device in devices:
         print(f"\n## {device}: {env_line(device)}\n")
         rows = []
         with torch.no_grad():
-            rows += bench_part_retrieval(device, args.quick)
-        rows += bench_part_train(device, args.quick)
+            rows += bench_part_retrieval(device, args.quick, res)
+        rows += bench_part_train(device, args.quick, res)
         with torch.no_grad():
-            rows += bench_dsr(device, args.quick)
+            rows += bench_dsr(device, args.quick, res)
         print_table(rows, ["case", "contender", "median", "contender / partdist", "max diff"])
+    res.finish()
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ Part features (plain PyTorch, :mod:`partdist.pooling`):
 
 import sys
 
-from . import _moved
+from . import _moved, losses
+from ._version import __version__ as __version__
+from .eval.evaluate import FeatureExtractor
 from .eval.streaming import local_dist_topk
 from .ops.dmli import MAX_STRIPES, batch_local_dist, dmli, dmli_path, local_dist, local_dist_matrix, unaligned_dist
 from .ops.mining import hard_example_mining, triplet_hard_loss
 from .ops.neighborhood import cross_neighborhood_diff, neighborhood_diff
 from .ops.parts import MAX_DSR_CELLS, dsr_dist, part_dist
 from .pooling import bilinear_pool, keypoints_to_parts, part_pool
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MAX_DSR_CELLS",
@@ -53,6 +53,8 @@ __all__ = [
     "part_dist",
     "triplet_hard_loss",
     "unaligned_dist",
+    "FeatureExtractor",
+    "losses",
 ]
 
 # Old module paths (partdist._ops, partdist.mining, partdist.parts, ...) keep working for one

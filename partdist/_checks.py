@@ -164,7 +164,7 @@ def check_layout(op, layout):
     if layout not in ("tiled", "blocks"):
         raise ValueError(f"{op}: layout must be 'tiled' or 'blocks', got {layout!r}")
 
-# ------------------------------------------------------- mining (issue 3)
+# ------------------------------------------------------------------ mining
 def check_labels(op, name, t, n, what):
     """An integer label vector of length ``n``."""
     check_tensor(op, name, t)

@@ -1,4 +1,4 @@
-"""Part features beyond stripes (issue 7): pooling a feature map over arbitrary parts.
+"""Part features beyond stripes: pooling a feature map over arbitrary parts.
 
 * :func:`part_pool` - pool a map ``[N, C, H, W]`` over horizontal stripes, a grid, boxes
   (RoIAlign-style bilinear sampling) or soft masks (SPReID-style weighted average) into

@@ -200,6 +200,7 @@ def test_gradcheck_wrt_fmap(parts, mode, kw):
     assert torch.autograd.gradcheck(lambda t: partdist.part_pool(t, parts, mode, **kw)[0], (f,))
 
 
+@pytest.mark.slow
 def test_gradcheck_masks_wrt_fmap_and_masks():
     f = _fmap(n=2, c=3, h=4, w=3).requires_grad_()
     m = (torch.rand(2, 3, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.1)

@@ -17,7 +17,7 @@ def test_readme_loss_example_runs_and_backpropagates():
     g = torch.randn(16, 64, requires_grad=True)
     local = torch.randn(16, 8, 32, requires_grad=True)
     labels = torch.arange(4).repeat_interleave(4)
-    gl, ll = ns["aligned_triplet_loss"](g, local, labels)
+    gl, ll = ns["aligned_triplet_loss"](g, labels, local)  # AlignedTripletLoss's argument order
     (gl + ll).backward()
     assert torch.isfinite(gl) and torch.isfinite(ll)
     assert local.grad.abs().sum() > 0 and g.grad.abs().sum() > 0
@@ -36,3 +36,13 @@ def test_readme_market_example_runs():
     exec(compile(code, "README.md", "exec"), ns)
     assert ns["d"].shape == (20, 150) and ns["rr"].shape == (20, 150)
     assert ns["vals"].shape == ns["idx"].shape == (20, 100)
+
+
+def test_readme_quickstart_runs():
+    src = README.read_text()
+    code = re.search(r"## Quickstart.*?```python\n(.*?)```", src, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 12
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["d"].shape == (32,) and ns["qg"].shape == (32, 32)
+    assert ns["x"].grad is not None and torch.isfinite(ns["loss"].local_loss)

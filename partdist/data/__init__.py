@@ -8,10 +8,12 @@
 * :mod:`~partdist.data.transforms`: resize, flip, pad + crop, random erasing, to-tensor,
   normalize (no torchvision);
 * :class:`ImageDataset`: a torch Dataset over ``(path, pid, camid)`` lists;
-* :class:`BalancedPairSampler`: balanced positive / negative pairs (verification models).
+* :class:`BalancedPairSampler`: balanced positive / negative pairs (verification models);
+* :func:`check_images`: every image's header read once, the unreadable files listed.
 """
 
 from . import transforms
+from .check import check_images
 from .datasets import (
     DATASETS,
     ReIDSplits,
@@ -26,11 +28,22 @@ from .datasets import (
 from .image_dataset import ImageDataset, PartImageDataset, read_image
 from .pairs import BalancedPairSampler
 from .sampler import RandomIdentitySampler
-from .synthetic import SYNTHETIC_PARTS, CameraParams, SyntheticReID, default_camera_params, load_synthetic_parts, make_grid
+from .synthetic import (
+    SETTINGS,
+    SYNTHETIC_PARTS,
+    CameraParams,
+    SyntheticReID,
+    default_camera_params,
+    hard_camera_params,
+    load_synthetic_parts,
+    make_grid,
+    part_annotations,
+)
 from .transforms import build_transforms
 
 __all__ = [
     "BalancedPairSampler",
+    "check_images",
     "DATASETS",
     "ReIDSplits",
     "cuhk03_np",
@@ -50,6 +63,9 @@ __all__ = [
     "make_grid",
     "load_synthetic_parts",
     "SYNTHETIC_PARTS",
+    "SETTINGS",
+    "hard_camera_params",
+    "part_annotations",
     "build_transforms",
     "transforms",
 ]

@@ -23,7 +23,10 @@ These are the failure modes that the dynamic matching of local features (DMLI)
 exists for: the same body part lands at different heights in different cameras.
 :func:`default_camera_params` lists the defaults (camera 1 aligned, 2 shifted down,
 3 small and high, 4 occluded from the bottom, further cameras cycle through these
-with other values); pass ``camera_params`` to choose your own.
+with other values); pass ``camera_params`` to choose your own. ``setting="hard"``
+(:data:`SETTINGS`) makes alignment and parts matter more: :func:`hard_camera_params` (stronger
+shifts and scale changes, occlusion in every camera, stronger light) and muted clothing colours;
+the default setting is unchanged.
 
 Output is the Market-1501 layout (``bounding_box_train``, ``query``,
 ``bounding_box_test``, files ``{pid:04d}_c{cam}s1_{frame:06d}_{idx:02d}.jpg``), so
@@ -56,8 +59,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["CameraParams", "default_camera_params", "SyntheticReID", "make_grid", "load_synthetic_parts",
-           "SYNTHETIC_PARTS"]
+__all__ = ["CameraParams", "default_camera_params", "hard_camera_params", "SyntheticReID", "make_grid",
+           "load_synthetic_parts", "part_annotations", "SYNTHETIC_PARTS", "SETTINGS"]
 
 _SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 _MANIFEST = "synthetic_reid.json"
@@ -152,6 +155,54 @@ def default_camera_params(num_cams: int) -> List[CameraParams]:
                 color_cast=cast,
             )
         )
+    return out
+
+
+_HARD_CAMERAS = (
+    # 1: nominal framing, but loose detections: large jitter of position and scale, some occlusion
+    CameraParams(shift_jitter=0.06, scale_jitter=0.12, occlusion_prob=0.3, occlusion_frac=(0.25, 0.45)),
+    # 2: strongly misaligned downwards, occluded from the left, dark and bluish
+    CameraParams(shift_y=0.2, shift_jitter=0.05, scale=0.92, scale_jitter=0.1, occlusion_prob=0.4,
+                 occlusion_frac=(0.25, 0.45), occlusion_side="left", brightness=0.75, color_cast=(0.88, 0.95, 1.15)),
+    # 3: far away and high in the frame, occluded from the top, bright and warm
+    CameraParams(shift_y=-0.14, shift_jitter=0.05, scale=0.6, scale_jitter=0.12, occlusion_prob=0.3,
+                 occlusion_frac=(0.2, 0.35), occlusion_side="top", brightness=1.2, color_cast=(1.15, 1.0, 0.85)),
+    # 4: very close (cut by the frame), mostly occluded from below
+    CameraParams(shift_y=0.06, shift_jitter=0.05, scale=1.3, scale_jitter=0.1, occlusion_prob=0.75,
+                 occlusion_frac=(0.35, 0.55), occlusion_side="bottom", brightness=0.9),
+)
+
+#: The settings of :class:`SyntheticReID`: ``"default"``, and ``"hard"`` (where alignment and
+#: parts matter more): :func:`hard_camera_params` (stronger camera shifts and scale changes,
+#: more and larger occlusion from every side, stronger light) and muted clothing colours (every
+#: identity's colours pulled halfway to grey and towards mid-brightness, so that colour alone
+#: separates identities less well).
+SETTINGS = ("default", "hard")
+
+
+def hard_camera_params(num_cams: int) -> List[CameraParams]:
+    """The cameras of the ``"hard"`` setting: the four of ``_HARD_CAMERAS``, then the same with
+    the misalignment mirrored (shift up instead of down) for cameras 5 to 8, and so on."""
+    if isinstance(num_cams, bool) or not isinstance(num_cams, int) or num_cams < 1:
+        raise ValueError(f"hard_camera_params: num_cams must be a positive int, got {num_cams!r}")
+    out = []
+    for c in range(num_cams):
+        base = _HARD_CAMERAS[c % 4]
+        if (c // 4) % 2:
+            base = dataclasses.replace(base, shift_y=float(np.clip(-base.shift_y, -0.5, 0.5)))
+        out.append(base)
+    return out
+
+
+def _muted(ident: dict, chroma: float = 0.5, contrast: float = 0.7) -> dict:
+    """The identity with its clothing colours pulled towards grey (``chroma``) and towards
+    mid-brightness (``contrast``); draws no random numbers."""
+    out = dict(ident)
+    for key in ("shirt", "shirt2", "pants", "pants2", "shoes", "bag_color"):
+        c = np.asarray(ident[key], dtype=np.float32)
+        grey = c.mean()
+        c = grey + chroma * (c - grey)
+        out[key] = (127.5 + contrast * (c - 127.5)).astype(np.float32)
     return out
 
 
@@ -416,6 +467,9 @@ class SyntheticReID:
         num_junk: extra gallery images with pid -1 (junk: mostly background, a
             fragment of a person), dropped by the parsers as in Market-1501.
         image_format: ``"jpg"`` (quality 92) or ``"png"``.
+        setting: ``"default"`` or ``"hard"`` (:data:`SETTINGS`): the hard setting's cameras
+            (:func:`hard_camera_params`, unless ``camera_params`` is given) and muted colours.
+            The default setting writes exactly what earlier versions wrote.
     """
 
     def __init__(
@@ -432,6 +486,7 @@ class SyntheticReID:
         num_distractors: int = 0,
         num_junk: int = 0,
         image_format: str = "jpg",
+        setting: str = "default",
     ):
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"SyntheticReID: root must be a path (str or os.PathLike), got {type(root).__name__}")
@@ -455,8 +510,11 @@ class SyntheticReID:
                 "SyntheticReID: num_cams * imgs_per_id_cam must be >= 2 (each test identity needs a query "
                 f"and a gallery image), got {self.num_cams} * {self.imgs_per_id_cam}"
             )
+        if setting not in SETTINGS:
+            raise ValueError(f"SyntheticReID: setting must be one of {SETTINGS}, got {setting!r}")
+        self.setting = setting
         if camera_params is None:
-            camera_params = default_camera_params(self.num_cams)
+            camera_params = (hard_camera_params if setting == "hard" else default_camera_params)(self.num_cams)
         camera_params = list(camera_params)
         if len(camera_params) != self.num_cams:
             raise ValueError(
@@ -491,11 +549,13 @@ class SyntheticReID:
             "num_distractors": self.num_distractors,
             "num_junk": self.num_junk,
             "image_format": self.image_format,
+            **({"setting": self.setting} if self.setting != "default" else {}),
         }
 
     def identity(self, pid: int) -> dict:
         """The appearance attributes of identity ``pid`` (colours, patterns, ...)."""
-        return _identity(np.random.default_rng([self.seed, 1, pid]))
+        ident = _identity(np.random.default_rng([self.seed, 1, pid]))
+        return _muted(ident) if self.setting == "hard" else ident
 
     def _name(self, pid, cam, idx):
         p = "-1" if pid == -1 else f"{pid:04d}"
@@ -544,6 +604,7 @@ class SyntheticReID:
             ident = self.identity(pid)
         else:  # distractors and junk: one-off people
             ident = _identity(np.random.default_rng([self.seed, 3, pid + 1, cam, idx]))
+            ident = _muted(ident) if self.setting == "hard" else ident
         if pid == -1:  # junk: a badly placed detection, mostly background
             cp = dataclasses.replace(cp, shift_y=0.5 * (1 if idx % 2 else -1), shift_jitter=0.0, occlusion_prob=0.0)
         return _render(self.height, self.width, ident, cp, rngs)
@@ -654,6 +715,35 @@ def load_synthetic_parts(root, items=None) -> dict:
         rows.append(index[key])
     rows = np.asarray(rows, dtype=np.int64)
     return {k: (v[rows] if k != "part_names" else v) for k, v in out.items()}
+
+
+_PART_KINDS = ("keypoints", "boxes", "masks")
+
+
+def part_annotations(root, items, kind: str, model: Optional[str] = None):
+    """The ``kind`` part annotations (``"keypoints"`` ``[M, 14, 3]`` float32, ``"boxes"``
+    ``[M, 3, 4]`` float32 or ``"masks"`` ``[M, 3, H, W]`` bool) of ``items`` (``(path, pid,
+    camid)`` of the data set in ``root``) as a torch tensor, for the part models
+    (``partdist train --model glad`` etc.). Raises ``ValueError`` with the fix when the data
+    set has no annotations (only data sets written by :class:`SyntheticReID` /
+    ``partdist synthetic`` carry them) or lacks one of the images."""
+    import torch
+
+    if kind not in _PART_KINDS:
+        raise ValueError(f"part_annotations: kind must be one of {_PART_KINDS}, got {kind!r}")
+    who = f"model {model!r}" if model else "this model"
+    if not os.path.isfile(os.path.join(os.fspath(root), _PARTS_FILE)):
+        raise ValueError(
+            f"{who} needs {kind} for every image, but the data set in {os.fspath(root)!r} has no part "
+            f"annotations ({_PARTS_FILE}); only synthetic data sets (`partdist synthetic --out DIR`, "
+            f"SyntheticReID(...).generate()) carry them. Use such a data set, or a model that needs no parts "
+            f"(e.g. --model aligned, pcb, scpnet, idla)"
+        )
+    try:
+        ann = load_synthetic_parts(root, items)
+    except KeyError as err:
+        raise ValueError(f"{who} needs {kind} for every image: {err.args[0]}") from None
+    return torch.from_numpy(np.ascontiguousarray(ann[kind]))
 
 
 def make_grid(images: Iterable, ncols: int = 8, pad: int = 2, background=(255, 255, 255)):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
+
+from .distance import global_distance
 
 __all__ = ["extract_features", "global_distance", "local_distance", "fused_distance"]
 
@@ -46,8 +47,9 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
                     "(images, pids, camids, parts)"
                 )
             out = model(imgs, batch[3].to(device))
-            parts.append(out["parts"].float().cpu())
-            vis.append(out["part_visibility"].cpu())
+            if "parts" in out:  # part features (GLAD, SpindleNet, SPReID; not PDC / PIE / PABP)
+                parts.append(out["parts"].float().cpu())
+                vis.append(out["part_visibility"].cpu())
         else:
             out = model(imgs)
         g, l = out["global"], out.get("local")
@@ -68,23 +70,9 @@ def extract_features(model, loader, device="cpu", flip: bool = False, progress: 
         "pids": torch.cat(pids),
         "camids": torch.cat(cams),
     }
-    if needs_parts:
+    if parts:
         res["parts"], res["part_visibility"] = torch.cat(parts), torch.cat(vis)
     return res
-
-
-def global_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
-    """``[Q, D] x [G, D] -> [Q, G]``; metric ``euclidean``, ``sqeuclidean`` or ``cosine`` (1 - cos)."""
-    if qf.dim() != 2 or gf.dim() != 2 or qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"global_distance: expected qf [Q, D] and gf [G, D], got {list(qf.shape)} and {list(gf.shape)}")
-    if metric == "cosine":
-        return 1 - F.normalize(qf, dim=1) @ F.normalize(gf, dim=1).t()
-    sq = (qf.pow(2).sum(1, keepdim=True) + gf.pow(2).sum(1)[None] - 2 * qf @ gf.t()).clamp_min(0)
-    if metric == "sqeuclidean":
-        return sq
-    if metric == "euclidean":
-        return sq.sqrt()
-    raise ValueError(f"global_distance: metric must be 'euclidean', 'sqeuclidean' or 'cosine', got {metric!r}")
 
 
 @torch.no_grad()

@@ -72,10 +72,11 @@ Differences from the usual implementation
 from __future__ import annotations
 
 import numbers
+from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
-__all__ = ["re_ranking"]
+__all__ = ["re_ranking", "rerank_source", "DistanceSource", "DenseSource", "neighbour_lists", "topk_rows"]
 
 _OP = "re_ranking"
 # Target size of one dense working block, in bytes.
@@ -145,8 +146,33 @@ def _oom(stage, detail, chunk):
     )
 
 
-class _Dist:
-    """Read access to ``A = [[q_q, q_g], [q_g^T, g_g]] ** 2`` (float32) without building it."""
+@runtime_checkable
+class DistanceSource(Protocol):
+    """What the re-ranking reads of the distances: ``A = [[q_q, q_g], [q_g^T, g_g]] ** 2``
+    (float32), ``N = q + g`` items (queries first), without ``A`` being built.
+
+    :class:`DenseSource` reads it from the three distance matrices;
+    :func:`partdist.eval.re_ranking_features` computes it from features block by block.
+    """
+
+    q: int  # queries
+    g: int  # gallery items
+    n: int  # q + g
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        """``A[:, start:stop].T``, a ``(stop - start) x N`` float32 block; the blocks asked
+        for never straddle the query / gallery boundary, and come in increasing order."""
+
+    def gather(self, j: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """``A[j, i]`` (float32) for int64 index arrays of equal shape."""
+
+    def qg_sq(self, start: int, stop: int) -> np.ndarray:
+        """``q_g[start:stop] ** 2`` as float32 ``[stop - start, g]`` (the original distances
+        blended into the result)."""
+
+
+class DenseSource:
+    """:class:`DistanceSource` over the three distance matrices (numpy arrays or memmaps)."""
 
     def __init__(self, qg, qq, gg):
         self.qg, self.qq, self.gg = qg, qq, gg
@@ -196,9 +222,6 @@ class _Dist:
             out[m] = self._sq(vals)
         return out
 
-    def neighbours(self, K, chunk):
-        return _neighbours(self, K, chunk)
-
     def qg_sq(self, s, e):
         return self._sq(self.qg[s:e])
 
@@ -208,7 +231,7 @@ class _Dist:
 # --------------------------------------------------------------------------------------
 
 
-def _topk_rows(block, k):
+def topk_rows(block: np.ndarray, k: int) -> np.ndarray:
     """First ``k`` entries of a stable argsort of each row of ``block`` (k <= width)."""
     c, n = block.shape
     if k >= n:
@@ -224,7 +247,13 @@ def _topk_rows(block, k):
     return cols[take].reshape(c, k)
 
 
-def _neighbours(D, K, chunk):
+# neighbour_lists calls it by this module-level name, which tests replace to simulate a failure
+_topk_rows = topk_rows
+
+
+def neighbour_lists(D: DistanceSource, K: int, chunk: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Stage 1: the first ``K`` entries of the stable argsort of every row of ``O`` (``[N, K]``
+    int32) and the column maxima of ``A`` (``[N]`` float32), ``chunk`` rows at a time."""
     n = D.n
     R = np.empty((n, K), dtype=np.int32)
     colmax = np.empty(n, dtype=np.float32)
@@ -421,14 +450,25 @@ def _check_params(k1, k2, lambda_value):
     return k1, k2, lambda_value
 
 
+def rerank_source(
+    D: DistanceSource, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *, chunk_size: Optional[int] = None
+) -> np.ndarray:
+    """k-reciprocal re-ranking of the distances a :class:`DistanceSource` gives: the
+    re-ranked ``[q, g]`` distance (float32 numpy). ``k1``, ``k2``, ``lambda_value`` and
+    ``chunk_size`` as in :func:`re_ranking` (checked here)."""
+    k1, k2, lambda_value = _check_params(k1, k2, lambda_value)
+    chunk = _default_chunk(D.n) if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
+    return _rerank(D, k1, k2, lambda_value, chunk)
+
+
 def _rerank(D, k1, k2, lambda_value, chunk):
-    """Stages 1-4 on a distance source ``D`` (dense :class:`_Dist`, or features)."""
+    """Stages 1-4 on a distance source ``D`` (checked parameters)."""
     q, g, n = D.q, D.g, D.n
     # entries of gathered terms per working chunk, ~40 bytes each
     budget = max(1 << 16, (_BLOCK_BYTES // 40) * chunk // _default_chunk(n))
     K = min(max(k1 + 1, k2), n)
     try:
-        R, colmax = D.neighbours(K, chunk)
+        R, colmax = neighbour_lists(D, K, chunk)
         try:
             csr = _encode(D, R, colmax, k1, chunk)
         except MemoryError:
@@ -495,7 +535,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, *, c
     for name, x in (("q_g_dist", qg), ("q_q_dist", qq), ("g_g_dist", gg)):
         _check_finite(name, x, _BLOCK_BYTES)
 
-    out = _rerank(_Dist(qg, qq, gg), k1, k2, lambda_value, chunk)
+    out = _rerank(DenseSource(qg, qq, gg), k1, k2, lambda_value, chunk)
 
     if want_torch:
         import torch

@@ -9,12 +9,16 @@ to the k-reciprocal re-ranking. Memory is one block (``block_rows x G`` values, 
 64 MiB by default) plus what is kept (``Q x k`` for top-k), never ``Q x G x H x H'``.
 
 Distances (``d`` below) are, with local features ``[.., H, C]`` and global features
-``[.., D]``:
+``[.., D]``, those a :class:`partdist.eval.Distance` describes:
 
 * local only: the DMLI distance of :func:`partdist.local_dist`;
 * global only: ``metric`` (``euclidean``, ``sqeuclidean`` or ``cosine``) as in
   :func:`partdist.eval.global_distance`;
 * both: ``global + lam * local`` (AlignedReID's test-time fusion).
+
+Every function takes either ``distance=Distance(...)`` or the separate keyword options
+(``lam``, ``metric``, ``normalize``, ``gamma``, ``band``; the kind then follows from the
+features given), not both.
 """
 
 from __future__ import annotations
@@ -24,12 +28,11 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._memory import check_dense_fits, progress_bar
-from ..ops.dmli import batch_local_dist, local_dist
-from . import reranking as _rr
-from .features import global_distance
+from ..ops.dmli import local_dist
+from .distance import Distance
+from .reranking import rerank_source, topk_rows
 
 __all__ = [
     "distance_blocks",
@@ -40,7 +43,6 @@ __all__ = [
 ]
 
 _BLOCK_BYTES = 64 << 20
-_METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
 # --------------------------------------------------------------------------------------
@@ -74,38 +76,13 @@ class _Side:
         )
 
 
-def _gdist_pairs(a, b, metric):
-    """``metric`` between rows ``a[k]`` and ``b[k]`` (the formula of global_distance, per pair)."""
-    if metric == "cosine":
-        return 1 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)
-    sq = (a.pow(2).sum(1) + b.pow(2).sum(1) - 2 * (a * b).sum(1)).clamp_min(0)
-    return sq if metric == "sqeuclidean" else sq.sqrt()
+def _all_pairs(dist: Distance, a: _Side, b: _Side, chunk_size=None) -> torch.Tensor:
+    # local_dist by this module's name, looked up at each call (tests wrap it to count blocks)
+    return dist.all_pairs(a.local, b.local, a.glob, b.glob, chunk_size=chunk_size, local_fn=local_dist)
 
 
-class _PairDistance:
-    def __init__(self, lam, metric, normalize, gamma, band, chunk_size):
-        self.lam, self.metric = lam, metric
-        self.normalize, self.gamma, self.band, self.chunk_size = normalize, gamma, band, chunk_size
-
-    def all_pairs(self, a: _Side, b: _Side) -> torch.Tensor:
-        out = None
-        if a.glob is not None:
-            out = global_distance(a.glob, b.glob, self.metric)
-        if a.local is not None:
-            loc = local_dist(
-                a.local, b.local, self.normalize, self.chunk_size, gamma=self.gamma, band=self.band
-            )
-            out = loc if out is None else out.to(torch.promote_types(out.dtype, loc.dtype)) + self.lam * loc
-        return out
-
-    def pairs(self, a: _Side, b: _Side) -> torch.Tensor:
-        out = None
-        if a.glob is not None:
-            out = _gdist_pairs(a.glob, b.glob, self.metric)
-        if a.local is not None:
-            loc = batch_local_dist(a.local, b.local, self.normalize, gamma=self.gamma, band=self.band)
-            out = loc if out is None else out.to(torch.promote_types(out.dtype, loc.dtype)) + self.lam * loc
-        return out
+def _pairs(dist: Distance, a: _Side, b: _Side) -> torch.Tensor:
+    return dist.pairs(a.local, b.local, a.glob, b.glob)
 
 
 # --------------------------------------------------------------------------------------
@@ -140,16 +117,49 @@ def _check_pair(op, kind, q, g, q_shape, g_shape, last):
         raise ValueError(f"{op}: {qn} is on {q.device} but {gn} is on {g.device}")
 
 
-def _sides(op, q_local, g_local, q_global, g_global, lam, metric, same_stripes=False):
+_OPTION_DEFAULTS = {"lam": 1.0, "metric": "euclidean", "normalize": True, "gamma": 0.0, "band": None}
+
+
+def _is_default(name, v):
+    d = _OPTION_DEFAULTS[name]
+    if v is d:
+        return True
+    if d is None or v is None or isinstance(v, torch.Tensor):
+        return False
+    return type(v) is type(d) and v == d
+
+
+def _distance(op, distance, has_local, has_global, options):
+    """The :class:`Distance` of a call: ``distance``, or one made of the separate keyword
+    ``options`` (a dict of the options the caller gave) and the features given."""
+    unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
+    if unknown:
+        raise TypeError(f"{op}() got an unexpected keyword argument {unknown[0]!r}")
+    if distance is None:
+        return Distance.for_features(has_local, has_global, op, **options)
+    if not isinstance(distance, Distance):
+        raise TypeError(f"{op}: distance must be a partdist.eval.Distance, got {type(distance).__name__}")
+    given = [k for k, v in options.items() if not _is_default(k, v)]
+    if given:
+        raise ValueError(
+            f"{op}: give distance=Distance(...) or the separate options, not both (got distance and "
+            f"{', '.join(given)}); put {given[0]}= into the Distance"
+        )
+    uses = (("local", distance.uses_local, has_local), ("global", distance.uses_global, has_global))
+    need = [name for name, used, have in uses if used and not have]
+    if need:
+        raise ValueError(
+            f"{op}: a {distance.kind!r} distance needs {need[0]} features (q_{need[0]}, g_{need[0]})"
+        )
+    return distance
+
+
+def _sides(op, q_local, g_local, q_global, g_global, distance, options, same_stripes=False):
+    """Checked features and the :class:`Distance`; the features it does not use are dropped."""
     _check_pair(op, "local", q_local, g_local, ("Q", "H", "C"), ("G", "H'", "C"), "C")
     _check_pair(op, "global", q_global, g_global, ("Q", "D"), ("G", "D"), "D")
     if q_local is None and q_global is None:
         raise ValueError(f"{op}: give local features (q_local, g_local) and/or global features (q_global, g_global)")
-    if same_stripes and q_local is not None and q_local.shape[1] != g_local.shape[1]:
-        raise ValueError(
-            f"{op}: q_local and g_local must have the same number of stripes H (query-query and "
-            f"gallery-gallery distances are needed), got {list(q_local.shape)} and {list(g_local.shape)}"
-        )
     if q_local is not None and q_global is not None:
         for side, loc, glob in (("queries", q_local, q_global), ("gallery", g_local, g_global)):
             if loc.shape[0] != glob.shape[0]:
@@ -159,14 +169,20 @@ def _sides(op, q_local, g_local, q_global, g_global, lam, metric, same_stripes=F
                 )
         if q_local.device != q_global.device:
             raise ValueError(f"{op}: local features are on {q_local.device} but global ones on {q_global.device}")
-    if metric not in _METRICS:
-        raise ValueError(f"{op}: metric must be one of {_METRICS}, got {metric!r}")
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam):
-        raise TypeError(f"{op}: lam must be a finite real number, got {lam!r}")
+    dist = _distance(op, distance, q_local is not None, q_global is not None, options)
+    if not dist.uses_local:
+        q_local = g_local = None
+    if not dist.uses_global:
+        q_global = g_global = None
+    if same_stripes and q_local is not None and q_local.shape[1] != g_local.shape[1]:
+        raise ValueError(
+            f"{op}: q_local and g_local must have the same number of stripes H (query-query and "
+            f"gallery-gallery distances are needed), got {list(q_local.shape)} and {list(g_local.shape)}"
+        )
     q, g = _Side(q_local, q_global), _Side(g_local, g_global)
     if len(q) < 1 or len(g) < 1:
         raise ValueError(f"{op}: need at least one query and one gallery item, got {len(q)} and {len(g)}")
-    return q, g
+    return q, g, dist
 
 
 def _check_pos_int(op, name, v, allow_none=True):
@@ -190,6 +206,8 @@ _COMMON_DOC = """
         q_global, g_global: global features ``[Q, D]`` and ``[G, D]``.
             Give local and/or global features; with both the distance is
             ``global + lam * local``.
+        distance: a :class:`partdist.eval.Distance` (kind, metric, ``lam``,
+            ``normalize``, ``gamma``, ``band``) instead of the separate options below.
         lam: weight of the local distance in the fusion.
         metric: global metric, ``euclidean`` (default), ``sqeuclidean`` or ``cosine``.
         normalize, gamma, band: of the local distance, as in :func:`partdist.local_dist`.
@@ -212,34 +230,36 @@ def distance_blocks(
     block_rows: Optional[int] = None,
     chunk_size: Optional[int] = None,
     progress: bool = False,
+    distance: Optional[Distance] = None,
 ) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """Yield ``(start, stop, block)``: the distances ``[stop - start, G]`` of queries
     ``start:stop`` to the whole gallery, block after block (an iterator; the arguments are
     checked at the call).
 
     Args:"""
-    q, g, pd, rows = _prepare(
-        "partdist.eval.distance_blocks", q_local, g_local, q_global, g_global, lam=lam, metric=metric,
-        normalize=normalize, gamma=gamma, band=band, block_rows=block_rows, chunk_size=chunk_size,
+    options = dict(lam=lam, metric=metric, normalize=normalize, gamma=gamma, band=band)
+    q, g, dist, rows = _prepare(
+        "partdist.eval.distance_blocks", q_local, g_local, q_global, g_global, distance=distance,
+        block_rows=block_rows, **options,
     )
-    return _blocks(q, g, pd, rows, progress, "distances")
+    return _blocks(q, g, dist, chunk_size, rows, progress, "distances")
 
 
-def _prepare(op, q_local, g_local, q_global, g_global, *, lam=1.0, metric="euclidean", normalize=True,
-             gamma=0.0, band=None, block_rows=None, chunk_size=None, bytes_per_entry=4):
-    """Checked sides, the pair distance and the block height (the options of distance_blocks)."""
-    q, g = _sides(op, q_local, g_local, q_global, g_global, lam, metric)
+def _prepare(op, q_local, g_local, q_global, g_global, *, distance=None, block_rows=None, bytes_per_entry=4,
+             **options):
+    """Checked sides, the distance and the block height (``options``: the distance options given)."""
+    q, g, dist = _sides(op, q_local, g_local, q_global, g_global, distance, options)
     rows = _check_pos_int(op, "block_rows", block_rows) or _default_rows(len(g), bytes_per_entry)
-    return q, g, _PairDistance(lam, metric, normalize, gamma, band, chunk_size), rows
+    return q, g, dist, rows
 
 
 @torch.no_grad()
-def _blocks(q, g, pd, rows, progress, desc):
+def _blocks(q, g, dist, chunk_size, rows, progress, desc):
     bar = progress_bar(progress, len(q), desc, unit="query")
     try:
         for s in range(0, len(q), rows):
             e = min(s + rows, len(q))
-            yield s, e, pd.all_pairs(q.rows(s, e), g)
+            yield s, e, _all_pairs(dist, q.rows(s, e), g, chunk_size)
             bar.update(e - s)
     finally:
         bar.close()
@@ -254,14 +274,15 @@ def query_gallery_distance(
     Raises :class:`MemoryError` before computing anything when ``[Q, G]`` cannot fit,
     naming :func:`topk_distance` / :func:`distance_blocks` as the alternatives.
 
-    ``options``: the keyword options of :func:`distance_blocks` (``lam``, ``metric``,
-    ``normalize``, ``gamma``, ``band``, ``block_rows``, ``chunk_size``)."""
+    ``options``: the keyword options of :func:`distance_blocks` (``distance``, or ``lam``,
+    ``metric``, ``normalize``, ``gamma``, ``band``; ``block_rows``, ``chunk_size``)."""
     op = "partdist.eval.query_gallery_distance"
-    q, g, pd, rows = _prepare(op, q_local, g_local, q_global, g_global, **options)
-    feats = [t for t in (q_local, q_global) if t is not None]
+    chunk_size = options.pop("chunk_size", None)
+    q, g, dist, rows = _prepare(op, q_local, g_local, q_global, g_global, **options)
+    feats = [t for t in (q.local, q.glob) if t is not None]
     dtype = torch.promote_types(feats[0].dtype, feats[-1].dtype)
-    if dtype in (torch.float16, torch.bfloat16) and q_local is not None:
-        dtype = q_local.dtype
+    if dtype in (torch.float16, torch.bfloat16) and q.local is not None:
+        dtype = q.local.dtype
     check_dense_fits(
         op,
         (len(q), len(g)),
@@ -271,7 +292,7 @@ def query_gallery_distance(
         "partdist.eval.distance_blocks(...) (yields [block_rows, G] blocks)",
     )
     out = None
-    for s, e, blk in _blocks(q, g, pd, rows, progress, "distances"):
+    for s, e, blk in _blocks(q, g, dist, chunk_size, rows, progress, "distances"):
         if out is None:
             out = blk.new_empty((len(q), len(g)))
         out[s:e] = blk
@@ -288,7 +309,7 @@ def _stable_topk(block: torch.Tensor, k: int, largest: bool):
         a = block.float().numpy() if block.dtype in (torch.float16, torch.bfloat16) else block.numpy()
         nan_rows = np.isnan(a).any(axis=1)
         if not nan_rows.any():
-            idx = torch.from_numpy(_rr._topk_rows(np.ascontiguousarray(-a if largest else a), k).astype(np.int64))
+            idx = torch.from_numpy(topk_rows(np.ascontiguousarray(-a if largest else a), k).astype(np.int64))
             return block.gather(1, idx), idx
     idx = torch.sort(block, dim=1, descending=largest, stable=True).indices[:, :k]
     return block.gather(1, idx), idx
@@ -316,15 +337,16 @@ def topk_distance(
         k: how many gallery items to keep per query, ``1 <= k <= G``.
         largest: keep the ``k`` farthest instead.
         progress: show a progress bar (tqdm).
-        options: the keyword options of :func:`distance_blocks` (``lam``, ``metric``,
-            ``normalize``, ``gamma``, ``band``, ``block_rows``, ``chunk_size``)."""
+        options: the keyword options of :func:`distance_blocks` (``distance``, or ``lam``,
+            ``metric``, ``normalize``, ``gamma``, ``band``; ``block_rows``, ``chunk_size``)."""
     op = "partdist.eval.topk_distance"
-    q, g, pd, rows = _prepare(op, q_local, g_local, q_global, g_global, bytes_per_entry=16, **options)
+    chunk_size = options.pop("chunk_size", None)
+    q, g, dist, rows = _prepare(op, q_local, g_local, q_global, g_global, bytes_per_entry=16, **options)
     k = _check_pos_int(op, "k", k, allow_none=False)
     if k > len(g):
         raise ValueError(f"{op}: k must be at most the gallery size G = {len(g)}, got {k}")
     vals, inds = [], []
-    for _, _, blk in _blocks(q, g, pd, rows, progress, "top-k"):
+    for _, _, blk in _blocks(q, g, dist, chunk_size, rows, progress, "top-k"):
         v, i = _stable_topk(blk, k, largest)
         vals.append(v)
         inds.append(i)
@@ -370,16 +392,17 @@ def local_dist_topk(
 # --------------------------------------------------------------------------------------
 
 
-class _FeatureDist:
-    """What :mod:`partdist.eval.reranking` needs of the ``(q+g) x (q+g)`` distances,
+class _FeatureSource:
+    """A :class:`partdist.eval.reranking.DistanceSource`: the ``(q+g) x (q+g)`` distances
     computed from features block by block instead of read from dense matrices."""
 
-    def __init__(self, qs: _Side, gs: _Side, pd: _PairDistance, progress: bool):
-        self.qs, self.gs, self.pd, self.progress = qs, gs, pd, progress
+    def __init__(self, op: str, qs: _Side, gs: _Side, dist: Distance, bar):
+        self.op, self.qs, self.gs, self.dist, self.bar = op, qs, gs, dist, bar
         self.q, self.g = len(qs), len(gs)
         self.n = self.q + self.g
         self.qg = None
         self.dtype = np.float32
+        self.rows_done = 0
 
     def _sq(self, x):
         return np.power(np.asarray(x, dtype=self.dtype), 2).astype(np.float32, copy=False)
@@ -387,36 +410,38 @@ class _FeatureDist:
     def _rows_block(self, s, e):
         """Distances of items ``s:e`` of ``[queries; gallery]`` to all items, ``[e - s, N]`` numpy."""
         side = self.qs.rows(s, e) if e <= self.q else self.gs.rows(s - self.q, e - self.q)
-        blk = torch.cat([self.pd.all_pairs(side, self.qs), self.pd.all_pairs(side, self.gs)], dim=1)
+        blk = torch.cat([_all_pairs(self.dist, side, self.qs), _all_pairs(self.dist, side, self.gs)], dim=1)
         if blk.dtype in (torch.float16, torch.bfloat16):
             blk = blk.float()
         out = blk.cpu().numpy()
         if not np.isfinite(out).all():
             bad = s + int(np.nonzero(~np.isfinite(out).all(axis=1))[0][0])
             raise ValueError(
-                f"{_rr._OP}: the distances of item {bad} of [queries; gallery] are not finite "
+                f"{self.op}: the distances of item {bad} of [queries; gallery] are not finite "
                 "(NaN or inf in its features?)"
             )
         return out
 
     def columns(self, s, e):
-        """Rows ``s:e`` of the squared distances (float32), as :func:`reranking._neighbours`
-        reads them; keeps the query x gallery distances on the way."""
+        """Rows ``s:e`` of the squared distances (float32); keeps the query x gallery
+        distances on the way."""
         raw = self._rows_block(s, e)
         if self.qg is None:
             self.dtype = raw.dtype
             self.qg = np.empty((self.q, self.g), dtype=raw.dtype)
         if e <= self.q:
             self.qg[s:e] = raw[:, self.q :]
-        self._bar.update(e - s)
+        self.bar.update(e - s)
+        self.rows_done += e - s
+        if self.rows_done >= self.n:
+            self.close_bar()
         return self._sq(raw)
 
-    def neighbours(self, K, chunk):
-        self._bar = progress_bar(self.progress, self.n, "re-ranking: neighbours", unit="item")
-        try:
-            return _rr._neighbours(self, K, chunk)
-        finally:
-            self._bar.close()
+    def close_bar(self):
+        """Close the progress bar of the neighbour stage (once)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def _items(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -447,7 +472,7 @@ class _FeatureDist:
         out = np.empty(j.shape, dtype=np.float32)
         for s in range(0, len(j), step):
             e = min(s + step, len(j))
-            d = self.pd.pairs(self._items(j[s:e]), self._items(i[s:e]))
+            d = _pairs(self.dist, self._items(j[s:e]), self._items(i[s:e]))
             if d.dtype in (torch.float16, torch.bfloat16):
                 d = d.float()
             out[s:e] = self._sq(d.cpu().numpy())
@@ -474,6 +499,7 @@ def re_ranking_features(
     band: Optional[float] = None,
     chunk_size: Optional[int] = None,
     progress: bool = False,
+    distance: Optional[Distance] = None,
 ) -> torch.Tensor:
     """k-reciprocal re-ranking (Zhong et al. 2017) straight from features: local, global or fused.
 
@@ -494,16 +520,17 @@ def re_ranking_features(
         k1, k2, lambda_value: as in :func:`partdist.eval.re_ranking`.
         chunk_size: rows of the ``(q+g) x (q+g)`` distances per block (default: a block
             of about 64 MiB). The result does not depend on it.
-        q_local, g_local, q_global, g_global, lam, metric, normalize, gamma, band,
-        progress: as in :func:`topk_distance`.
+        q_local, g_local, q_global, g_global, distance, lam, metric, normalize, gamma,
+        band, progress: as in :func:`distance_blocks`.
 
     Returns:
         The re-ranked ``[q, g]`` distance, a float32 tensor on the CPU.
     """
-    op = _rr._OP + "_features"
-    qs, gs = _sides(op, q_local, g_local, q_global, g_global, lam, metric, same_stripes=True)
-    k1, k2, lambda_value = _rr._check_params(k1, k2, lambda_value)
-    n = len(qs) + len(gs)
-    chunk = _rr._default_chunk(n) if chunk_size is None else _rr._check_int("chunk_size", chunk_size, 1)
-    D = _FeatureDist(qs, gs, _PairDistance(lam, metric, normalize, gamma, band, None), progress)
-    return torch.from_numpy(_rr._rerank(D, k1, k2, lambda_value, chunk))
+    op = "re_ranking_features"
+    options = dict(lam=lam, metric=metric, normalize=normalize, gamma=gamma, band=band)
+    qs, gs, dist = _sides(op, q_local, g_local, q_global, g_global, distance, options, same_stripes=True)
+    src = _FeatureSource(op, qs, gs, dist, progress_bar(progress, len(qs) + len(gs), "re-ranking: neighbours", "item"))
+    try:
+        return torch.from_numpy(rerank_source(src, k1, k2, lambda_value, chunk_size=chunk_size))
+    finally:
+        src.close_bar()

@@ -21,7 +21,10 @@ Layers (input 3 x 160 x 60, the sizes in brackets are for that input):
 
 Not reproduced from the paper: its data augmentation and its hard-negative mining
 schedule; training here is plain cross-entropy on balanced pairs
-(:class:`partdist.data.BalancedPairSampler`, :func:`verification_step`).
+(:class:`partdist.data.BalancedPairSampler`, :func:`verification_step`), or, in
+``partdist train --model idla``, on the pairs formed within each P x K batch (every positive
+pair and as many random negatives, :mod:`partdist.models.pairs`). IDLA is a pair model
+(``pair_model = True``): its ranking evaluation scores all Q x G pairs.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import nn
 
 from ..eval.rank import evaluate_rank
 from ..ops.neighborhood import cross_neighborhood_diff
+from .pairs import image_features, pair_distance_matrix, verification_terms
 
 __all__ = ["IDLA", "verification_step", "idla_distance_matrix", "evaluate_idla"]
 
@@ -57,6 +61,7 @@ class IDLA(nn.Module):
 
     SAME = 1
     DIFFERENT = 0
+    pair_model = True  # see partdist.models.pairs
 
     def __init__(self, input_size: Tuple[int, int] = (160, 60), kernel_size: int = 5, dropout: float = 0.0):
         super().__init__()
@@ -110,6 +115,15 @@ class IDLA(nn.Module):
         f = self.features(torch.cat([x1, x2]))  # one trunk pass for both images
         return self.head(f[: x1.shape[0]], f[x1.shape[0] :])
 
+    def pair_distance(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Distances of pairs of trunk maps (:meth:`features`): :meth:`distance` of :meth:`head`."""
+        return self.distance(self.head(f, g))
+
+    def pair_loss_terms(self, images: torch.Tensor, pids: torch.Tensor) -> dict:
+        """Training losses of a P x K batch: cross-entropy on the batch's pairs
+        (:func:`partdist.models.pairs.verification_terms`)."""
+        return verification_terms(self, images, pids)
+
     @staticmethod
     def distance(logits: torch.Tensor) -> torch.Tensor:
         """Ranking distance of pairs from their logits: ``logit[different] - logit[same]``
@@ -132,10 +146,6 @@ def verification_step(
     return float(loss.detach())
 
 
-def _batched_features(model: IDLA, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([model.features(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)])
-
-
 @torch.no_grad()
 def idla_distance_matrix(
     model: IDLA,
@@ -146,25 +156,20 @@ def idla_distance_matrix(
 ) -> torch.Tensor:
     """``[Q, G]`` distances (:meth:`IDLA.distance`) of all query x gallery pairs.
 
-    The tied trunk runs once per image; the pair head runs on ``batch_size`` pairs at a
-    time (its memory is two ``[batch, 25, 185, 60]`` difference maps per batch), so Q x G
-    can be large. Returns a float32 tensor on the CPU.
+    The tied trunk runs once per image; the pair head on ``batch_size`` pairs at a time
+    (:func:`partdist.models.pairs.pair_distance_matrix`; its memory is two
+    ``[batch, 25, 185, 60]`` difference maps per batch), so Q x G can be large. Returns a
+    float32 tensor on the CPU.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"idla_distance_matrix: batch_size must be a positive int, got {batch_size!r}")
     was_training = model.training
     model.eval()
-    device = device if device is not None else next(model.parameters()).device
-    fq = _batched_features(model, query, batch_size, device)
-    fg = _batched_features(model, gallery, batch_size, device)
-    Q, G = fq.shape[0], fg.shape[0]
-    out = torch.empty(Q * G, dtype=torch.float32)
-    for start in range(0, Q * G, batch_size):
-        idx = torch.arange(start, min(start + batch_size, Q * G), device=device)
-        logits = model.head(fq[idx // G], fg[idx % G])
-        out[start : start + idx.shape[0]] = IDLA.distance(logits).float().cpu()
+    fq = image_features(model, query, batch_size, device)
+    fg = image_features(model, gallery, batch_size, device)
+    out = pair_distance_matrix(model, fq, fg, batch_size)
     model.train(was_training)
-    return out.view(Q, G)
+    return out
 
 
 def evaluate_idla(

@@ -1,4 +1,4 @@
-"""Part-based ReID heads that take part locations as extra inputs (issue 7).
+"""Part-based ReID heads that take part locations as extra inputs.
 
 * :class:`GLAD` - global + 3 part features (head, upper body, lower body) pooled from boxes;
 * :class:`SpindleNet` - 7 part features fused with the global one (Spindle Net's fusion tree);

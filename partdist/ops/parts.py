@@ -1,4 +1,4 @@
-"""Visibility-aware part distance and the DSR distance (issue 7): wrappers, fake
+"""Visibility-aware part distance and the DSR distance: wrappers, fake
 kernels and autograd of ``torch.ops.partdist.part_dist`` / ``dsr_dist``.
 
 The compiled kernels live in ``csrc/parts/``; this module adds the Python-side

@@ -1,4 +1,4 @@
-"""Streaming query x gallery distances (issue 6): row blocks, top-k, re-ranking from
+"""Streaming query x gallery distances: row blocks, top-k, re-ranking from
 features, the dense-output memory check, progress bars."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests of the IDLA model, the balanced pair sampler and the ranking evaluation (issue 4)."""
+"""Tests of the IDLA model, the balanced pair sampler and the ranking evaluation."""
 
 import numpy as np
 import pytest

@@ -195,7 +195,9 @@ def test_dmli_path_matches_gradient_support(m, n):
     assert (p.sum((1, 2)) == m + n - 1).all()
 
 
-@pytest.mark.parametrize("m,n", [(1, 1), (1, 4), (3, 1), (3, 5), (4, 4)])
+@pytest.mark.parametrize(
+    "m,n", [(1, 1), (1, 4), (3, 1), pytest.param(3, 5, marks=pytest.mark.slow), pytest.param(4, 4, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_gradcheck_all_ops(m, n, normalize):
     x, y = rand_xy(3, m, n, C=5, seed=m * 10 + n)
@@ -282,6 +284,7 @@ def test_opcheck_all_ops():
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
 

@@ -1,4 +1,4 @@
-"""dsr_dist: DSR reconstruction distance (He et al., CVPR 2018), FISTA Lasso per query cell (issue 7)."""
+"""dsr_dist: DSR reconstruction distance (He et al., CVPR 2018), FISTA Lasso per query cell."""
 
 import numpy as np
 import pytest
@@ -40,7 +40,9 @@ def scipy_lasso(x, Y, beta):
 
 
 # ------------------------------------------------------------------ values
-@pytest.mark.parametrize("beta", [0.0, 0.05, 0.5, 3.0])
+@pytest.mark.parametrize(
+    "beta", [pytest.param(0.0, marks=pytest.mark.slow), pytest.param(0.05, marks=pytest.mark.slow), 0.5, 3.0]
+)
 def test_against_scipy_and_coordinate_descent(beta):
     # C > Lg: a unique Lasso solution; converge tightly and compare objective values
     x, y = rand_grid(2, 3, 4, 5, C=12)
@@ -277,6 +279,7 @@ def test_no_double_backward():
         gx.sum().backward()
 
 
+@pytest.mark.slow
 def test_opcheck():
     x, y = rand_grid(2, 3, 3, 4)
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (x, y, 0.1, 50, 1e-6, 0))
@@ -362,6 +365,7 @@ def test_cuda_grad_matches_cpu():
     torch.library.opcheck(torch.ops.partdist.dsr_dist, (xc, yc, 0.3, 500, 1e-10, 0))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     x, y = rand_grid(2, 3, 3, 4)
     compiled = torch.compile(lambda a, b: partdist.dsr_dist(a, b, beta=0.2), fullgraph=True, backend="aot_eager")

@@ -349,6 +349,7 @@ def test_property_matches_masked_reference(N, M, num_ids, ties, seed):
 
 
 # --------------------------------------------------- opcheck and compile
+@pytest.mark.slow
 def test_opcheck_all_ops():
     labels = LABELS["unequal_k"]
     N = len(labels)
@@ -379,6 +380,7 @@ def test_opcheck_all_ops():
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     labels = LABELS["unequal_k"]
 

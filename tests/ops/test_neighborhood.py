@@ -1,4 +1,4 @@
-"""Tests of partdist.neighborhood_diff / cross_neighborhood_diff (IDLA, issue 4)."""
+"""Tests of partdist.neighborhood_diff / cross_neighborhood_diff (IDLA)."""
 
 import math
 
@@ -206,7 +206,7 @@ def test_cross_neighborhood_diff():
 
 
 # -------------------------------------------------------- torch.library checks
-@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("k", [1, pytest.param(3, marks=pytest.mark.slow), pytest.param(5, marks=pytest.mark.slow)])
 def test_opcheck(k):
     f, g = pair((2, 3, 4, 5), seed=k, requires_grad=True)
     torch.library.opcheck(ops.neighborhood_diff.default, (f, g, k))
@@ -214,6 +214,7 @@ def test_opcheck(k):
     torch.library.opcheck(ops.neighborhood_diff_backward.default, (go, k))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     def fn(f, g):
         K, Kp = partdist.cross_neighborhood_diff(f, g, 3)

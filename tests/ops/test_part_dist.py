@@ -1,4 +1,4 @@
-"""part_dist: visibility-aware mean part distance of all pairs (issue 7)."""
+"""part_dist: visibility-aware mean part distance of all pairs."""
 
 import math
 
@@ -253,6 +253,7 @@ def test_cuda_reduced_precision_and_devices():
         partdist.part_dist(x, y, vx.cpu(), vy)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     x, y, vx, vy = rand_parts(4, 3, 3, vis="float")
 

@@ -138,7 +138,10 @@ def test_nan_inf_propagate_per_pair(P, m, n, seed, special):
     assert torch.isfinite(out[1:]).all()
 
 
-@pytest.mark.parametrize("m,n", [(partdist.MAX_STRIPES, partdist.MAX_STRIPES), (1, partdist.MAX_STRIPES), (100, 3)])
+@pytest.mark.parametrize(
+    "m,n",
+    [pytest.param(partdist.MAX_STRIPES, partdist.MAX_STRIPES, marks=pytest.mark.slow), (1, partdist.MAX_STRIPES), (100, 3)],
+)
 def test_largest_supported_sizes(m, n):
     g = torch.Generator().manual_seed(m + n)
     x = torch.randn(2, m, 4, generator=g, dtype=torch.float64, requires_grad=True)

@@ -1,5 +1,7 @@
 """Determinism, memory stability and thread safety of the ops."""
 
+import ctypes
+import functools
 import gc
 import os
 import threading
@@ -58,29 +60,111 @@ def test_bit_identical_across_calls_and_thread_counts():
         assert torch.equal(a, c)
 
 
-def _rss_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")
+    ]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
-@pytest.mark.skipif(bool(os.environ.get("PARTDIST_SANITIZED")), reason="ASan's quarantine holds freed memory")
-def test_memory_flat_over_many_calls():
+def _libc():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def _in_use():
+    """Bytes C/C++ code holds from malloc: glibc's ``mallinfo2``, all arenas, ``mmap``-ed
+    chunks included. Torch's CPU tensors, TensorImpls and the kernels' buffers come from
+    there, and so do Python objects over 512 bytes; exact to the byte, whichever pages were
+    touched or returned to the OS (RSS counts pages, so a leak had to pass ~6 KiB per call
+    over 2000 calls before it showed). Not seen: Python objects of up to 512 bytes (pymalloc
+    keeps them in its own mmap-ed arenas)."""
+    gc.collect()
+    mi = _LIBC.mallinfo2()
+    return mi.uordblks + mi.hblkhd
+
+
+# Calls per measured window, and the growth per call that fails the check: half of the smallest
+# leak it must catch (1 KiB per call of any op; each call of _run_all calls every op once).
+_WINDOW = 15
+_LIMIT = 512
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_up():
+    """Allocator caches, thread pools, lazily built dispatch tables: the first calls of the
+    process grow the heap by a few hundred KiB (the first 25 by ~7 KiB per call, the next 50
+    by under 100 B per call in one measurement), later ones by 0 bytes."""
     args = _inputs(N=16, M=8, C=16)
-    for _ in range(50):  # warm up allocator caches
+    for _ in range(30):
         _run_all(*args)
-    gc.collect()
-    before = _rss_bytes()
-    for _ in range(2000):
+    return args
+
+
+def _growth_per_call(step):
+    """Median over three windows of the heap growth per call of ``step`` (bytes): a leak
+    grows every window, a one-off cache fill one."""
+    marks = [_in_use()]
+    for _ in range(3):
+        for _ in range(_WINDOW):
+            step()
+        marks.append(_in_use())
+    return sorted((b - a) / _WINDOW for a, b in zip(marks, marks[1:]))[1]
+
+
+_needs_mallinfo = pytest.mark.skipif(_LIBC is None, reason="needs glibc's mallinfo2 (glibc >= 2.33)")
+_not_sanitized = pytest.mark.skipif(bool(os.environ.get("PARTDIST_SANITIZED")), reason="ASan replaces malloc")
+
+
+@_needs_mallinfo
+@_not_sanitized
+def test_memory_flat_over_many_calls():
+    args = _warm_up()
+    grown = _growth_per_call(lambda: _run_all(*args))
+    assert grown < _LIMIT, f"the heap grew by {grown:.0f} B per call of every op"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["native malloc", pytest.param("torch tensor", marks=pytest.mark.slow), pytest.param("python bytes", marks=pytest.mark.slow)],
+)
+@_needs_mallinfo
+@_not_sanitized
+def test_memory_check_catches_a_1kib_leak_per_call(where):
+    """The measurement of test_memory_flat_over_many_calls, on the same calls plus a planted
+    leak of 1 KiB per call (C/C++ memory from ``malloc`` never freed, a tensor kept alive,
+    a Python object kept alive): each must reach the limit."""
+    args = _warm_up()
+    kept = []
+
+    def step():
         _run_all(*args)
-    gc.collect()
-    growth = _rss_bytes() - before
-    # one iteration allocates ~30 KiB; a leak of even one small tensor per call would add tens of MiB
-    assert growth < 12 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 iterations"
+        if where == "native malloc":
+            kept.append(_LIBC.malloc(1024))
+        elif where == "torch tensor":
+            kept.append(torch.empty(256))  # 1 KiB of float32
+        else:
+            kept.append(bytes(1024))
+
+    try:
+        grown = _growth_per_call(step)
+    finally:
+        if where == "native malloc":
+            for p in kept:
+                _LIBC.free(p)
+        kept.clear()
+    assert grown >= _LIMIT, f"a planted leak of 1 KiB per call measured {grown:.0f} B per call"
 
 
 @pytest.mark.slow

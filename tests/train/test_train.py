@@ -6,16 +6,14 @@ import os
 import pytest
 import torch
 
-from partdist.data import SyntheticReID, market1501
+from partdist.data import market1501
 from partdist.eval.evaluate import evaluate_model, format_table
 from partdist.train import TrainConfig, Trainer, build_model, make_batches
 
 
 @pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    SyntheticReID(str(root), num_ids=8, num_cams=2, imgs_per_id_cam=2, height=64, width=32, seed=3).generate()
-    return market1501(str(root))
+def tiny_set(tiny_reid_root):
+    return market1501(tiny_reid_root)
 
 
 def _cfg(tmp_path, **kw):
@@ -60,7 +58,7 @@ def test_icnn_outputs_and_cli_eval(tiny_set, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", tr.ckpt_path, "--data", data_root]) == 0
     table = capsys.readouterr().out
-    assert "| checkpoint.pt | global + DMLI |" in table
+    assert "| icnn compact epoch 1 | global + DMLI |" in table
 
 
 @pytest.mark.slow
@@ -144,3 +142,17 @@ def test_demo_quick_writes_results_and_pictures(tmp_path):
     assert {"untrained", "trained"} <= set(res)
     for name in ("rank_list.png", "dmli_alignment.png", "training_curves.png"):
         assert (out / "pictures" / name).stat().st_size > 0
+
+
+def test_new_run_refuses_an_existing_one_unless_overwrite(tiny_set, tmp_path):
+    num_classes = len({p for _, p, _ in tiny_set.train})
+    quiet = lambda *a: None  # noqa: E731
+    cfg = _cfg(tmp_path, epochs=1)
+    Trainer(cfg, num_classes, make_batches(tiny_set.train, cfg), log=quiet).fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        Trainer(cfg, num_classes, make_batches(tiny_set.train, cfg), log=quiet).fit()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    Trainer(cfg, num_classes, make_batches(tiny_set.train, cfg), log=quiet, overwrite=True).fit()
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1]  # replaced, not appended to

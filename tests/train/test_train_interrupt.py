@@ -24,12 +24,8 @@ ENV.pop("PARTDIST_TEST_STALL_AT", None)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from partdist.data import SyntheticReID
-
-    root = tmp_path_factory.mktemp("synthetic")
-    SyntheticReID(str(root), num_ids=8, num_cams=2, imgs_per_id_cam=2, height=64, width=32, seed=3).generate()
-    return str(root)
+def data_root(tiny_reid_root):
+    return tiny_reid_root
 
 
 def _cmd(data_root, out, *extra):
