@@ -12,13 +12,14 @@
 #                  whole test suite (fails on any skipped CUDA test), compute-sanitizer, benchmarks on
 #                  cuda + cpu with the GPU targets -> $(OUT)/report.md + report.json. STAGE=build|test|
 #                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes)
+# make lint-cpp : clang-format check of csrc/ (.clang-format), no changes made
 PYTHON ?= python3
 VENV := .venv
 CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check clean
+.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint-cpp clean
 
 all: test
 
@@ -83,8 +84,11 @@ $(CUDA_VENV)/.stamp: requirements-cuda-check.txt
 
 # Builds out of tree so the CPU build in the source tree is left alone, then imports the
 # CUDA build and runs the op tests on the CPU with it (CUDA tests skip without a GPU).
+# Architectures: CUDA_CHECK_ARCHS (two, one with PTX, to keep the CI compile time down; a
+# plain build without a GPU compiles setup.py's DEFAULT_CUDA_ARCHS, five of them).
+CUDA_CHECK_ARCHS ?= 8.0;9.0+PTX
 cuda-check: $(CUDA_VENV)/.stamp
-	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" \
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-$(CUDA_CHECK_ARCHS)}" \
 	  PARTDIST_CUDA=1 tools/build_out_of_tree.sh $(CUDA_PY) build/cuda-check
 	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -c \
 	  "import torch, partdist; assert torch.version.cuda; print('partdist CUDA build imports; torch', torch.__version__, 'cuda', torch.version.cuda, 'CUDA kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('partdist::dmli', 'CUDA'))"
@@ -93,7 +97,7 @@ cuda-check: $(CUDA_VENV)/.stamp
 # CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
 # tests run under them; any report aborts the run (halt_on_error).
 # the tests of the compiled ops (run with the CUDA build and under the sanitizers)
-OP_TESTS ?= $(addprefix tests/ops/,test_dmli.py test_dmli_variants.py test_neighborhood.py test_mining.py test_properties.py test_stability.py test_part_dist.py test_dsr.py)
+OP_TESTS ?= $(addprefix tests/ops/,test_dmli.py test_dmli_variants.py test_neighborhood.py test_mining.py test_properties.py test_stability.py test_part_dist.py test_dsr.py test_cuda_emulation.py)
 SANITIZE_TESTS ?= $(OP_TESTS)
 sanitize: venv
 	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize
@@ -102,6 +106,10 @@ sanitize: venv
 	  PARTDIST_SANITIZED=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  PYTHONPATH=$(CURDIR)/build/sanitize/lib $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
+
+CPP_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu')
+lint-cpp: venv
+	$(VENV)/bin/clang-format --dry-run --Werror $(CPP_SOURCES)
 
 # No venv and no dependency on the targets above: the GPU machine's python3 already holds a CUDA torch.
 STAGE ?= all

@@ -8,7 +8,9 @@ Environment variables
 ---------------------
 PARTDIST_CUDA=1/0     force the CUDA kernels on / off (default: on when torch is a
                       CUDA build and nvcc is found under CUDA_HOME).
-TORCH_CUDA_ARCH_LIST  CUDA architectures (default "8.0;9.0" when building CUDA).
+TORCH_CUDA_ARCH_LIST  CUDA architectures. Unset: the GPUs of this machine when it has
+                      any (torch's own default), else DEFAULT_CUDA_ARCHS (Turing to
+                      Hopper, with PTX of the last so that newer GPUs JIT-compile it).
 PARTDIST_NATIVE=0     do not compile the CPU kernels with -march=native (default 1:
                       the extension is built on the machine it runs on).
 PARTDIST_SANITIZE=1   build the CPU kernels with AddressSanitizer and
@@ -28,6 +30,10 @@ import setuptools
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# CUDA architectures of a build on a machine without a GPU: sm_75 (T4) to sm_90 (H100),
+# and PTX of sm_90 for anything newer (the driver compiles it at first use).
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 
 
 def _env_flag(name, default=None):
@@ -80,6 +86,21 @@ def _want_cuda():
     return torch_cuda and nvcc
 
 
+def default_cuda_arch_list(environ, visible_gpus):
+    """TORCH_CUDA_ARCH_LIST for a CUDA build: the user's setting; unset, None (torch's
+    default: the GPUs present) when there are any, else DEFAULT_CUDA_ARCHS."""
+    if environ.get("TORCH_CUDA_ARCH_LIST"):
+        return environ["TORCH_CUDA_ARCH_LIST"]
+    return None if visible_gpus > 0 else DEFAULT_CUDA_ARCHS
+
+
+def _visible_gpus():
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover - a broken driver counts as none
+        return 0
+
+
 def _extensions():
     with_cuda = _want_cuda()
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
@@ -101,8 +122,10 @@ def _extensions():
     nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     macros = [("Py_LIMITED_API", "0x030A0000")]
     if with_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        archs = default_cuda_arch_list(os.environ, _visible_gpus())
+        if archs is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        print("partdist: CUDA architectures %s" % (archs or "of the GPUs present"), file=sys.stderr)
         macros.append(("PARTDIST_WITH_CUDA", None))
         ext = CUDAExtension(
             "partdist._C",
@@ -127,8 +150,14 @@ def _extensions():
 
 # Name, version (partdist/_version.py), dependencies, license and the `partdist` command are
 # in pyproject.toml; this file only describes the compiled extension.
-setup(
-    ext_modules=_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp310"}},
-)
+def main():
+    setup(
+        ext_modules=_extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        options={"bdist_wheel": {"py_limited_api": "cp310"}},
+    )
+
+
+# pip / setuptools run this file as __main__; tests import it for its functions.
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
-// Library root: defines the `partdist` operator namespace and a tiny Python
-// module so that `import partdist._C` loads the shared library (and with it
-// every TORCH_LIBRARY_FRAGMENT of the op families).
+// Library root: defines the `partdist` operator namespace and a tiny Python module
+// so that `import partdist._C` loads the shared library (and with it every
+// TORCH_LIBRARY_FRAGMENT of the op families, and emulated.cpp's
+// partdist_cuda_emulated namespace).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -12,7 +13,7 @@ PyObject* PyInit__C(void) {
       PyModuleDef_HEAD_INIT,
       "_C",  // name
       "partdist compiled operators (registered as torch.ops.partdist.*)",
-      -1,    // size
+      -1,  // size
       nullptr,
   };
   return PyModule_Create(&module_def);

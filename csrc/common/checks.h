@@ -1,5 +1,5 @@
-// Argument checks shared by the op families (host code only). Messages name the
-// operator, the argument and what was expected.
+// Argument checks and the compute dtype shared by the op families (host code only).
+// Messages name the operator, the argument and what was expected.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,6 +8,11 @@
 #include <string>
 
 namespace partdist {
+
+// float16 / bfloat16 / float32 are computed in float32, float64 in float64.
+inline at::ScalarType compute_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 inline std::string shape_str(const at::Tensor& t) {
   std::string s = "[";
@@ -31,13 +36,30 @@ inline void check_rank(const char* op, const char* name, const at::Tensor& t, in
               ", got shape ", shape_str(t));
 }
 
-inline void check_same(const char* op, const char* name, const at::Tensor& t,
-                       const char* ref_name, const at::Tensor& ref) {
+inline void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                       const at::Tensor& ref) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
               ref_name, " (", ref.device(), "), got ", t.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name,
-              " must have the same dtype as ", ref_name, " (", ref.scalar_type(), "), got ",
-              t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the same dtype as ",
+              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+// A [count, cells, C] feature tensor (stripes, parts, query / gallery cells): floating,
+// 3-D, at least one cell (`what`) and one channel.
+inline void check_cells(const char* op, const char* name, const at::Tensor& t, const char* layout,
+                        const char* what) {
+  check_floating(op, name, t);
+  check_rank(op, name, t, 3, layout);
+  TORCH_CHECK(t.size(1) >= 1, op, ": ", name, " must have at least one ", what,
+              " (dim 1), got shape ", shape_str(t));
+  TORCH_CHECK(t.size(2) >= 1, op, ": ", name,
+              " must have at least one feature channel (dim 2), got shape ", shape_str(t));
+}
+
+inline void check_chunk(const char* op, int64_t chunk_size) {
+  TORCH_CHECK(chunk_size >= 0, op,
+              ": chunk_size must be a positive number of pairs per tile (or 0 for automatic), got ",
+              chunk_size);
 }
 
 }  // namespace partdist

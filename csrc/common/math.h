@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "hd.h"
 
@@ -9,6 +10,12 @@ namespace partdist {
 
 PD_HD float pd_sqrt(float x) { return sqrtf(x); }
 PD_HD double pd_sqrt(double x) { return sqrt(x); }
+
+// +inf of T (constexpr, usable in device code with --expt-relaxed-constexpr).
+template <typename T>
+PD_HD constexpr T pd_inf() {
+  return std::numeric_limits<T>::infinity();
+}
 
 // Euclidean distance of two vectors from |a|^2, |b|^2 and a.b (the GEMM form),
 // clamped at 0 (rounding can make the expansion slightly negative); NaN propagates.

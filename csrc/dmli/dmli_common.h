@@ -1,9 +1,10 @@
 // Per-element math of the normalized local distance and of DMLI, written once.
 //
-// Everything here is an inline host+device function: the CPU launcher
-// (dmli_cpu.cpp, at::parallel_for over pairs) and the CUDA launcher
-// (dmli_cuda.cu, one thread per pair) both call these and nothing else does
-// any of this math.
+// Everything here is an inline host+device function: the CPU backend
+// (dmli_cpu.cpp, at::parallel_for over pairs) and the CUDA kernels (the bodies
+// ForwardKernel / BackwardKernel at the end, one thread per pair, launched by
+// dmli_launch.h on the GPU or in its CPU emulation) both call these and nothing
+// else does any of this math.
 //
 // Conventions
 //   * A "pair" is one (query, gallery) couple of images with m and n stripes.
@@ -24,13 +25,15 @@
 #include <cstdint>
 
 #include "../common/hd.h"
+#include "../common/launch.h"
 #include "../common/math.h"
 
 namespace partdist {
 namespace dmli {
 
-// Largest number of stripes (m or n) the DP kernels accept. The CUDA kernel keeps
-// one DP row and one gradient row per thread in fixed-size local arrays.
+// Largest number of stripes (m or n) the DP kernels accept. The CUDA kernels keep
+// one DP row and one gradient row per thread in fixed-size local arrays (the
+// kCells mode has no DP and no limit).
 constexpr int kMaxStripes = 128;
 
 // ---------------------------------------------------------------- primitives
@@ -98,6 +101,21 @@ PD_HD T cell_weight(T g, T aa, T bb, T ab, bool normalize) {
     g = g * T(0.5) * (T(1) - d * d);
   }
   return r > T(0) ? g / r : T(0);
+}
+
+// Chain rule of one cell with weight w (see cell_weight) to its two stripes a, b of
+// C channels: dL/da += w (a - b), dL/db -= w (a - b). (accumulate_grads in
+// common/gemm_grads.h is the same sum over many cells as matrix products.)
+template <typename T>
+PD_HD void add_cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
+#if !defined(__CUDACC__)
+#pragma omp simd
+#endif
+  for (int64_t c = 0; c < C; ++c) {
+    T d = w * (a[c] - b[c]);
+    ga[c] += d;
+    gb[c] -= d;
+  }
 }
 
 // -------------------------------------------------------- cell accessors
@@ -220,12 +238,20 @@ PD_HD void fill_cells(const Cells& cell, int m, int n, T* dst, int64_t dsi) {
 }
 
 // w(i, j) = cell_weight(g(i, j), ...) for one pair; g may alias w.
+// w(i, j) = 0 for the m x n cells of one pair (row stride si).
+template <typename T>
+PD_HD void zero_cells(int m, int n, T* w, int64_t si) {
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) w[i * si + j] = T(0);
+}
+
 template <typename T>
 PD_HD void fill_weights(const FusedCells<T>& c, int m, int n, const T* g, int64_t gsi, T* w,
                         int64_t wsi) {
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j)
-      w[i * wsi + j] = cell_weight(g[i * gsi + j], c.xx[i], c.yy[j], c.xy[i * c.si + j], c.normalize);
+      w[i * wsi + j] =
+          cell_weight(g[i * gsi + j], c.xx[i], c.yy[j], c.xy[i * c.si + j], c.normalize);
 }
 
 // ------------------------------------------------------------ DP storage
@@ -240,7 +266,7 @@ struct RowStore {
 
 template <typename T>
 struct TableStore {
-  T* s;        // m * n entries, entry k at s[k * stride]
+  T* s;  // m * n entries, entry k at s[k * stride]
   int64_t stride;
   int n;
   PD_HD T get(int i, int j) const { return s[(int64_t(i) * n + j) * stride]; }
@@ -268,10 +294,6 @@ struct DPRule {
   }
 };
 
-template <typename T>
-PD_HD T pd_inf() {
-  return T(1e300) * T(1e300);  // +inf in float and double
-}
 PD_HD float pd_exp(float x) { return expf(x); }
 PD_HD double pd_exp(double x) { return exp(x); }
 PD_HD float pd_log1p(float x) { return log1pf(x); }
@@ -317,7 +339,8 @@ struct ScalarOf<Lanes<T, L>> {
 // Forward of one pair (V: a scalar, or Lanes of several pairs): returns the
 // distance, filling `st` with S where the rule has a DP.
 template <typename V, typename Cells, typename Store>
-PD_HD V dmli_forward(const Cells& cell, int m, int n, const Store& st, const DPRule& rule = DPRule()) {
+PD_HD V dmli_forward(const Cells& cell, int m, int n, const Store& st,
+                     const DPRule& rule = DPRule()) {
   using T = typename ScalarOf<V>::type;
   if (rule.diag) {
     V s = cell(0, 0);
@@ -444,8 +467,8 @@ enum class Mode : int {
 // --------------------------------------------------------- per-pair kernels
 // Forward of pair p. `row` is n scratch entries.
 template <typename T>
-PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normalize,
-                        const T* xy, const T* xx, const T* yy, T* out, T* row) {
+PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normalize, const T* xy,
+                        const T* xx, const T* yy, T* out, T* row) {
   int64_t a, b;
   L.pair(p, a, b);
   const T* t = xy + L.xy_off(a, b);
@@ -459,9 +482,8 @@ PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normaliz
   if (mode == Mode::kDmli) {
     r = dmli_forward<T>(RawCells<T>{t, L.xy_si}, L.m, L.n, st, L.rule);
   } else {
-    r = dmli_forward<T>(
-        FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize}, L.m, L.n, st,
-        L.rule);
+    r = dmli_forward<T>(FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize},
+                        L.m, L.n, st, L.rule);
   }
   out[L.out_off(a, b)] = r;
 }
@@ -487,9 +509,9 @@ struct EmitWeight {
 // Backward of pair p. gout has the layout of the forward output (for kCells,
 // the layout of xy). `table` has m*n entries (strided), `grow` n entries.
 template <typename T>
-PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normalize,
-                         const T* gout, const T* xy, const T* xx, const T* yy, T* w,
-                         T* table, int64_t table_stride, T* grow) {
+PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normalize, const T* gout,
+                         const T* xy, const T* xx, const T* yy, T* w, T* table,
+                         int64_t table_stride, T* grow) {
   int64_t a, b;
   L.pair(p, a, b);
   const int64_t off = L.xy_off(a, b);
@@ -500,8 +522,12 @@ PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normali
     fill_weights(c, L.m, L.n, gout + off, L.xy_si, wp, L.xy_si);
     return;
   }
-  TableStore<T> st{table, table_stride, L.n};
   const T g = gout[L.out_off(a, b)];
+  if (g == T(0)) {  // no gradient (e.g. an inactive hinge): no DP to run
+    zero_cells(L.m, L.n, wp, L.xy_si);
+    return;
+  }
+  TableStore<T> st{table, table_stride, L.n};
   if (mode == Mode::kDmli) {
     RawCells<T> c{t, L.xy_si};
     dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitGrad<T>{wp, L.xy_si}, L.rule);
@@ -509,6 +535,42 @@ PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normali
     FusedCells<T> c{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize};
     dmli_backward<T>(c, L.m, L.n, g, st, grow, EmitWeight<T>{wp, c}, L.rule);
   }
+}
+
+// ------------------------------------------------------------- CUDA kernels
+// The bodies of the CUDA kernels, one thread per pair (t.index). The __global__
+// shims (common/cuda_launch.cuh) compute t and call run; the CPU emulation
+// (common/emulate.h) runs the same bodies over the same grid.
+constexpr int kCudaThreads = 128;  // threads per block
+
+// out: per-pair results (kDmli, kFused) or the cells (kCells, layout of xy).
+struct ForwardKernel {
+  template <typename T>
+  PD_HD static void run(ThreadPos t, PairLayout L, Mode mode, bool normalize, const T* xy,
+                        const T* xx, const T* yy, T* out) {
+    if (t.index >= L.num_pairs) return;
+    T row[kMaxStripes];
+    pair_forward<T>(L, t.index, mode, normalize, xy, xx, yy, out, row);
+  }
+};
+
+// table: m*n entries per pair, interleaved over pairs (entry k of pair p at
+// table[k * num_pairs + p]) so that the threads of a warp touch adjacent words;
+// null for kCells (no DP).
+struct BackwardKernel {
+  template <typename T>
+  PD_HD static void run(ThreadPos t, PairLayout L, Mode mode, bool normalize, const T* gout,
+                        const T* xy, const T* xx, const T* yy, T* w, T* table) {
+    if (t.index >= L.num_pairs) return;
+    T grow[kMaxStripes];
+    pair_backward<T>(L, t.index, mode, normalize, gout, xy, xx, yy, w,
+                     table ? table + t.index : nullptr, L.num_pairs, grow);
+  }
+};
+
+// Entries of the backward's DP table for a launch over L (see BackwardKernel).
+PD_HD int64_t backward_table_entries(const PairLayout& L, Mode mode) {
+  return mode == Mode::kCells ? 0 : int64_t(L.m) * L.n * L.num_pairs;
 }
 
 }  // namespace dmli

@@ -1,4 +1,6 @@
-// CPU launchers: at::parallel_for over pairs, per-pair math from dmli_common.h.
+// The CPU backend of the DMLI family (CpuKernels, see dmli_kernels.h) and its
+// registration for the CPU dispatch key: at::parallel_for over pairs, per-pair math
+// from dmli_common.h.
 //
 // Structure (the math itself is all in the header):
 //   forward, DP modes: pairs go in blocks of kLanes; the cells of each pair are
@@ -11,6 +13,9 @@
 //     place (fill_weights, vectorized).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -22,7 +27,8 @@ namespace partdist {
 namespace dmli {
 
 namespace {
-constexpr int kLanes = kAllPairsLanes;
+// Pairs per SIMD block (lanes of Lanes<T, kLanes>).
+constexpr int kLanes = 16;
 
 // Pairs per task: at least ~4k cells of work.
 int64_t grain_for(const PairLayout& L) {
@@ -32,8 +38,7 @@ int64_t grain_for(const PairLayout& L) {
 
 template <typename T>
 void forward_block(const PairLayout& L, Mode mode, bool normalize, const T* xy, const T* xx,
-                   const T* yy, T* out, int64_t p0, int64_t cnt, T* tables,
-                   Lanes<T, kLanes>* row) {
+                   const T* yy, T* out, int64_t p0, int64_t cnt, T* tables, Lanes<T, kLanes>* row) {
   const int64_t mn = int64_t(L.m) * L.n;
   LaneCells<T, kLanes> cells;
   for (int l = 0; l < kLanes; ++l) {
@@ -101,29 +106,23 @@ void pair_dots(const T* x, const T* y, int m, int n, int64_t C, T* xy, T* xx, T*
   }
 }
 
-// Chain rule of one cell (see cell_weight): dL/da += w (a - b), dL/db -= w (a - b).
-template <typename T>
-void add_cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
-#pragma omp simd
-  for (int64_t c = 0; c < C; ++c) {
-    T d = w * (a[c] - b[c]);
-    ga[c] += d;
-    gb[c] -= d;
-  }
-}
-
 // Per-thread scratch for aligned pairs.
 template <typename T>
 struct AlignedScratch {
   std::vector<T> xy, xx, yy, cells, table, grow, w;
   AlignedScratch(int lanes, int m, int n)
-      : xy(size_t(lanes) * m * n), xx(size_t(lanes) * m), yy(size_t(lanes) * n),
-        cells(size_t(lanes) * m * n), table(size_t(m) * n), grow(n), w(size_t(m) * n) {}
+      : xy(size_t(lanes) * m * n),
+        xx(size_t(lanes) * m),
+        yy(size_t(lanes) * n),
+        cells(size_t(lanes) * m * n),
+        table(size_t(m) * n),
+        grow(n),
+        w(size_t(m) * n) {}
 };
 }  // namespace
 
-void forward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
-                 const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out) {
+void CpuKernels::forward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
+                         const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out) {
   if (L.num_pairs == 0) return;
   AT_DISPATCH_FLOATING_TYPES(xy.scalar_type(), "partdist_dmli_forward_cpu", [&] {
     const scalar_t* pxy = xy.const_data_ptr<scalar_t>();
@@ -152,32 +151,81 @@ void forward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tenso
   });
 }
 
-void allpairs_tile_forward_cpu(const AllPairsTile& t, bool normalize, const DPRule& rule,
-                               const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                               const at::Tensor& out) {
-  AT_DISPATCH_FLOATING_TYPES(xy.scalar_type(), "partdist_allpairs_tile_cpu", [&] {
-    using V = Lanes<scalar_t, kLanes>;
-    const scalar_t* pxy = xy.const_data_ptr<scalar_t>();
-    const scalar_t* pxx = xx.const_data_ptr<scalar_t>();
-    const scalar_t* pyy = yy.const_data_ptr<scalar_t>();
-    scalar_t* pout = out.mutable_data_ptr<scalar_t>();
-    std::vector<V> row(t.n);
-    for (int64_t a = 0; a < t.mc; ++a) {
-      for (int64_t b0 = 0; b0 < t.nc; b0 += kLanes) {
-        // lanes past nc read in-bounds padding (see AllPairsTile); their results are dropped
-        LaneFusedCells<scalar_t, kLanes> cells{pxy + a * t.m * t.nc + b0, t.nc, t.mc * t.m * t.nc,
-                                               pxx + a * t.m, pyy + b0, t.yy_sj, normalize};
-        V r = dmli_forward<V>(cells, t.m, t.n, RowStore<V>{row.data()}, rule);
-        const int64_t cnt = std::min<int64_t>(kLanes, t.nc - b0);
-        for (int64_t l = 0; l < cnt; ++l) pout[a * t.out_sa + b0 + l] = r.v[l];
-      }
+namespace {
+// One tile of mc first images x nc second images in a lane-contiguous layout:
+// xy [n, mc*m, nc] (xy[j][a*m + i][b] = x_a,i . y_b,j), xx [mc*m], yy with
+// yy[j * yy_sj + b] = |y_b,j|^2; out[a * out_sa + b]. Reads up to kLanes-1 values past
+// the last b of a row of xy and of yy: both buffers must be padded by that much.
+// Single-threaded (called per tile).
+struct AllPairsTile {
+  int64_t mc, nc;
+  int m, n;
+  int64_t yy_sj, out_sa;
+};
+
+template <typename T>
+void allpairs_tile_forward(const AllPairsTile& t, bool normalize, const DPRule& rule, const T* pxy,
+                           const T* pxx, const T* pyy, T* pout) {
+  using V = Lanes<T, kLanes>;
+  std::vector<V> row(t.n);
+  for (int64_t a = 0; a < t.mc; ++a) {
+    for (int64_t b0 = 0; b0 < t.nc; b0 += kLanes) {
+      // lanes past nc read in-bounds padding (see AllPairsTile); their results are dropped
+      LaneFusedCells<T, kLanes> cells{pxy + a * t.m * t.nc + b0,
+                                      t.nc,
+                                      t.mc * t.m * t.nc,
+                                      pxx + a * t.m,
+                                      pyy + b0,
+                                      t.yy_sj,
+                                      normalize};
+      V r = dmli_forward<V>(cells, t.m, t.n, RowStore<V>{row.data()}, rule);
+      const int64_t cnt = std::min<int64_t>(kLanes, t.nc - b0);
+      for (int64_t l = 0; l < cnt; ++l) pout[a * t.out_sa + b0 + l] = r.v[l];
     }
+  }
+}
+}  // namespace
+
+// All pairs: tiles in parallel, each thread with its own (cache-sized) buffer and a
+// single-threaded GEMM per stripe j of the second images (into xy[j]), so that the
+// GEMM output stays in cache for the DP, which computes the cells in SIMD lanes.
+Tiling CpuKernels::local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,
+                                     int64_t chunk_size) {
+  return tiling_for(M, N, tile_pairs(chunk_size, kCpuThreadTileBytes, m * n * elem));
+}
+
+void CpuKernels::local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,
+                                    int64_t chunk_size, const at::Tensor& out) {
+  const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
+  const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size);
+  const int64_t pad = kLanes;
+  at::Tensor yyT = at::zeros({n, N + pad}, P.x.options());
+  yyT.narrow(1, 0, N).copy_(P.yy.t());
+  const int64_t tile_elems = n * T.mc * m * T.nc + pad;
+  const at::Tensor x2 = P.x.view({M * m, P.x.size(2)}), xx = P.xx.view({M * m});
+  AT_DISPATCH_FLOATING_TYPES(P.x.scalar_type(), "partdist_allpairs_tile_cpu", [&] {
+    for_each_tile(
+        M, N, T, true,
+        // zeros: the kernel reads (and drops) padding lanes past the last column
+        [&] { return at::zeros({tile_elems}, P.x.options()); },
+        [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc, const at::Tensor& buf) {
+          const at::Tensor xa = x2.narrow(0, a0 * m, mc * m);
+          for (int64_t j = 0; j < n; ++j) {
+            at::Tensor xy_j = buf.narrow(0, j * mc * m * nc, mc * m * nc).view({mc * m, nc});
+            at::mm_out(xy_j, xa, P.y.select(1, j).narrow(0, b0, nc).t());
+          }
+          AllPairsTile t{mc, nc, int(m), int(n), N + pad, N};
+          allpairs_tile_forward<scalar_t>(t, normalize, rule, buf.const_data_ptr<scalar_t>(),
+                                          xx.const_data_ptr<scalar_t>() + a0 * m,
+                                          yyT.const_data_ptr<scalar_t>() + b0,
+                                          out.mutable_data_ptr<scalar_t>() + a0 * N + b0);
+        });
   });
 }
 
-void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,
-                  const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                  const at::Tensor& w) {
+void CpuKernels::backward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,
+                          const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
+                          const at::Tensor& w) {
   if (L.num_pairs == 0) return;
   AT_DISPATCH_FLOATING_TYPES(xy.scalar_type(), "partdist_dmli_backward_cpu", [&] {
     const scalar_t* pg = gout.const_data_ptr<scalar_t>();
@@ -197,6 +245,10 @@ void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tens
         int64_t a, b;
         L.pair(p, a, b);
         const int64_t off = L.xy_off(a, b);
+        if (pg[L.out_off(a, b)] == scalar_t(0)) {  // no gradient: no DP to run
+          zero_cells(L.m, L.n, pw + off, L.xy_si);
+          continue;
+        }
         FusedCells<scalar_t> c{pxy + off, L.xy_si, pxx + a * L.xx_sa, pyy + b * L.yy_sb, normalize};
         fill_cells(c, L.m, L.n, cells.data(), int64_t(L.n));
         TableStore<scalar_t> st{table.data(), 1, L.n};
@@ -209,8 +261,8 @@ void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tens
   });
 }
 
-void aligned_forward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
-                         const at::Tensor& y, const at::Tensor& out) {
+void CpuKernels::aligned_forward(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
+                                 const at::Tensor& y, const at::Tensor& out) {
   const int64_t N = x.size(0), C = x.size(2);
   const int m = int(x.size(1)), n = int(y.size(1));
   if (N == 0) return;
@@ -234,21 +286,23 @@ void aligned_forward_cpu(Mode mode, bool normalize, const DPRule& rule, const at
           T *xy = s.xy.data() + l * mn, *xx = s.xx.data() + l * m, *yy = s.yy.data() + l * n;
           pair_dots(px + p * m * C, py + p * n * C, m, n, C, xy, xx, yy);
           FusedCells<T> c{xy, n, xx, yy, normalize};
-          fill_cells(c, m, n, mode == Mode::kCells ? pout + p * mn : s.cells.data() + l * mn, int64_t(n));
+          fill_cells(c, m, n, mode == Mode::kCells ? pout + p * mn : s.cells.data() + l * mn,
+                     int64_t(n));
         }
         if (mode == Mode::kCells) continue;
-        for (int l = 0; l < kLanes; ++l) lanes.base[l] = s.cells.data() + std::min<int64_t>(l, cnt - 1) * mn;
-        Lanes<T, kLanes> r =
-            dmli_forward<Lanes<T, kLanes>>(lanes, m, n, RowStore<Lanes<T, kLanes>>{row.data()}, rule);
+        for (int l = 0; l < kLanes; ++l)
+          lanes.base[l] = s.cells.data() + std::min<int64_t>(l, cnt - 1) * mn;
+        Lanes<T, kLanes> r = dmli_forward<Lanes<T, kLanes>>(
+            lanes, m, n, RowStore<Lanes<T, kLanes>>{row.data()}, rule);
         for (int64_t l = 0; l < cnt; ++l) pout[p0 + l] = r.v[l];
       }
     });
   });
 }
 
-void aligned_backward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& grad,
-                          const at::Tensor& x, const at::Tensor& y, const at::Tensor& gx,
-                          const at::Tensor& gy) {
+void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
+                                  const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
+                                  const at::Tensor& gx, const at::Tensor& gy) {
   const int64_t N = x.size(0), C = x.size(2);
   const int m = int(x.size(1)), n = int(y.size(1));
   if (N == 0) return;
@@ -294,3 +348,7 @@ void aligned_backward_cpu(Mode mode, bool normalize, const DPRule& rule, const a
 
 }  // namespace dmli
 }  // namespace partdist
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  partdist::dmli::register_impls<partdist::dmli::CpuKernels>(m);
+}

@@ -1,76 +1,82 @@
-// Device launchers of the DMLI family. Each takes tensors whose data pointers
-// are already positioned at the start of the block described by the layout
-// (views are fine: only data_ptr() and the layout are used). All tensors are
-// float or double and share one dtype and device. xx / yy may be undefined in
-// Mode::kDmli.
+// Backends of the DMLI family. The host drivers (dmli_ops.cpp) are templates over a
+// backend K, a struct of static members:
+//   forward / backward         per-pair kernels over a PairLayout (Mode kDmli, kFused,
+//                              kCells); tensors are positioned at the start of the
+//                              block the layout describes (views are fine), float or
+//                              double, one dtype and device; xx / yy may be undefined
+//                              in kDmli. backward's w receives dL/dd (kDmli) or the
+//                              cell weights (kFused, kCells), layout of xy.
+//   aligned_forward / aligned_backward
+//                              aligned pairs end to end: x [N, m, C], y [N, n, C]
+//                              (contiguous); out [N] (kFused) or [N, m, n] (kCells);
+//                              the backward writes gx and gy entirely.
+//   local_dist_tiling / local_dist_forward
+//                              all pairs of the prepared inputs, tile by tile.
+//   kTileBytes, kTablesPerPair the budget of the backward's tiles and the DP tables
+//                              per pair its kernel keeps (in units of m*n values).
+// CpuKernels (dmli_cpu.cpp) and DeviceKernels<Exec> (dmli_launch.h: the CUDA
+// kernels, launched by CudaExec on the GPU or by emu::EmuExec in the CPU emulation).
+// Each backend's file registers the ops for its dispatch key (register_impls<K>).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
+#include "../common/tiling.h"
 #include "dmli_common.h"
 
 namespace partdist {
+
 namespace dmli {
 
-// out: per-pair results (kDmli, kFused) or the cell matrix (kCells).
-using ForwardLauncher = void (*)(const PairLayout& L, Mode mode, bool normalize,
-                                 const at::Tensor& xy, const at::Tensor& xx,
-                                 const at::Tensor& yy, const at::Tensor& out);
-// w receives dL/dd (kDmli) or the cell weights (kFused, kCells), layout of xy.
-using BackwardLauncher = void (*)(const PairLayout& L, Mode mode, bool normalize,
-                                  const at::Tensor& gout, const at::Tensor& xy,
-                                  const at::Tensor& xx, const at::Tensor& yy,
-                                  const at::Tensor& w);
-
-// Aligned pairs end to end: x [N, m, C], y [N, n, C] (contiguous, float or double).
-// mode kFused: out [N] = DMLI of each pair (batch_local_dist); mode kCells: out
-// [N, m, n] = the cell matrices (local_dist_matrix). The backward writes gx and gy
-// entirely (no zero-fill needed); grad has the shape of out.
-using AlignedForward = void (*)(Mode mode, bool normalize, const DPRule& rule,
-                                const at::Tensor& x, const at::Tensor& y, const at::Tensor& out);
-using AlignedBackward = void (*)(Mode mode, bool normalize, const DPRule& rule,
-                                 const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
-                                 const at::Tensor& gx, const at::Tensor& gy);
-
-struct Launchers {
-  ForwardLauncher forward;
-  BackwardLauncher backward;
-  AlignedForward aligned_forward;
-  AlignedBackward aligned_backward;
+// Inputs of the all-pairs ops in the compute dtype, contiguous: x [M, m, C], y [N, n, C],
+// and their squared stripe norms xx [M, m], yy [N, n].
+struct Prepared {
+  at::Tensor x, y, xx, yy;
 };
 
-void forward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
-                 const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);
-void backward_cpu(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,
-                  const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                  const at::Tensor& w);
-// CPU: one pass per pair (stripe dot products, cells, DP, chain rule along the path).
-void aligned_forward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
-                         const at::Tensor& y, const at::Tensor& out);
-void aligned_backward_cpu(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& grad,
-                          const at::Tensor& x, const at::Tensor& y, const at::Tensor& gx,
-                          const at::Tensor& gy);
-// CPU all pairs (local_dist forward), one tile of mc first images x nc second
-// images in a lane-contiguous layout: xy [n, mc*m, nc] (xy[j][a*m + i][b] = x_a,i .
-// y_b,j), xx [mc*m], yy with yy[j * yy_sj + b] = |y_b,j|^2; out[a * out_sa + b].
-// Reads up to kLanes-1 values past the last b of a row of xy and of yy: both
-// buffers must be padded by that much. Single-threaded (called per tile).
-struct AllPairsTile {
-  int64_t mc, nc;
-  int m, n;
-  int64_t yy_sj, out_sa;
+#define PARTDIST_DMLI_BACKEND_MEMBERS                                                             \
+  static void forward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,       \
+                      const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);         \
+  static void backward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,    \
+                       const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,          \
+                       const at::Tensor& w);                                                      \
+  static void aligned_forward(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x, \
+                              const at::Tensor& y, const at::Tensor& out);                        \
+  static void aligned_backward(Mode mode, bool normalize, const DPRule& rule,                     \
+                               const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,  \
+                               const at::Tensor& gx, const at::Tensor& gy);                       \
+  static Tiling local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,       \
+                                  int64_t chunk_size);                                            \
+  static void local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,           \
+                                 int64_t chunk_size, const at::Tensor& out);
+
+struct CpuKernels {
+  static constexpr int64_t kTileBytes = kCpuTileBytes;
+  static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
+  PARTDIST_DMLI_BACKEND_MEMBERS
 };
-constexpr int kAllPairsLanes = 16;
-void allpairs_tile_forward_cpu(const AllPairsTile& t, bool normalize, const DPRule& rule,
-                               const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                               const at::Tensor& out);
-#ifdef PARTDIST_WITH_CUDA
-void forward_cuda(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
-                  const at::Tensor& xx, const at::Tensor& yy, const at::Tensor& out);
-void backward_cuda(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& gout,
-                   const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
-                   const at::Tensor& w);
-#endif
+
+template <typename Exec>
+struct DeviceKernels {
+  static constexpr int64_t kTileBytes = kDeviceTileBytes;
+  static constexpr int64_t kTablesPerPair = 1;  // BackwardKernel's interleaved table
+  PARTDIST_DMLI_BACKEND_MEMBERS
+};
+#undef PARTDIST_DMLI_BACKEND_MEMBERS
+
+using CudaKernels = DeviceKernels<CudaExec>;
+using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;
+
+// Tile layout of an mc x nc tile of all pairs whose dot products are one GEMM output
+// [mc*m, nc*n]; per-pair results into rows of out_row values.
+PairLayout tile_layout(int64_t mc, int64_t nc, int64_t m, int64_t n, int64_t out_row);
+// N aligned pairs whose cells are a contiguous [N, m, n].
+PairLayout aligned_layout(int64_t N, int64_t m, int64_t n);
+
+void define_ops(torch::Library& m);
+template <typename K>
+void register_impls(torch::Library& m);
 
 }  // namespace dmli
 }  // namespace partdist

@@ -1,10 +1,10 @@
 // Per-row math of batch-hard example mining and of the triplet loss on the
 // mined pairs, written once.
 //
-// Everything here is an inline host+device function: the CPU launcher
-// (mining_cpu.cpp, at::parallel_for over rows) and the CUDA launcher
-// (mining_cuda.cu, one warp per row) both call these and nothing else does
-// any of this math.
+// Everything here is an inline host+device function: the CPU backend
+// (mining_cpu.cpp, at::parallel_for over rows) and the CUDA kernels (the bodies at
+// the end, launched by mining_launch.h on the GPU or in its CPU emulation) both
+// call these and nothing else does any of this math.
 //
 // Conventions
 //   * Row i of the distance matrix is anchor i; column j is candidate j.
@@ -26,9 +26,17 @@
 #include <cstdint>
 
 #include "../common/hd.h"
+#include "../common/launch.h"
 
 namespace partdist {
 namespace mining {
+
+// Shape of one call: dist is [N, M] with strides (row_stride, col_stride).
+struct Shape {
+  int64_t N = 0, M = 0;
+  int64_t row_stride = 0, col_stride = 0;  // of dist (forward only)
+  bool exclude_self = false;               // column i is not a positive of row i
+};
 
 // ---------------------------------------------------------------- primitives
 PD_HD float m_exp(float x) { return expf(x); }
@@ -189,8 +197,8 @@ struct ForwardOut {
 };
 
 template <typename T, typename A>
-PD_HD void finish_row(int64_t i, const Best<A>& pos, const Best<A>& neg,
-                      const LossArgs<A>& L, const ForwardOut<T, A>& o) {
+PD_HD void finish_row(int64_t i, const Best<A>& pos, const Best<A>& neg, const LossArgs<A>& L,
+                      const ForwardOut<T, A>& o) {
   const bool has_p = pos.j >= 0, has_n = neg.j >= 0;
   const A ap = has_p ? pos.v : A(0);
   const A an = has_n ? neg.v : A(0);
@@ -206,9 +214,9 @@ PD_HD void finish_row(int64_t i, const Best<A>& pos, const Best<A>& neg,
 // may be null (no gradient from that output).
 template <typename T, typename A>
 struct BackwardIn {
-  const T* grad_ap;      // dL/d(dist_ap), N entries
-  const T* grad_an;      // dL/d(dist_an), N entries
-  const A* loss_scale;   // one value: dL/d(loss) / max(#valid, 1)
+  const T* grad_ap;     // dL/d(dist_ap), N entries
+  const T* grad_an;     // dL/d(dist_an), N entries
+  const A* loss_scale;  // one value: dL/d(loss) / max(#valid, 1)
   const T* dist_ap;
   const T* dist_an;
   const int64_t* p_inds;
@@ -219,17 +227,99 @@ struct BackwardIn {
 // Gradient of row i of dist_mat: entry p_inds[i] gets g_ap, entry n_inds[i]
 // gets g_an (a missing side, index -1, gets nothing); all other entries 0.
 template <typename T, typename A>
-PD_HD void row_grads(int64_t i, const BackwardIn<T, A>& b, const LossArgs<A>& L, A& g_ap,
-                     A& g_an) {
+PD_HD void row_grads(int64_t i, const BackwardIn<T, A>& b, const LossArgs<A>& L, A& g_ap, A& g_an) {
   g_ap = b.grad_ap ? static_cast<A>(b.grad_ap[i]) : A(0);
   g_an = b.grad_an ? static_cast<A>(b.grad_an[i]) : A(0);
   if (b.loss_scale && L.enabled && b.valid[i]) {
-    const A s = *b.loss_scale *
-                anchor_slope(static_cast<A>(b.dist_ap[i]), static_cast<A>(b.dist_an[i]), L);
+    const A s =
+        *b.loss_scale * anchor_slope(static_cast<A>(b.dist_ap[i]), static_cast<A>(b.dist_an[i]), L);
     g_ap += s;
     g_an -= s;
   }
 }
+
+// Row i of the forward, whole row in one sequential scan: the selections, the
+// outputs and the loss (CPU rows, and the CUDA kernel for column-major dist).
+template <typename T, typename A>
+PD_HD void mine_row(int64_t i, const Shape& S, const LossArgs<A>& L, const T* dist,
+                    const int64_t* labels, const int64_t* lo, const ForwardOut<T, A>& o) {
+  Best<A> pos = none<A>(), neg = none<A>();
+  scan_row_fast<A>(dist + i * S.row_stride, S.col_stride, S.M, labels[i], lo,
+                   S.exclude_self ? i : -1, pos, neg);
+  finish_row<T, A>(i, pos, neg, L, o);
+}
+
+// Row i of the backward into g ([N, M] contiguous, zero except what this writes):
+// entry p_inds[i] gets g_ap, entry n_inds[i] gets g_an (added: both may be one
+// entry); an index outside [0, M) (-1: no positive / negative) gets nothing.
+template <typename T, typename A>
+PD_HD void scatter_row(int64_t i, int64_t M, const BackwardIn<T, A>& b, const LossArgs<A>& L,
+                       T* g) {
+  A g_ap, g_an;
+  row_grads<T, A>(i, b, L, g_ap, g_an);
+  const int64_t p = b.p_inds[i], n = b.n_inds[i];
+  if (p >= 0 && p < M) g[i * M + p] = static_cast<T>(static_cast<A>(g[i * M + p]) + g_ap);
+  if (n >= 0 && n < M) g[i * M + n] = static_cast<T>(static_cast<A>(g[i * M + n]) + g_an);
+}
+
+// ------------------------------------------------------------- CUDA kernels
+// The bodies of the CUDA kernels. The __global__ shims (common/cuda_launch.cuh)
+// compute t and call run; the CPU emulation (common/emulate.h) runs the same
+// bodies over the same grid (the warp kernel's lanes in lockstep).
+constexpr int kWarpsPerBlock = 8;
+constexpr int kCudaThreads = kWarpsPerBlock * kWarpSize;
+
+// Merges the lanes' selections of a warp into lane 0 (shuffle tree).
+PD_NO_EXEC_CHECK
+template <bool kMax, typename A, typename Warp>
+PD_HD void warp_merge(const Warp& w, Best<A>& b) {
+  for (int off = kWarpSize / 2; off > 0; off /= 2) {
+    Best<A> o;
+    o.v = w.shfl_down(b.v, unsigned(off));
+    o.j = static_cast<int64_t>(w.shfl_down(static_cast<long long>(b.j), unsigned(off)));
+    merge<kMax>(b, o);
+  }
+}
+
+// Forward, one warp per row (row-major dist): each lane scans the columns
+// lane, lane + 32, ... (adjacent lanes read adjacent columns), then the lanes'
+// selections merge and lane 0 writes the row.
+struct WarpRowKernel {
+  PD_NO_EXEC_CHECK
+  template <typename Warp, typename T, typename A>
+  PD_HD static void run(const Warp& w, ThreadPos t, Shape S, LossArgs<A> L, const T* dist,
+                        const int64_t* labels, const int64_t* lo, ForwardOut<T, A> o) {
+    const int64_t i = t.warp();
+    if (i >= S.N) return;  // whole warps leave together
+    const int lane = t.lane();
+    Best<A> pos = none<A>(), neg = none<A>();
+    scan_row<A>(dist + i * S.row_stride, S.col_stride, S.M, lane, kWarpSize, labels[i], lo,
+                S.exclude_self ? i : -1, pos, neg);
+    warp_merge<true>(w, pos);
+    warp_merge<false>(w, neg);
+    if (lane == 0) finish_row<T, A>(i, pos, neg, L, o);
+  }
+};
+
+// Forward, one thread per row (column-major dist, e.g. dist.t(): adjacent threads
+// read adjacent rows of one column).
+struct ThreadRowKernel {
+  template <typename T, typename A>
+  PD_HD static void run(ThreadPos t, Shape S, LossArgs<A> L, const T* dist, const int64_t* labels,
+                        const int64_t* lo, ForwardOut<T, A> o) {
+    if (t.index >= S.N) return;
+    mine_row<T, A>(t.index, S, L, dist, labels, lo, o);
+  }
+};
+
+// Backward, one thread per row (g zeroed before the launch).
+struct ScatterKernel {
+  template <typename T, typename A>
+  PD_HD static void run(ThreadPos t, Shape S, LossArgs<A> L, BackwardIn<T, A> b, T* g) {
+    if (t.index >= S.N) return;
+    scatter_row<T, A>(t.index, S.M, b, L, g);
+  }
+};
 
 }  // namespace mining
 }  // namespace partdist

@@ -1,8 +1,8 @@
-// Host drivers and registration of the mining family:
+// Host drivers and schemas of the mining family:
 //   hard_example_mining, triplet_hard_loss and their (shared) backward op.
-// The drivers are device-generic: checks, output allocation and the final
-// reduction of the loss through ATen, the per-row work through the CPU or CUDA
-// launchers of mining_kernels.h.
+// The drivers are templates over a backend K (mining_kernels.h): checks, output
+// allocation and the final reduction of the loss here, the per-row work in K. Each
+// backend's file registers them (register_impls<K>).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -19,20 +19,15 @@ namespace {
 
 using at::Tensor;
 
-// float16 / bfloat16 / float32 losses accumulate in float32, float64 in float64.
-at::ScalarType acc_type(const Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_labels(const char* op, const char* name, const Tensor& t, int64_t n,
-                  const char* what, const Tensor& dist) {
+void check_labels(const char* op, const char* name, const Tensor& t, int64_t n, const char* what,
+                  const Tensor& dist) {
   TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
   TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
               " must be an integer tensor (e.g. int64), got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape [", n,
-              "] (", what, "), got ", shape_str(t));
-  TORCH_CHECK(t.device() == dist.device(), op, ": ", name,
-              " must be on the same device as dist (", dist.device(), "), got ", t.device());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, op, ": ", name, " must have shape [", n, "] (", what,
+              "), got ", shape_str(t));
+  TORCH_CHECK(t.device() == dist.device(), op, ": ", name, " must be on the same device as dist (",
+              dist.device(), "), got ", t.device());
 }
 
 // dist [N, M], labels [N], labels_other [M] (or dist square and labels_other absent).
@@ -76,9 +71,10 @@ LossSpec loss_spec(bool enabled, std::optional<double> margin) {
 
 using MiningOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
+template <typename K>
 MiningOut mine(const char* op, const Tensor& dist, const Tensor& labels,
                const std::optional<Tensor>& labels_other, bool exclude_self, const LossSpec& L,
-               const Tensor& row_loss, const Launchers& K) {
+               const Tensor& row_loss) {
   auto [lab, lo] = check_inputs(op, dist, labels, labels_other, exclude_self);
   const int64_t N = dist.size(0);
   const Tensor& d = dist;  // any strides: the kernels read through them
@@ -87,26 +83,27 @@ MiningOut mine(const char* op, const Tensor& dist, const Tensor& labels,
   Tensor p = at::empty({N}, dist.options().dtype(at::kLong));
   Tensor n = at::empty({N}, dist.options().dtype(at::kLong));
   Tensor valid = at::empty({N}, dist.options().dtype(at::kBool));
-  K.forward(shape_of(d, exclude_self), L, d, lab, lo, ap, an, p, n, valid, row_loss);
+  K::forward(shape_of(d, exclude_self), L, d, lab, lo, ap, an, p, n, valid, row_loss);
   return {ap, an, p, n, valid};
 }
 
+template <typename K>
 MiningOut hard_example_mining_impl(const Tensor& dist, const Tensor& labels,
-                                   const std::optional<Tensor>& labels_other, bool exclude_self,
-                                   const Launchers& K) {
-  return mine("partdist.hard_example_mining", dist, labels, labels_other, exclude_self,
-              loss_spec(false, std::nullopt), Tensor(), K);
+                                   const std::optional<Tensor>& labels_other, bool exclude_self) {
+  return mine<K>("partdist.hard_example_mining", dist, labels, labels_other, exclude_self,
+                 loss_spec(false, std::nullopt), Tensor());
 }
 
+template <typename K>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> triplet_hard_loss_impl(
     const Tensor& dist, const Tensor& labels, const std::optional<Tensor>& labels_other,
-    std::optional<double> margin, bool exclude_self, const Launchers& K) {
+    std::optional<double> margin, bool exclude_self) {
   const char* op = "partdist.triplet_hard_loss";
   check_floating(op, "dist", dist);
   check_rank(op, "dist", dist, 2, "[N, M]");
-  Tensor row_loss = at::empty({dist.size(0)}, dist.options().dtype(acc_type(dist)));
+  Tensor row_loss = at::empty({dist.size(0)}, dist.options().dtype(compute_type(dist)));
   auto [ap, an, p, n, valid] =
-      mine(op, dist, labels, labels_other, exclude_self, loss_spec(true, margin), row_loss, K);
+      mine<K>(op, dist, labels, labels_other, exclude_self, loss_spec(true, margin), row_loss);
   // Mean over the valid anchors; 0 when there is none (row_loss is 0 there).
   Tensor count = valid.sum().clamp_min(1).to(row_loss.scalar_type());
   Tensor loss = row_loss.sum().div(count).to(dist.scalar_type());
@@ -116,25 +113,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> triplet_hard_loss_imp
 // Backward of both ops: the gradient of dist is zero except, in row i, at
 // p_inds[i] (dL/d dist_ap[i] plus the loss term) and n_inds[i]. An index
 // outside [0, num_cols) (-1: no positive / negative) receives nothing.
+template <typename K>
 Tensor hard_example_mining_backward_impl(const std::optional<Tensor>& grad_loss,
                                          const std::optional<Tensor>& grad_ap,
                                          const std::optional<Tensor>& grad_an,
                                          const Tensor& dist_ap, const Tensor& dist_an,
                                          const Tensor& p_inds, const Tensor& n_inds,
                                          const Tensor& valid, std::optional<double> margin,
-                                         int64_t num_cols, const Launchers& K) {
+                                         int64_t num_cols) {
   const char* op = "partdist.hard_example_mining_backward";
   check_floating(op, "dist_ap", dist_ap);
   check_rank(op, "dist_ap", dist_ap, 1, "[N]");
   const int64_t N = dist_ap.size(0);
   TORCH_CHECK(num_cols >= 0, op, ": num_cols must be >= 0, got ", num_cols);
   auto check_vec = [&](const char* name, const Tensor& t, at::ScalarType dt) {
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must have shape [", N,
-                "], got ", shape_str(t));
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must have shape [", N, "], got ",
+                shape_str(t));
     TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must have dtype ", dt, ", got ",
                 t.scalar_type());
-    TORCH_CHECK(t.device() == dist_ap.device(), op, ": ", name, " must be on ",
-                dist_ap.device());
+    TORCH_CHECK(t.device() == dist_ap.device(), op, ": ", name, " must be on ", dist_ap.device());
   };
   check_vec("dist_an", dist_an, dist_ap.scalar_type());
   check_vec("p_inds", p_inds, at::kLong);
@@ -145,8 +142,7 @@ Tensor hard_example_mining_backward_impl(const std::optional<Tensor>& grad_loss,
     check_floating(op, name, *t);
     TORCH_CHECK(t->dim() == 1 && t->size(0) == N, op, ": ", name, " must have shape [", N,
                 "], got ", shape_str(*t));
-    TORCH_CHECK(t->device() == dist_ap.device(), op, ": ", name, " must be on ",
-                dist_ap.device());
+    TORCH_CHECK(t->device() == dist_ap.device(), op, ": ", name, " must be on ", dist_ap.device());
     return t->to(dist_ap.scalar_type()).contiguous();
   };
   Tensor gap = opt_vec("grad_ap", grad_ap), gan = opt_vec("grad_an", grad_an);
@@ -157,67 +153,22 @@ Tensor hard_example_mining_backward_impl(const std::optional<Tensor>& grad_loss,
                 shape_str(*grad_loss));
     TORCH_CHECK(grad_loss->device() == dist_ap.device(), op, ": grad_loss must be on ",
                 dist_ap.device());
-    Tensor count = valid.sum().clamp_min(1).to(acc_type(dist_ap));
-    scale = grad_loss->reshape({}).to(acc_type(dist_ap)).div(count).contiguous();
+    Tensor count = valid.sum().clamp_min(1).to(compute_type(dist_ap));
+    scale = grad_loss->reshape({}).to(compute_type(dist_ap)).div(count).contiguous();
   }
   Tensor out = at::empty({N, num_cols}, dist_ap.options());
   Shape S;
   S.N = N;
   S.M = num_cols;
-  K.backward(S, loss_spec(true, margin), scale, gap, gan, dist_ap.contiguous(),
-             dist_an.contiguous(), p_inds.contiguous(), n_inds.contiguous(), valid.contiguous(),
-             out);
+  K::backward(S, loss_spec(true, margin), scale, gap, gan, dist_ap.contiguous(),
+              dist_an.contiguous(), p_inds.contiguous(), n_inds.contiguous(), valid.contiguous(),
+              out);
   return out;
 }
 
-// ---------------------------------------------------------------- registration
-enum class Dev { kCPU, kCUDA };
-
-template <Dev D>
-const Launchers& launchers() {
-#ifdef PARTDIST_WITH_CUDA
-  static const Launchers cuda{forward_cuda, backward_cuda};
-  if (D == Dev::kCUDA) return cuda;
-#endif
-  static const Launchers cpu{forward_cpu, backward_cpu};
-  return cpu;
-}
-
-template <Dev D>
-struct Ops {
-  static MiningOut hard_example_mining(const Tensor& dist, const Tensor& labels,
-                                       const std::optional<Tensor>& labels_other,
-                                       bool exclude_self) {
-    return hard_example_mining_impl(dist, labels, labels_other, exclude_self, launchers<D>());
-  }
-  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> triplet_hard_loss(
-      const Tensor& dist, const Tensor& labels, const std::optional<Tensor>& labels_other,
-      std::optional<double> margin, bool exclude_self) {
-    return triplet_hard_loss_impl(dist, labels, labels_other, margin, exclude_self,
-                                  launchers<D>());
-  }
-  static Tensor hard_example_mining_backward(
-      const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_ap,
-      const std::optional<Tensor>& grad_an, const Tensor& dist_ap, const Tensor& dist_an,
-      const Tensor& p_inds, const Tensor& n_inds, const Tensor& valid,
-      std::optional<double> margin, int64_t num_cols) {
-    return hard_example_mining_backward_impl(grad_loss, grad_ap, grad_an, dist_ap, dist_an,
-                                             p_inds, n_inds, valid, margin, num_cols,
-                                             launchers<D>());
-  }
-
-  static void register_impls(torch::Library& m) {
-    m.impl("hard_example_mining", &hard_example_mining);
-    m.impl("triplet_hard_loss", &triplet_hard_loss);
-    m.impl("hard_example_mining_backward", &hard_example_mining_backward);
-  }
-};
-
 }  // namespace
-}  // namespace mining
-}  // namespace partdist
 
-TORCH_LIBRARY_FRAGMENT(partdist, m) {
+void define_ops(torch::Library& m) {
   m.def(
       "hard_example_mining(Tensor dist, Tensor labels, Tensor? labels_other=None, "
       "bool exclude_self=False) -> "
@@ -233,12 +184,16 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "float? margin, int num_cols) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(partdist, CPU, m) {
-  partdist::mining::Ops<partdist::mining::Dev::kCPU>::register_impls(m);
+template <typename K>
+void register_impls(torch::Library& m) {
+  m.impl("hard_example_mining", &hard_example_mining_impl<K>);
+  m.impl("triplet_hard_loss", &triplet_hard_loss_impl<K>);
+  m.impl("hard_example_mining_backward", &hard_example_mining_backward_impl<K>);
 }
 
-#ifdef PARTDIST_WITH_CUDA
-TORCH_LIBRARY_IMPL(partdist, CUDA, m) {
-  partdist::mining::Ops<partdist::mining::Dev::kCUDA>::register_impls(m);
-}
-#endif
+PARTDIST_INSTANTIATE_REGISTER_IMPLS
+
+}  // namespace mining
+}  // namespace partdist
+
+TORCH_LIBRARY_FRAGMENT(partdist, m) { partdist::mining::define_ops(m); }

@@ -1,9 +1,12 @@
 // Per-element math of the IDLA cross-input neighborhood differences, written once.
 //
-// Everything here is an inline host+device function: the CPU launcher
-// (neighborhood_cpu.cpp, at::parallel_for) and the CUDA launcher
-// (neighborhood_cuda.cu, one thread per element) both call these; nothing else
-// does any of this index mapping or arithmetic.
+// Everything here is an inline host+device function: the CPU backend
+// (neighborhood_cpu.cpp, at::parallel_for) and the CUDA kernels (the bodies at the
+// end, one thread per element, launched by neighborhood_launch.h on the GPU or in its
+// CPU emulation) both call these. The CPU forward builds whole output rows from
+// expanded f / g rows for speed, with split_out, neighbor, inside, g_or_zero and
+// diff_value from here; the CUDA kernel maps each output cell with out_to_block and
+// diff_cell; both backwards use the gather functions below.
 //
 // Definitions (Ahmed, Jones, Marks, CVPR 2015). f, g are [B, C, H, W]; k is odd,
 // r = k / 2. The output K is [B, C, H*k, W*k] ("tiled" IDLA layout): the k x k
@@ -29,6 +32,7 @@
 #include <cstdint>
 
 #include "../common/hd.h"
+#include "../common/launch.h"
 
 namespace partdist {
 namespace nbhd {
@@ -134,7 +138,9 @@ template <typename A>
 struct DenseRow {
   const A* p;
   template <typename I>
-  PD_HD A operator()(I X) const { return p[X]; }
+  PD_HD A operator()(I X) const {
+    return p[X];
+  }
 };
 
 // Within one output row: the k cells of block column x (dL/df's share of the row).
@@ -195,11 +201,21 @@ struct KernelSize {
 template <typename Fn>
 void dispatch_kernel_size(int64_t k, const Fn& fn) {
   switch (k) {
-    case 1: fn(KernelSize<1>{}); break;
-    case 3: fn(KernelSize<3>{}); break;
-    case 5: fn(KernelSize<5>{}); break;
-    case 7: fn(KernelSize<7>{}); break;
-    default: fn(KernelSize<0>{}); break;
+    case 1:
+      fn(KernelSize<1>{});
+      break;
+    case 3:
+      fn(KernelSize<3>{});
+      break;
+    case 5:
+      fn(KernelSize<5>{});
+      break;
+    case 7:
+      fn(KernelSize<7>{});
+      break;
+    default:
+      fn(KernelSize<0>{});
+      break;
   }
 }
 
@@ -220,6 +236,51 @@ struct Geom {
   int64_t planes() const { return B * C; }
   int64_t in_numel() const { return B * C * H * W; }
   int64_t out_numel() const { return B * C * H * k * W * k; }
+};
+
+// ------------------------------------------------------------- CUDA kernels
+// The bodies of the CUDA kernels (grid-stride loops over t.index, step t.count).
+// The __global__ shims (common/cuda_launch.cuh) compute t and call run; the CPU
+// emulation (common/emulate.h) runs the same bodies over the same grid.
+constexpr int kCudaThreads = 256;
+constexpr int64_t kMaxCudaBlocks = int64_t(1) << 20;  // grid cap (grid-stride loops)
+
+// One thread per output element: out[idx] for idx < n = B*C*H*k*W*k.
+template <typename A>
+struct ForwardKernel {
+  template <typename T, typename I>
+  PD_HD static void run(ThreadPos t, const T* f, const T* g, T* out, I n, I H, I W, I k, I r) {
+    const I Hk = H * k, Wk = W * k;
+    for (I idx = I(t.index); idx < n; idx += I(t.count)) {
+      const I X = idx % Wk;
+      const I q = idx / Wk;
+      const I Y = q % Hk;
+      const I p = q / Hk;
+      I y, u, x, v;
+      out_to_block(Y, X, k, y, u, x, v);
+      out[idx] = diff_cell<A>(f + p * H * W, g + p * H * W, H, W, r, y, u, x, v);
+    }
+  }
+};
+
+// One thread per f / g element (idx < n = B*C*H*W): both gradients of the element
+// by gathering from the incoming gradient (strides sb, sc, sy, sx), no atomics.
+template <typename A>
+struct BackwardKernel {
+  template <typename T, typename I>
+  PD_HD static void run(ThreadPos t, const T* go, T* gf, T* gg, I n, I C, I H, I W, I k, I r, I sb,
+                        I sc, I sy, I sx) {
+    for (I idx = I(t.index); idx < n; idx += I(t.count)) {
+      const I x = idx % W;
+      const I q = idx / W;
+      const I y = q % H;
+      const I p = q / H;
+      const I b = p / C, c = p % C;
+      const PlaneView<T, I> view{go + b * sb + c * sc, sy, sx};
+      gf[idx] = static_cast<T>(grad_f_cell<A>(view, k, y, x));
+      gg[idx] = static_cast<T>(grad_g_cell<A>(view, H, W, k, r, y, x));
+    }
+  }
 };
 
 }  // namespace nbhd

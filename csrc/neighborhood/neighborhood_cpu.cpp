@@ -1,10 +1,12 @@
-// CPU launchers: at::parallel_for over output rows (forward) and over rows of
-// f / g elements (backward gather, no atomics); per-element math from
-// neighborhood_common.h. The loops are instantiated for k = 1, 3, 5, 7 with k
-// known at compile time (and once more for any other k).
+// The CPU backend of the neighborhood-difference family (CpuKernels, see
+// neighborhood_kernels.h) and its registration for the CPU dispatch key:
+// at::parallel_for over output rows (forward) and over rows of f / g elements
+// (backward gather, no atomics); per-element math from neighborhood_common.h. The loops are
+// instantiated for k = 1, 3, 5, 7 with k known at compile time (and once more for any other k).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -109,35 +111,40 @@ void backward_rows(const Geom& G, const T* __restrict__ pgo, T* __restrict__ pgf
 }
 }  // namespace
 
-void forward_cpu(const Geom& G, const at::Tensor& f, const at::Tensor& g, const at::Tensor& out) {
+void CpuKernels::forward(const Geom& G, const at::Tensor& f, const at::Tensor& g,
+                         const at::Tensor& out) {
   if (G.out_numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(),
-                                  "partdist_neighborhood_diff_cpu", [&] {
-    dispatch_kernel_size(G.k, [&](auto ks) {
-      forward_rows<scalar_t, decltype(ks)::value>(G, f.const_data_ptr<scalar_t>(),
-                                                  g.const_data_ptr<scalar_t>(),
-                                                  out.mutable_data_ptr<scalar_t>());
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, f.scalar_type(), "partdist_neighborhood_diff_cpu", [&] {
+        dispatch_kernel_size(G.k, [&](auto ks) {
+          forward_rows<scalar_t, decltype(ks)::value>(G, f.const_data_ptr<scalar_t>(),
+                                                      g.const_data_ptr<scalar_t>(),
+                                                      out.mutable_data_ptr<scalar_t>());
+        });
+      });
 }
 
-void backward_cpu(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f,
-                  const at::Tensor& grad_g) {
+void CpuKernels::backward(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f,
+                          const at::Tensor& grad_g) {
   if (G.in_numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "partdist_neighborhood_diff_backward_cpu", [&] {
-    const scalar_t* pgo = grad.const_data_ptr<scalar_t>();
-    scalar_t* pgf = grad_f.mutable_data_ptr<scalar_t>();
-    scalar_t* pgg = grad_g.mutable_data_ptr<scalar_t>();
-    dispatch_kernel_size(G.k, [&](auto ks) {
-      constexpr int KS = decltype(ks)::value;
-      if (G.gsx == 1)
-        backward_rows<scalar_t, KS, true>(G, pgo, pgf, pgg);
-      else
-        backward_rows<scalar_t, KS, false>(G, pgo, pgf, pgg);
-    });
-  });
+                                    const scalar_t* pgo = grad.const_data_ptr<scalar_t>();
+                                    scalar_t* pgf = grad_f.mutable_data_ptr<scalar_t>();
+                                    scalar_t* pgg = grad_g.mutable_data_ptr<scalar_t>();
+                                    dispatch_kernel_size(G.k, [&](auto ks) {
+                                      constexpr int KS = decltype(ks)::value;
+                                      if (G.gsx == 1)
+                                        backward_rows<scalar_t, KS, true>(G, pgo, pgf, pgg);
+                                      else
+                                        backward_rows<scalar_t, KS, false>(G, pgo, pgf, pgg);
+                                    });
+                                  });
 }
 
 }  // namespace nbhd
 }  // namespace partdist
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  partdist::nbhd::register_impls<partdist::nbhd::CpuKernels>(m);
+}

@@ -1,34 +1,46 @@
-// Device launchers of the neighborhood-difference family. All tensors share one
-// floating dtype and device; f, g and the gradient outputs are contiguous
-// [B, C, H, W]; `out` is contiguous [B, C, H*k, W*k]; `grad` may have any strides
-// (they are in Geom).
+// Backends of the neighborhood-difference family. The host drivers
+// (neighborhood_ops.cpp) are templates over a backend K with static members
+//   forward(G, f, g, out)              f, g contiguous [B, C, H, W]; out contiguous
+//                                      [B, C, H*k, W*k]
+//   backward(G, grad, grad_f, grad_g)  grad [B, C, H*k, W*k] with any strides (in G);
+//                                      grad_f, grad_g contiguous [B, C, H, W]
+// All tensors share one floating dtype and device. CpuKernels
+// (neighborhood_cpu.cpp) and DeviceKernels<Exec> (neighborhood_launch.h: the CUDA
+// kernels, launched by CudaExec on the GPU or by emu::EmuExec in the CPU emulation).
+// Each backend's file registers the ops for its dispatch key (register_impls<K>).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
 #include "neighborhood_common.h"
 
 namespace partdist {
+
 namespace nbhd {
 
-using ForwardLauncher = void (*)(const Geom& G, const at::Tensor& f, const at::Tensor& g,
-                                 const at::Tensor& out);
-using BackwardLauncher = void (*)(const Geom& G, const at::Tensor& grad,
-                                  const at::Tensor& grad_f, const at::Tensor& grad_g);
+#define PARTDIST_NBHD_BACKEND_MEMBERS                                                   \
+  static void forward(const Geom& G, const at::Tensor& f, const at::Tensor& g,          \
+                      const at::Tensor& out);                                           \
+  static void backward(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f, \
+                       const at::Tensor& grad_g);
 
-struct Launchers {
-  ForwardLauncher forward;
-  BackwardLauncher backward;
+struct CpuKernels {
+  PARTDIST_NBHD_BACKEND_MEMBERS
 };
 
-void forward_cpu(const Geom& G, const at::Tensor& f, const at::Tensor& g, const at::Tensor& out);
-void backward_cpu(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f,
-                  const at::Tensor& grad_g);
-#ifdef PARTDIST_WITH_CUDA
-void forward_cuda(const Geom& G, const at::Tensor& f, const at::Tensor& g, const at::Tensor& out);
-void backward_cuda(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f,
-                   const at::Tensor& grad_g);
-#endif
+template <typename Exec>
+struct DeviceKernels {
+  PARTDIST_NBHD_BACKEND_MEMBERS
+};
+#undef PARTDIST_NBHD_BACKEND_MEMBERS
+
+using CudaKernels = DeviceKernels<CudaExec>;
+using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;
+
+void define_ops(torch::Library& m);
+template <typename K>
+void register_impls(torch::Library& m);
 
 }  // namespace nbhd
 }  // namespace partdist

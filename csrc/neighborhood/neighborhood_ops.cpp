@@ -1,8 +1,9 @@
-// Host drivers and registration of the neighborhood-difference family (IDLA):
+// Host drivers and schemas of the neighborhood-difference family (IDLA):
 //   neighborhood_diff(f, g, kernel_size) -> K        [B, C, H*k, W*k]
 //   neighborhood_diff_backward(grad, kernel_size) -> (grad_f, grad_g)
-// The drivers check arguments, allocate the outputs and call the CPU or CUDA
-// launcher of neighborhood_kernels.h. No temporaries besides the outputs (and a
+// The drivers are templates over a backend K (neighborhood_kernels.h): they check
+// arguments, allocate the outputs and call K. Each backend's file registers them
+// (register_impls<K>). No temporaries besides the outputs (and a
 // contiguous copy of f / g when they are not contiguous).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -33,7 +34,8 @@ void check_fg(const char* op, const Tensor& f, const Tensor& g) {
               shape_str(f), " and g ", shape_str(g));
 }
 
-Tensor forward_impl(const Tensor& f, const Tensor& g, int64_t k, const Launchers& K) {
+template <typename K>
+Tensor forward_impl(const Tensor& f, const Tensor& g, int64_t k) {
   const char* op = "partdist.neighborhood_diff";
   check_fg(op, f, g);
   check_kernel_size(op, k);
@@ -46,11 +48,12 @@ Tensor forward_impl(const Tensor& f, const Tensor& g, int64_t k, const Launchers
   G.r = k / 2;
   Tensor fc = f.contiguous(), gc = g.contiguous();
   Tensor out = at::empty({G.B, G.C, G.H * k, G.W * k}, f.options());
-  K.forward(G, fc, gc, out);
+  K::forward(G, fc, gc, out);
   return out;
 }
 
-std::tuple<Tensor, Tensor> backward_impl(const Tensor& grad, int64_t k, const Launchers& K) {
+template <typename K>
+std::tuple<Tensor, Tensor> backward_impl(const Tensor& grad, int64_t k) {
   const char* op = "partdist.neighborhood_diff_backward";
   check_kernel_size(op, k);
   check_floating(op, "grad", grad);
@@ -72,52 +75,26 @@ std::tuple<Tensor, Tensor> backward_impl(const Tensor& grad, int64_t k, const La
   auto opts = grad.options().memory_format(at::MemoryFormat::Contiguous);
   Tensor grad_f = at::empty({G.B, G.C, G.H, G.W}, opts);
   Tensor grad_g = at::empty({G.B, G.C, G.H, G.W}, opts);
-  K.backward(G, grad, grad_f, grad_g);
+  K::backward(G, grad, grad_f, grad_g);
   return {grad_f, grad_g};
 }
 
-// ---------------------------------------------------------------- registration
-enum class Dev { kCPU, kCUDA };
-
-template <Dev D>
-const Launchers& launchers() {
-#ifdef PARTDIST_WITH_CUDA
-  static const Launchers cuda{forward_cuda, backward_cuda};
-  if (D == Dev::kCUDA) return cuda;
-#endif
-  static const Launchers cpu{forward_cpu, backward_cpu};
-  return cpu;
-}
-
-template <Dev D>
-struct Ops {
-  static Tensor neighborhood_diff(const Tensor& f, const Tensor& g, int64_t k) {
-    return forward_impl(f, g, k, launchers<D>());
-  }
-  static std::tuple<Tensor, Tensor> neighborhood_diff_backward(const Tensor& grad, int64_t k) {
-    return backward_impl(grad, k, launchers<D>());
-  }
-  static void register_impls(torch::Library& m) {
-    m.impl("neighborhood_diff", &neighborhood_diff);
-    m.impl("neighborhood_diff_backward", &neighborhood_diff_backward);
-  }
-};
-
 }  // namespace
-}  // namespace nbhd
-}  // namespace partdist
 
-TORCH_LIBRARY_FRAGMENT(partdist, m) {
+void define_ops(torch::Library& m) {
   m.def("neighborhood_diff(Tensor f, Tensor g, int kernel_size=5) -> Tensor");
   m.def("neighborhood_diff_backward(Tensor grad, int kernel_size) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(partdist, CPU, m) {
-  partdist::nbhd::Ops<partdist::nbhd::Dev::kCPU>::register_impls(m);
+template <typename K>
+void register_impls(torch::Library& m) {
+  m.impl("neighborhood_diff", &forward_impl<K>);
+  m.impl("neighborhood_diff_backward", &backward_impl<K>);
 }
 
-#ifdef PARTDIST_WITH_CUDA
-TORCH_LIBRARY_IMPL(partdist, CUDA, m) {
-  partdist::nbhd::Ops<partdist::nbhd::Dev::kCUDA>::register_impls(m);
-}
-#endif
+PARTDIST_INSTANTIATE_REGISTER_IMPLS
+
+}  // namespace nbhd
+}  // namespace partdist
+
+TORCH_LIBRARY_FRAGMENT(partdist, m) { partdist::nbhd::define_ops(m); }

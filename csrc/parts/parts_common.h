@@ -1,12 +1,12 @@
 // Per-element math of the visibility-aware part distance (part_dist) and of the
 // DSR distance (dsr_dist), written once.
 //
-// Everything here is an inline host+device function: the CPU launcher
-// (parts_cpu.cpp, at::parallel_for) and the CUDA launcher (parts_cuda.cu, one
-// thread per pair / per (pair, query cell)) both call these and nothing else
-// does any of this math. The loop orders differ (CPU: a query row's pairs
-// innermost for part_dist, all query cells of a pair at once for DSR, so that
-// they vectorize; CUDA: one pair or one cell per thread); the per-element steps
+// Everything here is an inline host+device function: the CPU backend
+// (parts_cpu.cpp, at::parallel_for) and the CUDA kernels (the bodies at the end, one
+// thread per pair / per (pair, query cell), launched by parts_launch.h on the GPU or
+// in its CPU emulation) both call these and nothing else does any of this math. The loop orders
+// differ (CPU: a query row's pairs innermost for part_dist, all query cells of a pair at once for
+// DSR, so that they vectorize; CUDA: one pair or one cell per thread); the per-element steps
 // (part_term / part_finalize, fista_prox / fista_t_next / fista_done /
 // recon_error) are shared.
 //
@@ -38,15 +38,16 @@
 #include <cstdint>
 
 #include "../common/hd.h"
+#include "../common/launch.h"
 #include "../common/math.h"
 
 namespace partdist {
 namespace parts {
 
 // Largest number of gallery cells Lg the DSR kernels accept (the CUDA kernel keeps
-// three vectors of Lg values per thread in local arrays).
+// three vectors of Lg values per thread in local arrays, sized by the smallest of
+// the capacities 16, 32, 64, 128, 256 that holds Lg: see DsrKernel).
 constexpr int kMaxCells = 256;
-
 
 template <typename T>
 PD_HD T pd_abs(T x) {
@@ -139,8 +140,8 @@ PD_HD void part_row_sums(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1
 }
 
 template <typename T>
-PD_HD void part_row_forward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, T* num,
-                            T* den, T* out) {
+PD_HD void part_row_forward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, T* num, T* den,
+                            T* out) {
   part_row_sums(L, i, j0, j1, num, den);
   T* o = out + i * L.out_si + j0;
   for (int64_t k = 0; k < j1 - j0; ++k) o[k] = part_finalize(num[k], den[k], L.empty_value);
@@ -190,8 +191,8 @@ PD_HD void part_pair_backward(const PartTile<T>& L, int64_t q, const T* gout, T*
 // The same for the pairs (i, j0..j1-1) of one query row, pairs innermost (the CPU
 // launcher's order). num, den: j1 - j0 scratch entries each.
 template <typename T>
-PD_HD void part_row_backward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1,
-                             const T* gout, T* cw, T* ce, T* num, T* den) {
+PD_HD void part_row_backward(const PartTile<T>& L, int64_t i, int64_t j0, int64_t j1, const T* gout,
+                             T* cw, T* ce, T* num, T* den) {
   const int64_t n = j1 - j0;
   part_row_sums(L, i, j0, j1, num, den);
   for (int64_t k = 0; k < n; ++k) num[k] = part_finalize(num[k], den[k], T(0));  // D
@@ -214,12 +215,8 @@ PD_HD void part_row_backward(const PartTile<T>& L, int64_t i, int64_t j0, int64_
 }
 
 // ---------------------------------------------------------------------- DSR
-PD_HD float soft_threshold(float v, float t) {
-  return v > t ? v - t : (v < -t ? v + t : 0.0f);
-}
-PD_HD double soft_threshold(double v, double t) {
-  return v > t ? v - t : (v < -t ? v + t : 0.0);
-}
+PD_HD float soft_threshold(float v, float t) { return v > t ? v - t : (v < -t ? v + t : 0.0f); }
+PD_HD double soft_threshold(double v, double t) { return v > t ? v - t : (v < -t ? v + t : 0.0); }
 
 // a . b over n entries, four independent partial sums (the FISTA iterations are a
 // chain of these dot products; one accumulator would be latency-bound).
@@ -461,6 +458,58 @@ PD_HD void dsr_pair_task(const DsrTile<T>& L, int64_t p, T* scratch, T* err) {
   const int64_t i = p / L.nc, j = p - i * L.nc;
   dsr_pair(L.G + j * int64_t(L.Lg) * L.Lg, L.Lg, L.B + p * int64_t(L.Lg) * L.Lq, L.Lq,
            L.xx + i * L.Lq, L.lip[j], L.opt, scratch, err + p * L.Lq);
+}
+
+// ------------------------------------------------------------- CUDA kernels
+// The bodies of the CUDA kernels. The __global__ shims (common/cuda_launch.cuh)
+// compute t and call run; the CPU emulation (common/emulate.h) runs the same bodies
+// over the same grid.
+constexpr int kCudaThreads = 128;
+
+// One thread per pair q of the tile.
+struct PartForwardKernel {
+  template <typename T>
+  PD_HD static void run(ThreadPos t, PartTile<T> L, T* out) {
+    if (t.index >= L.num_pairs()) return;
+    part_pair_forward(L, t.index, out);
+  }
+};
+
+struct PartBackwardKernel {
+  template <typename T>
+  PD_HD static void run(ThreadPos t, PartTile<T> L, const T* gout, T* cw, T* ce) {
+    if (t.index >= L.num_pairs()) return;
+    part_pair_backward(L, t.index, gout, cw, ce);
+  }
+};
+
+// One thread per (pair, query cell) task; consecutive threads take consecutive
+// query cells of one pair: they share the gallery's Gram matrix (broadcast reads)
+// and read adjacent entries of B. kCap >= Lg: the size of the three per-thread
+// vectors (w, w_next, z), so that a small Lg does not hold kMaxCells of each.
+template <int kCap>
+struct DsrKernel {
+  template <typename T>
+  PD_HD static void run(ThreadPos t, DsrTile<T> L, T* err) {
+    if (t.index >= L.num_tasks()) return;
+    T w[kCap], wn[kCap], z[kCap];
+    err[t.index] = dsr_task(L, t.index, w, wn, z);
+  }
+};
+
+// Calls fn(DsrKernel<cap>{}) with the smallest capacity that holds Lg (<= kMaxCells).
+template <typename Fn>
+void with_dsr_kernel(int Lg, const Fn& fn) {
+  if (Lg <= 16)
+    fn(DsrKernel<16>{});
+  else if (Lg <= 32)
+    fn(DsrKernel<32>{});
+  else if (Lg <= 64)
+    fn(DsrKernel<64>{});
+  else if (Lg <= 128)
+    fn(DsrKernel<128>{});
+  else
+    fn(DsrKernel<kMaxCells>{});
 }
 
 }  // namespace parts

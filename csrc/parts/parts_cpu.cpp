@@ -1,7 +1,9 @@
-// CPU launchers: at::parallel_for over blocks of pairs; the math is in
-// parts_common.h.
+// The CPU backend of the part-distance family (CpuKernels, see parts_kernels.h) and
+// its registration for the CPU dispatch key: at::parallel_for over blocks of pairs;
+// the math is in parts_common.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -16,7 +18,7 @@ namespace parts {
 // pairs inner, so the distance / weight loop vectorizes).
 constexpr int64_t kRow = 256;
 
-void part_forward_cpu(const PartArgs& a, const at::Tensor& out) {
+void CpuKernels::part_forward(const PartArgs& a, const at::Tensor& out) {
   const int64_t n = a.mc * a.nc;
   if (n == 0) return;
   const int64_t nb = (a.nc + kRow - 1) / kRow, blocks = a.mc * nb;
@@ -34,8 +36,8 @@ void part_forward_cpu(const PartArgs& a, const at::Tensor& out) {
   });
 }
 
-void part_backward_cpu(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
-                       const at::Tensor& ce) {
+void CpuKernels::part_backward(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
+                               const at::Tensor& ce) {
   const int64_t n = a.mc * a.nc;
   if (n == 0) return;
   const int64_t nb = (a.nc + kRow - 1) / kRow, blocks = a.mc * nb;
@@ -56,7 +58,7 @@ void part_backward_cpu(const PartArgs& a, const at::Tensor& gout, const at::Tens
 }
 
 // DSR: one task per pair, all its query cells at once (dsr_pair, vectorized over cells).
-void dsr_forward_cpu(const DsrArgs& a, const at::Tensor& err) {
+void CpuKernels::dsr_forward(const DsrArgs& a, const at::Tensor& err) {
   const int64_t n = a.mc * a.nc;
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES(a.G.scalar_type(), "partdist_dsr_forward_cpu", [&] {
@@ -71,3 +73,7 @@ void dsr_forward_cpu(const DsrArgs& a, const at::Tensor& err) {
 
 }  // namespace parts
 }  // namespace partdist
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  partdist::parts::register_impls<partdist::parts::CpuKernels>(m);
+}

@@ -1,13 +1,25 @@
-// Device launchers of the part-distance family (part_dist, dsr_dist). Tensors are
-// already positioned at the start of the tile (views are fine: only data_ptr() and
-// the layout fields are used); all share one float/double dtype and device.
+// Backends of the part-distance family (part_dist, dsr_dist). The host drivers
+// (parts_ops.cpp) are templates over a backend K with static members
+//   part_forward(a, out)                 one part_dist tile
+//   part_backward(a, gout, cw, ce)       gout: rows with stride a.out_si; cw, ce:
+//                                        [P, mc, nc] (ce may be undefined)
+//   dsr_forward(a, err)                  one dsr_dist tile
+//   kTileBytes                           the budget of one tile's buffers
+// Tensors are already positioned at the start of the tile (views are fine: only
+// data_ptr() and the layout fields are used); all share one float/double dtype and
+// device. CpuKernels (parts_cpu.cpp) and DeviceKernels<Exec> (parts_launch.h: the
+// CUDA kernels, launched by CudaExec on the GPU or by emu::EmuExec in the CPU
+// emulation). Each backend's file registers the ops for its dispatch key.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include "../common/backends.h"
+#include "../common/tiling.h"
 #include "parts_common.h"
 
 namespace partdist {
+
 namespace parts {
 
 // One part_dist tile (see PartTile): xy [P, mc, nc] contiguous dot products; xx, vx
@@ -61,28 +73,30 @@ DsrTile<T> dsr_tile(const DsrArgs& a) {
   return L;
 }
 
-using PartForward = void (*)(const PartArgs& a, const at::Tensor& out);
-// gout: rows with stride a.out_si; cw, ce: [P, mc, nc] (ce may be undefined).
-using PartBackward = void (*)(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
-                              const at::Tensor& ce);
-using DsrForward = void (*)(const DsrArgs& a, const at::Tensor& err);
+#define PARTDIST_PARTS_BACKEND_MEMBERS                                                       \
+  static void part_forward(const PartArgs& a, const at::Tensor& out);                        \
+  static void part_backward(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw, \
+                            const at::Tensor& ce);                                           \
+  static void dsr_forward(const DsrArgs& a, const at::Tensor& err);
 
-struct Launchers {
-  PartForward part_forward;
-  PartBackward part_backward;
-  DsrForward dsr_forward;
+struct CpuKernels {
+  static constexpr int64_t kTileBytes = kCpuTileBytes;
+  PARTDIST_PARTS_BACKEND_MEMBERS
 };
 
-void part_forward_cpu(const PartArgs& a, const at::Tensor& out);
-void part_backward_cpu(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
-                       const at::Tensor& ce);
-void dsr_forward_cpu(const DsrArgs& a, const at::Tensor& err);
-#ifdef PARTDIST_WITH_CUDA
-void part_forward_cuda(const PartArgs& a, const at::Tensor& out);
-void part_backward_cuda(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw,
-                        const at::Tensor& ce);
-void dsr_forward_cuda(const DsrArgs& a, const at::Tensor& err);
-#endif
+template <typename Exec>
+struct DeviceKernels {
+  static constexpr int64_t kTileBytes = kDeviceTileBytes;
+  PARTDIST_PARTS_BACKEND_MEMBERS
+};
+#undef PARTDIST_PARTS_BACKEND_MEMBERS
+
+using CudaKernels = DeviceKernels<CudaExec>;
+using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;
+
+void define_ops(torch::Library& m);
+template <typename K>
+void register_impls(torch::Library& m);
 
 }  // namespace parts
 }  // namespace partdist

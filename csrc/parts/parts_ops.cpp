@@ -1,9 +1,9 @@
-// Host drivers and registration of the part-distance family:
+// Host drivers and schemas of the part-distance family:
 //   part_dist (+ part_dist_backward), dsr_dist.
-// The drivers are device-generic: GEMMs and eigenvalues through ATen, the
-// per-pair math through the CPU or CUDA launchers of parts_kernels.h.
+// The drivers are templates over a backend K (parts_kernels.h): checks, tile
+// planning, GEMMs and eigenvalues here, the per-pair math in K. Each backend's file
+// registers them (register_impls<K>).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -11,6 +11,8 @@
 #include <tuple>
 
 #include "../common/checks.h"
+#include "../common/gemm_grads.h"
+#include "../common/matmul.h"
 #include "parts_kernels.h"
 
 namespace partdist {
@@ -19,53 +21,9 @@ namespace {
 
 using at::Tensor;
 
-// float16 / bfloat16 are computed in float32, float64 in float64.
-at::ScalarType compute_type(const Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 void check_feats(const char* op, const char* name, const Tensor& t, const char* layout,
                  const char* what) {
-  check_floating(op, name, t);
-  check_rank(op, name, t, 3, layout);
-  TORCH_CHECK(t.size(1) >= 1, op, ": ", name, " must have at least one ", what,
-              " (dim 1), got shape ", shape_str(t));
-  TORCH_CHECK(t.size(2) >= 1, op, ": ", name,
-              " must have at least one feature channel (dim 2), got shape ", shape_str(t));
-}
-
-void check_chunk(const char* op, int64_t chunk_size) {
-  TORCH_CHECK(chunk_size >= 0, op,
-              ": chunk_size must be positive (or 0 for automatic), got ", chunk_size);
-}
-
-// Pairs per tile -> (queries, galleries) per tile, about square.
-struct Tiling {
-  int64_t mc, nc;
-};
-
-Tiling tiling_for(int64_t M, int64_t N, int64_t pairs) {
-  pairs = std::max<int64_t>(pairs, 1);
-  int64_t mc = std::max<int64_t>(1, int64_t(std::sqrt(double(pairs))) / 2);
-  mc = std::min(mc, std::max<int64_t>(M, 1));
-  int64_t nc = std::max<int64_t>(1, std::min(std::max<int64_t>(N, 1), pairs / mc));
-  mc = std::max<int64_t>(1, std::min(std::max<int64_t>(M, 1), pairs / nc));
-  return {mc, nc};
-}
-
-template <typename TileFn>
-void for_each_tile(int64_t M, int64_t N, const Tiling& T, bool parallel, TileFn fn) {
-  const int64_t tn = (N + T.nc - 1) / T.nc, tiles = ((M + T.mc - 1) / T.mc) * tn;
-  auto run = [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t a0 = (t / tn) * T.mc, b0 = (t % tn) * T.nc;
-      fn(a0, std::min(T.mc, M - a0), b0, std::min(T.nc, N - b0));
-    }
-  };
-  if (parallel)
-    at::parallel_for(0, tiles, 1, run);
-  else
-    run(0, tiles);
+  check_cells(op, name, t, layout, what);
 }
 
 // ------------------------------------------------------------------- part_dist
@@ -76,7 +34,8 @@ void check_parts(const char* op, const Tensor& x, const Tensor& y, const Tensor&
   check_same(op, "y", y, "x", x);
   TORCH_CHECK(x.size(1) == y.size(1) && x.size(2) == y.size(2), op,
               ": x and y must have the same number of parts P (dim 1) and channels C (dim 2),"
-              " got x ", shape_str(x), " and y ", shape_str(y));
+              " got x ",
+              shape_str(x), " and y ", shape_str(y));
   check_floating(op, "vis_x", vx);
   check_floating(op, "vis_y", vy);
   check_same(op, "vis_x", vx, "x", x);
@@ -114,9 +73,17 @@ PartPrep prepare_parts(const Tensor& x, const Tensor& y, const Tensor& vx, const
   return p;
 }
 
-int64_t part_pairs_per_tile(int64_t chunk_size, int64_t P, bool cuda) {
-  if (chunk_size > 0) return chunk_size;
-  return cuda ? std::max<int64_t>(1, (int64_t(1) << 24) / P) : std::max<int64_t>(64, (int64_t(1) << 18) / P);
+// Tiles of part_dist: the GEMM output [P, mc, nc] (forward), and the cell weights and
+// visibility factors of the same size (backward), P values per pair each.
+Tiling part_tiling(int64_t budget, int64_t M, int64_t N, int64_t P, int64_t elem, bool backward,
+                   int64_t chunk_size) {
+  return tiling_for(M, N, tile_pairs(chunk_size, budget, (backward ? 3 : 1) * P * elem));
+}
+
+// Tiles of dsr_dist: B (GEMM output and its [mc, nc, Lg, Lq] copy) and the errors.
+Tiling dsr_tiling(int64_t budget, int64_t M, int64_t N, int64_t Lq, int64_t Lg, int64_t elem,
+                  int64_t chunk_size) {
+  return tiling_for(M, N, tile_pairs(chunk_size, budget, (2 * Lg + 1) * Lq * elem));
 }
 
 PartArgs part_args(const PartPrep& p, int64_t a0, int64_t mc, int64_t b0, int64_t nc,
@@ -135,8 +102,9 @@ PartArgs part_args(const PartPrep& p, int64_t a0, int64_t mc, int64_t b0, int64_
   return a;
 }
 
+template <typename K>
 Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
-                      double empty_value, int64_t chunk_size, const Launchers& K) {
+                      double empty_value, int64_t chunk_size) {
   const char* op = "partdist.part_dist";
   check_parts(op, x, y, vx, vy);
   check_chunk(op, chunk_size);
@@ -145,20 +113,21 @@ Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const 
   PartPrep p = prepare_parts(x, y, vx, vy);
   Tensor out = at::empty({M, N}, p.xx.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
-  const bool cuda = x.is_cuda();
-  Tiling T = tiling_for(M, N, part_pairs_per_tile(chunk_size, P, cuda));
-  // Tiles in sequence; the GEMM and the launcher are parallel inside.
-  for_each_tile(M, N, T, false, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+  const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), false, chunk_size);
+  FullFp32Matmul fp32;
+  // Tiles in sequence; the GEMM and the backend are parallel inside.
+  for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
     Tensor xy = at::bmm(p.xp.narrow(1, a0, mc), p.yp.narrow(1, b0, nc).transpose(1, 2));
-    K.part_forward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
-                   out.narrow(0, a0, mc).narrow(1, b0, nc));
+    K::part_forward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
+                    out.narrow(0, a0, mc).narrow(1, b0, nc));
   });
   return out.to(x.scalar_type());
 }
 
+template <typename K>
 std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
     const Tensor& grad, const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
-    double empty_value, int64_t chunk_size, bool vis_grad, const Launchers& K) {
+    double empty_value, int64_t chunk_size, bool vis_grad) {
   const char* op = "partdist.part_dist_backward";
   check_parts(op, x, y, vx, vy);
   check_chunk(op, chunk_size);
@@ -174,20 +143,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
   if (M > 0 && N > 0) {
     Tensor g = grad.detach().to(p.xx.scalar_type()).contiguous();
     // Tiles in sequence (the tiles of one query block write the same rows of gx);
-    // the launcher and the GEMMs are parallel inside.
-    Tiling T = tiling_for(M, N, part_pairs_per_tile(chunk_size, P, x.is_cuda()));
-    for_each_tile(M, N, T, false, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+    // the backend and the GEMMs are parallel inside.
+    const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), true, chunk_size);
+    FullFp32Matmul fp32;
+    for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
       Tensor xt = p.xp.narrow(1, a0, mc), yt = p.yp.narrow(1, b0, nc);  // [P, mc|nc, C]
       Tensor xy = at::bmm(xt, yt.transpose(1, 2));                      // [P, mc, nc]
       Tensor cw = at::empty_like(xy);
       Tensor ce = vis_grad ? at::empty_like(xy) : Tensor();
-      K.part_backward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
-                      g.narrow(0, a0, mc).narrow(1, b0, nc), cw, ce);
+      K::part_backward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
+                       g.narrow(0, a0, mc).narrow(1, b0, nc), cw, ce);
       // dL/dx_ap += sum_b cw (x_ap - y_bp), dL/dy_bp -= sum_a cw (x_ap - y_bp)
-      gxp.narrow(1, a0, mc).addcmul_(cw.sum(-1, true), xt).sub_(at::bmm(cw, yt));
-      gyp.narrow(1, b0, nc)
-          .addcmul_(cw.sum(-2).unsqueeze(-1), yt)
-          .sub_(at::bmm(cw.transpose(1, 2), xt));
+      accumulate_grads(cw, xt, yt, gxp.narrow(1, a0, mc), gyp.narrow(1, b0, nc));
       if (vis_grad) {
         Tensor vxt = p.vx.narrow(0, a0, mc).t(), vyt = p.vy.narrow(0, b0, nc).t();  // [P, mc|nc]
         gvx.narrow(0, a0, mc).add_(at::bmm(ce, vyt.unsqueeze(-1)).squeeze(-1).t());
@@ -212,44 +179,44 @@ void check_dsr(const char* op, const Tensor& x, const Tensor& y, double beta, in
               " gallery cells Lg (dim 1 of y) are supported, got y ", shape_str(y));
   TORCH_CHECK(std::isfinite(beta) && beta >= 0.0, op, ": beta must be a finite number >= 0, got ",
               beta);
-  TORCH_CHECK(max_iter >= 1 && max_iter <= (int64_t(1) << 30), op,
-              ": max_iter must be >= 1, got ", max_iter);
+  TORCH_CHECK(max_iter >= 1 && max_iter <= (int64_t(1) << 30), op, ": max_iter must be >= 1, got ",
+              max_iter);
   TORCH_CHECK(std::isfinite(tol) && tol >= 0.0, op, ": tol must be a finite number >= 0, got ",
               tol);
   check_chunk(op, chunk_size);
 }
 
+template <typename K>
 Tensor dsr_dist_impl(const Tensor& x, const Tensor& y, double beta, int64_t max_iter, double tol,
-                     int64_t chunk_size, const Launchers& K) {
+                     int64_t chunk_size) {
   const char* op = "partdist.dsr_dist";
   check_dsr(op, x, y, beta, max_iter, tol, chunk_size);
-  const int64_t M = x.size(0), N = y.size(0), Lq = x.size(1), Lg = y.size(1);
+  const int64_t M = x.size(0), N = y.size(0), Lq = x.size(1), Lg = y.size(1), C = x.size(2);
   auto ct = compute_type(x);
   Tensor xc = x.detach().to(ct).contiguous(), yc = y.detach().to(ct).contiguous();
   Tensor out = at::empty({M, N}, xc.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   Tensor xx = xc.pow(2).sum(-1).contiguous();  // [M, Lq]
-  const bool cuda = x.is_cuda();
-  const int64_t per_pair = Lg * Lq;
-  const int64_t pairs =
-      chunk_size > 0 ? chunk_size
-                     : std::max<int64_t>(1, (cuda ? (int64_t(1) << 26) : (int64_t(1) << 21)) / per_pair);
-  Tiling T = tiling_for(M, N, pairs);
+  const Tiling T = dsr_tiling(K::kTileBytes, M, N, Lq, Lg, xc.element_size(), chunk_size);
   FistaOptions o;
   o.beta = beta;
   o.max_iter = int(max_iter);
   o.tol = tol;
+  FullFp32Matmul fp32;
   for (int64_t b0 = 0; b0 < N; b0 += T.nc) {
     const int64_t nc = std::min(T.nc, N - b0);
-    Tensor yt = yc.narrow(0, b0, nc);                          // [nc, Lg, C]
+    Tensor yt = yc.narrow(0, b0, nc);                         // [nc, Lg, C]
     Tensor G = at::bmm(yt, yt.transpose(1, 2)).contiguous();  // [nc, Lg, Lg]
     // step size: exact largest eigenvalue of each Gram matrix
     Tensor lip = at::linalg_eigvalsh(G).select(-1, Lg - 1).clamp_min(0).contiguous();
     for (int64_t a0 = 0; a0 < M; a0 += T.mc) {
       const int64_t mc = std::min(T.mc, M - a0);
-      Tensor xt = xc.narrow(0, a0, mc);  // [mc, Lq, C]
-      // B[i, j] = Y_j X_i^T  -> [mc, nc, Lg, Lq]
-      Tensor B = at::matmul(yt.unsqueeze(0), xt.transpose(1, 2).unsqueeze(1)).contiguous();
+      // B[i, j] = Y_j X_i^T [Lg, Lq] for every pair: one GEMM of the flattened cells,
+      // [nc*Lg, C] x [C, mc*Lq] = [nc, Lg, mc, Lq], reordered to [mc, nc, Lg, Lq].
+      Tensor B = at::mm(yt.reshape({nc * Lg, C}), xc.narrow(0, a0, mc).reshape({mc * Lq, C}).t())
+                     .view({nc, Lg, mc, Lq})
+                     .permute({2, 0, 1, 3})
+                     .contiguous();
       Tensor err = at::empty({mc, nc, Lq}, xc.options());
       DsrArgs a;
       a.mc = mc;
@@ -261,56 +228,32 @@ Tensor dsr_dist_impl(const Tensor& x, const Tensor& y, double beta, int64_t max_
       a.B = B;
       a.xx = xx.narrow(0, a0, mc);
       a.lip = lip;
-      K.dsr_forward(a, err);
+      K::dsr_forward(a, err);
       out.narrow(0, a0, mc).narrow(1, b0, nc).copy_(err.mean(-1));
     }
   }
   return out.to(x.scalar_type());
 }
 
-// ---------------------------------------------------------------- registration
-enum class Dev { kCPU, kCUDA };
-
-template <Dev D>
-const Launchers& launchers() {
-#ifdef PARTDIST_WITH_CUDA
-  static const Launchers cuda{part_forward_cuda, part_backward_cuda, dsr_forward_cuda};
-  if (D == Dev::kCUDA) return cuda;
-#endif
-  static const Launchers cpu{part_forward_cpu, part_backward_cpu, dsr_forward_cpu};
-  return cpu;
+// Tile plans (test hook): [mc, nc] of part_dist forward, part_dist backward and
+// dsr_dist for a backend ("cpu" or "cuda") and a shape (M, N, P or Lq, Lg).
+std::vector<int64_t> parts_tile_plan(const std::string& backend, int64_t M, int64_t N, int64_t P,
+                                     int64_t Lg, int64_t elem, int64_t chunk_size) {
+  const bool cpu = backend == "cpu";
+  TORCH_CHECK(cpu || backend == "cuda", "_parts_tile_plan: backend must be cpu or cuda");
+  const int64_t budget = cpu ? CpuKernels::kTileBytes : EmulatedCudaKernels::kTileBytes;
+  const Tiling f = part_tiling(budget, M, N, P, elem, false, chunk_size);
+  const Tiling b = part_tiling(budget, M, N, P, elem, true, chunk_size);
+  const Tiling d = dsr_tiling(budget, M, N, P, Lg, elem, chunk_size);
+  return {f.mc, f.nc, b.mc, b.nc, d.mc, d.nc};
 }
 
-template <Dev D>
-struct Ops {
-  static Tensor part_dist(const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
-                          double empty_value, int64_t chunk) {
-    return part_dist_impl(x, y, vx, vy, empty_value, chunk, launchers<D>());
-  }
-  static std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward(
-      const Tensor& g, const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
-      double empty_value, int64_t chunk, bool vis_grad) {
-    return part_dist_backward_impl(g, x, y, vx, vy, empty_value, chunk, vis_grad, launchers<D>());
-  }
-  static Tensor dsr_dist(const Tensor& x, const Tensor& y, double beta, int64_t max_iter,
-                         double tol, int64_t chunk) {
-    return dsr_dist_impl(x, y, beta, max_iter, tol, chunk, launchers<D>());
-  }
-  static void register_impls(torch::Library& m) {
-    m.impl("part_dist", &part_dist);
-    m.impl("part_dist_backward", &part_dist_backward);
-    m.impl("dsr_dist", &dsr_dist);
-  }
-};
-
 }  // namespace
-}  // namespace parts
-}  // namespace partdist
 
 // part_dist: visibility-weighted mean of the per-part Euclidean distances of all
 // query x gallery pairs (empty_value where two images share no visible part).
 // dsr_dist: DSR reconstruction distance (FISTA Lasso per query cell).
-TORCH_LIBRARY_FRAGMENT(partdist, m) {
+void define_ops(torch::Library& m) {
   m.def(
       "part_dist(Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, float empty_value, "
       "int chunk_size=0) -> Tensor");
@@ -322,12 +265,22 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "int chunk_size=0) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(partdist, CPU, m) {
-  partdist::parts::Ops<partdist::parts::Dev::kCPU>::register_impls(m);
+template <typename K>
+void register_impls(torch::Library& m) {
+  m.impl("part_dist", &part_dist_impl<K>);
+  m.impl("part_dist_backward", &part_dist_backward_impl<K>);
+  m.impl("dsr_dist", &dsr_dist_impl<K>);
 }
 
-#ifdef PARTDIST_WITH_CUDA
-TORCH_LIBRARY_IMPL(partdist, CUDA, m) {
-  partdist::parts::Ops<partdist::parts::Dev::kCUDA>::register_impls(m);
+PARTDIST_INSTANTIATE_REGISTER_IMPLS
+
+}  // namespace parts
+}  // namespace partdist
+
+TORCH_LIBRARY_FRAGMENT(partdist, m) {
+  partdist::parts::define_ops(m);
+  m.def(
+      "_parts_tile_plan(str backend, int M, int N, int P, int Lg, int elem_size, "
+      "int chunk_size=0) -> int[]",
+      &partdist::parts::parts_tile_plan);
 }
-#endif

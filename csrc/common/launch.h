@@ -1,0 +1,28 @@
+// What a kernel body sees of its launch (host+device): the shims in
+// common/cuda_launch.cuh compute it from blockIdx / threadIdx on the device, the CPU
+// emulation (common/emulate.h) from its loops over the same grid.
+#pragma once
+
+#include <cstdint>
+
+#include "hd.h"
+
+namespace partdist {
+
+constexpr int kWarpSize = 32;
+
+struct ThreadPos {
+  int64_t index;  // blockIdx.x * blockDim.x + threadIdx.x
+  int64_t count;  // gridDim.x * blockDim.x (the stride of a grid-stride loop)
+  PD_HD int lane() const { return int(index % kWarpSize); }
+  PD_HD int64_t warp() const { return index / kWarpSize; }
+};
+
+// Blocks of `threads` threads that cover n threads, at most `cap` blocks (grid-stride
+// kernels pass a cap; the others cover n exactly).
+inline int64_t blocks_for(int64_t n, int threads, int64_t cap = int64_t(1) << 31) {
+  const int64_t b = (n + threads - 1) / threads;
+  return b < cap ? b : cap;
+}
+
+}  // namespace partdist

@@ -1,0 +1,120 @@
+// DeviceKernels<Exec>: the CUDA backend of the DMLI family, written once against an
+// executor (CudaExec in dmli_cuda.cu, emu::EmuExec in dmli_emulated.cpp): launch
+// configuration, scratch tables, GEMMs and tile planning of the CUDA path. The
+// kernel bodies are in dmli_common.h.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+
+#include "../common/gemm_grads.h"
+#include "../common/ptr.h"
+#include "dmli_kernels.h"
+
+namespace partdist {
+namespace dmli {
+
+template <typename Exec>
+void DeviceKernels<Exec>::forward(const PairLayout& L, Mode mode, bool normalize,
+                                  const at::Tensor& xy, const at::Tensor& xx, const at::Tensor& yy,
+                                  const at::Tensor& out) {
+  if (L.num_pairs == 0) return;
+  if (mode != Mode::kCells)
+    TORCH_CHECK(L.m <= kMaxStripes && L.n <= kMaxStripes, "partdist: at most ", kMaxStripes,
+                " stripes per image in the DP, got m=", L.m, ", n=", L.n);
+  Exec::output(out);
+  AT_DISPATCH_FLOATING_TYPES(xy.scalar_type(), "partdist_dmli_forward_cuda", [&] {
+    Exec().template run<ForwardKernel>(blocks_for(L.num_pairs, kCudaThreads), kCudaThreads, L, mode,
+                                       normalize, xy.const_data_ptr<scalar_t>(),
+                                       ptr_or_null<scalar_t>(xx), ptr_or_null<scalar_t>(yy),
+                                       out.mutable_data_ptr<scalar_t>());
+  });
+}
+
+template <typename Exec>
+void DeviceKernels<Exec>::backward(const PairLayout& L, Mode mode, bool normalize,
+                                   const at::Tensor& gout, const at::Tensor& xy,
+                                   const at::Tensor& xx, const at::Tensor& yy,
+                                   const at::Tensor& w) {
+  if (L.num_pairs == 0) return;
+  if (mode != Mode::kCells)
+    TORCH_CHECK(L.m <= kMaxStripes && L.n <= kMaxStripes, "partdist: at most ", kMaxStripes,
+                " stripes per image in the DP, got m=", L.m, ", n=", L.n);
+  at::Tensor table;
+  if (backward_table_entries(L, mode) > 0) {
+    table = at::empty({backward_table_entries(L, mode)}, xy.options());
+    Exec::output(table);
+  }
+  Exec::output(w);
+  AT_DISPATCH_FLOATING_TYPES(xy.scalar_type(), "partdist_dmli_backward_cuda", [&] {
+    Exec().template run<BackwardKernel>(
+        blocks_for(L.num_pairs, kCudaThreads), kCudaThreads, L, mode, normalize,
+        gout.const_data_ptr<scalar_t>(), xy.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(xx),
+        ptr_or_null<scalar_t>(yy), w.mutable_data_ptr<scalar_t>(),
+        table.defined() ? table.mutable_data_ptr<scalar_t>() : static_cast<scalar_t*>(nullptr));
+  });
+}
+
+// Aligned pairs: dot products by one batched GEMM, then the pair kernels, and the
+// chain rule as matrix products.
+template <typename Exec>
+void DeviceKernels<Exec>::aligned_forward(Mode mode, bool normalize, const DPRule& rule,
+                                          const at::Tensor& x, const at::Tensor& y,
+                                          const at::Tensor& out) {
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  at::Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
+  PairLayout L = aligned_layout(N, m, n);
+  L.rule = rule;
+  forward(L, mode, normalize, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), out);
+}
+
+template <typename Exec>
+void DeviceKernels<Exec>::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
+                                           const at::Tensor& grad, const at::Tensor& x,
+                                           const at::Tensor& y, const at::Tensor& gx,
+                                           const at::Tensor& gy) {
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  at::Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
+  at::Tensor W = at::empty_like(xy);
+  PairLayout L = aligned_layout(N, m, n);
+  L.rule = rule;
+  backward(L, mode, normalize, grad, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), W);
+  gx.zero_();
+  gy.zero_();
+  accumulate_grads(W, x, y, gx, gy);
+}
+
+// All pairs: tiles in sequence on the stream, each one GEMM of mc*m query stripes
+// against nc*n gallery stripes ([mc*m, nc*n], m*n values per pair) and the fused
+// normalize + DP kernel over its pairs.
+template <typename Exec>
+Tiling DeviceKernels<Exec>::local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n,
+                                              int64_t elem, int64_t chunk_size) {
+  return tiling_for(M, N, tile_pairs(chunk_size, kTileBytes, m * n * elem));
+}
+
+template <typename Exec>
+void DeviceKernels<Exec>::local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,
+                                             int64_t chunk_size, const at::Tensor& out) {
+  const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
+  const int64_t C = P.x.size(2);
+  const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size);
+  const at::Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
+  const at::Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
+  at::Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
+  for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
+    at::Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
+    at::mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
+    PairLayout L = tile_layout(mc, nc, m, n, N);
+    L.rule = rule;
+    forward(L, Mode::kFused, normalize, xy, xx.narrow(0, a0 * m, mc * m),
+            yy.narrow(0, b0 * n, nc * n), out.narrow(0, a0, mc).narrow(1, b0, nc));
+  });
+}
+
+}  // namespace dmli
+}  // namespace partdist

@@ -1,0 +1,293 @@
+"""The CUDA code path on the CPU: every CUDA kernel of every family, run by the CPU
+emulation of its launch (the ops of the ``partdist_cuda_emulated`` namespace: the CUDA
+backend's own drivers, tile planning, layouts, scratch tables and per-thread kernel
+bodies, thread by thread over the whole grid, warp shuffles in lockstep, outputs
+poisoned with NaN / the lowest int64 first), against the CPU kernels (``partdist``)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import partdist  # noqa: F401  (loads the compiled ops)
+
+CPU = torch.ops.partdist
+EMU = torch.ops.partdist_cuda_emulated
+
+
+def close(a, b, tol=1e-9):
+    """Equal up to rounding, NaN exactly where the CPU result has NaN (an unwritten
+    element shows as a NaN or as the int64 poison in the emulated output)."""
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            close(u, v, tol)
+        return
+    if a.dtype in (torch.int64, torch.bool):
+        assert torch.equal(a, b)
+        return
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True)
+
+
+def rand(*shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+@pytest.fixture
+def fault():
+    """Sets the emulation's fault injection for one test (always reset)."""
+
+    def set_fault(mode):
+        EMU._set_fault(mode)
+
+    yield set_fault
+    EMU._set_fault(0)
+
+
+# ----------------------------------------------------------------------- DMLI
+DP_RULES = [  # (gamma, band, unaligned)
+    (0.0, -1.0, False),
+    (0.5, -1.0, False),
+    (0.0, 1.0, False),
+    (0.3, 2.0, False),
+    (0.0, -1.0, True),
+]
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (8, 8), (6, 3), (130, 140)])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_local_dist_matrix(m, n, normalize):
+    # (130, 140): more than 128 stripes, which the CUDA path accepts in this mode (no DP)
+    x, y = rand(5, m, 16), rand(5, n, 16, seed=1)
+    close(EMU.local_dist_matrix(x, y, normalize), CPU.local_dist_matrix(x, y, normalize))
+    g = rand(5, m, n, seed=2)
+    close(EMU.local_dist_matrix_backward(g, x, y, normalize),
+          CPU.local_dist_matrix_backward(g, x, y, normalize))
+
+
+@pytest.mark.parametrize("gamma,band,unaligned", DP_RULES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_local_dist(gamma, band, unaligned, dtype):
+    N, m, n = 300, 6, 6 if unaligned else 4  # 300 pairs: three blocks of 128 threads
+    x, y = rand(N, m, 12, dtype=dtype), rand(N, n, 12, seed=1, dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    for normalize in (True, False):
+        close(EMU.batch_local_dist(x, y, normalize, gamma, band, unaligned),
+              CPU.batch_local_dist(x, y, normalize, gamma, band, unaligned), tol)
+        g = rand(N, seed=3, dtype=dtype)
+        g[::3] = 0  # pairs without gradient (skipped by the kernel)
+        close(EMU.batch_local_dist_backward(g, x, y, normalize, gamma, band, unaligned),
+              CPU.batch_local_dist_backward(g, x, y, normalize, gamma, band, unaligned), tol)
+
+
+@pytest.mark.parametrize("gamma,band", [(0.0, -1.0), (0.7, -1.0), (0.0, 1.5)])
+def test_dmli_and_path(gamma, band):
+    d = torch.rand(200, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    close(EMU.dmli(d, gamma, band), CPU.dmli(d, gamma, band))
+    g = rand(200, seed=1)
+    g[5:50] = 0
+    close(EMU.dmli_backward(g, d, gamma, band), CPU.dmli_backward(g, d, gamma, band))
+    close(EMU.dmli_path(d, gamma, band), CPU.dmli_path(d, gamma, band))
+
+
+@pytest.mark.parametrize("gamma,band,unaligned", DP_RULES)
+@pytest.mark.parametrize("chunk", [0, 7, 40])
+def test_local_dist_all_pairs(gamma, band, unaligned, chunk):
+    # chunk > 0: many tiles, a last partial tile in both directions
+    M, N, m, n = 13, 17, 5, 5 if unaligned else 3
+    x, y = rand(M, m, 8), rand(N, n, 8, seed=1)
+    close(EMU.local_dist(x, y, True, chunk, gamma, band, unaligned),
+          CPU.local_dist(x, y, True, chunk, gamma, band, unaligned))
+    g = rand(M, N, seed=2)
+    g[:, ::4] = 0
+    close(EMU.local_dist_backward(g, x, y, True, chunk, gamma, band, unaligned),
+          CPU.local_dist_backward(g, x, y, True, chunk, gamma, band, unaligned))
+
+
+# --------------------------------------------------------------------- mining
+@pytest.mark.parametrize("layout", ["row", "column", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_mining(layout, dtype):
+    # 70 x 45: rows over several blocks of 8 warps; columns not a multiple of 32
+    N, M = 70, 45
+    d = torch.rand(N, M, generator=torch.Generator().manual_seed(0)).to(dtype)
+    d[3, 7] = d[3, 9]  # a tie: the lower column wins
+    d[4, 10] = float("nan")
+    if layout == "column":  # column-major: the one-thread-per-row kernel
+        d = d.t().contiguous().t()
+    elif layout == "strided":
+        d = torch.cat([d, d], 1)[:, ::2]
+    labels = torch.randint(0, 6, (N,), generator=torch.Generator().manual_seed(1))
+    other = torch.randint(0, 6, (M,), generator=torch.Generator().manual_seed(2))
+    for args in [(labels, other, False), (labels[:45], None, True), (labels[:45], None, False)]:
+        dist = d if args[1] is not None else d[:45, :45]
+        e = EMU.hard_example_mining(dist, *args)
+        c = CPU.hard_example_mining(dist, *args)
+        close(e, c)
+        for margin in (0.3, None):
+            e = EMU.triplet_hard_loss(dist, *args[:2], margin, args[2])
+            c = CPU.triplet_hard_loss(dist, *args[:2], margin, args[2])
+            close(e, c, 1e-6)  # the loss is NaN (the NaN row)
+            _, ap, an, p, n, valid = c
+            gl = torch.tensor(1.5, dtype=dtype)
+            gap, gan = rand(len(ap), seed=4, dtype=dtype), rand(len(ap), seed=5, dtype=dtype)
+            ncol = dist.shape[1]
+            close(EMU.hard_example_mining_backward(gl, gap, gan, ap, an, p, n, valid, margin, ncol),
+                  CPU.hard_example_mining_backward(gl, gap, gan, ap, an, p, n, valid, margin, ncol))
+            close(EMU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol),
+                  CPU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol))
+
+
+# --------------------------------------------------------------- neighborhood
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_neighborhood(k, dtype):
+    f, g = rand(2, 3, 5, 7, dtype=dtype), rand(2, 3, 5, 7, seed=1, dtype=dtype)
+    close(EMU.neighborhood_diff(f, g, k), CPU.neighborhood_diff(f, g, k), 0)
+    go = rand(2, 3, 5 * k, 7 * k, seed=2, dtype=dtype)
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-5 if dtype == torch.float32 else 1e-9
+    close(EMU.neighborhood_diff_backward(go, k), CPU.neighborhood_diff_backward(go, k), tol)
+    go_t = rand(2, 7 * k, 5 * k, 3, seed=3, dtype=dtype).permute(0, 3, 2, 1)  # strided grad
+    close(EMU.neighborhood_diff_backward(go_t, k), CPU.neighborhood_diff_backward(go_t, k), tol)
+
+
+# ---------------------------------------------------------------- part / DSR
+@pytest.mark.parametrize("chunk", [0, 10])
+@pytest.mark.parametrize("vis_grad", [True, False])
+def test_part_dist(chunk, vis_grad):
+    M, N, P = 11, 23, 6
+    x, y = rand(M, P, 9), rand(N, P, 9, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    vx = (torch.rand(M, P, generator=gen) > 0.3).double() * torch.rand(M, P, generator=gen, dtype=torch.float64)
+    vy = (torch.rand(N, P, generator=gen) > 0.3).double()
+    vx[0] = 0  # a query with no visible part
+    close(EMU.part_dist(x, y, vx, vy, 2.5, chunk), CPU.part_dist(x, y, vx, vy, 2.5, chunk))
+    g = rand(M, N, seed=3)
+    g[1] = 0
+    close(EMU.part_dist_backward(g, x, y, vx, vy, 2.5, chunk, vis_grad),
+          CPU.part_dist_backward(g, x, y, vx, vy, 2.5, chunk, vis_grad))
+
+
+@pytest.mark.parametrize("Lq,Lg", [(3, 5), (4, 16), (2, 17), (5, 40), (2, 100), (2, 200)])
+def test_dsr(Lq, Lg):
+    # Lg across the kernel's local-array capacities 16 / 32 / 64 / 128 / 256
+    M, N = 3, 4
+    x, y = rand(M, Lq, 24), rand(N, Lg, 24, seed=1)
+    for beta, chunk in [(0.05, 0), (0.3, 5)]:
+        close(EMU.dsr_dist(x, y, beta, 60, 1e-6, chunk), CPU.dsr_dist(x, y, beta, 60, 1e-6, chunk), 1e-6)
+
+
+# ----------------------------------------------- the emulation can fail
+def test_fault_injection_shows_in_every_family(fault):
+    """A wrong thread index (the thread of global index 0 runs as index 1) leaves an
+    element unwritten (poisoned) or wrong: every family's comparison must fail."""
+    x, y = rand(6, 4, 8), rand(6, 3, 8, seed=1)
+    d = torch.rand(40, 40, dtype=torch.float64)
+    labels = torch.arange(40) % 5
+    f, g = rand(1, 2, 3, 4), rand(1, 2, 3, 4, seed=1)
+    px, py, v = rand(5, 3, 4), rand(6, 3, 4, seed=1), torch.ones(5, 3, dtype=torch.float64)
+    vy = torch.ones(6, 3, dtype=torch.float64)
+    cases = [
+        lambda ops: ops.local_dist_matrix(x, y, True),
+        lambda ops: ops.batch_local_dist(x, y, True, 0.0, -1.0, False),
+        lambda ops: ops.local_dist(x, y, True, 0, 0.0, -1.0, False),
+        lambda ops: ops.dmli(torch.rand(9, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), 0.0, -1.0),
+        lambda ops: ops.hard_example_mining(d, labels, None, False)[:4],
+        lambda ops: ops.hard_example_mining(d.t(), labels, None, False)[:4],
+        lambda ops: ops.neighborhood_diff(f, g, 3),
+        lambda ops: ops.neighborhood_diff_backward(rand(1, 2, 9, 12), 3),
+        lambda ops: ops.part_dist(px, py, v, vy, 0.0, 0),
+        lambda ops: ops.dsr_dist(rand(2, 2, 6), rand(2, 3, 6, seed=1), 0.1, 20, 1e-6, 0),
+    ]
+    for case in cases:
+        close(case(EMU), case(CPU))  # correct without the fault
+    fault(1)
+    for i, case in enumerate(cases):
+        with pytest.raises(AssertionError):
+            close(case(EMU), case(CPU))
+            print("case", i, "did not fail")
+
+
+def test_fault_injection_in_backward(fault):
+    x, y = rand(6, 4, 8), rand(6, 3, 8, seed=1)
+    g = rand(6, seed=2)
+    ref = CPU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False)
+    close(EMU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False), ref)
+    fault(1)
+    with pytest.raises(AssertionError):
+        close(EMU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False), ref)
+
+
+# ---------------------------------------------------------- tile planning
+@pytest.mark.parametrize("m,n", [(8, 8), (32, 32), (128, 128)])
+@pytest.mark.parametrize("elem", [4, 8])
+def test_local_dist_tiles_fit_the_budget(m, n, elem):
+    """Tiles are sized by bytes: the CUDA tile buffers stay within 256 MiB at every m x n
+    (a fixed 2^20 pairs would need 192 GiB for the backward at 128 x 128), the CPU's
+    per-thread forward tile within 1 MiB and its backward tiles within 8 MiB."""
+    M, N = 20000, 60000
+    f_mc, f_nc, f_bytes, b_mc, b_nc, b_bytes = CPU._local_dist_tile_plan("cuda", M, N, m, n, elem, 0)
+    assert f_bytes == f_mc * f_nc * m * n * elem <= 256 << 20
+    assert b_bytes == b_mc * b_nc * 3 * m * n * elem <= 256 << 20  # GEMM, weights, DP table
+    assert f_bytes > 128 << 20 and b_bytes > 128 << 20  # and use most of it
+    if (m, n, elem) == (8, 8, 4):
+        assert f_mc * f_nc == 1 << 20  # the former fixed tile where it fitted
+    c = CPU._local_dist_tile_plan("cpu", M, N, m, n, elem, 0)
+    assert c[2] <= 1 << 20 and c[5] <= 8 << 20
+    # chunk_size given: that many pairs per tile
+    mc, nc, *_ = CPU._local_dist_tile_plan("cuda", M, N, m, n, elem, 5000)
+    assert mc * nc <= 5000
+
+
+def test_parts_tiles_fit_the_budget():
+    M, N, P, Lg, elem = 20000, 60000, 32, 256, 8
+    fm, fn, bm, bn, dm, dn = CPU._parts_tile_plan("cuda", M, N, P, Lg, elem, 0)
+    assert fm * fn * P * elem <= 256 << 20 and bm * bn * 3 * P * elem <= 256 << 20
+    assert dm * dn * (2 * Lg + 1) * P * elem <= 256 << 20
+
+
+# --------------------------------------------------------- DSR B by one GEMM
+@pytest.mark.slow
+def test_dsr_memory_at_issue_size():
+    """dsr_dist's B for one tile of x [16, 128, 2048] x y [32, 128, 2048] is 32 MiB
+    (float32): built by one GEMM of the flattened cells, the op's peak stays far below
+    the 1 GiB that a broadcasting matmul of the expanded inputs allocated."""
+    code = textwrap.dedent(
+        """
+        import resource, torch, partdist
+        torch.set_num_threads(1)
+        x = torch.randn(16, 128, 2048); y = torch.randn(32, 128, 2048)
+        torch.ops.partdist.dsr_dist(x[:1, :4], y[:1, :4], 0.1, 1, 1e-5, 0)  # warm up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        torch.ops.partdist.dsr_dist(x, y, 0.1, 1, 1e-5, 16 * 32)  # one tile of all pairs
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) // 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    grown_mib = int(out.stdout.split()[-1])
+    assert grown_mib < 400, f"dsr_dist peak grew by {grown_mib} MiB"
+
+
+# ------------------------------------------------------- CUDA architectures
+def test_default_cuda_arch_list():
+    """Without TORCH_CUDA_ARCH_LIST a build with no GPU present covers Turing to Hopper
+    with PTX of the last (newer GPUs JIT it); with GPUs present torch's default (None)
+    builds for them; a user's setting wins."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("partdist_setup", os.path.join(root, "setup.py"))
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)  # defines the functions; builds nothing
+    archs = setup.default_cuda_arch_list({}, 0)
+    assert archs.split(";") == ["7.5", "8.0", "8.6", "8.9", "9.0+PTX"]
+    assert setup.default_cuda_arch_list({"TORCH_CUDA_ARCH_LIST": ""}, 0) == archs
+    assert setup.default_cuda_arch_list({}, 2) is None
+    assert setup.default_cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "8.9"}, 0) == "8.9"
