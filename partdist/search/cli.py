@@ -167,13 +167,14 @@ def add_index_parser(subparsers):
     p.add_argument("--checkpoint", required=True, help="a `partdist train` checkpoint")
     p.add_argument("--out", required=True, help="index file to write")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="feature storage")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (feature extraction)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per feature-extraction batch")
     p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
     p.add_argument("--lam", type=float, default=1.0, help="default weight of the local distance (saved)")
-    p.add_argument("--metric", default="euclidean", choices=("euclidean", "sqeuclidean", "cosine"))
+    p.add_argument("--metric", default="euclidean", choices=("euclidean", "sqeuclidean", "cosine"),
+                   help="global-feature distance (saved in the index)")
     p.add_argument("--overwrite", action="store_true", help="replace existing index files")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=run_index)
     return p
 
@@ -238,20 +239,21 @@ def add_search_parser(subparsers):
     q.add_argument("--query-index", help="an index file whose items are the queries (features already extracted)")
     p.add_argument("--checkpoint", help="the checkpoint the index was built with (default: the one it records)")
     p.add_argument("--k", type=int, default=10, help="results per query")
-    p.add_argument("--mode", choices=("exact", "two-stage"), default="two-stage")
+    p.add_argument("--mode", choices=("exact", "two-stage"), default="two-stage",
+                   help="exact: the fused distance to every gallery item; two-stage: global shortlist, then DMLI")
     p.add_argument("--shortlist", type=int, default=100, help="K': global-feature candidates (two-stage)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking within the shortlist")
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="shortlist search")
     p.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (backend faiss)")
     p.add_argument("--lam", type=float, default=None, help="weight of the local distance (default: the index's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--flip", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="query images per feature-extraction batch")
+    p.add_argument("--flip", action="store_true", help="average query features with the mirrored image")
     p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--evaluate", action="store_true",
                    help="CMC / mAP of the results (labeled queries and gallery; --k = gallery size for full mAP)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=run_search)
     return p
 
