@@ -12,6 +12,7 @@
 #                  whole test suite (fails on any skipped CUDA test), compute-sanitizer, benchmarks on
 #                  cuda + cpu with the GPU targets -> $(OUT)/report.md + report.json. STAGE=build|test|
 #                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes)
+# make lint   : ruff check of the Python code and clang-format check of csrc/ (no changes made)
 # make lint-cpp : clang-format check of csrc/ (.clang-format), no changes made
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +20,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint-cpp clean
+.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint lint-py lint-cpp clean
 
 all: test
 
@@ -106,6 +107,12 @@ sanitize: venv
 	  PARTDIST_SANITIZED=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  PYTHONPATH=$(CURDIR)/build/sanitize/lib $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(addprefix $(CURDIR)/,$(SANITIZE_TESTS))
+
+# make lint: ruff (pyproject.toml: F, E9, B, I) over the Python code, clang-format over csrc/
+lint: lint-py lint-cpp
+
+lint-py: venv
+	$(VENV)/bin/ruff check .
 
 CPP_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu')
 lint-cpp: venv

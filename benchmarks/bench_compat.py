@@ -28,13 +28,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import env_line, fmt_time, print_table
 
 from partdist import reference as R
 from partdist.compat import alignedreid as A
 from partdist.compat import fastreid as FR
 from partdist.compat import torchreid as T
-
-from common import env_line, fmt_time, print_table
 
 
 # =================================================================== originals

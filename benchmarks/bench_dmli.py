@@ -22,12 +22,20 @@ import argparse
 import sys
 
 import torch
+from common import (
+    Results,
+    add_device_arg,
+    env_line,
+    fmt_mem,
+    fmt_time,
+    median_time,
+    peak_extra_memory,
+    print_table,
+    resolve_devices,
+)
 
 import partdist
 from partdist import reference as R
-
-from common import (Results, add_device_arg, env_line, fmt_mem, fmt_time, median_time, peak_extra_memory, print_table,
-                    resolve_devices)
 
 TARGET_TRAIN = "DMLI training batch: partdist vs vectorized PyTorch, same GPU"
 

@@ -36,13 +36,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (Results, add_device_arg, env_line, fmt_mem, fmt_time, print_table,  # noqa: E402
-                    resolve_devices, time_and_peak)
+from common import Results, add_device_arg, env_line, fmt_mem, fmt_time, print_table, resolve_devices, time_and_peak  # noqa: E402
 
 import partdist  # noqa: E402
 import partdist.reference as R  # noqa: E402

@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import Results, add_device_arg, env_line, median_time, print_table, resolve_devices  # noqa: E402
+from common import fmt_time as fmt  # noqa: E402
 
 import partdist
 from partdist import reference as R
 from partdist.losses import AlignedTripletLoss
-
-from common import Results, add_device_arg, env_line, median_time, print_table, resolve_devices  # noqa: E402
-from common import fmt_time as fmt  # noqa: E402
 
 
 # ------------------------------------------------------------------ contenders

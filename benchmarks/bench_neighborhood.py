@@ -37,12 +37,17 @@ import statistics
 import time
 
 import torch
+from common import (  # benchmarks/common.py
+    Results,
+    add_device_arg,
+    env_line,
+    peak_extra_memory,
+    print_table,
+    resolve_devices,
+)
 
 import partdist
 from partdist import reference as R
-
-from common import (Results, add_device_arg, env_line, peak_extra_memory, print_table,  # benchmarks/common.py
-                    resolve_devices)
 
 VARIANTS = {
     "partdist": partdist.neighborhood_diff,
@@ -104,7 +109,7 @@ def check_values(f, g, go, k):
             raise SystemExit(f"{name} differs from the loop reference")
     grads = {name: run_fwd_bwd(fn, f, g, go, k) for name, fn in VARIANTS.items()}
     base = grads["partdist"]
-    for name, gr in grads.items():
+    for _name, gr in grads.items():
         for a, b in zip(base, gr):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 

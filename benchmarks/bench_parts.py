@@ -32,11 +32,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import Results, add_device_arg, env_line, fmt_time, median_time, print_table, resolve_devices  # noqa: E402
 
 import partdist
 from partdist import reference as R
-
-from common import Results, add_device_arg, env_line, fmt_time, median_time, print_table, resolve_devices  # noqa: E402
 
 
 def _record(res, case, device, t_ours, ref_name, t_ref, err, err_note=""):

@@ -83,7 +83,7 @@ def build_shard(args, size, rows, dtype, cg, cl):
         idx.add(g[off : off + e - s], loc[off : off + e - s], ids=torch.arange(s, e))
     if len(idx) == 0:
         idx.add(torch.zeros(0, D), torch.zeros(0, H, C))
-    idx.ids  # consolidate now (not inside the timed search)
+    _ = idx.ids  # consolidate now (not inside the timed search)
     return idx
 
 

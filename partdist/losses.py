@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_features, check_labels, check_margin
-from .ops.dmli import batch_local_dist, local_dist
 from .distributed import all_gather_with_grad, is_distributed
+from .ops.dmli import batch_local_dist, local_dist
 from .ops.mining import HardMining, hard_example_mining, pair_loss
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, List, Sequence
+from typing import Iterable, Sequence
 
 import torch
 

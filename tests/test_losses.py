@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-import partdist
 from partdist import reference as R
 from partdist.losses import AlignedTripletLoss, CrossEntropyLabelSmooth, TripletLoss, mine_euclidean
 

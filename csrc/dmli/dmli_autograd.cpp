@@ -5,8 +5,8 @@
 // where the kernels themselves take a few hundred microseconds.
 //
 // Unused outputs get zero gradients (materialize_grads, the default), so the backward
-// ops always see a defined gradient. The backward ops have no autograd (double backward is not supported): calling
-// backward through them raises, as with the Python registration before.
+// ops always see a defined gradient. The backward ops have no autograd (double backward is not
+// supported): calling backward through them raises, as with the Python registration before.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -22,11 +22,11 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // Typed handles of the ops, looked up once.
-#define PARTDIST_OP(var, name, Sig)                                                            \
-  static const c10::TypedOperatorHandle<Sig>& var() {                                          \
-    static const auto h =                                                                      \
+#define PARTDIST_OP(var, name, Sig)                                                         \
+  static const c10::TypedOperatorHandle<Sig>& var() {                                       \
+    static const auto h =                                                                   \
         c10::Dispatcher::singleton().findSchemaOrThrow("partdist::" name, "").typed<Sig>(); \
-    return h;                                                                                  \
+    return h;                                                                               \
   }
 
 using XYTuple = std::tuple<Tensor, Tensor>;
@@ -61,8 +61,8 @@ class LocalDistMatrixFn : public torch::autograd::Function<LocalDistMatrixFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     auto s = ctx->get_saved_variables();
-    auto [gx, gy] = op_ldm_bw().call(g[0].contiguous(), s[0], s[1],
-                                     ctx->saved_data["normalize"].toBool());
+    auto [gx, gy] =
+        op_ldm_bw().call(g[0].contiguous(), s[0], s[1], ctx->saved_data["normalize"].toBool());
     return {gx, gy, Tensor()};
   }
 };
@@ -109,9 +109,9 @@ class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     auto s = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
-    auto [gx, gy] = op_bld_bw().call(g[0].contiguous(), s[0], s[1],
-                                     d["normalize"].toBool(), d["gamma"].toDouble(),
-                                     d["band"].toDouble(), d["unaligned"].toBool());
+    auto [gx, gy] =
+        op_bld_bw().call(g[0].contiguous(), s[0], s[1], d["normalize"].toBool(),
+                         d["gamma"].toDouble(), d["band"].toDouble(), d["unaligned"].toBool());
     return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -137,9 +137,9 @@ class LocalDistFn : public torch::autograd::Function<LocalDistFn> {
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     auto s = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
-    auto [gx, gy] = op_ld_bw().call(g[0].contiguous(), s[0], s[1], d["normalize"].toBool(),
-                                    d["chunk"].toInt(), d["gamma"].toDouble(),
-                                    d["band"].toDouble(), d["unaligned"].toBool());
+    auto [gx, gy] =
+        op_ld_bw().call(g[0].contiguous(), s[0], s[1], d["normalize"].toBool(), d["chunk"].toInt(),
+                        d["gamma"].toDouble(), d["band"].toDouble(), d["unaligned"].toBool());
     return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

@@ -26,7 +26,7 @@ state at an epoch boundary, or restore it and then call
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import torch

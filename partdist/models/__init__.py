@@ -1,16 +1,16 @@
 """Reference ReID models built on the partdist kernels (:data:`MODEL_SPECS` lists them all)."""
 
 from .backbones import CompactCNN, ResNet, build_backbone, resnet18, resnet50
-from .reid import ICNN, PCB, AlignedReID
-from .idla import IDLA, evaluate_idla, idla_distance_matrix, verification_step
-from .part_heads import GLAD, SPReID, SpindleNet
-from .scpnet import SCPNet
-from .gate_siamese import GateSiamese
-from .pdc import PDC
-from .pie import PIE
-from .pabp import PABP
-from .personnet import PersonNet
 from .dsr import DSRNet
+from .gate_siamese import GateSiamese
+from .idla import IDLA, evaluate_idla, idla_distance_matrix, verification_step
+from .pabp import PABP
+from .part_heads import GLAD, SpindleNet, SPReID
+from .pdc import PDC
+from .personnet import PersonNet
+from .pie import PIE
+from .reid import ICNN, PCB, AlignedReID
+from .scpnet import SCPNet
 from .zoo import MODEL_SPECS, ModelSpec, model_spec
 
 __all__ = ["AlignedReID", "PCB", "ICNN", "ResNet", "CompactCNN", "build_backbone", "resnet18", "resnet50",

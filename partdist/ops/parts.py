@@ -185,7 +185,6 @@ def _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size):
     lip_all = torch.linalg.eigvalsh(G_all)[..., -1].clamp_min(0)  # [N], as the forward
     rtol = _DSR_ACTIVE_RTOL.get(x.dtype, 1e-5)
     cut = 100 * Lg * torch.finfo(x.dtype).eps  # relative pivot / eigenvalue cutoff of the solve
-    eye = torch.eye(Lg, dtype=x.dtype, device=x.device)
     step = _dsr_tile_pairs(Lq, Lg, C, x.device, chunk_size)
     for p0 in range(0, pairs.shape[0], step):
         ai, bi = pairs[p0 : p0 + step, 0], pairs[p0 : p0 + step, 1]

@@ -24,7 +24,6 @@ from partdist.data import (
     msmt17,
     parse_image_folder,
 )
-from partdist.data import synthetic as syn
 from partdist.data import transforms as T
 
 

@@ -20,7 +20,7 @@ from partdist.data import (
 )
 from partdist.eval import evaluate_rank, extract_features, global_distance
 from partdist.losses import CrossEntropyLabelSmooth, TripletLoss
-from partdist.models import GLAD, SPReID, SpindleNet
+from partdist.models import GLAD, SpindleNet, SPReID
 
 H, W = 128, 64
 CAMS = [
@@ -50,7 +50,7 @@ def test_synthetic_parts_file(synth):
     assert allp["keypoints"].shape == (M, 14, 3) and tuple(allp["part_names"]) == SYNTHETIC_PARTS
     p = load_synthetic_parts(root, splits.train)
     assert p["boxes"].shape[0] == len(splits.train)
-    for k, (path, pid, cam) in enumerate(splits.train):
+    for k, (path, _pid, cam) in enumerate(splits.train):
         assert p["names"][k].endswith(os.path.basename(path))
         masks, boxes, vis, kp = p["masks"][k], p["boxes"][k], p["visibility"][k], p["keypoints"][k]
         for j in range(3):  # the box is the bounding box of the mask

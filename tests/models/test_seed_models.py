@@ -13,7 +13,7 @@ import torch
 
 from partdist.data import SyntheticReID, market1501, part_annotations
 from partdist.eval.model_eval import evaluate_reference_model
-from partdist.models import MODEL_SPECS, PDC, PIE, PABP, GateSiamese, SCPNet, model_spec
+from partdist.models import MODEL_SPECS, PABP, PDC, PIE, GateSiamese, SCPNet, model_spec
 from partdist.models.pairs import batch_pairs
 from partdist.models.posebox import assemble_posebox, box_thetas
 from partdist.train import TrainConfig, Trainer, build_model, make_batches

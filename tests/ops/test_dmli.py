@@ -7,7 +7,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-
 SHAPES = [(1, 1), (1, 5), (5, 1), (3, 7), (8, 8), (6, 2)]
 
 

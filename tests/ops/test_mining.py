@@ -10,7 +10,6 @@ from torch.autograd import gradcheck
 import partdist
 from partdist import reference as R
 
-
 NAN = float("nan")
 
 # Label configurations: equal K, unequal K, singletons, all-same, all-different, mixed.

@@ -4,12 +4,11 @@ import os
 
 import pytest
 import torch
+from search_data import DUPLICATES, G, Q, build, data
 
 import partdist
 import partdist.eval
 from partdist.search import FORMAT_VERSION, GalleryIndex, rank_metrics
-
-from search_data import DUPLICATES, G, Q, build, data
 
 
 def reference_topk(d, k, lam=0.7, cast=None):

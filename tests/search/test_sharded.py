@@ -15,9 +15,8 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the spawn helper
-from test_distributed import run_ranks  # noqa: E402
-
 from search_data import G, build, data  # noqa: E402
+from test_distributed import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process
 

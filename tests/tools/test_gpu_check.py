@@ -365,12 +365,14 @@ def test_sanitize_op_script_covers_every_partdist_op():
     """Every registered partdist op (its backward through its forward's case) has a case in
     tools/gpu_sanitize_ops.py, so a new op cannot escape the sanitizer stage unnoticed."""
     torch = pytest.importorskip("torch")
-    import partdist  # noqa: F401  (registers the ops)
     import gpu_sanitize_ops
 
+    import partdist  # noqa: F401  (registers the ops)
+
     names = [c[0] for c in gpu_sanitize_ops.cases()]
+    # the _*_tile_plan ops are host-side test hooks of the tile planning: they launch no kernel
     ops = sorted({n.split("::", 1)[1].replace("_backward", "") for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith("partdist::")})
+                  if n.startswith("partdist::") and not n.endswith("_tile_plan")})
     assert ops, "no partdist op registered"
     missing = [op for op in ops if not any(name == op or name.startswith(op + ",") for name in names)]
     assert not missing, f"ops without a case in tools/gpu_sanitize_ops.py: {missing}"
