@@ -109,8 +109,16 @@ def test_local_dist_all_pairs(gamma, band, unaligned, chunk):
 
 
 # --------------------------------------------------------------------- mining
-@pytest.mark.parametrize("layout", ["row", "column", "strided"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def _mining_cases():
+    # the warp kernel's emulation (32 lanes in lockstep, one OS thread each) takes seconds per
+    # case: one warp case and the column-major cases run in test-fast, the rest are marked slow
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        for layout in ("row", "column", "strided"):
+            fast = layout == "column" or (layout == "row" and dtype == torch.float32)
+            yield pytest.param(layout, dtype, marks=() if fast else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("layout,dtype", list(_mining_cases()))
 def test_mining(layout, dtype):
     # 70 x 45: rows over several blocks of 8 warps; columns not a multiple of 32
     N, M = 70, 45

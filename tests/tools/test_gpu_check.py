@@ -336,6 +336,7 @@ sys.exit(86 if errors else rc)
 '''
 
 
+@pytest.mark.slow
 def test_sanitize_stage_runs_each_tool_and_attributes_errors(tmp_path, monkeypatch):
     """The GPU path of the sanitize stage, with a fake compute-sanitizer on PATH: one process per
     tool, a partdist error fails the stage, an error in a torch kernel alone is a warning."""
