@@ -121,8 +121,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
     are dropped, pid ``-1`` items stay as non-matches, ``cmc`` has
     ``min(max_rank, num_gallery)`` entries; ``all_AP`` / ``all_INP`` hold one value per
     query with a true match. With ``use_metric_cuhk03`` fast-reid returns ``(cmc, mAP)``,
-    and so does this. ``use_cython`` is accepted and ignored (the vectorized path of
-    :func:`partdist.eval.evaluate_rank` is faster than fast-reid's Cython code).
+    and so does this. ``use_cython`` is accepted and ignored (:func:`partdist.eval.evaluate_rank`'s C++
+    operator, which sorts no row, is faster than fast-reid's Cython code).
     """
     from ..eval.rank import evaluate_rank as _evaluate_rank
 

@@ -268,19 +268,20 @@ def test_euclidean_dist_large_uses_the_same_formula():
 
 
 # ---------------------------------------------------------------- ranking
-def _rank_case(seed, Q=40, G=300, junk=0.05, ties=False):
+def _rank_case(seed, Q=40, G=300, junk=0.05, ties=False, ids=15):
     rng = np.random.default_rng(seed)
     dist = rng.random((Q, G)).astype(np.float32)
     if ties:
         dist = np.round(dist * 20) / 20
-    q_pids, g_pids = rng.integers(0, 15, Q), rng.integers(0, 15, G)
+    q_pids, g_pids = rng.integers(0, ids, Q), rng.integers(0, ids, G)
     g_pids[rng.random(G) < junk] = -1
     return dist, q_pids, g_pids, rng.integers(0, 4, Q), rng.integers(0, 4, G)
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_evaluate_rank_pid_minus1_as_torchreid_and_fastreid(ties):
-    dist, qp, gp, qc, gc = _rank_case(7, ties=ties)
+@pytest.mark.parametrize("G,ids", [(300, 15), (700, 2)], ids=["counting", "binary_search"])
+def test_evaluate_rank_pid_minus1_as_torchreid_and_fastreid(ties, G, ids):
+    dist, qp, gp, qc, gc = _rank_case(7, G=G, ties=ties, ids=ids)
     cmc_o, ap_o, inp_o = orig_eval_market1501(dist, qp, gp, qc, gc, 50)
     cmc, mAP = T.evaluate_rank(dist, qp, gp, qc, gc)
     np.testing.assert_allclose(cmc, cmc_o, rtol=1e-6)
@@ -302,12 +303,18 @@ def test_cmc_length_as_torchreid():
     assert cmc.shape == (5,)
 
 
-def test_evaluate_rank_vectorized_equals_argsort_path():
-    # ties, inf and nan distances take the argsort path; the rest the vectorized one
-    dist, qp, gp, qc, gc = _rank_case(9, Q=60, G=200, ties=True)
+# few true matches per query: each match's rank counted in one pass; many (more than
+# csrc/rank's kCountMatches = 160): binary search of every item among the sorted matches
+@pytest.mark.parametrize("G,ids", [(200, 15), (700, 2)], ids=["counting", "binary_search"])
+def test_evaluate_rank_equals_a_stable_argsort_per_query(G, ids):
+    # ties (also between matches and non-matches), inf and nan distances, a query with pid -1
+    dist, qp, gp, qc, gc = _rank_case(9, Q=60, G=G, ties=True, ids=ids)
     dist = dist.astype(np.float64)
     dist[3, 5] = np.inf
     dist[4, 7] = np.nan
+    dist[5, ::7] = np.nan
+    dist[6, ::5] = -np.inf
+    qp[7] = -1
     for ap in ("torchreid", "devkit"):
         for drop in (True, False):
             got = evaluate_rank(dist, qp, gp, qc, gc, ap=ap, drop_junk=drop, per_query=True)
