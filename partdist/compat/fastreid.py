@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from .._checks import check_features, check_labels
 from ._common import cosine_dist as _cosine_dist
-from ._common import gemm_euclidean, mined_dist
+from ._common import euclidean_dist as _euclidean
+from ._common import mined_dist
 
 __all__ = ["triplet_loss", "euclidean_dist", "cosine_dist", "evaluate_rank", "re_ranking", "install", "uninstall"]
 
@@ -40,7 +41,7 @@ def euclidean_dist(x, y):
     The same formula (same values, zero gradient where the clamp is active), with a
     fused backward (one GEMM when ``x`` is ``y``).
     """
-    return gemm_euclidean(x, y)[0]
+    return _euclidean(x, y)
 
 
 def cosine_dist(x, y):
@@ -71,6 +72,8 @@ def _hard_mined(embedding, targets, norm_feat):
     else:
         _, m = mined_dist(embedding, targets)
     ap, an = m.dist_ap, m.dist_an
+    if bool(m.valid.all()):
+        return ap, an
     big = torch.full((), 1e9, dtype=an.dtype, device=an.device)
     return ap, torch.where(m.valid, an, big)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from partdist import reference as R
+from partdist.compat import _common
 from partdist.compat import alignedreid as A
 from partdist.compat import fastreid as FR
 from partdist.compat import torchreid as T
@@ -251,20 +252,41 @@ def test_fastreid_distances():
     assert_same_grad(lambda a, b: (FR.cosine_dist(a, b) ** 2).sum(), lambda a, b: (cos_ref(a, b) ** 2).sum(), x, y)
 
 
-def test_euclidean_dist_large_uses_the_same_formula():
-    # above the small-size threshold the fused autograd.Function is used
+# below compat._common._SMALL (work = outputs x channels) the plain formula runs, above
+# it the fused autograd.Functions: both must give the originals' values and gradients
+@pytest.mark.parametrize("C,fused", [(9, False), (400, True)], ids=["plain", "fused"])
+def test_distances_both_paths_same_as_the_formula(C, fused):
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(64, 33, generator=g, dtype=torch.float64)
-    y = torch.randn(48, 33, generator=g, dtype=torch.float64)
-    y[3] = x[5]
+    x = torch.randn(64, C, generator=g, dtype=torch.float64)
+    y = torch.randn(48, C, generator=g, dtype=torch.float64)
+    y[3] = x[5]  # a zero distance: the clamp region
+    assert _common._fused(x, y) == fused and _common._fused(x, x) == fused
     w = torch.rand(64, 48, generator=g, dtype=torch.float64)
     assert_same_grad(lambda a, b: (A.euclidean_dist(a, b) * w).sum(), lambda a, b: (orig_euclidean(a, b) * w).sum(), x, y)
+    assert_same_grad(lambda a, b: (FR.euclidean_dist(a, b) * w).sum(), lambda a, b: (orig_euclidean(a, b) * w).sum(), x, y)
     w2 = torch.rand(64, 64, generator=g, dtype=torch.float64)
     assert_same_grad(lambda a: (A.euclidean_dist(a, a) * w2).sum(), lambda a: (orig_euclidean(a, a) * w2).sum(), x)
-    xb, yb = x.view(4, 16, 33), y.view(4, 12, 33)
+    xb, yb = x.view(4, 16, C), y.view(4, 12, C)
+    assert _common._fused(xb, yb) == fused
     wb = torch.rand(4, 16, 12, generator=g, dtype=torch.float64)
     assert_same_grad(lambda a, b: (A.batch_euclidean_dist(a, b) * wb).sum(),
                      lambda a, b: (R.batch_euclidean_dist(a, b) * wb).sum(), xb, yb)
+    xb, yb = x.view(16, 4, C), x.view(16, 4, C).flip(1)  # zero distances in the batched form
+    assert_same_grad(lambda a, b: (A.batch_euclidean_dist(a, b) ** 2).sum(),
+                     lambda a, b: (R.batch_euclidean_dist(a, b) ** 2).sum(), xb, yb)
+    # fast-reid's cosine distance, with a zero row (F.normalize's clamp region)
+    def cos_ref(a, b):
+        return 2 - 2 * torch.mm(F.normalize(a, dim=1), F.normalize(b, dim=1).t())
+
+    xz = x.clone()
+    xz[7] = 0
+    assert_same_grad(lambda a, b: (FR.cosine_dist(a, b) * w).sum(), lambda a, b: (cos_ref(a, b) * w).sum(), xz, y)
+    assert_same_grad(lambda a: (FR.cosine_dist(a, a) * w2).sum(), lambda a: (cos_ref(a, a) * w2).sum(), xz)
+    # without autograd: the same values, in place
+    with torch.no_grad():
+        torch.testing.assert_close(FR.cosine_dist(xz, y), cos_ref(xz, y), rtol=0, atol=0)
+        torch.testing.assert_close(A.euclidean_dist(x, y), orig_euclidean(x, y), rtol=0, atol=0)
+        torch.testing.assert_close(A.batch_euclidean_dist(xb, yb), R.batch_euclidean_dist(xb, yb), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- ranking
