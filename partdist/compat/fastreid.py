@@ -24,12 +24,11 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_features, check_labels
 from ._common import cosine_dist as _cosine_dist
 from ._common import euclidean_dist as _euclidean
-from ._common import mined_dist
+from ._common import mined_dist, ranking_loss
 
 __all__ = ["triplet_loss", "euclidean_dist", "cosine_dist", "evaluate_rank", "re_ranking", "install", "uninstall"]
 
@@ -106,13 +105,10 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
         dist_an = dist_mat * is_neg
         dist_ap = torch.sum(dist_ap * _softmax_weights(dist_ap, is_pos), dim=1)
         dist_an = torch.sum(dist_an * _softmax_weights(-dist_an, is_neg), dim=1)
-    y = torch.ones_like(dist_an)
     if margin > 0:
-        return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
-    loss = F.soft_margin_loss(dist_an - dist_ap, y)
-    if loss == float("Inf"):
-        loss = F.margin_ranking_loss(dist_an, dist_ap, y, margin=0.3)
-    return loss
+        return ranking_loss(dist_ap, dist_an, margin)
+    loss = ranking_loss(dist_ap, dist_an, None)  # soft margin; fast-reid falls back to 0.3 where it overflows
+    return ranking_loss(dist_ap, dist_an, 0.3) if loss == float("Inf") else loss
 
 
 # --------------------------------------------------------------- evaluation
