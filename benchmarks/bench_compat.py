@@ -43,10 +43,15 @@ CLOCK = time.perf_counter
 
 
 def paired(fa, fb, reps, warmup=1, max_seconds=None):
-    """Medians of fa() and fb() timed alternately (A B A B ...)."""
+    """Medians of fa() and fb() timed alternately (A B A B ...); sub-millisecond pairs get
+    more repetitions (about 0.5 s of them, at most 400): their medians are the noisiest."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fa()
         fb()
+    if warmup:
+        pair = (time.perf_counter() - t0) / warmup
+        reps = max(reps, min(400, int(0.5 / max(pair, 1e-6))))
     ta, tb = [], []
     start = time.perf_counter()
     for _ in range(reps):
