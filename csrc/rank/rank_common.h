@@ -1,5 +1,6 @@
 // Per-query math of the ranking metrics (CMC first rank, AP, INP) under the
-// Market-1501 protocol, shared by the CPU launcher (rank_cpu.cpp).
+// Market-1501 protocol, used by the CPU launcher (rank_ops.cpp; CUDA distance matrices
+// are copied to the CPU by partdist.eval.evaluate_rank).
 //
 // Order of the gallery for one query: by increasing distance, NaN after every number
 // (numpy's sort order), ties broken by gallery index (a stable sort). Gallery items
