@@ -14,6 +14,7 @@ batch (a) at least 30x faster than the vectorized PyTorch version on the same GP
     python benchmarks/bench_dmli.py            # full sizes
     python benchmarks/bench_dmli.py --quick    # small sizes (smoke test)
     python benchmarks/bench_dmli.py --device cuda --device cpu --json dmli.json
+    python benchmarks/bench_dmli.py --only a   # the training batch (a) alone, with its breakdown
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main(argv=None):
     add_device_arg(ap)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", action="store_true", help="also time soft-DMLI, band and unaligned")
+    ap.add_argument("--only", choices=["a", "b"], help="run only (a) the training batch or (b) all pairs")
     args = ap.parse_args(argv)
 
     devices = resolve_devices(ap, args.device)
@@ -190,12 +192,16 @@ def main(argv=None):
     res.target(TARGET_TRAIN, 30.0, ">=", unit="x")
     for device in devices:
         print(f"== {env_line(device)}")
-        if args.quick:
-            training_batch(device, anchors=16, m=8, C=32, reps=2, loop_pairs=4, res=res)
-            all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50, res=res)
-        else:
-            training_batch(device, anchors=128, m=8, C=128, reps=args.reps, loop_pairs=32, res=res)
-            all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000, res=res)
+        if args.only != "b":
+            if args.quick:
+                training_batch(device, anchors=16, m=8, C=32, reps=2, loop_pairs=4, res=res)
+            else:
+                training_batch(device, anchors=128, m=8, C=128, reps=args.reps, loop_pairs=32, res=res)
+        if args.only != "a":
+            if args.quick:
+                all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50, res=res)
+            else:
+                all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000, res=res)
         if args.variants:
             variants(device, max(1, args.reps // 2), args.quick, res)
     res.finish()

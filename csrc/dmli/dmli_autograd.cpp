@@ -133,8 +133,8 @@ class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     const SavedXY s = load_xy(ctx);
-    auto [gx, gy] = op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize, s.gamma, s.band,
-                                     s.unaligned);
+    auto [gx, gy] =
+        op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize, s.gamma, s.band, s.unaligned);
     return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

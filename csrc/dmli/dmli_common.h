@@ -135,8 +135,7 @@ PD_HD T dot(const T* a, const T* b, int64_t C) {
 }
 
 template <typename T>
-PD_HD void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, int64_t C,
-                T* out) {
+PD_HD void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, int64_t C, T* out) {
   T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
 #if !defined(__CUDACC__)
 #pragma omp simd reduction(+ : s0, s1, s2, s3)

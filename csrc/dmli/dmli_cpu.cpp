@@ -291,8 +291,8 @@ void for_aligned_blocks(const AlignedPairs<T>& A, bool full_table, const Need& n
         const int64_t p = p0 + l;
         live[l] = p < A.N && need(p);
         if (live[l])
-          pair_dots(A.x + p * A.m * A.C, A.y + p * A.n * A.C, A.m, A.n, A.C,
-                    s.xy.data() + l * A.mn, s.xx.data() + l * A.m, s.yy.data() + l * A.n);
+          pair_dots(A.x + p * A.m * A.C, A.y + p * A.n * A.C, A.m, A.n, A.C, s.xy.data() + l * A.mn,
+                    s.xx.data() + l * A.m, s.yy.data() + l * A.n);
       }
       body(s, p0, live);
     }
@@ -315,8 +315,8 @@ void CpuKernels::aligned_forward(Mode mode, bool normalize, const DPRule& rule, 
               fill_cells(s.fused(A, l), A.m, A.n, pout + (p0 + l) * A.mn, int64_t(A.n));
             return;
           }
-          const V r = dmli_forward<V>(s.lane_cells(A, live), A.m, A.n, RowStore<V>{s.dp.data()},
-                                      rule);
+          const V r =
+              dmli_forward<V>(s.lane_cells(A, live), A.m, A.n, RowStore<V>{s.dp.data()}, rule);
           for (int l = 0; l < kLanes && live[l]; ++l) pout[p0 + l] = r.v[l];
         });
   });
@@ -343,8 +343,7 @@ void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
     const bool lanes = mode == Mode::kFused && !rule.diag;
     // pairs with no incoming gradient (e.g. an inactive hinge) need no dot products
     auto need = [&](int64_t p) { return mode == Mode::kCells || pg[p] != T(0); };
-    for_aligned_blocks<T>(A, lanes, need, [&](AlignedScratch<T>& s, int64_t p0,
-                                              const bool* live) {
+    for_aligned_blocks<T>(A, lanes, need, [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
       V* gcell = s.dp.data() + A.mn;  // dL/dd of the lanes' cells
       if (lanes) {
         V gout;
