@@ -2,6 +2,7 @@
 
 (a) training batch: 256 aligned pairs (128 anchors x one positive and one negative),
     m = n = 8, C = 128, forward + backward.
+(a') small batches (1, 4, 32 pairs): the per-call cost (overhead) where the kernels are tiny.
 (b) all pairs: 1000 x 5000 images, m = n = 8, C = 128, forward, with peak memory,
     against the bare stripe GEMM (x . y^T of all stripes, the floor for any method
     that computes these distances by GEMM) and the vectorized practice (chunked).
@@ -106,6 +107,33 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     return t_pd, t_vec, t_loop
 
 
+def small_batches(device, reps, res):
+    """Per-call cost at tiny sizes, where the kernels are a few microseconds: the whole
+    forward+backward step of batch_local_dist against its two kernels called directly."""
+    ops = torch.ops.partdist
+    rows = []
+    for N, C in ((1, 8), (4, 128), (32, 128)):
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(N, 8, C, generator=g).to(device)
+        y = torch.randn(N, 8, C, generator=g).to(device)
+        gr = torch.ones(N, dtype=x.dtype, device=device)
+
+        def step():
+            xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
+            partdist.batch_local_dist(xr, yr).sum().backward()
+
+        with torch.no_grad():
+            t_fk = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps)
+            t_bk = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
+                               reps=reps)
+        t_step = median_time(step, device, reps=reps)
+        rows.append([f"{N} pairs, C={C}", fmt_time(t_step), fmt_time(t_fk), fmt_time(t_bk),
+                     fmt_time(max(0.0, t_step - t_fk - t_bk))])
+        res.add(f"(a') small batch {N} pairs, m=n=8, C={C}, fwd+bwd", device, "partdist.batch_local_dist", t_step)
+    print(f"\n(a') small batches, m=n=8, forward+backward [{device}]")
+    print_table(rows, ["batch", "fwd+bwd step", "forward kernel", "backward kernel", "overhead"])
+
+
 def all_pairs(device, M, N, m, C, reps, vec_chunk, res):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(M, m, C, generator=g).to(device)
@@ -197,6 +225,7 @@ def main(argv=None):
                 training_batch(device, anchors=16, m=8, C=32, reps=2, loop_pairs=4, res=res)
             else:
                 training_batch(device, anchors=128, m=8, C=128, reps=args.reps, loop_pairs=32, res=res)
+            small_batches(device, reps=20 if args.quick else 40 * args.reps, res=res)
         if args.only != "a":
             if args.quick:
                 all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50, res=res)
