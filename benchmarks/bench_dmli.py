@@ -2,6 +2,7 @@
 
 (a) training batch: 256 aligned pairs (128 anchors x one positive and one negative),
     m = n = 8, C = 128, forward + backward.
+(a') small batches (1, 4, 32 pairs): the per-call cost (overhead) where the kernels are tiny.
 (b) all pairs: 1000 x 5000 images, m = n = 8, C = 128, forward, with peak memory,
     against the bare stripe GEMM (x . y^T of all stripes, the floor for any method
     that computes these distances by GEMM) and the vectorized practice (chunked).
@@ -14,6 +15,7 @@ batch (a) at least 30x faster than the vectorized PyTorch version on the same GP
     python benchmarks/bench_dmli.py            # full sizes
     python benchmarks/bench_dmli.py --quick    # small sizes (smoke test)
     python benchmarks/bench_dmli.py --device cuda --device cpu --json dmli.json
+    python benchmarks/bench_dmli.py --only a   # the training batch (a) alone, with its breakdown
 """
 
 from __future__ import annotations
@@ -105,6 +107,33 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     return t_pd, t_vec, t_loop
 
 
+def small_batches(device, reps, res):
+    """Per-call cost at tiny sizes, where the kernels are a few microseconds: the whole
+    forward+backward step of batch_local_dist against its two kernels called directly."""
+    ops = torch.ops.partdist
+    rows = []
+    for N, C in ((1, 8), (4, 128), (32, 128)):
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(N, 8, C, generator=g).to(device)
+        y = torch.randn(N, 8, C, generator=g).to(device)
+        gr = torch.ones(N, dtype=x.dtype, device=device)
+
+        def step():
+            xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
+            partdist.batch_local_dist(xr, yr).sum().backward()
+
+        with torch.no_grad():
+            t_fk = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps)
+            t_bk = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
+                               reps=reps)
+        t_step = median_time(step, device, reps=reps)
+        rows.append([f"{N} pairs, C={C}", fmt_time(t_step), fmt_time(t_fk), fmt_time(t_bk),
+                     fmt_time(max(0.0, t_step - t_fk - t_bk))])
+        res.add(f"(a') small batch {N} pairs, m=n=8, C={C}, fwd+bwd", device, "partdist.batch_local_dist", t_step)
+    print(f"\n(a') small batches, m=n=8, forward+backward [{device}]")
+    print_table(rows, ["batch", "fwd+bwd step", "forward kernel", "backward kernel", "overhead"])
+
+
 def all_pairs(device, M, N, m, C, reps, vec_chunk, res):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(M, m, C, generator=g).to(device)
@@ -183,6 +212,7 @@ def main(argv=None):
     add_device_arg(ap)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", action="store_true", help="also time soft-DMLI, band and unaligned")
+    ap.add_argument("--only", choices=["a", "b"], help="run only (a) the training batch or (b) all pairs")
     args = ap.parse_args(argv)
 
     devices = resolve_devices(ap, args.device)
@@ -190,12 +220,17 @@ def main(argv=None):
     res.target(TARGET_TRAIN, 30.0, ">=", unit="x")
     for device in devices:
         print(f"== {env_line(device)}")
-        if args.quick:
-            training_batch(device, anchors=16, m=8, C=32, reps=2, loop_pairs=4, res=res)
-            all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50, res=res)
-        else:
-            training_batch(device, anchors=128, m=8, C=128, reps=args.reps, loop_pairs=32, res=res)
-            all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000, res=res)
+        if args.only != "b":
+            if args.quick:
+                training_batch(device, anchors=16, m=8, C=32, reps=2, loop_pairs=4, res=res)
+            else:
+                training_batch(device, anchors=128, m=8, C=128, reps=args.reps, loop_pairs=32, res=res)
+            small_batches(device, reps=20 if args.quick else 40 * args.reps, res=res)
+        if args.only != "a":
+            if args.quick:
+                all_pairs(device, M=40, N=100, m=8, C=32, reps=2, vec_chunk=50, res=res)
+            else:
+                all_pairs(device, M=1000, N=5000, m=8, C=128, reps=args.reps, vec_chunk=1000, res=res)
         if args.variants:
             variants(device, max(1, args.reps // 2), args.quick, res)
     res.finish()

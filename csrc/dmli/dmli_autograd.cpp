@@ -89,7 +89,36 @@ class DmliFn : public torch::autograd::Function<DmliFn> {
   }
 };
 
-// ---------------------------------------------------------- batch_local_dist
+// ------------------------------------------------ batch_local_dist, local_dist
+// Both save x, y and the DP options for their backward op.
+struct SavedXY {
+  Tensor x, y;
+  bool normalize;
+  double gamma, band;
+  bool unaligned;
+};
+
+void save_xy(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize, double gamma,
+             double band, bool unaligned) {
+  ctx->save_for_backward({x, y});
+  auto& d = ctx->saved_data;
+  d["normalize"] = normalize;
+  d["gamma"] = gamma;
+  d["band"] = band;
+  d["unaligned"] = unaligned;
+}
+
+SavedXY load_xy(AutogradContext* ctx) {
+  auto s = ctx->get_saved_variables();
+  auto& d = ctx->saved_data;
+  return {s[0],
+          s[1],
+          d["normalize"].toBool(),
+          d["gamma"].toDouble(),
+          d["band"].toDouble(),
+          d["unaligned"].toBool()};
+}
+
 class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize,
@@ -99,24 +128,17 @@ class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
       at::AutoDispatchBelowADInplaceOrView guard;
       out = op_bld().call(x, y, normalize, gamma, band, unaligned);
     }
-    ctx->save_for_backward({x, y});
-    ctx->saved_data["normalize"] = normalize;
-    ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["band"] = band;
-    ctx->saved_data["unaligned"] = unaligned;
+    save_xy(ctx, x, y, normalize, gamma, band, unaligned);
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
-    auto s = ctx->get_saved_variables();
-    auto& d = ctx->saved_data;
+    const SavedXY s = load_xy(ctx);
     auto [gx, gy] =
-        op_bld_bw().call(g[0].contiguous(), s[0], s[1], d["normalize"].toBool(),
-                         d["gamma"].toDouble(), d["band"].toDouble(), d["unaligned"].toBool());
+        op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize, s.gamma, s.band, s.unaligned);
     return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
-// ---------------------------------------------------------------- local_dist
 class LocalDistFn : public torch::autograd::Function<LocalDistFn> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize,
@@ -126,20 +148,14 @@ class LocalDistFn : public torch::autograd::Function<LocalDistFn> {
       at::AutoDispatchBelowADInplaceOrView guard;
       out = op_ld().call(x, y, normalize, chunk, gamma, band, unaligned);
     }
-    ctx->save_for_backward({x, y});
-    ctx->saved_data["normalize"] = normalize;
+    save_xy(ctx, x, y, normalize, gamma, band, unaligned);
     ctx->saved_data["chunk"] = chunk;
-    ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["band"] = band;
-    ctx->saved_data["unaligned"] = unaligned;
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
-    auto s = ctx->get_saved_variables();
-    auto& d = ctx->saved_data;
-    auto [gx, gy] =
-        op_ld_bw().call(g[0].contiguous(), s[0], s[1], d["normalize"].toBool(), d["chunk"].toInt(),
-                        d["gamma"].toDouble(), d["band"].toDouble(), d["unaligned"].toBool());
+    const SavedXY s = load_xy(ctx);
+    auto [gx, gy] = op_ld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize,
+                                    ctx->saved_data["chunk"].toInt(), s.gamma, s.band, s.unaligned);
     return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

@@ -118,6 +118,53 @@ PD_HD void add_cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
   }
 }
 
+// Stripe dot products and squared norms of one aligned pair (x: m stripes, y: n
+// stripes, C channels each, contiguous): xy[i * n + j] = x_i . y_j, xx[i] = |x_i|^2,
+// yy[j] = |y_j|^2. The per-pair GEMM of the CPU's aligned ops, done per pair because
+// batched tiny GEMMs cost more in overhead than in arithmetic (the CUDA path uses one
+// batched GEMM instead). dot4: one row of x against four rows of y, independent
+// accumulators keep the FMA units busy.
+template <typename T>
+PD_HD T dot(const T* a, const T* b, int64_t C) {
+  T s = T(0);
+#if !defined(__CUDACC__)
+#pragma omp simd reduction(+ : s)
+#endif
+  for (int64_t c = 0; c < C; ++c) s += a[c] * b[c];
+  return s;
+}
+
+template <typename T>
+PD_HD void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, int64_t C, T* out) {
+  T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
+#if !defined(__CUDACC__)
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+#endif
+  for (int64_t c = 0; c < C; ++c) {
+    s0 += a[c] * b0[c];
+    s1 += a[c] * b1[c];
+    s2 += a[c] * b2[c];
+    s3 += a[c] * b3[c];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+template <typename T>
+PD_HD void pair_dots(const T* x, const T* y, int m, int n, int64_t C, T* xy, T* xx, T* yy) {
+  for (int i = 0; i < m; ++i) xx[i] = dot(x + i * C, x + i * C, C);
+  for (int j = 0; j < n; ++j) yy[j] = dot(y + j * C, y + j * C, C);
+  for (int i = 0; i < m; ++i) {
+    const T* xi = x + i * C;
+    int j = 0;
+    for (; j + 4 <= n; j += 4)
+      dot4(xi, y + j * C, y + (j + 1) * C, y + (j + 2) * C, y + (j + 3) * C, C, xy + i * n + j);
+    for (; j < n; ++j) xy[i * n + j] = dot(xi, y + j * C, C);
+  }
+}
+
 // -------------------------------------------------------- cell accessors
 // A cell accessor returns d(i, j) for the pair it was built for.
 
@@ -372,15 +419,107 @@ PD_HD V dmli_forward(const Cells& cell, int m, int n, const Store& st,
   return st.get(m - 1, n - 1);
 }
 
-// Backward of dmli_forward for one pair.
+// Split of the gradient g of min(up, left) (or of softmin_gamma(up, left)) between
+// its two arguments. Hard min: the gradient follows the smaller one; at a tie it is
+// split in half, as torch.minimum's backward (where up or left is NaN, both get g).
+// Soft min: split by the softmin probabilities e^{(softmin - S_pred)/gamma} (the
+// soft-DTW expected-alignment recursion). g == 0 sends nothing.
+template <typename T>
+PD_HD void min_grad_split(T g, T up, T left, T gamma, T& g_up, T& g_left) {
+  if (g == T(0)) {
+    g_up = T(0);
+    g_left = T(0);
+  } else if (gamma > T(0)) {
+    T s = softmin(up, left, gamma);
+    g_up = g * pd_exp((s - up) / gamma);
+    g_left = g * pd_exp((s - left) / gamma);
+  } else {
+    T half = g * T(0.5);
+    g_up = (up == left) ? half : g;
+    g_left = g_up;
+    if (up > left) g_up = T(0);
+    if (up < left) g_left = T(0);
+  }
+}
+
+// The same, lane by lane (the CPU's backward of kLanes pairs at once). The hard
+// minimum in vector selects, giving what the scalar version gives in each lane.
+template <typename T, int L>
+PD_HD void min_grad_split(const Lanes<T, L>& g, const Lanes<T, L>& up, const Lanes<T, L>& left,
+                          T gamma, Lanes<T, L>& g_up, Lanes<T, L>& g_left) {
+#if PARTDIST_NATIVE_LANES
+  if (!(gamma > T(0))) {
+    const Lanes<T, L> zero = broadcast(0.0, (Lanes<T, L>*)nullptr);
+    typename Lanes<T, L>::vec h = g.v * T(0.5);
+    typename Lanes<T, L>::vec u = (up.v == left.v) ? h : g.v;
+    typename Lanes<T, L>::vec lf = u;
+    u = (up.v > left.v) ? zero.v : u;
+    lf = (up.v < left.v) ? zero.v : lf;
+    const auto gz = g.v == zero.v;
+    g_up.v = gz ? zero.v : u;
+    g_left.v = gz ? zero.v : lf;
+    return;
+  }
+#endif
+  for (int l = 0; l < L; ++l) {
+    T a, b;
+    min_grad_split(g.v[l], up.v[l], left.v[l], gamma, a, b);
+    g_up.v[l] = a;
+    g_left.v[l] = b;
+  }
+}
+
+// min_grad_split at cell (i, j) of an S table. A scalar g == 0 (a cell off the path)
+// reads no table entry.
+template <typename T, typename Table>
+PD_HD void split_at(T g, const Table& table, int i, int j, T gamma, T& g_up, T& g_left) {
+  if (g == T(0)) {
+    g_up = T(0);
+    g_left = T(0);
+    return;
+  }
+  min_grad_split(g, table.get(i - 1, j), table.get(i, j - 1), gamma, g_up, g_left);
+}
+template <typename T, int L, typename Table>
+PD_HD void split_at(const Lanes<T, L>& g, const Table& table, int i, int j, T gamma,
+                    Lanes<T, L>& g_up, Lanes<T, L>& g_left) {
+  min_grad_split(g, table.get(i - 1, j), table.get(i, j - 1), gamma, g_up, g_left);
+}
+
+// Reverse recursion of the DP (V: a scalar, or Lanes of several pairs), from the S
+// table that dmli_forward filled (any store with get).
 //   gout : dL/d(distance)
-//   table: the full S table (m*n), filled here by dmli_forward
 //   grow : n scratch entries (gradient flowing into the row above)
 //   emit(i, j, g) receives dL/dd(i, j) for every cell, in reverse order, once.
-// Hard min: the gradient follows the chosen predecessor; at a tie it is split in
-// half, as torch.minimum's backward. Soft min: it is split by the softmin
-// probabilities e^{(softmin - S_pred)/gamma} (the soft-DTW expected-alignment
-// recursion), so the cell gradients are the expected alignment times gout.
+template <typename V, typename Table, typename Emit>
+PD_HD void dmli_reverse(int m, int n, V gout, const Table& table, V* grow, const Emit& emit,
+                        typename ScalarOf<V>::type gamma) {
+  const V zero = broadcast(0.0, (V*)nullptr);
+  for (int j = 0; j < n; ++j) grow[j] = zero;
+  for (int i = m - 1; i >= 0; --i) {
+    V carry = zero;  // gradient flowing into (i, j) from (i, j + 1)
+    for (int j = n - 1; j >= 0; --j) {
+      V g = grow[j] + carry;
+      if (i == m - 1 && j == n - 1) g = g + gout;
+      emit(i, j, g);
+      if (i == 0) {
+        carry = g;  // first row: S(0,j) = S(0,j-1) + d
+        grow[j] = zero;
+      } else if (j == 0) {
+        grow[j] = g;  // first column: S(i,0) = S(i-1,0) + d
+        carry = zero;
+      } else {
+        split_at(g, table, i, j, gamma, grow[j], carry);
+      }
+    }
+  }
+}
+
+// Backward of dmli_forward for one pair.
+//   table: the full S table (m*n), filled here by dmli_forward
+//   gout, grow, emit: as in dmli_reverse.
+// The cell gradients are the expected alignment times gout (soft min), or gout along
+// the chosen path with ties split in half (hard min, see min_grad_split).
 template <typename T, typename Cells, typename Emit>
 PD_HD void dmli_backward(const Cells& cell, int m, int n, T gout, const TableStore<T>& table,
                          T* grow, const Emit& emit, const DPRule& rule = DPRule()) {
@@ -390,43 +529,7 @@ PD_HD void dmli_backward(const Cells& cell, int m, int n, T gout, const TableSto
     return;
   }
   dmli_forward<T>(cell, m, n, table, rule);
-  const T gamma = T(rule.gamma);
-  for (int j = 0; j < n; ++j) grow[j] = T(0);
-  for (int i = m - 1; i >= 0; --i) {
-    T carry = T(0);  // gradient flowing into (i, j) from (i, j + 1)
-    for (int j = n - 1; j >= 0; --j) {
-      T g = grow[j] + carry;
-      if (i == m - 1 && j == n - 1) g = g + gout;
-      emit(i, j, g);
-      if (i == 0) {
-        carry = g;  // first row: S(0,j) = S(0,j-1) + d
-        grow[j] = T(0);
-      } else if (j == 0) {
-        grow[j] = g;  // first column: S(i,0) = S(i-1,0) + d
-        carry = T(0);
-      } else if (g == T(0)) {
-        grow[j] = T(0);
-        carry = T(0);
-      } else {
-        T up = table.get(i - 1, j);
-        T left = table.get(i, j - 1);
-        T g_up, g_left;
-        if (gamma > T(0)) {
-          T s = softmin(up, left, gamma);
-          g_up = g * pd_exp((s - up) / gamma);
-          g_left = g * pd_exp((s - left) / gamma);
-        } else {
-          T half = g * T(0.5);
-          g_up = (up == left) ? half : g;
-          g_left = g_up;
-          if (up > left) g_up = T(0);
-          if (up < left) g_left = T(0);
-        }
-        grow[j] = g_up;
-        carry = g_left;
-      }
-    }
-  }
+  dmli_reverse<T>(m, n, gout, table, grow, emit, T(rule.gamma));
 }
 
 // ------------------------------------------------------------ pair layout

@@ -65,60 +65,6 @@ void forward_block(const PairLayout& L, Mode mode, bool normalize, const T* xy, 
     out[L.out_off(a, b)] = r.v[l];
   }
 }
-// Stripe dot products and squared norms of one aligned pair: the per-pair GEMM,
-// done here because batched tiny GEMMs cost more in overhead than in arithmetic.
-template <typename T>
-T dot(const T* a, const T* b, int64_t C) {
-  T s = T(0);
-#pragma omp simd reduction(+ : s)
-  for (int64_t c = 0; c < C; ++c) s += a[c] * b[c];
-  return s;
-}
-
-// Four dot products at once (one row of x against four rows of y): independent
-// accumulators keep the FMA units busy.
-template <typename T>
-void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, int64_t C, T* out) {
-  T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int64_t c = 0; c < C; ++c) {
-    s0 += a[c] * b0[c];
-    s1 += a[c] * b1[c];
-    s2 += a[c] * b2[c];
-    s3 += a[c] * b3[c];
-  }
-  out[0] = s0;
-  out[1] = s1;
-  out[2] = s2;
-  out[3] = s3;
-}
-
-template <typename T>
-void pair_dots(const T* x, const T* y, int m, int n, int64_t C, T* xy, T* xx, T* yy) {
-  for (int i = 0; i < m; ++i) xx[i] = dot(x + i * C, x + i * C, C);
-  for (int j = 0; j < n; ++j) yy[j] = dot(y + j * C, y + j * C, C);
-  for (int i = 0; i < m; ++i) {
-    const T* xi = x + i * C;
-    int j = 0;
-    for (; j + 4 <= n; j += 4)
-      dot4(xi, y + j * C, y + (j + 1) * C, y + (j + 2) * C, y + (j + 3) * C, C, xy + i * n + j);
-    for (; j < n; ++j) xy[i * n + j] = dot(xi, y + j * C, C);
-  }
-}
-
-// Per-thread scratch for aligned pairs.
-template <typename T>
-struct AlignedScratch {
-  std::vector<T> xy, xx, yy, cells, table, grow, w;
-  AlignedScratch(int lanes, int m, int n)
-      : xy(size_t(lanes) * m * n),
-        xx(size_t(lanes) * m),
-        yy(size_t(lanes) * n),
-        cells(size_t(lanes) * m * n),
-        table(size_t(m) * n),
-        grow(n),
-        w(size_t(m) * n) {}
-};
 }  // namespace
 
 void CpuKernels::forward(const PairLayout& L, Mode mode, bool normalize, const at::Tensor& xy,
@@ -261,86 +207,179 @@ void CpuKernels::backward(const PairLayout& L, Mode mode, bool normalize, const 
   });
 }
 
+namespace {
+// Aligned pairs x [N, m, C], y [N, n, C] (contiguous) in blocks of kLanes pairs.
+template <typename T>
+struct AlignedPairs {
+  const T* x;
+  const T* y;
+  int64_t N, C;
+  int m, n;
+  int64_t mn;
+  bool normalize;
+  AlignedPairs(const at::Tensor& xt, const at::Tensor& yt, bool norm)
+      : x(xt.const_data_ptr<T>()),
+        y(yt.const_data_ptr<T>()),
+        N(xt.size(0)),
+        C(xt.size(2)),
+        m(int(xt.size(1))),
+        n(int(yt.size(1))),
+        mn(int64_t(m) * n),
+        normalize(norm) {}
+};
+
+// Per-thread scratch of one block: the dot products, squared norms and cells of its
+// pairs (lane l at l * m*n, l * m, l * n), the DP in SIMD lanes (the forward: one row;
+// the backward: the S table, the cell gradients and one gradient row), and the
+// backward's per-pair buffers.
+template <typename T>
+struct AlignedScratch {
+  using V = Lanes<T, kLanes>;
+  std::vector<T> xy, xx, yy, cells, table, grow, w;
+  std::vector<V> dp;
+  AlignedScratch(const AlignedPairs<T>& A, bool full_table)
+      : xy(kLanes * A.mn),
+        xx(kLanes * A.m),
+        yy(kLanes * A.n),
+        cells(kLanes * A.mn),
+        table(A.mn),
+        grow(A.n),
+        w(A.mn),
+        dp(full_table ? 2 * A.mn + A.n : A.n) {}
+  // Cell accessor of lane l (from its dot products and norms).
+  FusedCells<T> fused(const AlignedPairs<T>& A, int l) const {
+    return FusedCells<T>{xy.data() + l * A.mn, int64_t(A.n), xx.data() + l * A.m,
+                         yy.data() + l * A.n, A.normalize};
+  }
+  // Fills the cells of the lanes that `live` marks and returns the lane accessor over
+  // all kLanes (the other lanes hold stale values: their DPs run and are ignored).
+  LaneCells<T, kLanes> lane_cells(const AlignedPairs<T>& A, const bool* live) {
+    LaneCells<T, kLanes> c;
+    c.si = A.n;
+    for (int l = 0; l < kLanes; ++l) {
+      if (live[l]) fill_cells(fused(A, l), A.m, A.n, cells.data() + l * A.mn, int64_t(A.n));
+      c.base[l] = cells.data() + l * A.mn;
+    }
+    return c;
+  }
+};
+
+// Stores dL/dd(i, j) of all lanes into a table of Lanes (m*n, row-major).
+template <typename V>
+struct EmitLanes {
+  V* g;
+  int n;
+  void operator()(int i, int j, const V& v) const { g[i * n + j] = v; }
+};
+
+// Runs body(s, p0, live) over the blocks of kLanes aligned pairs in parallel, after
+// filling s's dot products and norms of the pairs p0 + l with live[l] = need(p0 + l)
+// (lanes past the last pair are not live).
+template <typename T, typename Need, typename Body>
+void for_aligned_blocks(const AlignedPairs<T>& A, bool full_table, const Need& need,
+                        const Body& body) {
+  if (A.N == 0) return;
+  const int64_t blocks = (A.N + kLanes - 1) / kLanes;
+  const int64_t grain =
+      std::max<int64_t>(1, 2048 / (A.mn * std::max<int64_t>(1, A.C / 16)) / kLanes);
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    AlignedScratch<T> s(A, full_table);
+    bool live[kLanes];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * kLanes;
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t p = p0 + l;
+        live[l] = p < A.N && need(p);
+        if (live[l])
+          pair_dots(A.x + p * A.m * A.C, A.y + p * A.n * A.C, A.m, A.n, A.C, s.xy.data() + l * A.mn,
+                    s.xx.data() + l * A.m, s.yy.data() + l * A.n);
+      }
+      body(s, p0, live);
+    }
+  });
+}
+}  // namespace
+
 void CpuKernels::aligned_forward(Mode mode, bool normalize, const DPRule& rule, const at::Tensor& x,
                                  const at::Tensor& y, const at::Tensor& out) {
-  const int64_t N = x.size(0), C = x.size(2);
-  const int m = int(x.size(1)), n = int(y.size(1));
-  if (N == 0) return;
-  const int64_t mn = int64_t(m) * n;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_forward_cpu", [&] {
     using T = scalar_t;
-    const T* px = x.const_data_ptr<T>();
-    const T* py = y.const_data_ptr<T>();
+    using V = Lanes<T, kLanes>;
+    const AlignedPairs<T> A(x, y, normalize);
     T* pout = out.mutable_data_ptr<T>();
-    const int64_t blocks = (N + kLanes - 1) / kLanes;
-    const int64_t grain = std::max<int64_t>(1, 2048 / (mn * std::max<int64_t>(1, C / 16)) / kLanes);
-    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-      AlignedScratch<T> s(kLanes, m, n);
-      std::vector<Lanes<T, kLanes>> row(n);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t p0 = blk * kLanes, cnt = std::min<int64_t>(kLanes, N - p0);
-        LaneCells<T, kLanes> lanes;
-        lanes.si = n;
-        for (int64_t l = 0; l < cnt; ++l) {
-          const int64_t p = p0 + l;
-          T *xy = s.xy.data() + l * mn, *xx = s.xx.data() + l * m, *yy = s.yy.data() + l * n;
-          pair_dots(px + p * m * C, py + p * n * C, m, n, C, xy, xx, yy);
-          FusedCells<T> c{xy, n, xx, yy, normalize};
-          fill_cells(c, m, n, mode == Mode::kCells ? pout + p * mn : s.cells.data() + l * mn,
-                     int64_t(n));
-        }
-        if (mode == Mode::kCells) continue;
-        for (int l = 0; l < kLanes; ++l)
-          lanes.base[l] = s.cells.data() + std::min<int64_t>(l, cnt - 1) * mn;
-        Lanes<T, kLanes> r = dmli_forward<Lanes<T, kLanes>>(
-            lanes, m, n, RowStore<Lanes<T, kLanes>>{row.data()}, rule);
-        for (int64_t l = 0; l < cnt; ++l) pout[p0 + l] = r.v[l];
-      }
-    });
+    for_aligned_blocks<T>(
+        A, false, [](int64_t) { return true; },
+        [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
+          if (mode == Mode::kCells) {
+            for (int l = 0; l < kLanes && live[l]; ++l)
+              fill_cells(s.fused(A, l), A.m, A.n, pout + (p0 + l) * A.mn, int64_t(A.n));
+            return;
+          }
+          const V r =
+              dmli_forward<V>(s.lane_cells(A, live), A.m, A.n, RowStore<V>{s.dp.data()}, rule);
+          for (int l = 0; l < kLanes && live[l]; ++l) pout[p0 + l] = r.v[l];
+        });
   });
 }
 
+// Backward of aligned pairs. DP modes (kFused, not diag): the kLanes DPs of a block run
+// forward and in reverse in SIMD lanes (dmli_forward, dmli_reverse: the same
+// recursions as the per-pair dmli_backward, lane by lane), giving dL/dd of every cell of
+// every pair; the chain rule then runs on the cells with a nonzero gradient only (the
+// optimal path, or the tied paths). The unaligned distance and kCells: per pair. Either
+// way gx / gy of a pair receive their cell gradients in row-major order of the cells.
 void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
                                   const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
                                   const at::Tensor& gx, const at::Tensor& gy) {
-  const int64_t N = x.size(0), C = x.size(2);
-  const int m = int(x.size(1)), n = int(y.size(1));
-  if (N == 0) return;
-  const int64_t mn = int64_t(m) * n;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_backward_cpu", [&] {
     using T = scalar_t;
-    const T* px = x.const_data_ptr<T>();
-    const T* py = y.const_data_ptr<T>();
+    using V = Lanes<T, kLanes>;
+    const AlignedPairs<T> A(x, y, normalize);
+    const int m = A.m, n = A.n;
+    const int64_t C = A.C;
     const T* pg = grad.const_data_ptr<T>();
     T* pgx = gx.mutable_data_ptr<T>();
     T* pgy = gy.mutable_data_ptr<T>();
-    const int64_t grain = std::max<int64_t>(1, 2048 / (mn * std::max<int64_t>(1, C / 16)));
-    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      AlignedScratch<T> s(1, m, n);
-      for (int64_t p = begin; p < end; ++p) {
-        const T* xp = px + p * m * C;
-        const T* yp = py + p * n * C;
+    const bool lanes = mode == Mode::kFused && !rule.diag;
+    // pairs with no incoming gradient (e.g. an inactive hinge) need no dot products
+    auto need = [&](int64_t p) { return mode == Mode::kCells || pg[p] != T(0); };
+    for_aligned_blocks<T>(A, lanes, need, [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
+      V* gcell = s.dp.data() + A.mn;  // dL/dd of the lanes' cells
+      if (lanes) {
+        V gout;
+        for (int l = 0; l < kLanes; ++l) gout.v[l] = live[l] ? pg[p0 + l] : T(0);
+        TableStore<V> st{s.dp.data(), 1, n};
+        dmli_forward<V>(s.lane_cells(A, live), m, n, st, rule);
+        dmli_reverse<V>(m, n, gout, st, gcell + A.mn, EmitLanes<V>{gcell, n}, T(rule.gamma));
+      }
+      for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
+        const int64_t p = p0 + l;
+        const T* xp = A.x + p * m * C;
+        const T* yp = A.y + p * n * C;
         T* gxp = pgx + p * m * C;
         T* gyp = pgy + p * n * C;
         std::fill(gxp, gxp + m * C, T(0));
         std::fill(gyp, gyp + n * C, T(0));
-        pair_dots(xp, yp, m, n, C, s.xy.data(), s.xx.data(), s.yy.data());
-        FusedCells<T> c{s.xy.data(), n, s.xx.data(), s.yy.data(), normalize};
-        if (mode == Mode::kCells) {
-          fill_weights(c, m, n, pg + p * mn, int64_t(n), s.w.data(), int64_t(n));
+        if (!live[l]) continue;
+        const FusedCells<T> c = s.fused(A, l);
+        T* w = s.w.data();
+        if (lanes) {  // this lane's cell gradients, then the weights of all cells at once
+          for (int64_t k = 0; k < A.mn; ++k) w[k] = gcell[k].v[l];
+          fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
+        } else if (mode == Mode::kCells) {
+          fill_weights(c, m, n, pg + p * A.mn, int64_t(n), w, int64_t(n));
         } else {
-          if (pg[p] == T(0)) continue;
-          fill_cells(c, m, n, s.cells.data(), int64_t(n));
+          T* cells = s.cells.data() + l * A.mn;
+          fill_cells(c, m, n, cells, int64_t(n));
           TableStore<T> st{s.table.data(), 1, n};
-          dmli_backward<T>(RawCells<T>{s.cells.data(), int64_t(n)}, m, n, pg[p], st, s.grow.data(),
-                           EmitGrad<T>{s.w.data(), int64_t(n)}, rule);
-          fill_weights(c, m, n, s.w.data(), int64_t(n), s.w.data(), int64_t(n));
+          dmli_backward<T>(RawCells<T>{cells, int64_t(n)}, m, n, pg[p], st, s.grow.data(),
+                           EmitGrad<T>{w, int64_t(n)}, rule);
+          fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
         }
         for (int i = 0; i < m; ++i)
-          for (int j = 0; j < n; ++j) {
-            const T w = s.w[i * n + j];
-            if (w != T(0)) add_cell_grad(w, xp + i * C, yp + j * C, C, gxp + i * C, gyp + j * C);
-          }
+          for (int j = 0; j < n; ++j)
+            if (w[i * n + j] != T(0))
+              add_cell_grad(w[i * n + j], xp + i * C, yp + j * C, C, gxp + i * C, gyp + j * C);
       }
     });
   });

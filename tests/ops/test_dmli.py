@@ -191,6 +191,38 @@ def test_dmli_grad_matches_seed_loop_with_ties():
     assert (flat.grad > 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("kw", [{}, {"band": 2.0}, {"gamma": 0.3}])
+def test_batch_local_dist_grad_with_ties_equals_dmli_of_matrix(dtype, normalize, kw):
+    # The CPU backward of batch_local_dist runs the DPs of 16 pairs at once in SIMD lanes
+    # (forward and reverse); dmli runs them one pair at a time. On the same cells both must
+    # give the same gradient, bit for bit, ties (split in half) included. 0/1 features make
+    # many stripe distances equal (ties in the minimum); 37 pairs fill two blocks of lanes
+    # and part of a third; zeros in gout are pairs without gradient (skipped).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 2, (37, 6, 5), generator=g).to(dtype)
+    y = torch.randint(0, 2, (37, 7, 5), generator=g).to(dtype)
+    x[5] = torch.randn(6, 5, generator=g).to(dtype)  # one pair without ties
+    gout = torch.rand(37, generator=g, dtype=dtype) * (torch.arange(37) % 5 != 2)
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    (partdist.batch_local_dist(a, b, normalize, **kw) * gout).sum().backward()
+    a2, b2 = x.clone().requires_grad_(), y.clone().requires_grad_()
+    d = partdist.local_dist_matrix(a2, b2, normalize)
+    (partdist.dmli(d, **kw) * gout).sum().backward()
+    assert torch.equal(a.grad, a2.grad) and torch.equal(b.grad, b2.grad)
+    # the ties were there and were split: the hard gradient reaches more cells than one path
+    if "gamma" not in kw:
+        dd = d.detach().requires_grad_()
+        (partdist.dmli(dd, **kw) * gout).sum().backward()
+        assert (dd.grad.ne(0).sum((1, 2)) > 6 + 7 - 1).sum() >= 5
+        # and the split is the seed loop's (torch.minimum's backward)
+        if not kw:
+            d2 = d.detach().requires_grad_()
+            (R.dmli_loop(d2) * gout).sum().backward()
+            assert torch.equal(dd.grad, d2.grad)
+
+
 @pytest.mark.parametrize("m,n", SHAPES)
 def test_dmli_path_matches_gradient_support(m, n):
     d = torch.randint(0, 4, (10, m, n)).double()
