@@ -115,6 +115,13 @@ def _stable_smallest(d: torch.Tensor, k: int):
     return v[:, :k], i[:, :k]
 
 
+def _pool(local):
+    """``[n, H, C] -> [n, C]``: the direction of the mean stripe (L2-normalized), the local part
+    of the ``pooled_weight`` shortlist score (normalized: its scale does not depend on how
+    alike an item's stripes are, so one weight suits galleries of different models)."""
+    return torch.nn.functional.normalize(local.mean(1), dim=1)
+
+
 def _running_smallest(best, key, ids, k):
     """Merge the candidates of a chunk (``key [Q, n]``, gallery ``ids [n]`` ascending) into the
     running ``best = (values [Q, <= k], ids)`` (sorted by (value, id); ``None`` before the first
@@ -525,7 +532,8 @@ class GalleryIndex:
         return g, (lf[s:e].to(cd) if (local and lf is not None) else None)
 
     def search(self, q_global: torch.Tensor, q_local: Optional[torch.Tensor] = None, k: int = 10, *,
-               mode: str = "exact", shortlist: int = 100, pooled_weight: float = 0.0, rerank: bool = False, k1: int = 20, k2: int = 6,
+               mode: str = "exact", shortlist: int = 100, pooled_weight: float = 0.0, rerank: bool = False,
+               k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3, backend: str = "torch", faiss_factory: str = "Flat",
                lam: Optional[float] = None, metric: Optional[str] = None, distributed: Optional[bool] = None,
                group=None, block_queries: Optional[int] = None, chunk_rows: Optional[int] = None,
@@ -544,7 +552,7 @@ class GalleryIndex:
                 gallery size). With K' = gallery size the result equals the exact mode's.
             pooled_weight: two-stage, ``w >= 0``: with ``w > 0`` the shortlist is the ``shortlist``
                 nearest by ``|dg|^2 + w * |dp|^2`` (``dg``: the global difference, normalized
-                features for ``cosine``; ``dp``: the difference of the mean of the stripes), a
+                features for ``cosine``; ``dp``: the difference of the L2-normalized mean stripes), a
                 cheap proxy of the fused distance computed by the same one GEMM (``D + C``
                 columns instead of ``D``); the candidates are then scored by the exact fused
                 distance as with ``w = 0`` (the global distance only).
@@ -699,14 +707,14 @@ class GalleryIndex:
         return best
 
     def _pooled_features(self):
-        """Mean of each item's stripes ``[n, C]`` (storage dtype), cached: the local part of the
-        ``pooled`` shortlist score."""
+        """:func:`_pool` of each item's stripes ``[n, C]`` (storage dtype), cached: the local part of
+        the ``pooled_weight`` shortlist score."""
         if self._pooled is None:
             cd = self._compute_dtype()
             lf = self.local_features
             out = torch.empty((self._n, self.channels), dtype=self.dtype, device=self.device)
             for s in range(0, self._n, 1 << 16):
-                out[s : s + (1 << 16)] = lf[s : s + (1 << 16)].to(cd).mean(1)
+                out[s : s + (1 << 16)] = _pool(lf[s : s + (1 << 16)].to(cd))
             self._pooled = out
         return self._pooled
 
@@ -716,8 +724,9 @@ class GalleryIndex:
         once for all queries, and a running top-``kk`` per query.
 
         The key is ``|x_g|^2 - 2 x_q.x_g`` (the squared euclidean distance less ``|x_q|^2``)
-        with ``x`` the global features (``-q.g`` of the normalized features for ``cosine``), and with ``pooled_weight = w > 0`` the global features
-        followed by ``sqrt(w)`` times the mean of the stripes: the key of ``|dg|^2 + w
+        with ``x`` the global features (``-q.g`` of the normalized features for ``cosine``), and
+        with ``pooled_weight = w > 0`` the global features
+        followed by ``sqrt(w)`` times the normalized mean stripe: the key of ``|dg|^2 + w
         |dpooled|^2``, one GEMM of ``D + C`` columns. Chunks and ranks are merged by (key, id),
         so the shortlist does not depend on how the gallery is chunked or sharded. Returns
         ``(keys, ids)``; :meth:`_key_to_distance` gives the global distances (``w = 0``)."""
@@ -733,7 +742,7 @@ class GalleryIndex:
         pooled = None
         if pooled_weight:
             sw = math.sqrt(pooled_weight)
-            qx = torch.cat([qx, sw * ql.mean(1)], 1)
+            qx = torch.cat([qx, sw * _pool(ql)], 1)
             pooled = self._pooled_features()
         width = qx.shape[1]
         cr = min(chunk_rows, self._n)

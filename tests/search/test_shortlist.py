@@ -44,17 +44,17 @@ def test_pooled_shortlist_covering_gallery_equals_exact():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_pooled_shortlist_is_the_proxy_nearest(metric):
-    """The shortlist of pooled_weight = w holds the K' nearest by |dg|^2 + w |dpooled|^2 (the
-    global features normalized for cosine), and the returned distances are the exact fused ones."""
+    """The shortlist of pooled_weight = w holds the K' nearest by |dg|^2 + w |dp|^2 (dp: the
+    difference of the normalized mean stripes; global features normalized for cosine), and the returned distances are the exact fused ones."""
     d = data()
     idx = build(d)
-    w, kk = 4.0, 12  # sqrt(w) = 2: the proxy keys are exact in float32 on the dyadic test data
+    w, kk = 4.0, 12
     res = idx.search(d["qg"], d["ql"], kk, mode="two-stage", shortlist=kk, pooled_weight=w, metric=metric)
     qg, gg = d["qg"], d["gg"]
     if metric == "cosine":
         qg, gg = torch.nn.functional.normalize(qg, dim=1), torch.nn.functional.normalize(gg, dim=1)
-    proxy = torch.cdist(qg.double(), gg.double()) ** 2 + w * torch.cdist(d["ql"].double().mean(1),
-                                                                         d["gl"].double().mean(1)) ** 2
+    pool = lambda t: torch.nn.functional.normalize(t.double().mean(1), dim=1)  # noqa: E731
+    proxy = torch.cdist(qg.double(), gg.double()) ** 2 + w * torch.cdist(pool(d["ql"]), pool(d["gl"])) ** 2
     want = proxy.argsort(dim=1, stable=True)[:, :kk]
     for q in range(want.shape[0]):
         assert set(res.ids[q].tolist()) == set(want[q].tolist())
