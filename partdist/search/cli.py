@@ -157,6 +157,16 @@ def _run(fn, args):
 # --------------------------------------------------------------------------------------
 
 
+def _shared_flags(p, images, out):
+    """The flags ``index`` and ``search`` share: feature extraction of ``images``, and the
+    ``out`` files that ``--overwrite`` replaces."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help=f"{images} per feature-extraction batch")
+    p.add_argument("--flip", action="store_true", help=f"average the features of {images} with the mirrored image")
+    p.add_argument("--overwrite", action="store_true", help=f"replace {out}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def add_index_parser(subparsers):
     p = subparsers.add_parser(
         "index", help="features of a folder of images -> a gallery index file (torchrun: one shard per rank)",
@@ -167,14 +177,10 @@ def add_index_parser(subparsers):
     p.add_argument("--checkpoint", required=True, help="a `partdist train` checkpoint")
     p.add_argument("--out", required=True, help="index file to write")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="feature storage")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (feature extraction)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per feature-extraction batch")
-    p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
     p.add_argument("--lam", type=float, default=1.0, help="default weight of the local distance (saved)")
     p.add_argument("--metric", default="euclidean", choices=("euclidean", "sqeuclidean", "cosine"),
                    help="global-feature distance (saved in the index)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing index files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _shared_flags(p, "gallery images", "existing index files")
     p.set_defaults(fn=run_index)
     return p
 
@@ -248,14 +254,10 @@ def add_search_parser(subparsers):
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="shortlist search")
     p.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (backend faiss)")
     p.add_argument("--lam", type=float, default=None, help="weight of the local distance (default: the index's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=64, help="query images per feature-extraction batch")
-    p.add_argument("--flip", action="store_true", help="average query features with the mirrored image")
     p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--evaluate", action="store_true",
                    help="CMC / mAP of the results (labeled queries and gallery; --k = gallery size for full mAP)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _shared_flags(p, "query images", "an existing --out file")
     p.set_defaults(fn=run_search)
     return p
 

@@ -35,6 +35,7 @@ import torch.distributed as dist
 import partdist
 import partdist.eval
 
+from ..eval.streaming import _check_feat as _feat
 from . import _merge
 
 __all__ = ["GalleryIndex", "SearchResult", "FORMAT", "FORMAT_VERSION", "rank_metrics"]
@@ -79,16 +80,6 @@ def _pos_int(op, name, v, allow_none=False):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
         raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
     return int(v)
-
-
-def _feat(op, name, t, rank, layout):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor {layout}, got dtype {t.dtype}")
-    if t.dim() != rank:
-        raise ValueError(f"{op}: {name} must have shape {layout}, got {list(t.shape)}")
-    return t
 
 
 def _labels(op, name, v, n):
