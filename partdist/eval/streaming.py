@@ -485,18 +485,8 @@ class _FeatureSource:
 
 @torch.no_grad()
 def re_ranking_features(
-    q_local=None,
-    g_local=None,
-    q_global=None,
-    g_global=None,
-    *,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-    chunk_size: Optional[int] = None,
-    progress: bool = False,
-    distance: Optional[Distance] = None,
-    **options,
+    q_local=None, g_local=None, q_global=None, g_global=None, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+    chunk_size: Optional[int] = None, progress: bool = False, distance: Optional[Distance] = None, **options
 ) -> torch.Tensor:
     """k-reciprocal re-ranking (Zhong et al. 2017) straight from features: local, global or fused.
 

@@ -7,6 +7,7 @@ with a trained checkpoint, and search it. Both run in one process or under ``tor
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -157,14 +158,16 @@ def _run(fn, args):
 # --------------------------------------------------------------------------------------
 
 
-def _shared_flags(p, images, out):
-    """The flags ``index`` and ``search`` share: feature extraction of ``images``, and the
-    ``out`` files that ``--overwrite`` replaces."""
+def _shared_flags(p, images, out, fn):
+    """The flags ``index`` and ``search`` share (feature extraction of ``images``, and the
+    ``out`` files that ``--overwrite`` replaces); the command runs ``fn(args)``."""
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=64, help=f"{images} per feature-extraction batch")
     p.add_argument("--flip", action="store_true", help=f"average the features of {images} with the mirrored image")
     p.add_argument("--overwrite", action="store_true", help=f"replace {out}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=functools.partial(_run, fn))
+    return p
 
 
 def add_index_parser(subparsers):
@@ -180,13 +183,7 @@ def add_index_parser(subparsers):
     p.add_argument("--lam", type=float, default=1.0, help="default weight of the local distance (saved)")
     p.add_argument("--metric", default="euclidean", choices=("euclidean", "sqeuclidean", "cosine"),
                    help="global-feature distance (saved in the index)")
-    _shared_flags(p, "gallery images", "existing index files")
-    p.set_defaults(fn=run_index)
-    return p
-
-
-def run_index(args):
-    return _run(_index, args)
+    return _shared_flags(p, "gallery images", "existing index files", _index)
 
 
 def _index(args):
@@ -257,13 +254,7 @@ def add_search_parser(subparsers):
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--evaluate", action="store_true",
                    help="CMC / mAP of the results (labeled queries and gallery; --k = gallery size for full mAP)")
-    _shared_flags(p, "query images", "an existing --out file")
-    p.set_defaults(fn=run_search)
-    return p
-
-
-def run_search(args):
-    return _run(_search, args)
+    return _shared_flags(p, "query images", "an existing --out file", _search)
 
 
 def _gather_rows(t, world):

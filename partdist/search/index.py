@@ -36,6 +36,7 @@ import partdist
 import partdist.eval
 
 from ..eval.streaming import _check_feat as _feat
+from ..eval.streaming import _check_pos_int
 from . import _merge
 
 __all__ = ["GalleryIndex", "SearchResult", "FORMAT", "FORMAT_VERSION", "rank_metrics"]
@@ -72,14 +73,6 @@ def _dtype(op, dtype):
 
 def _dtype_name(dtype):
     return str(dtype).replace("torch.", "")
-
-
-def _pos_int(op, name, v, allow_none=False):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 def _labels(op, name, v, n):
@@ -575,8 +568,8 @@ class GalleryIndex:
             raise ValueError(f"{op}: backend must be one of {_BACKENDS}, got {backend!r}")
         if rerank and mode != "two-stage":
             raise ValueError(f"{op}: rerank=True needs mode='two-stage' (re-ranking is restricted to the shortlist)")
-        k = _pos_int(op, "k", k)
-        shortlist = _pos_int(op, "shortlist", shortlist)
+        k = _check_pos_int(op, "k", k, allow_none=False)
+        shortlist = _check_pos_int(op, "shortlist", shortlist, allow_none=False)
         if (isinstance(pooled_weight, bool) or not isinstance(pooled_weight, numbers.Real)
                 or not math.isfinite(pooled_weight) or pooled_weight < 0):
             raise ValueError(f"{op}: pooled_weight must be a finite number >= 0, got {pooled_weight!r}")
@@ -584,8 +577,8 @@ class GalleryIndex:
         if pooled_weight and backend == "faiss":
             raise ValueError(f"{op}: pooled_weight > 0 needs backend='torch' (the FAISS shortlist is by the global "
                              "distance only)")
-        block_queries = _pos_int(op, "block_queries", block_queries, allow_none=True)
-        chunk_rows = _pos_int(op, "chunk_rows", chunk_rows, allow_none=True)
+        block_queries = _check_pos_int(op, "block_queries", block_queries)
+        chunk_rows = _check_pos_int(op, "chunk_rows", chunk_rows)
         use_dist, group = _merge.resolve_group(distributed, group, op)
         rank = dist.get_rank(group) if use_dist else 0
         world = dist.get_world_size(group) if use_dist else 1
