@@ -118,7 +118,11 @@ def _running_smallest(best, key, ids, k):
         v, i = _stable_smallest(key, min(k, n))
         part = (v, ids[i])
         return part if best is None else _merge.merge_parts([best, part], k, Q, key.dtype, key.device)
-    r, c = (key < best[0][:, -1:]).nonzero(as_tuple=True)
+    if key.device.type == "cpu":  # numpy's flatnonzero: several times faster than torch's nonzero here
+        flat = torch.from_numpy(np.flatnonzero(key.numpy() < best[0][:, -1:].numpy()))
+        r, c = flat // n, flat % n
+    else:
+        r, c = (key < best[0][:, -1:]).nonzero(as_tuple=True)
     if r.numel() == 0:
         return best
     cnt = torch.bincount(r, minlength=Q)
@@ -169,7 +173,7 @@ class GalleryIndex:
         self._n = 0
         self._next_id = 0
         self._has_local: Optional[bool] = None
-        self._faiss = self._pooled = None
+        self._faiss = self._pooled = self._sq = None
 
     # ----------------------------------------------------------------------------------
     # contents
@@ -255,7 +259,7 @@ class GalleryIndex:
         self._n += n
         if n:
             self._next_id = max(self._next_id, int(ids_t.max()) + 1)
-        self._faiss = self._pooled = None
+        self._faiss = self._pooled = self._sq = None
         return ids_t
 
     def _consolidate(self):
@@ -333,7 +337,7 @@ class GalleryIndex:
         self.device = torch.device(device)
         self._glob = [t.to(self.device) for t in self._glob]
         self._loc = [t.to(self.device) for t in self._loc]
-        self._faiss = self._pooled = None
+        self._faiss = self._pooled = self._sq = None
         return self
 
     def shard(self, rank: int, world_size: int) -> "GalleryIndex":
@@ -702,6 +706,20 @@ class GalleryIndex:
             self._pooled = out
         return self._pooled
 
+    def _sq_norms(self, what):
+        """Squared norms ``[n]`` (compute dtype) of the ``"global"`` features or of the ``"pooled"``
+        stripes, cached: the bias of the shortlist GEMM."""
+        if self._sq is None:
+            self._sq = {}
+        if what not in self._sq:
+            cd = self._compute_dtype()
+            src = self.global_features if what == "global" else self._pooled_features()
+            out = torch.empty(self._n, dtype=cd, device=self.device)
+            for s in range(0, self._n, 1 << 16):
+                out[s : s + (1 << 16)] = src[s : s + (1 << 16)].to(cd).pow(2).sum(1)
+            self._sq[what] = out
+        return self._sq[what]
+
     def _shortlist_keys(self, qg, ql, kk, metric, pooled_weight, block_queries, chunk_rows, show):
         """This process's ``min(kk, len)`` best by the shortlist score: one GEMM per (gallery
         chunk, query block) into a reused buffer, each chunk converted to the compute dtype
@@ -746,11 +764,12 @@ class GalleryIndex:
                     g[:, : self.dim] = torch.nn.functional.normalize(g[:, : self.dim], dim=1)
                 if pooled is not None:
                     g[:, self.dim :].copy_(pooled[s:e]).mul_(sw)
-                if cosine:  # |g|^2 = 1: the key is -q.g (+ the pooled part)
-                    bias = g[:, self.dim :].pow(2).sum(1)[None]
-                    alpha = -2 if pooled is not None else -1
-                else:
-                    bias, alpha = g.pow(2).sum(1)[None], -2
+                bias = torch.zeros((1, e - s), dtype=cd, device=self.device)
+                if not cosine:  # cosine: |g|^2 = 1, the key is -q.g (+ the pooled part)
+                    bias += self._sq_norms("global")[s:e]
+                if pooled is not None:
+                    bias += pooled_weight * self._sq_norms("pooled")[s:e]
+                alpha = -1 if cosine and pooled is None else -2
                 for j, a in enumerate(range(0, Q, qb)):
                     b = min(a + qb, Q)
                     key = buf[: b - a, : e - s]
