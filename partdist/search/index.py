@@ -5,9 +5,10 @@ versioned, code-free file.
 Exact search streams the fused distance over the whole gallery, chunk by chunk, with
 :func:`partdist.eval.topk_distance` (the evaluation code's streaming top-k), and merges
 the chunks' k best by (distance, global id). Two-stage search takes the ``shortlist``
-nearest gallery items by the global distance (the same streaming top-k on global
-features, or a FAISS index), then the exact fused distance of the shortlist
-(:func:`partdist.local_dist` of each query against its shortlisted rows), then
+nearest gallery items by the global distance (one GEMM per gallery chunk and a running
+top-k, or a FAISS index), or by a cheap proxy of the fused distance (``pooled_weight``),
+then the exact fused distance of the shortlist (:func:`partdist.batch_local_dist` of the
+query x shortlisted pairs), then
 optionally k-reciprocal re-ranking (:func:`partdist.eval.re_ranking_features`) of each
 query against its shortlist only.
 
