@@ -38,11 +38,19 @@ import partdist
 from partdist import reference as R
 
 
-def _record(res, case, device, t_ours, ref_name, t_ref, err, err_note=""):
+def _compare(res, case, device, ours, ref_name, ref, err, reps, max_seconds, relative=False):
+    """Median times of ``ours`` and of the reference ``ref``, recorded in ``res`` with their ratio
+    and the largest difference ``err`` (relative or absolute); the two table rows."""
+    t_ours = median_time(ours, device, reps=reps, max_seconds=max_seconds)
+    t_ref = median_time(ref, device, reps=reps, max_seconds=max_seconds)
     res.add(case, device, "partdist", t_ours)
     res.add(case, device, ref_name, t_ref)
     res.add(case, device, "vectorized / partdist", t_ref / t_ours, unit="x")
-    res.add(case, device, "max diff", err, unit="", note=err_note)
+    res.add(case, device, "max diff", err, unit="", note="relative" if relative else "")
+    return [
+        [case, "partdist", fmt_time(t_ours), "1.00", f"{err:.1e}" + (" rel" if relative else "")],
+        ["", ref_name, fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
+    ]
 
 
 def inputs_parts(M, N, P, C, device, seed=0):
@@ -63,13 +71,8 @@ def bench_part_retrieval(device, quick, res):
     ref = lambda: R.part_dist_vectorized(x, y, vx, vy, chunk_size=100)  # noqa: E731
     a, b = ours(), ref()
     err = (a - b).abs().nan_to_num(0.0, posinf=0.0).max().item()
-    t_ours = median_time(ours, device, reps=3, max_seconds=20)
-    t_ref = median_time(ref, device, reps=3, max_seconds=20)
-    _record(res, f"part_dist fwd {M}x{N}, P={P}, C={C}", device, t_ours, "vectorized (100 queries/chunk)", t_ref, err)
-    return [
-        [f"part_dist fwd {M}x{N}, P={P}, C={C}", "partdist", fmt_time(t_ours), "1.00", f"{err:.1e}"],
-        ["", "vectorized (100 queries/chunk)", fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
-    ]
+    return _compare(res, f"part_dist fwd {M}x{N}, P={P}, C={C}", device, ours, "vectorized (100 queries/chunk)", ref,
+                    err, reps=3, max_seconds=20)
 
 
 def bench_part_train(device, quick, res):
@@ -91,13 +94,8 @@ def bench_part_train(device, quick, res):
     ref = step(lambda a, b, c, d: R.part_dist_vectorized(a, b, c, d))
     ga, gb = ours(), ref()
     err = max((u.grad - v.grad).abs().max().item() for u, v in zip(ga, gb))
-    t_ours = median_time(ours, device, reps=10, max_seconds=10)
-    t_ref = median_time(ref, device, reps=10, max_seconds=10)
-    _record(res, f"part_dist fwd+bwd {B}x{B}, P={P}, C={C}", device, t_ours, "vectorized (autograd)", t_ref, err)
-    return [
-        [f"part_dist fwd+bwd {B}x{B}, P={P}, C={C}", "partdist", fmt_time(t_ours), "1.00", f"{err:.1e}"],
-        ["", "vectorized (autograd)", fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
-    ]
+    return _compare(res, f"part_dist fwd+bwd {B}x{B}, P={P}, C={C}", device, ours, "vectorized (autograd)", ref, err,
+                    reps=10, max_seconds=10)
 
 
 def bench_dsr(device, quick, res):
@@ -112,14 +110,8 @@ def bench_dsr(device, quick, res):
     ref = lambda: R.dsr_dist_vectorized(x, y, beta, it, tol, chunk_size=8)  # noqa: E731
     a, b = ours(), ref()
     err = ((a - b).abs() / b.abs().clamp_min(1e-6)).max().item()
-    t_ours = median_time(ours, device, reps=3, max_seconds=20)
-    t_ref = median_time(ref, device, reps=3, max_seconds=20)
-    name = f"dsr_dist fwd {M}x{N}, Lq=Lg={Lq}, C={C}, {it} it"
-    _record(res, name, device, t_ours, "vectorized batched FISTA", t_ref, err, "relative")
-    return [
-        [name, "partdist", fmt_time(t_ours), "1.00", f"{err:.1e} rel"],
-        ["", "vectorized batched FISTA", fmt_time(t_ref), f"{t_ref / t_ours:.2f}", ""],
-    ]
+    return _compare(res, f"dsr_dist fwd {M}x{N}, Lq=Lg={Lq}, C={C}, {it} it", device, ours, "vectorized batched FISTA",
+                    ref, err, reps=3, max_seconds=20, relative=True)
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 // The CUDA backends run on the CPU: each family's DeviceKernels<emu::EmuExec>
 // (<family>_launch.h with the executor of common/emulate.h), registered as the ops of
 // the partdist_cuda_emulated namespace (same names and schemas as partdist's) for CPU
-// tensors. Tests compare them with the CPU backends (tests/test_cuda_emulation.py).
+// tensors. Tests compare them with the CPU backends (tests/ops/test_cuda_emulation.py).
 #include <torch/library.h>
 
 #include "common/emulate.h"

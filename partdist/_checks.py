@@ -9,10 +9,19 @@ repeat the essential checks (as ``RuntimeError``) so that calling
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 #: Largest m or n accepted by the DP ops (dmli, dmli_path, batch_local_dist, local_dist).
 MAX_STRIPES = 128
+
+
+def is_instance_of(x, module: str, cls: str) -> bool:
+    """``isinstance(x, module.cls)`` without importing ``module`` (``"PIL.Image"``, ``"torch"``):
+    while the module is not loaded, no object of its classes can exist."""
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(x, getattr(mod, cls))
 
 
 def _shape(t):

@@ -1,7 +1,11 @@
-"""The command line as a user meets it (subprocesses of ``python -m partdist.cli``): every mistake
-ends with one line ``partdist <command>: error: ...`` naming the flag, exit status 2, no
-traceback, and nothing on disk lost or overwritten; ``--debug`` shows the traceback. Plus what a
-run leaves behind (run.json, best.pt, results of ``eval --out``) and the package's API names."""
+"""The command line as a user meets it: every mistake ends with one line ``partdist <command>:
+error: ...`` naming the flag, exit status 2, no traceback, and nothing on disk lost or
+overwritten; ``--debug`` shows the traceback. Plus what a run leaves behind (run.json, best.pt,
+results of ``eval --out``) and the package's API names.
+
+The mistakes run ``partdist.cli.main`` in this process (:func:`cli`: exit status, stdout and
+stderr as the interpreter would give them); the training run and the evaluation of what it left
+run the installed ``partdist`` command in a subprocess (:func:`run_command`)."""
 
 import hashlib
 import json
@@ -10,18 +14,63 @@ import pickle
 import re
 import subprocess
 import sys
+import traceback
+import types
+import warnings
 
 import pytest
 import torch
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 TRAIN = ["--backbone", "compact", "--height", "64", "--width", "32", "--p", "2", "--k", "2", "--lr", "1e-3",
          "--seed", "0"]
 
 
-def run(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "partdist.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+def run_command(*args, timeout=120):
+    """``partdist ARGS`` in a subprocess: the installed command (the console script beside this
+    Python), or ``python -m partdist.cli`` where the package is only built in place."""
+    script = os.path.join(os.path.dirname(sys.executable), "partdist")
+    cmd = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "partdist.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _exit_status(argv):
+    """``sys.exit(main(argv))`` as the interpreter runs it: the exit status; an exception that
+    escapes ``main`` prints its traceback to stderr (status 1); Python warnings are printed to
+    stderr under the interpreter's default filters (DeprecationWarning and kin ignored)."""
+    from partdist.cli import main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        except BaseException:  # noqa: B036  (as the interpreter: any exception ends the process)
+            traceback.print_exc()
+            code = 1
+    for w in caught:
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)  # sys.exit("message")
+    return 1
+
+
+@pytest.fixture
+def cli(capfd):
+    """``cli(*args)``: ``partdist ARGS`` in this process; ``.returncode``, ``.stdout``, ``.stderr``
+    as a subprocess would give them (the file descriptors are captured, C++ output included)."""
+
+    def run(*args):
+        capfd.readouterr()
+        code = _exit_status([str(a) for a in args])
+        out, err = capfd.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 def assert_one_line_error(r, cmd, *needles):
@@ -74,7 +123,7 @@ def fake_run(tmp_path_factory):
 def trained(data_root, tmp_path_factory):
     """One small run: 2 epochs of exactly 5 iterations (one pass is 3 or 4), evaluated every epoch."""
     out = tmp_path_factory.mktemp("cli-run") / "run"
-    r = run("train", "--data", data_root, *TRAIN, "--epochs", "2", "--iters-per-epoch", "5", "--warmup-epochs", "2",
+    r = run_command("train", "--data", data_root, *TRAIN, "--epochs", "2", "--iters-per-epoch", "5", "--warmup-epochs", "2",
             "--eval-every", "1", "--out", out)
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
@@ -104,7 +153,7 @@ def test_train_run_leaves_config_stats_best_and_honest_metrics(trained):
 def test_eval_out_writes_results_and_rank_lists_and_refuses_to_overwrite(trained, data_root, tmp_path):
     ckpt = trained[0] / "checkpoint.pt"
     out = tmp_path / "eval"
-    r = run("eval", "--checkpoint", ckpt, "--data", data_root, "--out", out, "--rank-lists", "2", "--no-rerank")
+    r = run_command("eval", "--checkpoint", ckpt, "--data", data_root, "--out", out, "--rank-lists", "2", "--no-rerank")
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["query"]["images"] > 0 and res["gallery"]["images"] > 0 and res["epoch"] == 2
@@ -113,7 +162,7 @@ def test_eval_out_writes_results_and_rank_lists_and_refuses_to_overwrite(trained
     assert "mAP:" in (out / "results.md").read_text()
     assert len(list((out / "rank_lists").glob("*.png"))) == 2
     before = digest(out)
-    r = run("eval", "--checkpoint", ckpt, "--data", data_root, "--out", out)
+    r = run_command("eval", "--checkpoint", ckpt, "--data", data_root, "--out", out)
     assert_one_line_error(r, "eval", "--out", "--overwrite")
     assert digest(out) == before
 
@@ -122,49 +171,49 @@ def test_eval_out_writes_results_and_rank_lists_and_refuses_to_overwrite(trained
 
 
 @pytest.mark.parametrize("cmd, device", [("train", "gpu"), ("eval", "cuda")])
-def test_unusable_device_is_one_line(cmd, device, data_root, tmp_path):
+def test_unusable_device_is_one_line(cli, cmd, device, data_root, tmp_path):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     args = ["--data", data_root, "--device", device]
     args += ["--out", tmp_path / "o"] if cmd == "train" else ["--checkpoint", tmp_path / "none.pt"]
-    assert_one_line_error(run(cmd, *args), cmd, f"--device {device}", "--device cpu")
+    assert_one_line_error(cli(cmd, *args), cmd, f"--device {device}", "--device cpu")
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_flag_values_are_one_line(data_root, tmp_path):
-    assert_one_line_error(run("train", "--data", data_root, "--progress", "maybe"), "train", "--progress",
+def test_bad_flag_values_are_one_line(cli, data_root, tmp_path):
+    assert_one_line_error(cli("train", "--data", data_root, "--progress", "maybe"), "train", "--progress",
                           "auto, bar, lines, off")
-    r = run("train", "--data", data_root, *TRAIN, "--p", "9", "--out", tmp_path / "o")
+    r = cli("train", "--data", data_root, *TRAIN, "--p", "9", "--out", tmp_path / "o")
     assert_one_line_error(r, "train", "--p 9", "only 4 identities")
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
-def test_missing_data_and_bad_config_file_are_one_line(data_root, tmp_path):
-    assert_one_line_error(run("train", "--data", tmp_path / "missing", "--out", tmp_path / "o"), "train", "--data")
+def test_missing_data_and_bad_config_file_are_one_line(cli, data_root, tmp_path):
+    assert_one_line_error(cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "o"), "train", "--data")
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"backbone": "compact", "colour": "red"}))
-    r = run("train", "--data", data_root, "--config", cfg, "--out", tmp_path / "o")
+    r = cli("train", "--data", data_root, "--config", cfg, "--out", tmp_path / "o")
     assert_one_line_error(r, "train", "--config", "colour")
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_run_is_never_overwritten_without_a_flag(fake_run, data_root):
+def test_existing_run_is_never_overwritten_without_a_flag(cli, fake_run, data_root):
     before = digest(fake_run)
-    r = run("train", "--data", data_root, *TRAIN, "--epochs", "1", "--out", fake_run)
+    r = cli("train", "--data", data_root, *TRAIN, "--epochs", "1", "--out", fake_run)
     assert_one_line_error(r, "train", f"--out {fake_run} already holds a run", "--resume", "--overwrite")
     assert digest(fake_run) == before
 
 
-def test_resume_with_other_model_is_refused_before_loading(fake_run, data_root):
+def test_resume_with_other_model_is_refused_before_loading(cli, fake_run, data_root):
     before = digest(fake_run)
-    r = run("train", "--data", data_root, *TRAIN, "--model", "pcb", "--epochs", "3", "--resume", "--out", fake_run)
+    r = cli("train", "--data", data_root, *TRAIN, "--model", "pcb", "--epochs", "3", "--resume", "--out", fake_run)
     assert_one_line_error(r, "train", "was trained with --model aligned", "asks for --model pcb")
     assert digest(fake_run) == before
 
 
-def test_resume_without_checkpoint_is_an_error(data_root, tmp_path):
-    r = run("train", "--data", data_root, *TRAIN, "--resume", "--out", tmp_path / "new")
+def test_resume_without_checkpoint_is_an_error(cli, data_root, tmp_path):
+    r = cli("train", "--data", data_root, *TRAIN, "--resume", "--out", tmp_path / "new")
     assert_one_line_error(r, "train", "--resume", "no checkpoint")
     assert not (tmp_path / "new").exists()
 
@@ -221,14 +270,14 @@ def test_load_checkpoint_refuses_every_bad_file_without_running_code(bad_checkpo
 @pytest.mark.parametrize("name", ["code_zip", "text", pytest.param("bare", marks=pytest.mark.slow),
                                   pytest.param("corrupt", marks=pytest.mark.slow),
                                   pytest.param("code_pickle", marks=pytest.mark.slow)])
-def test_eval_with_bad_checkpoint_is_one_line_and_never_runs_code(bad_checkpoints, data_root, name):
+def test_eval_with_bad_checkpoint_is_one_line_and_never_runs_code(cli, bad_checkpoints, data_root, name):
     files, marker = bad_checkpoints
-    r = run("eval", "--checkpoint", files[name], "--data", data_root, "--skip-image-check")
+    r = cli("eval", "--checkpoint", files[name], "--data", data_root, "--skip-image-check")
     assert_one_line_error(r, "eval", "--checkpoint", EXPECT[name])
     assert not marker.exists()
 
 
-def test_corrupt_image_is_found_before_the_first_epoch(data_root, tmp_path):
+def test_corrupt_image_is_found_before_the_first_epoch(cli, data_root, tmp_path):
     import shutil
 
     root = tmp_path / "data"
@@ -236,14 +285,14 @@ def test_corrupt_image_is_found_before_the_first_epoch(data_root, tmp_path):
     bad = sorted((root / "bounding_box_train").iterdir())[3]
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "run"
-    r = run("train", "--data", root, *TRAIN, "--epochs", "1", "--out", out)
+    r = cli("train", "--data", root, *TRAIN, "--epochs", "1", "--out", out)
     line = assert_one_line_error(r, "train", "1 of", "cannot be read", bad.name, "--skip-image-check")
     assert "bad_images.txt" in line and not (out / "checkpoint.pt").exists()
     assert str(bad) in (out / "bad_images.txt").read_text()
 
 
-def test_debug_shows_the_traceback(data_root, tmp_path):
-    r = run("train", "--data", data_root, *TRAIN, "--resume", "--out", tmp_path / "new", "--debug")
+def test_debug_shows_the_traceback(cli, data_root, tmp_path):
+    r = cli("train", "--data", data_root, *TRAIN, "--resume", "--out", tmp_path / "new", "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr and "CLIError" in r.stderr
 
 
@@ -299,13 +348,13 @@ def test_public_names_and_feature_extractor(trained, data_root):
     assert torch.allclose(f["global"].norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_demo_refuses_an_earlier_demo(tmp_path):
+def test_demo_refuses_an_earlier_demo(cli, tmp_path):
     out = tmp_path / "demo"
     (out / "train").mkdir(parents=True)
     (out / "train" / "checkpoint.pt").write_bytes(b"earlier run")
     (out / "results.json").write_text("{}")
     before = digest(out)
-    r = run("demo", "--quick", "--out", out)
+    r = cli("demo", "--quick", "--out", out)
     assert_one_line_error(r, "demo", f"--out {out} already holds a run", "--overwrite")
     assert digest(out) == before
 

@@ -6,15 +6,10 @@ loss on the concatenated batch, and the gradient of each rank's shard must equal
 corresponding rows of the single-process gradient.
 """
 
-import datetime
-import os
-import socket
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_gloo  # tests/ is on sys.path under pytest
 
 TIMEOUT_S = 120
 LABELS = torch.tensor([3, 0, 0, 1, 3, 2, 0, 3, 1, 5, 3, 4])
@@ -51,75 +46,27 @@ def compute(gf, lf, labels, all_ranks):
     return res
 
 
-def worker(rank, port, out_dir):
-    path = os.path.join(out_dir, f"rank{rank}.pt")
-    try:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-        torch.set_num_threads(1)
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=2,
-            timeout=datetime.timedelta(seconds=60),
-        )
-        from partdist.distributed import all_gather_with_grad
+def rank_results(rank):
+    """What one rank computes on its shard, with ``all_ranks=True``."""
+    from partdist.distributed import all_gather_with_grad
 
-        gf, lf = global_batch()
-        s, e = SHARDS[rank]
-        res = compute(gf[s:e], lf[s:e], LABELS[s:e], all_ranks=True)
-        # the gather itself: the local shard gets exactly its slice of the gradient
-        x = gf[s:e].clone().requires_grad_()
-        w = torch.arange(12 * 16, dtype=torch.float64).reshape(12, 16)
-        y = all_gather_with_grad(x)
-        (y * w).sum().backward()
-        res["gather"] = (y.detach(), x.grad)
-        res["gather_labels"] = (all_gather_with_grad(LABELS[s:e]),)
-        torch.save(res, path)
-        dist.destroy_process_group()
-    except Exception:  # report to the parent instead of hanging it
-        with open(path + ".err", "w") as f:
-            f.write(traceback.format_exc())
-        raise
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(target, extra_args, world=2, timeout=TIMEOUT_S):
-    """Spawn ``world`` processes ``target(rank, port, *extra_args)`` and join them; processes
-    still alive after ``timeout`` seconds are killed. Returns ``(procs, hung)``."""
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=target, args=(r, port, *extra_args)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
-    return procs, hung
+    gf, lf = global_batch()
+    s, e = SHARDS[rank]
+    res = compute(gf[s:e], lf[s:e], LABELS[s:e], all_ranks=True)
+    # the gather itself: the local shard gets exactly its slice of the gradient
+    x = gf[s:e].clone().requires_grad_()
+    w = torch.arange(12 * 16, dtype=torch.float64).reshape(12, 16)
+    y = all_gather_with_grad(x)
+    (y * w).sum().backward()
+    res["gather"] = (y.detach(), x.grad)
+    res["gather_labels"] = (all_gather_with_grad(LABELS[s:e]),)
+    return res
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     out_dir = str(tmp_path_factory.mktemp("dist"))
-    procs, hung = run_ranks(worker, (out_dir,))
-    errors = []
-    for r in range(2):
-        err = os.path.join(out_dir, f"rank{r}.pt.err")
-        if os.path.exists(err):
-            errors.append(f"rank {r}:\n" + open(err).read())
-    assert not hung, f"distributed workers did not finish within {TIMEOUT_S} s\n" + "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs), "\n".join(errors) or [p.exitcode for p in procs]
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    return run_gloo(rank_results, (), out_dir, world=2, timeout=TIMEOUT_S, what="distributed workers")
 
 
 @pytest.mark.slow

@@ -850,6 +850,28 @@ def pivot_records(records):
     return out
 
 
+def _md_build(b):
+    """The build stage's lines of the report."""
+    out = [f"- extension: {b.get('extension')}, cubins: {b.get('cubins', '-')}, PTX: {b.get('ptx', '-')}, "
+           f"build env: {b.get('env')}, build time: {b.get('build_seconds', '-')} s"]
+    if "kernels" in b:
+        k = b["kernels"]
+        out.append(f"- partdist ops: {k['ops']}, with CPU kernel: {k['cpu']}, with CUDA kernel: {k['cuda']}; "
+                   f"missing CUDA: {k['missing_cuda'] or 'none'}; GPU smoke diff: {b.get('smoke_max_diff', '-')}")
+    return out
+
+
+def _md_tests(t):
+    """The test stage's lines of the report."""
+    out = [f"- selection: {' '.join(t.get('tests', []))}; outcomes: {t.get('counts')}; CUDA tests passed: "
+           f"{t.get('cuda_tests_passed')}"]
+    for kind in ("cuda_skipped", "other_skipped"):
+        if t.get(kind):
+            out.append(f"- {kind.replace('_', ' ')} ({len(t[kind])}):")
+            out += [f"  - `{x['nodeid']}`: {x['reason']}" for x in t[kind][:50]]
+    return out
+
+
 def render_markdown(report):
     env = report.get("env", {})
     lines = ["# partdist GPU check\n"]
@@ -862,50 +884,30 @@ def render_markdown(report):
     lines.append("\n## Stages\n")
     lines.append(_md_table(["stage", "status", "time", "summary"], stage_rows(report)))
     stages = report.get("stages", {})
-    fails = [(n, f) for n, st in stages.items() for f in st.get("failures", [])]
-    warns = [(n, w) for n, st in stages.items() for w in st.get("warnings", [])]
-    if fails:
-        lines.append("\n## Failures\n")
-        lines += [f"- **{n}**: {f}" for n, f in fails]
-        lines.append("")
-    if warns:
-        lines.append("\n## Warnings\n")
-        lines += [f"- {n}: {w}" for n, w in warns]
-        lines.append("")
-    b = stages.get("build", {}).get("details", {})
-    if b:
-        lines.append("\n## Build\n")
-        lines.append(f"- extension: {b.get('extension')}, cubins: {b.get('cubins', '-')}, PTX: {b.get('ptx', '-')}, "
-                     f"build env: {b.get('env')}, build time: {b.get('build_seconds', '-')} s")
-        if "kernels" in b:
-            k = b["kernels"]
-            lines.append(f"- partdist ops: {k['ops']}, with CPU kernel: {k['cpu']}, with CUDA kernel: {k['cuda']}; "
-                         f"missing CUDA: {k['missing_cuda'] or 'none'}; GPU smoke diff: {b.get('smoke_max_diff', '-')}")
-        lines.append("")
-    t = stages.get("test", {}).get("details", {})
-    if t:
-        lines.append("\n## Tests\n")
-        lines.append(f"- selection: {' '.join(t.get('tests', []))}; outcomes: {t.get('counts')}; CUDA tests passed: "
-                     f"{t.get('cuda_tests_passed')}")
-        for kind in ("cuda_skipped", "other_skipped"):
-            if t.get(kind):
-                lines.append(f"- {kind.replace('_', ' ')} ({len(t[kind])}):")
-                lines += [f"  - `{s['nodeid']}`: {s['reason']}" for s in t[kind][:50]]
-        lines.append("")
-    s = stages.get("sanitize", {}).get("details", {}).get("tools", {})
+    details = {name: st.get("details", {}) for name, st in stages.items()}
+
+    def section(title, body, blank_after=False):
+        """``## title`` and its lines; nothing when there are none."""
+        if body:
+            lines.append(f"\n## {title}\n")
+            lines.extend(body + [""] if blank_after else body)
+
+    section("Failures", [f"- **{n}**: {f}" for n, st in stages.items() for f in st.get("failures", [])], True)
+    section("Warnings", [f"- {n}: {w}" for n, st in stages.items() for w in st.get("warnings", [])], True)
+    section("Build", _md_build(details["build"]) if details.get("build") else [], True)
+    section("Tests", _md_tests(details["test"]) if details.get("test") else [], True)
+    s = details.get("sanitize", {}).get("tools", {})
     if s:
-        lines.append("\n## compute-sanitizer\n")
         rows = [[tool, v.get("errors", "-"), len(v.get("partdist_errors", [])), len(v.get("other_errors", [])),
                  v.get("ops", {}).get("line", "-"), f"{v.get('seconds', '-')} s" + (" (cut)" if v.get("timed_out") else "")]
                 for tool, v in s.items()]
-        lines.append(_md_table(["tool", "error summary", "in partdist kernels", "elsewhere", "op cases", "time"], rows))
+        section("compute-sanitizer",
+                [_md_table(["tool", "error summary", "in partdist kernels", "elsewhere", "op cases", "time"], rows)])
     tr = target_rows(report)
     if tr:
-        lines.append("\n## GPU targets\n")
-        lines.append(_md_table(["target", "measured", "goal", "verdict"], tr))
-    benches = stages.get("bench", {}).get("details", {}).get("benches", {})
+        section("GPU targets", [_md_table(["target", "measured", "goal", "verdict"], tr)])
+    benches = details.get("bench", {}).get("benches", {})
     if benches:
-        lines.append("\n## Benchmark figures (GPU beside CPU, same inputs)\n")
         rows = []
         for name, bd in benches.items():
             for (case, method), by_dev in pivot_records(bd.get("records", [])).items():
@@ -914,7 +916,8 @@ def render_markdown(report):
             if bd.get("timed_out") or bd.get("rc"):
                 rows.append([name, "(run)", "cut at the time limit" if bd.get("timed_out") else f"exit {bd['rc']}",
                              "", "", ""])
-        lines.append(_md_table(["bench", "case", "method", "cuda", "cpu", "note"], rows))
+        section("Benchmark figures (GPU beside CPU, same inputs)",
+                [_md_table(["bench", "case", "method", "cuda", "cpu", "note"], rows)])
     return "\n".join(lines) + "\n"
 
 

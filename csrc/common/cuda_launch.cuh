@@ -1,8 +1,9 @@
 // The device side of the launches (CUDA translation units only): the __global__
-// shims that compute a thread's position and call a kernel body K::run (written once,
-// host+device, in the families' *_common.h), and CudaExec, the executor the family
+// shim that computes a thread's position and calls a kernel body K::run (written once,
+// host+device, in the families' *_common.h), CudaExec, the executor the family
 // launchers (<family>_launch.h) are written against (common/emulate.h has the CPU
-// emulation's executor with the same interface).
+// emulation's executor with the same interface), and the registration of a family's
+// CUDA backend (PARTDIST_CUDA_BACKEND).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -11,14 +12,9 @@
 #include <cuda_runtime.h>
 
 #include "launch.h"
+#include "registration.h"
 
 namespace partdist {
-
-template <typename K, typename... Args>
-__global__ void thread_kernel(Args... args) {
-  K::run(ThreadPos{int64_t(blockIdx.x) * blockDim.x + threadIdx.x, int64_t(gridDim.x) * blockDim.x},
-         args...);
-}
 
 struct DeviceWarp {
   template <typename V>
@@ -27,11 +23,16 @@ struct DeviceWarp {
   }
 };
 
-template <typename K, typename... Args>
-__global__ void warp_kernel(Args... args) {
-  K::run(DeviceWarp{},
-         ThreadPos{int64_t(blockIdx.x) * blockDim.x + threadIdx.x, int64_t(gridDim.x) * blockDim.x},
-         args...);
+// K::run(pos, args...), or K::run(DeviceWarp{}, pos, args...) for kernels that use
+// warp shuffles (kWarps), at the thread's position in the 1-D grid.
+template <bool kWarps, typename K, typename... Args>
+__global__ void grid_kernel(Args... args) {
+  const ThreadPos pos{int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
+                      int64_t(gridDim.x) * blockDim.x};
+  if constexpr (kWarps)
+    K::run(DeviceWarp{}, pos, args...);
+  else
+    K::run(pos, args...);
 }
 
 // After a launch: a GPU this build has no kernel image for gets a message that says
@@ -55,23 +56,34 @@ inline void check_launch() {
 }
 
 struct CudaExec {
-  static void output(const at::Tensor&) {}
+  // The outputs of a launch (the emulation poisons them first).
+  template <typename... Tensors>
+  static void output(const Tensors&...) {}
 
   template <typename K, typename... Args>
   void run(int64_t blocks, int threads, const Args&... args) const {
-    if (blocks == 0) return;
-    thread_kernel<K, Args...>
-        <<<unsigned(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
-    check_launch();
+    launch<false, K>(blocks, threads, args...);
   }
 
   template <typename K, typename... Args>
   void run_warps(int64_t blocks, int threads, const Args&... args) const {
+    launch<true, K>(blocks, threads, args...);
+  }
+
+ private:
+  template <bool kWarps, typename K, typename... Args>
+  static void launch(int64_t blocks, int threads, const Args&... args) {
     if (blocks == 0) return;
-    warp_kernel<K, Args...>
+    grid_kernel<kWarps, K, Args...>
         <<<unsigned(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
     check_launch();
   }
 };
 
 }  // namespace partdist
+
+// At global scope in <family>_cuda.cu: the family's CUDA backend (DeviceKernels on
+// CudaExec, <family>_launch.h) instantiated and registered for the CUDA dispatch key.
+#define PARTDIST_CUDA_BACKEND(FAMILY)                                      \
+  template struct ::partdist::FAMILY::DeviceKernels<::partdist::CudaExec>; \
+  PARTDIST_REGISTER_BACKEND(FAMILY, CUDA, CudaKernels)

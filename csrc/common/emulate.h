@@ -146,7 +146,10 @@ inline void poison(const at::Tensor& t) {
 
 // The executor of the emulated launches (see CudaExec for the interface).
 struct EmuExec {
-  static void output(const at::Tensor& t) { poison(t); }
+  template <typename... Tensors>
+  static void output(const Tensors&... ts) {
+    (poison(ts), ...);
+  }
 
   // K::run(ThreadPos, args...) for every thread of a 1-D grid of `blocks` x `threads`.
   // Blocks run in parallel (CUDA gives no order among them), threads in order.

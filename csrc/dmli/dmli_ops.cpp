@@ -14,6 +14,7 @@
 #include "../common/checks.h"
 #include "../common/gemm_grads.h"
 #include "../common/matmul.h"
+#include "../common/registration.h"
 #include "dmli_kernels.h"
 
 namespace partdist {
@@ -337,53 +338,42 @@ std::vector<int64_t> local_dist_tile_plan(const std::string& backend, int64_t M,
           b.mc, b.nc, b.pairs() * (2 + tables) * m * n * elem};
 }
 
-}  // namespace
-
 // DP options on the DMLI ops: gamma > 0 = soft-DMLI (smoothed minimum), band >= 0 =
 // allowed cells |i (n-1)/(m-1) - j| <= band (negative = no band), unaligned = the
 // sum of the diagonal cells instead of the DP.
-void define_ops(torch::Library& m) {
-  m.def("local_dist_matrix(Tensor x, Tensor y, bool normalize=True) -> Tensor");
-  m.def(
-      "local_dist_matrix_backward(Tensor grad, Tensor x, Tensor y, bool normalize) -> "
-      "(Tensor, Tensor)");
-  m.def("dmli(Tensor dist, float gamma=0.0, float band=-1.0) -> Tensor");
-  m.def("dmli_backward(Tensor grad, Tensor dist, float gamma, float band) -> Tensor");
-  m.def("dmli_path(Tensor dist, float gamma=0.0, float band=-1.0) -> Tensor");
-  m.def(
-      "batch_local_dist(Tensor x, Tensor y, bool normalize=True, float gamma=0.0, "
-      "float band=-1.0, bool unaligned=False) -> Tensor");
-  m.def(
-      "batch_local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, float gamma, "
-      "float band, bool unaligned) -> (Tensor, Tensor)");
-  m.def(
-      "local_dist(Tensor x, Tensor y, bool normalize=True, int chunk_size=0, float gamma=0.0, "
-      "float band=-1.0, bool unaligned=False) -> Tensor");
-  m.def(
-      "local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size, "
-      "float gamma, float band, bool unaligned) -> (Tensor, Tensor)");
-}
-
 template <typename K>
-void register_impls(torch::Library& m) {
-  m.impl("local_dist_matrix", &local_dist_matrix_impl<K>);
-  m.impl("local_dist_matrix_backward", &local_dist_matrix_backward_impl<K>);
-  m.impl("dmli", &dmli_impl<K>);
-  m.impl("dmli_backward", &dmli_backward_impl<K>);
-  m.impl("dmli_path", &dmli_path_impl<K>);
-  m.impl("batch_local_dist", &batch_local_dist_impl<K>);
-  m.impl("batch_local_dist_backward", &batch_local_dist_backward_impl<K>);
-  m.impl("local_dist", &local_dist_impl<K>);
-  m.impl("local_dist_backward", &local_dist_backward_impl<K>);
+auto ops() {
+  return std::make_tuple(
+      op("local_dist_matrix(Tensor x, Tensor y, bool normalize=True) -> Tensor",
+         &local_dist_matrix_impl<K>),
+      op("local_dist_matrix_backward(Tensor grad, Tensor x, Tensor y, bool normalize) -> "
+         "(Tensor, Tensor)",
+         &local_dist_matrix_backward_impl<K>),
+      op("dmli(Tensor dist, float gamma=0.0, float band=-1.0) -> Tensor", &dmli_impl<K>),
+      op("dmli_backward(Tensor grad, Tensor dist, float gamma, float band) -> Tensor",
+         &dmli_backward_impl<K>),
+      op("dmli_path(Tensor dist, float gamma=0.0, float band=-1.0) -> Tensor", &dmli_path_impl<K>),
+      op("batch_local_dist(Tensor x, Tensor y, bool normalize=True, float gamma=0.0, "
+         "float band=-1.0, bool unaligned=False) -> Tensor",
+         &batch_local_dist_impl<K>),
+      op("batch_local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, "
+         "float gamma, float band, bool unaligned) -> (Tensor, Tensor)",
+         &batch_local_dist_backward_impl<K>),
+      op("local_dist(Tensor x, Tensor y, bool normalize=True, int chunk_size=0, "
+         "float gamma=0.0, float band=-1.0, bool unaligned=False) -> Tensor",
+         &local_dist_impl<K>),
+      op("local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size, "
+         "float gamma, float band, bool unaligned) -> (Tensor, Tensor)",
+         &local_dist_backward_impl<K>));
 }
 
-PARTDIST_INSTANTIATE_REGISTER_IMPLS
-
+}  // namespace
 }  // namespace dmli
 }  // namespace partdist
 
+PARTDIST_FAMILY_OPS(dmli, ops)
+
 TORCH_LIBRARY_FRAGMENT(partdist, m) {
-  partdist::dmli::define_ops(m);
   m.def(
       "_local_dist_tile_plan(str backend, int M, int N, int m, int n, int elem_size, "
       "int chunk_size=0) -> int[]",

@@ -4,10 +4,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
+#include "../common/registration.h"
 #include "mining_kernels.h"
 
 namespace partdist {
@@ -19,19 +19,15 @@ int64_t grain_for(int64_t M) { return std::max<int64_t>(1, 16384 / std::max<int6
 
 }  // namespace
 
-void CpuKernels::forward(const Shape& S, const LossSpec& L, const at::Tensor& dist,
-                         const at::Tensor& labels, const at::Tensor& labels_other,
-                         const at::Tensor& dist_ap, const at::Tensor& dist_an,
-                         const at::Tensor& p_inds, const at::Tensor& n_inds,
-                         const at::Tensor& valid, const at::Tensor& row_loss) {
+void CpuKernels::forward(const Shape& S, const LossSpec& L, const ForwardTensors& t) {
   if (S.N == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, dist.scalar_type(), "partdist_mining_forward_cpu", [&] {
+      at::kHalf, at::kBFloat16, t.dist.scalar_type(), "partdist_mining_forward_cpu", [&] {
         using A = at::opmath_type<scalar_t>;
-        const scalar_t* d = dist.const_data_ptr<scalar_t>();
-        const int64_t* lab = labels.const_data_ptr<int64_t>();
-        const int64_t* lo = labels_other.const_data_ptr<int64_t>();
-        const auto o = forward_out<scalar_t, A>(dist_ap, dist_an, p_inds, n_inds, valid, row_loss);
+        const scalar_t* d = t.dist.const_data_ptr<scalar_t>();
+        const int64_t* lab = t.labels.const_data_ptr<int64_t>();
+        const int64_t* lo = t.labels_other.const_data_ptr<int64_t>();
+        const auto o = forward_out<scalar_t, A>(t);
         const LossArgs<A> la = loss_args<A>(L);
         at::parallel_for(0, S.N, grain_for(S.M), [&](int64_t begin, int64_t end) {
           if (S.col_stride == 1) {  // unit stride: let the compiler see it
@@ -45,19 +41,14 @@ void CpuKernels::forward(const Shape& S, const LossSpec& L, const at::Tensor& di
       });
 }
 
-void CpuKernels::backward(const Shape& S, const LossSpec& L, const at::Tensor& loss_scale,
-                          const at::Tensor& grad_ap, const at::Tensor& grad_an,
-                          const at::Tensor& dist_ap, const at::Tensor& dist_an,
-                          const at::Tensor& p_inds, const at::Tensor& n_inds,
-                          const at::Tensor& valid, const at::Tensor& out) {
+void CpuKernels::backward(const Shape& S, const LossSpec& L, const BackwardTensors& t) {
   if (S.N == 0 || S.M == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, dist_ap.scalar_type(), "partdist_mining_backward_cpu", [&] {
+      at::kHalf, at::kBFloat16, t.dist_ap.scalar_type(), "partdist_mining_backward_cpu", [&] {
         using A = at::opmath_type<scalar_t>;
-        const auto b = backward_in<scalar_t, A>(loss_scale, grad_ap, grad_an, dist_ap, dist_an,
-                                                p_inds, n_inds, valid);
+        const auto b = backward_in<scalar_t, A>(t);
         const LossArgs<A> la = loss_args<A>(L);
-        scalar_t* g = out.mutable_data_ptr<scalar_t>();
+        scalar_t* g = t.out.mutable_data_ptr<scalar_t>();
         // Each task zeroes its own rows: the first touch of the (large) output
         // is spread over the threads as well.
         at::parallel_for(0, S.N, grain_for(S.M), [&](int64_t begin, int64_t end) {
@@ -70,6 +61,4 @@ void CpuKernels::backward(const Shape& S, const LossSpec& L, const at::Tensor& l
 }  // namespace mining
 }  // namespace partdist
 
-TORCH_LIBRARY_IMPL(partdist, CPU, m) {
-  partdist::mining::register_impls<partdist::mining::CpuKernels>(m);
-}
+PARTDIST_REGISTER_BACKEND(mining, CPU, CpuKernels)

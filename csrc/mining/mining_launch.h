@@ -1,5 +1,5 @@
 // DeviceKernels<Exec>: the CUDA backend of the mining family, written once against an
-// executor (CudaExec in mining_cuda.cu, emu::EmuExec in mining_emulated.cpp). The
+// executor (CudaExec in mining_cuda.cu, emu::EmuExec in emulated.cpp). The
 // kernel bodies are in mining_common.h.
 #pragma once
 
@@ -16,22 +16,17 @@ namespace mining {
 // columns), one thread per row when it is column-major, e.g. dist.t() (adjacent
 // threads read adjacent rows): reads are coalesced either way.
 template <typename Exec>
-void DeviceKernels<Exec>::forward(const Shape& S, const LossSpec& L, const at::Tensor& dist,
-                                  const at::Tensor& labels, const at::Tensor& labels_other,
-                                  const at::Tensor& dist_ap, const at::Tensor& dist_an,
-                                  const at::Tensor& p_inds, const at::Tensor& n_inds,
-                                  const at::Tensor& valid, const at::Tensor& row_loss) {
+void DeviceKernels<Exec>::forward(const Shape& S, const LossSpec& L, const ForwardTensors& t) {
   if (S.N == 0) return;
-  for (const at::Tensor* t : {&dist_ap, &dist_an, &p_inds, &n_inds, &valid, &row_loss})
-    Exec::output(*t);
+  Exec::output(t.dist_ap, t.dist_an, t.p_inds, t.n_inds, t.valid, t.row_loss);
   const bool column_major = S.col_stride != 1 && S.row_stride == 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, dist.scalar_type(), "partdist_mining_forward_cuda", [&] {
+      at::kHalf, at::kBFloat16, t.dist.scalar_type(), "partdist_mining_forward_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
-        const auto o = forward_out<scalar_t, A>(dist_ap, dist_an, p_inds, n_inds, valid, row_loss);
-        const scalar_t* d = dist.const_data_ptr<scalar_t>();
-        const int64_t* lab = labels.const_data_ptr<int64_t>();
-        const int64_t* lo = labels_other.const_data_ptr<int64_t>();
+        const auto o = forward_out<scalar_t, A>(t);
+        const scalar_t* d = t.dist.const_data_ptr<scalar_t>();
+        const int64_t* lab = t.labels.const_data_ptr<int64_t>();
+        const int64_t* lo = t.labels_other.const_data_ptr<int64_t>();
         if (column_major)
           Exec().template run<ThreadRowKernel>(blocks_for(S.N, kCudaThreads), kCudaThreads, S,
                                                loss_args<A>(L), d, lab, lo, o);
@@ -42,21 +37,16 @@ void DeviceKernels<Exec>::forward(const Shape& S, const LossSpec& L, const at::T
 }
 
 template <typename Exec>
-void DeviceKernels<Exec>::backward(const Shape& S, const LossSpec& L, const at::Tensor& loss_scale,
-                                   const at::Tensor& grad_ap, const at::Tensor& grad_an,
-                                   const at::Tensor& dist_ap, const at::Tensor& dist_an,
-                                   const at::Tensor& p_inds, const at::Tensor& n_inds,
-                                   const at::Tensor& valid, const at::Tensor& out) {
+void DeviceKernels<Exec>::backward(const Shape& S, const LossSpec& L, const BackwardTensors& t) {
   if (S.N == 0 || S.M == 0) return;
-  Exec::output(out);
-  out.zero_();
+  Exec::output(t.out);
+  t.out.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, dist_ap.scalar_type(), "partdist_mining_backward_cuda", [&] {
+      at::kHalf, at::kBFloat16, t.dist_ap.scalar_type(), "partdist_mining_backward_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
-        const auto b = backward_in<scalar_t, A>(loss_scale, grad_ap, grad_an, dist_ap, dist_an,
-                                                p_inds, n_inds, valid);
+        const auto b = backward_in<scalar_t, A>(t);
         Exec().template run<ScatterKernel>(blocks_for(S.N, kCudaThreads), kCudaThreads, S,
-                                           loss_args<A>(L), b, out.mutable_data_ptr<scalar_t>());
+                                           loss_args<A>(L), b, t.out.mutable_data_ptr<scalar_t>());
       });
 }
 

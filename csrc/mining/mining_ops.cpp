@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "../common/checks.h"
+#include "../common/registration.h"
 #include "mining_kernels.h"
 
 namespace partdist {
@@ -77,13 +78,13 @@ MiningOut mine(const char* op, const Tensor& dist, const Tensor& labels,
                const Tensor& row_loss) {
   auto [lab, lo] = check_inputs(op, dist, labels, labels_other, exclude_self);
   const int64_t N = dist.size(0);
-  const Tensor& d = dist;  // any strides: the kernels read through them
-  Tensor ap = at::empty({N}, dist.options());
-  Tensor an = at::empty({N}, dist.options());
-  Tensor p = at::empty({N}, dist.options().dtype(at::kLong));
-  Tensor n = at::empty({N}, dist.options().dtype(at::kLong));
-  Tensor valid = at::empty({N}, dist.options().dtype(at::kBool));
-  K::forward(shape_of(d, exclude_self), L, d, lab, lo, ap, an, p, n, valid, row_loss);
+  const auto opts = dist.options();
+  Tensor ap = at::empty({N}, opts), an = at::empty({N}, opts);
+  Tensor p = at::empty({N}, opts.dtype(at::kLong)), n = at::empty({N}, opts.dtype(at::kLong));
+  Tensor valid = at::empty({N}, opts.dtype(at::kBool));
+  // dist with any strides: the kernels read through them
+  K::forward(shape_of(dist, exclude_self), L,
+             ForwardTensors{dist, lab, lo, ap, an, p, n, valid, row_loss});
   return {ap, an, p, n, valid};
 }
 
@@ -160,40 +161,32 @@ Tensor hard_example_mining_backward_impl(const std::optional<Tensor>& grad_loss,
   Shape S;
   S.N = N;
   S.M = num_cols;
-  K::backward(S, loss_spec(true, margin), scale, gap, gan, dist_ap.contiguous(),
-              dist_an.contiguous(), p_inds.contiguous(), n_inds.contiguous(), valid.contiguous(),
-              out);
+  K::backward(S, loss_spec(true, margin),
+              BackwardTensors{scale, gap, gan, dist_ap.contiguous(), dist_an.contiguous(),
+                              p_inds.contiguous(), n_inds.contiguous(), valid.contiguous(), out});
   return out;
 }
 
-}  // namespace
-
-void define_ops(torch::Library& m) {
-  m.def(
-      "hard_example_mining(Tensor dist, Tensor labels, Tensor? labels_other=None, "
-      "bool exclude_self=False) -> "
-      "(Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, Tensor valid)");
-  m.def(
-      "triplet_hard_loss(Tensor dist, Tensor labels, Tensor? labels_other=None, "
-      "float? margin=0.3, bool exclude_self=False) -> "
-      "(Tensor loss, Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, "
-      "Tensor valid)");
-  m.def(
-      "hard_example_mining_backward(Tensor? grad_loss, Tensor? grad_ap, Tensor? grad_an, "
-      "Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, Tensor valid, "
-      "float? margin, int num_cols) -> Tensor");
-}
-
 template <typename K>
-void register_impls(torch::Library& m) {
-  m.impl("hard_example_mining", &hard_example_mining_impl<K>);
-  m.impl("triplet_hard_loss", &triplet_hard_loss_impl<K>);
-  m.impl("hard_example_mining_backward", &hard_example_mining_backward_impl<K>);
+auto ops() {
+  return std::make_tuple(
+      op("hard_example_mining(Tensor dist, Tensor labels, Tensor? labels_other=None, "
+         "bool exclude_self=False) -> "
+         "(Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, Tensor valid)",
+         &hard_example_mining_impl<K>),
+      op("triplet_hard_loss(Tensor dist, Tensor labels, Tensor? labels_other=None, "
+         "float? margin=0.3, bool exclude_self=False) -> "
+         "(Tensor loss, Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, "
+         "Tensor valid)",
+         &triplet_hard_loss_impl<K>),
+      op("hard_example_mining_backward(Tensor? grad_loss, Tensor? grad_ap, Tensor? grad_an, "
+         "Tensor dist_ap, Tensor dist_an, Tensor p_inds, Tensor n_inds, Tensor valid, "
+         "float? margin, int num_cols) -> Tensor",
+         &hard_example_mining_backward_impl<K>));
 }
 
-PARTDIST_INSTANTIATE_REGISTER_IMPLS
-
+}  // namespace
 }  // namespace mining
 }  // namespace partdist
 
-TORCH_LIBRARY_FRAGMENT(partdist, m) { partdist::mining::define_ops(m); }
+PARTDIST_FAMILY_OPS(mining, ops)

@@ -198,25 +198,15 @@ struct KernelSize {
   static constexpr int value = KS;
 };
 
+// fn(KernelSize<KS>{}) for the KS of KSs equal to k, if any; whether there was one.
+template <int... KSs, typename Fn>
+bool dispatch_fixed_size(int64_t k, const Fn& fn) {
+  return ((k == KSs ? (fn(KernelSize<KSs>{}), true) : false) || ...);
+}
+
 template <typename Fn>
 void dispatch_kernel_size(int64_t k, const Fn& fn) {
-  switch (k) {
-    case 1:
-      fn(KernelSize<1>{});
-      break;
-    case 3:
-      fn(KernelSize<3>{});
-      break;
-    case 5:
-      fn(KernelSize<5>{});
-      break;
-    case 7:
-      fn(KernelSize<7>{});
-      break;
-    default:
-      fn(KernelSize<0>{});
-      break;
-  }
+  if (!dispatch_fixed_size<1, 3, 5, 7>(k, fn)) fn(KernelSize<0>{});
 }
 
 // k itself when KS == 0, else the compile-time KS.
@@ -229,10 +219,11 @@ PD_HD I fixed_k(I k) {
 // What the launchers need besides the data pointers.
 struct Geom {
   int64_t B = 0, C = 0, H = 0, W = 0;
-  int64_t k = 1, r = 0;
+  int64_t k = 1;
   // Strides of the incoming gradient [B, C, H*k, W*k] (backward only).
   int64_t gsb = 0, gsc = 0, gsy = 0, gsx = 0;
 
+  int64_t r() const { return k / 2; }
   int64_t planes() const { return B * C; }
   int64_t in_numel() const { return B * C * H * W; }
   int64_t out_numel() const { return B * C * H * k * W * k; }

@@ -6,11 +6,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "../common/registration.h"
 #include "neighborhood_kernels.h"
 
 namespace partdist {
@@ -145,6 +145,4 @@ void CpuKernels::backward(const Geom& G, const at::Tensor& grad, const at::Tenso
 }  // namespace nbhd
 }  // namespace partdist
 
-TORCH_LIBRARY_IMPL(partdist, CPU, m) {
-  partdist::nbhd::register_impls<partdist::nbhd::CpuKernels>(m);
-}
+PARTDIST_REGISTER_BACKEND(nbhd, CPU, CpuKernels)

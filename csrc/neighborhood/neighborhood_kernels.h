@@ -25,22 +25,8 @@ namespace nbhd {
   static void backward(const Geom& G, const at::Tensor& grad, const at::Tensor& grad_f, \
                        const at::Tensor& grad_g);
 
-struct CpuKernels {
-  PARTDIST_NBHD_BACKEND_MEMBERS
-};
-
-template <typename Exec>
-struct DeviceKernels {
-  PARTDIST_NBHD_BACKEND_MEMBERS
-};
+PARTDIST_DECLARE_BACKENDS(PARTDIST_NBHD_BACKEND_MEMBERS)
 #undef PARTDIST_NBHD_BACKEND_MEMBERS
-
-using CudaKernels = DeviceKernels<CudaExec>;
-using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;
-
-void define_ops(torch::Library& m);
-template <typename K>
-void register_impls(torch::Library& m);
 
 }  // namespace nbhd
 }  // namespace partdist

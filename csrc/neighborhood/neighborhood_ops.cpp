@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "../common/checks.h"
+#include "../common/registration.h"
 #include "neighborhood_kernels.h"
 
 namespace partdist {
@@ -39,13 +40,7 @@ Tensor forward_impl(const Tensor& f, const Tensor& g, int64_t k) {
   const char* op = "partdist.neighborhood_diff";
   check_fg(op, f, g);
   check_kernel_size(op, k);
-  Geom G;
-  G.B = f.size(0);
-  G.C = f.size(1);
-  G.H = f.size(2);
-  G.W = f.size(3);
-  G.k = k;
-  G.r = k / 2;
+  const Geom G{f.size(0), f.size(1), f.size(2), f.size(3), k};
   Tensor fc = f.contiguous(), gc = g.contiguous();
   Tensor out = at::empty({G.B, G.C, G.H * k, G.W * k}, f.options());
   K::forward(G, fc, gc, out);
@@ -61,17 +56,9 @@ std::tuple<Tensor, Tensor> backward_impl(const Tensor& grad, int64_t k) {
   TORCH_CHECK(grad.size(2) % k == 0 && grad.size(3) % k == 0, op,
               ": grad must have shape [B, C, H*k, W*k] with k = kernel_size = ", k, ", got ",
               shape_str(grad));
-  Geom G;
-  G.B = grad.size(0);
-  G.C = grad.size(1);
-  G.H = grad.size(2) / k;
-  G.W = grad.size(3) / k;
-  G.k = k;
-  G.r = k / 2;
-  G.gsb = grad.stride(0);
-  G.gsc = grad.stride(1);
-  G.gsy = grad.stride(2);
-  G.gsx = grad.stride(3);
+  // B, C, H, W, k, then the strides of grad (read through them)
+  const Geom G{grad.size(0),   grad.size(1),   grad.size(2) / k, grad.size(3) / k, k,
+               grad.stride(0), grad.stride(1), grad.stride(2),   grad.stride(3)};
   auto opts = grad.options().memory_format(at::MemoryFormat::Contiguous);
   Tensor grad_f = at::empty({G.B, G.C, G.H, G.W}, opts);
   Tensor grad_g = at::empty({G.B, G.C, G.H, G.W}, opts);
@@ -79,22 +66,16 @@ std::tuple<Tensor, Tensor> backward_impl(const Tensor& grad, int64_t k) {
   return {grad_f, grad_g};
 }
 
-}  // namespace
-
-void define_ops(torch::Library& m) {
-  m.def("neighborhood_diff(Tensor f, Tensor g, int kernel_size=5) -> Tensor");
-  m.def("neighborhood_diff_backward(Tensor grad, int kernel_size) -> (Tensor, Tensor)");
-}
-
 template <typename K>
-void register_impls(torch::Library& m) {
-  m.impl("neighborhood_diff", &forward_impl<K>);
-  m.impl("neighborhood_diff_backward", &backward_impl<K>);
+auto ops() {
+  return std::make_tuple(
+      op("neighborhood_diff(Tensor f, Tensor g, int kernel_size=5) -> Tensor", &forward_impl<K>),
+      op("neighborhood_diff_backward(Tensor grad, int kernel_size) -> (Tensor, Tensor)",
+         &backward_impl<K>));
 }
 
-PARTDIST_INSTANTIATE_REGISTER_IMPLS
-
+}  // namespace
 }  // namespace nbhd
 }  // namespace partdist
 
-TORCH_LIBRARY_FRAGMENT(partdist, m) { partdist::nbhd::define_ops(m); }
+PARTDIST_FAMILY_OPS(nbhd, ops)

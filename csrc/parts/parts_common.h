@@ -67,12 +67,16 @@ PD_HD T part_norm_dist(T aa, T bb, T ab) {
 //   |x_ap|^2, vx_ap:       xx[i * P + p], vx[i * P + p]   ([M, P] contiguous)
 //   |y_bp|^2, vy_bp:       yy[j * P + p], vy[j * P + p]
 //   output / incoming grad: out[i * out_si + j]
-template <typename T>
-struct PartTile {
+// The tile's shape (PartDims, shared with the host's PartArgs), then its data.
+struct PartDims {
   int64_t mc = 0, nc = 0;
   int P = 0;
-  int64_t xy_sp = 0, xy_si = 0;
   int64_t out_si = 0;
+};
+
+template <typename T>
+struct PartTile : PartDims {
+  int64_t xy_sp = 0, xy_si = 0;
   T empty_value = T(0);
   const T* xy = nullptr;
   const T* xx = nullptr;
@@ -252,6 +256,23 @@ template <typename T>
 PD_HD T fista_t_next(T t) {
   return (T(1) + pd_sqrt(T(1) + T(4) * t * t)) / T(2);
 }
+// The start of the iterations: w_0 = z_0 = 0 (n entries each).
+template <typename T>
+PD_HD void fista_zero(T* w, T* z, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    w[k] = T(0);
+    z[k] = T(0);
+  }
+}
+// The step 1 / Lip, the threshold beta / Lip and tol^2 for Lip > 0.
+template <typename T>
+struct FistaSteps {
+  T step, thr, tol2;
+};
+template <typename T>
+PD_HD FistaSteps<T> fista_steps(T Lip, const FistaOptions& o) {
+  return FistaSteps<T>{T(1) / Lip, T(o.beta) / Lip, T(o.tol) * T(o.tol)};
+}
 // Stopping test: ||w_{k+1} - w_k||^2 <= tol^2 ||w_{k+1}||^2.
 template <typename T>
 PD_HD bool fista_done(T diff2, T norm2, T tol2) {
@@ -270,12 +291,9 @@ PD_HD T recon_error(T xx, T wb, T wgw) {
 template <typename T>
 PD_HD T dsr_cell(const T* G, int Lg, const T* b, int64_t bs, T xx, T Lip, const FistaOptions& o,
                  T* w, T* wn, T* z) {
-  for (int k = 0; k < Lg; ++k) {
-    w[k] = T(0);
-    z[k] = T(0);
-  }
+  fista_zero(w, z, Lg);
   if (Lip > T(0)) {
-    const T step = T(1) / Lip, thr = T(o.beta) / Lip, tol2 = T(o.tol) * T(o.tol);
+    const auto [step, thr, tol2] = fista_steps(Lip, o);
     T t = T(1);
     for (int it = 0; it < o.max_iter; ++it) {
       T diff2 = T(0), norm2 = T(0);
@@ -321,12 +339,9 @@ PD_HD void dsr_pair(const T* G, int Lg, const T* B, int Lq, const T* xx, T Lip,
   T* diff2 = acc + 4 * Lq;
   T* norm2 = diff2 + Lq;
   T* live = norm2 + Lq;  // 1 while the cell iterates, 0 once stopped
-  for (int64_t k = 0; k < K; ++k) {
-    W[k] = T(0);
-    Z[k] = T(0);
-  }
+  fista_zero(W, Z, K);
   if (Lip > T(0)) {
-    const T step = T(1) / Lip, thr = T(o.beta) / Lip, tol2 = T(o.tol) * T(o.tol);
+    const auto [step, thr, tol2] = fista_steps(Lip, o);
     T t = T(1);
     int n_live = Lq;
     for (int n = 0; n < Lq; ++n) live[n] = T(1);
@@ -430,11 +445,16 @@ PD_HD void dsr_pair(const T* G, int Lg, const T* B, int Lq, const T* xx, T Lip,
 //   |x_{i,n}|^2:            xx[i * Lq + n]
 //   lambda_max(G_j):        lip[j]
 //   error output:          err[q]
-template <typename T>
-struct DsrTile {
+// The tile's shape and solver options (DsrDims, shared with the host's DsrArgs), then
+// its data.
+struct DsrDims {
   int64_t mc = 0, nc = 0;
   int Lq = 0, Lg = 0;
   FistaOptions opt;
+};
+
+template <typename T>
+struct DsrTile : DsrDims {
   const T* G = nullptr;
   const T* B = nullptr;
   const T* xx = nullptr;

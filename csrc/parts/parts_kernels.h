@@ -24,31 +24,23 @@ namespace parts {
 
 // One part_dist tile (see PartTile): xy [P, mc, nc] contiguous dot products; xx, vx
 // rows of [M, P]; yy, vy rows of [N, P]; out rows with stride out_si.
-struct PartArgs {
-  int64_t mc = 0, nc = 0, out_si = 0;
-  int P = 0;
+struct PartArgs : PartDims {
   double empty_value = 0.0;
   at::Tensor xy, xx, yy, vx, vy;
 };
 
 // One dsr_dist tile (see DsrTile): G [nc, Lg, Lg], B [mc, nc, Lg, Lq], xx [mc, Lq],
 // lip [nc]; err [mc, nc, Lq] receives the reconstruction error of every task.
-struct DsrArgs {
-  int64_t mc = 0, nc = 0;
-  int Lq = 0, Lg = 0;
-  FistaOptions opt;
+struct DsrArgs : DsrDims {
   at::Tensor G, B, xx, lip;
 };
 
 template <typename T>
 PartTile<T> part_tile(const PartArgs& a) {
   PartTile<T> L;
-  L.mc = a.mc;
-  L.nc = a.nc;
-  L.P = a.P;
+  static_cast<PartDims&>(L) = a;
   L.xy_sp = a.mc * a.nc;
   L.xy_si = a.nc;
-  L.out_si = a.out_si;
   L.empty_value = T(a.empty_value);
   L.xy = a.xy.const_data_ptr<T>();
   L.xx = a.xx.const_data_ptr<T>();
@@ -61,11 +53,7 @@ PartTile<T> part_tile(const PartArgs& a) {
 template <typename T>
 DsrTile<T> dsr_tile(const DsrArgs& a) {
   DsrTile<T> L;
-  L.mc = a.mc;
-  L.nc = a.nc;
-  L.Lq = a.Lq;
-  L.Lg = a.Lg;
-  L.opt = a.opt;
+  static_cast<DsrDims&>(L) = a;
   L.G = a.G.const_data_ptr<T>();
   L.B = a.B.const_data_ptr<T>();
   L.xx = a.xx.const_data_ptr<T>();
@@ -74,29 +62,14 @@ DsrTile<T> dsr_tile(const DsrArgs& a) {
 }
 
 #define PARTDIST_PARTS_BACKEND_MEMBERS                                                       \
+  static constexpr int64_t kTileBytes = kOnDevice ? kDeviceTileBytes : kCpuTileBytes;        \
   static void part_forward(const PartArgs& a, const at::Tensor& out);                        \
   static void part_backward(const PartArgs& a, const at::Tensor& gout, const at::Tensor& cw, \
                             const at::Tensor& ce);                                           \
   static void dsr_forward(const DsrArgs& a, const at::Tensor& err);
 
-struct CpuKernels {
-  static constexpr int64_t kTileBytes = kCpuTileBytes;
-  PARTDIST_PARTS_BACKEND_MEMBERS
-};
-
-template <typename Exec>
-struct DeviceKernels {
-  static constexpr int64_t kTileBytes = kDeviceTileBytes;
-  PARTDIST_PARTS_BACKEND_MEMBERS
-};
+PARTDIST_DECLARE_BACKENDS(PARTDIST_PARTS_BACKEND_MEMBERS)
 #undef PARTDIST_PARTS_BACKEND_MEMBERS
-
-using CudaKernels = DeviceKernels<CudaExec>;
-using EmulatedCudaKernels = DeviceKernels<emu::EmuExec>;
-
-void define_ops(torch::Library& m);
-template <typename K>
-void register_impls(torch::Library& m);
 
 }  // namespace parts
 }  // namespace partdist

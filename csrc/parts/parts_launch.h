@@ -1,6 +1,6 @@
 // DeviceKernels<Exec>: the CUDA backend of the part-distance family, written once
 // against an executor (CudaExec in parts_cuda.cu, emu::EmuExec in
-// parts_emulated.cpp). The kernel bodies are in parts_common.h.
+// emulated.cpp). The kernel bodies are in parts_common.h.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -28,8 +28,7 @@ void DeviceKernels<Exec>::part_backward(const PartArgs& a, const at::Tensor& gou
                                         const at::Tensor& cw, const at::Tensor& ce) {
   const int64_t n = a.mc * a.nc;
   if (n == 0) return;
-  Exec::output(cw);
-  Exec::output(ce);
+  Exec::output(cw, ce);
   AT_DISPATCH_FLOATING_TYPES(a.xy.scalar_type(), "partdist_part_backward_cuda", [&] {
     Exec().template run<PartBackwardKernel>(
         blocks_for(n, kCudaThreads), kCudaThreads, part_tile<scalar_t>(a),

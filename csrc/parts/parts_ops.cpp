@@ -13,6 +13,7 @@
 #include "../common/checks.h"
 #include "../common/gemm_grads.h"
 #include "../common/matmul.h"
+#include "../common/registration.h"
 #include "parts_kernels.h"
 
 namespace partdist {
@@ -248,37 +249,30 @@ std::vector<int64_t> parts_tile_plan(const std::string& backend, int64_t M, int6
   return {f.mc, f.nc, b.mc, b.nc, d.mc, d.nc};
 }
 
-}  // namespace
-
 // part_dist: visibility-weighted mean of the per-part Euclidean distances of all
 // query x gallery pairs (empty_value where two images share no visible part).
 // dsr_dist: DSR reconstruction distance (FISTA Lasso per query cell).
-void define_ops(torch::Library& m) {
-  m.def(
-      "part_dist(Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, float empty_value, "
-      "int chunk_size=0) -> Tensor");
-  m.def(
-      "part_dist_backward(Tensor grad, Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, "
-      "float empty_value, int chunk_size, bool vis_grad) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "dsr_dist(Tensor x, Tensor y, float beta, int max_iter=200, float tol=1e-5, "
-      "int chunk_size=0) -> Tensor");
-}
-
 template <typename K>
-void register_impls(torch::Library& m) {
-  m.impl("part_dist", &part_dist_impl<K>);
-  m.impl("part_dist_backward", &part_dist_backward_impl<K>);
-  m.impl("dsr_dist", &dsr_dist_impl<K>);
+auto ops() {
+  return std::make_tuple(
+      op("part_dist(Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, float empty_value, "
+         "int chunk_size=0) -> Tensor",
+         &part_dist_impl<K>),
+      op("part_dist_backward(Tensor grad, Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, "
+         "float empty_value, int chunk_size, bool vis_grad) -> (Tensor, Tensor, Tensor, Tensor)",
+         &part_dist_backward_impl<K>),
+      op("dsr_dist(Tensor x, Tensor y, float beta, int max_iter=200, float tol=1e-5, "
+         "int chunk_size=0) -> Tensor",
+         &dsr_dist_impl<K>));
 }
 
-PARTDIST_INSTANTIATE_REGISTER_IMPLS
-
+}  // namespace
 }  // namespace parts
 }  // namespace partdist
 
+PARTDIST_FAMILY_OPS(parts, ops)
+
 TORCH_LIBRARY_FRAGMENT(partdist, m) {
-  partdist::parts::define_ops(m);
   m.def(
       "_parts_tile_plan(str backend, int M, int N, int P, int Lg, int elem_size, "
       "int chunk_size=0) -> int[]",

@@ -76,38 +76,85 @@ def _xgrad(x, g, y, rowsum):
     return torch.baddbmm(x * rowsum[..., None], g, y, alpha=-1)
 
 
-# Below this many output elements the plain formula (a few autograd nodes) is faster
-# than a Python autograd.Function round trip (measured in benchmarks/bench_compat.py).
-_SMALL = 2048
+# Below this much work (output elements x channels) the plain formula (a few autograd
+# nodes) is faster than a Python autograd.Function round trip; above, the fused backward
+# wins (measured in benchmarks/bench_compat.py: [32, 128] x [32, 128] plain, [32, 2048]
+# and [64, 128] fused).
+_SMALL = 1 << 18
 
 
-def gemm_euclidean(x: torch.Tensor, y: torch.Tensor):
-    """The originals' ``sqrt(clamp(xx + yy - 2 x.y, min=1e-12))`` and its clamp mask.
-
-    ``[m, d] x [n, d] -> [m, n]`` or batched ``[N, m, d] x [N, n, d] -> [N, m, n]``;
-    differentiable in the first output when an input requires grad.
-    """
-    if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
-        with torch.no_grad():
-            d2 = _sq_dist_(x, x if y is x else y)
-            clamped = d2 < CLAMP
-            return d2.clamp_min_(CLAMP).sqrt_(), clamped
-    if x.shape[-2] * y.shape[-2] * (x.shape[0] if x.dim() == 3 else 1) < _SMALL:
-        d2 = _sq_dist_(x, y)
-        return d2.clamp(min=CLAMP).sqrt(), d2.detach() < CLAMP
-    return _GemmEuclidean.apply(x, y)
+def _fused(x, y):
+    """Whether :class:`_GemmEuclidean` beats the plain formula for these inputs."""
+    return x.shape[-2] * y.shape[-2] * x.shape[-1] * (x.shape[0] if x.dim() == 3 else 1) >= _SMALL
 
 
 def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The originals' GEMM-form Euclidean distance (see :func:`gemm_euclidean`)."""
-    return gemm_euclidean(x, y)[0]
+    """The originals' ``sqrt(clamp(xx + yy - 2 x.y, min=1e-12))``: ``[m, d] x [n, d] -> [m, n]``
+    or batched ``[N, m, d] x [N, n, d] -> [N, m, n]``.
+
+    Without autograd: the formula in place. With autograd: the formula itself for small
+    inputs (same nodes as the originals'), :class:`_GemmEuclidean`'s fused backward above
+    :data:`_SMALL`; the same values and gradients either way.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        if _fused(x, y):
+            return _GemmEuclidean.apply(x, y)[0]
+        return _sq_dist_(x, y).clamp(min=CLAMP).sqrt()
+    return _sq_dist_(x, x if y is x else y).clamp_min_(CLAMP).sqrt_()
+
+
+def _normalized(x):
+    """fast-reid's ``F.normalize(x, dim=1)``: ``x / max(||x||, 1e-12)``, and ``(||x||, den)``."""
+    n = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)
+    den = n.clamp_min(1e-12)
+    return x / den, n, den
+
+
+def _normalized_grad(g, x, n, den):
+    """``F.normalize``'s backward: ``g / den - x (g . x) / (den^2 ||x||)`` where ``||x|| >= 1e-12``
+    (the clamp passes the gradient there), ``g / den`` elsewhere."""
+    b = torch.where(n >= 1e-12, torch.linalg.vecdot(g, x).unsqueeze(1) / (den * den * n),
+                    torch.zeros((), dtype=n.dtype, device=n.device))
+    return g.div_(den).sub_(x * b)
+
+
+class _Cosine(torch.autograd.Function):
+    """fast-reid's ``2 - 2 * normalize(x) @ normalize(y)^T`` with a fused backward (the
+    ``-2`` applied to the ``[m, n]`` gradient, one GEMM per input, or one when ``x`` is
+    ``y``, and ``F.normalize``'s backward in two passes)."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        same = y is x
+        xn, nx, dx = _normalized(x)
+        yn, ny, dy = (xn, nx, dx) if same else _normalized(y)
+        ctx.same = same
+        ctx.save_for_backward(x, xn, nx, dx, y, yn, ny, dy)
+        return torch.mm(xn, yn.t()).mul_(-2).add_(2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, xn, nx, dx, y, yn, ny, dy = ctx.saved_tensors
+        g = grad * -2
+        if ctx.same:
+            return _normalized_grad(torch.mm(g + g.t(), xn), x, nx, dx), None
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = _normalized_grad(torch.mm(g, yn), x, nx, dx)
+        if ctx.needs_input_grad[1]:
+            gy = _normalized_grad(torch.mm(g.t(), xn), y, ny, dy)
+        return gx, gy
 
 
 def cosine_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """fast-reid ``cosine_dist``: ``2 - 2 * normalize(x) @ normalize(y)^T``."""
+    """fast-reid ``cosine_dist``: ``2 - 2 * normalize(x) @ normalize(y)^T`` (the same
+    arithmetic: ``mm``, times -2, plus 2). With autograd above :data:`_SMALL`, through
+    :class:`_Cosine`'s fused backward; below, the formula's own autograd nodes."""
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad) and _fused(x, y):
+        return _Cosine.apply(x, y)
     xn = F.normalize(x, dim=1)
     yn = xn if y is x else F.normalize(y, dim=1)
-    return torch.addmm(torch.full((), 2.0, dtype=xn.dtype, device=xn.device), xn, yn.t(), alpha=-2)
+    return torch.mm(xn, yn.t()).mul_(-2).add_(2)
 
 
 # ------------------------------------------------------------------ losses
@@ -163,10 +210,8 @@ class _MinedDist(torch.autograd.Function):
             clamped = d2 < CLAMP
             D = d2.clamp_min_(CLAMP).sqrt_()
         else:  # fast-reid: F.normalize (x / max(||x||, 1e-12)), then 2 - 2 xn xn^T
-            n = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)
-            den = n.clamp_min(1e-12)
-            xn = x / den
-            D = torch.addmm(torch.full((), 2.0, dtype=x.dtype, device=x.device), xn, xn.t(), alpha=-2)
+            xn, n, den = _normalized(x)
+            D = torch.mm(xn, xn.t()).mul_(-2).add_(2)
             clamped = (xn, n, den)
         m = _mine(D, labels, True)
         ap, an, valid = m.dist_ap, m.dist_an, m.valid
@@ -188,7 +233,7 @@ class _MinedDist(torch.autograd.Function):
             if bool(zero_wins.any()):
                 ap = ap.masked_fill(zero_wins, 0)
                 keep_ap = ~zero_wins
-        ctx.kind, ctx.N = kind, N
+        ctx.kind, ctx.all_valid = kind, bool(valid.all())
         if kind != "euclidean":
             ctx.cos = clamped
             clamped = None
@@ -200,22 +245,22 @@ class _MinedDist(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gD, g_ap, g_an, _gp, _gn, _gv):
         x, D, clamped, p_inds, n_inds, valid, wp, wn, keep_ap = ctx.saved_tensors
-        N = ctx.N
         G = torch.zeros_like(D) if gD is None else gD.clone()
-        ar = torch.arange(N, device=D.device)
         if g_ap is not None:
             if keep_ap is not None:
                 g_ap = g_ap * keep_ap
             if wp is not None:
                 G.addcmul_(wp, g_ap[:, None])
             else:
-                G.index_put_((ar, p_inds), g_ap, accumulate=True)
+                G.scatter_add_(1, p_inds[:, None], g_ap[:, None])
         if g_an is not None:
-            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            if not ctx.all_valid:  # no gradient to anchors without negative (n_inds -1)
+                g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+                n_inds = n_inds.clamp_min(0)
             if wn is not None:
                 G.addcmul_(wn, g_an[:, None])
             else:
-                G.index_put_((ar, n_inds.clamp_min(0)), g_an, accumulate=True)
+                G.scatter_add_(1, n_inds[:, None], g_an[:, None])
         if ctx.kind == "euclidean":
             # d D / d d2 = 1 / (2 D), 0 where clamped; d d2 / dx brings the 2 back
             G.div_(D).masked_fill_(clamped, 0)
@@ -223,11 +268,7 @@ class _MinedDist(torch.autograd.Function):
             return _xgrad(x, S, x, S.sum(1)), None, None, None, None
         xn, n, den = ctx.cos
         S = G + G.t()
-        gxn = torch.mm(S, xn).mul_(-2)
-        # F.normalize's backward: g / den - x (g . x) / (den^2 ||x||) where ||x|| >= 1e-12
-        b = torch.where(n >= 1e-12, torch.linalg.vecdot(gxn, x).unsqueeze(1) / (den * den * n),
-                        torch.zeros((), dtype=n.dtype, device=n.device))
-        return gxn.div_(den).sub_(x * b), None, None, None, None
+        return _normalized_grad(torch.mm(S, xn).mul_(-2), x, n, den), None, None, None, None
 
 
 def mined_dist(x, labels, kind="euclidean", split_ties=False, zero_ap=False) -> tuple:

@@ -45,7 +45,8 @@ from ..ops.dmli import batch_local_dist as _batch_local_dist
 from ..ops.dmli import dmli as _dmli
 from ..ops.dmli import local_dist as _local_dist
 from ..ops.mining import hard_example_mining as _mine
-from ._common import gemm_euclidean, mined_dist, ranking_loss, ranking_loss_valid
+from ._common import euclidean_dist as _euclidean
+from ._common import mined_dist, ranking_loss, ranking_loss_valid
 from ._common import normalize as _normalize
 
 __all__ = [
@@ -82,7 +83,7 @@ def euclidean_dist(x, y):
     op = "alignedreid.euclidean_dist"
     check_features(op, "x", x, "[m, d]", 2)
     check_features(op, "y", y, "[n, d]", 2)
-    return gemm_euclidean(x, y)[0]
+    return _euclidean(x, y)
 
 
 def batch_euclidean_dist(x, y):
@@ -96,7 +97,7 @@ def batch_euclidean_dist(x, y):
     check_features(op, "y", y, "[N, n, d]", 3)
     if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2]:
         raise ValueError(f"{op}: y must be [N, n, d] with x's N and d ({list(x.shape)}), got {list(y.shape)}")
-    return gemm_euclidean(x, y)[0]
+    return _euclidean(x, y)
 
 
 def shortest_dist(dist_mat):

@@ -24,11 +24,11 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_features, check_labels
 from ._common import cosine_dist as _cosine_dist
-from ._common import gemm_euclidean, mined_dist
+from ._common import euclidean_dist as _euclidean
+from ._common import mined_dist, ranking_loss
 
 __all__ = ["triplet_loss", "euclidean_dist", "cosine_dist", "evaluate_rank", "re_ranking", "install", "uninstall"]
 
@@ -40,7 +40,7 @@ def euclidean_dist(x, y):
     The same formula (same values, zero gradient where the clamp is active), with a
     fused backward (one GEMM when ``x`` is ``y``).
     """
-    return gemm_euclidean(x, y)[0]
+    return _euclidean(x, y)
 
 
 def cosine_dist(x, y):
@@ -71,6 +71,8 @@ def _hard_mined(embedding, targets, norm_feat):
     else:
         _, m = mined_dist(embedding, targets)
     ap, an = m.dist_ap, m.dist_an
+    if bool(m.valid.all()):
+        return ap, an
     big = torch.full((), 1e9, dtype=an.dtype, device=an.device)
     return ap, torch.where(m.valid, an, big)
 
@@ -103,13 +105,10 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
         dist_an = dist_mat * is_neg
         dist_ap = torch.sum(dist_ap * _softmax_weights(dist_ap, is_pos), dim=1)
         dist_an = torch.sum(dist_an * _softmax_weights(-dist_an, is_neg), dim=1)
-    y = torch.ones_like(dist_an)
     if margin > 0:
-        return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
-    loss = F.soft_margin_loss(dist_an - dist_ap, y)
-    if loss == float("Inf"):
-        loss = F.margin_ranking_loss(dist_an, dist_ap, y, margin=0.3)
-    return loss
+        return ranking_loss(dist_ap, dist_an, margin)
+    loss = ranking_loss(dist_ap, dist_an, None)  # soft margin; fast-reid falls back to 0.3 where it overflows
+    return ranking_loss(dist_ap, dist_an, 0.3) if loss == float("Inf") else loss
 
 
 # --------------------------------------------------------------- evaluation
@@ -121,8 +120,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
     are dropped, pid ``-1`` items stay as non-matches, ``cmc`` has
     ``min(max_rank, num_gallery)`` entries; ``all_AP`` / ``all_INP`` hold one value per
     query with a true match. With ``use_metric_cuhk03`` fast-reid returns ``(cmc, mAP)``,
-    and so does this. ``use_cython`` is accepted and ignored (the vectorized path of
-    :func:`partdist.eval.evaluate_rank` is faster than fast-reid's Cython code).
+    and so does this. ``use_cython`` is accepted and ignored (:func:`partdist.eval.evaluate_rank`'s C++
+    operator, which sorts no row, is faster than fast-reid's Cython code).
     """
     from ..eval.rank import evaluate_rank as _evaluate_rank
 

@@ -57,9 +57,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
     dropped, pid ``-1`` gallery items stay (as non-matches), the CMC has
     ``min(max_rank, num_gallery)`` entries. With ``use_metric_cuhk03``, the CUHK03
     single-shot protocol (CMC averaged over 10 random draws of one gallery image per
-    identity). ``use_cython`` is accepted and ignored: the vectorized path of
-    :func:`partdist.eval.evaluate_rank` (no sort of the rows) is faster than torchreid's
-    Cython evaluation.
+    identity). ``use_cython`` is accepted and ignored: :func:`partdist.eval.evaluate_rank`'s C++
+    operator (no sort of the rows) is faster than torchreid's Cython evaluation.
     """
     from ..eval.rank import evaluate_rank as _evaluate_rank
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._checks import is_instance_of
+
 __all__ = [
     "Transform",
     "Compose",
@@ -44,11 +46,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _is_pil(img):
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(img, Image.Image)
+    return is_instance_of(img, "PIL.Image", "Image")
 
 
 def _size(op, img):

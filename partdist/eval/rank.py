@@ -17,14 +17,14 @@ Ties in the distance are broken by gallery order (stable sort), so the result is
 deterministic (torchreid's ``np.argsort`` leaves the order of ties unspecified).
 
 How it is computed: no row is sorted. Every metric above only needs the rank of each
-true match among the kept gallery items, and that rank is the number of kept items
-with a smaller distance. Per block of queries, the (few) match distances of each row
-are sorted (``topk``), every gallery item is placed among them by binary search
-(``searchsorted``), and a histogram of those positions gives all match ranks at once:
-``O(G log k)`` per query for ``k`` matches instead of the ``O(G log G)`` argsort of
-the usual code. Rows with a distance tie that involves a true match, or a non-finite
-distance, take the stable-argsort path. The CUHK03 protocol (random gallery draws)
-always takes the argsort path.
+true match among the kept gallery items, and that rank is one plus the number of kept
+items ordered before it. The C++ operator ``partdist::rank_metrics``
+(``csrc/rank/``, parallel over queries) sorts the (few) true matches of a query, places
+every kept gallery item among them by binary search and reads all match ranks off a
+histogram of those positions: ``O(G log k)`` per query for ``k`` matches instead of the
+``O(G log G)`` argsort of the usual code, ties and non-finite distances included (NaN
+ranks after every number, as in numpy's sort). The CUHK03 protocol (random gallery
+draws) and IDs that are not integers take a stable argsort per query.
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ import torch
 
 __all__ = ["evaluate_rank"]
 
-# elements of the query x gallery block handled at once by the vectorized path
-_BLOCK = 1 << 21
+
+
+@torch.library.register_fake("partdist::rank_metrics")
+def _rank_metrics_fake(distmat, q_pids, g_pids, q_camids, g_camids, drop_junk, devkit):
+    Q = distmat.shape[0]
+    return (distmat.new_empty(Q, dtype=torch.int64), distmat.new_empty(Q, dtype=torch.float64),
+            distmat.new_empty(Q, dtype=torch.float64))
 
 
 def _np(x, name, dtype=None):
@@ -57,38 +62,6 @@ def _ap_from_ranks(ranks: np.ndarray, mode: str) -> float:
     hits = ranks - 1
     old = np.where(hits != 0, t / np.maximum(hits, 1), 1.0)
     return float(((old + (t + 1) / ranks) / 2).mean())
-
-
-def _block_ranks(d, qp, qc, gp, gc, drop_junk):
-    """Match ranks of a block of queries, vectorized.
-
-    Returns ``(ranks [B, K] float64, k [B], exact [B] bool)``: ``ranks[b, t]`` is the 1-based
-    rank among the kept items of row b's (t+1)-th nearest true match (valid for t < k[b]);
-    ``exact[b]`` is False where a tie or a non-finite distance needs the argsort path.
-    """
-    same = gp[None, :] == qp[:, None]
-    samecam = gc[None, :] == qc[:, None]
-    match = same & ~samecam
-    kept = ~(same & samecam)
-    if drop_junk:
-        kept &= (gp != -1)[None, :]
-    k = match.sum(1)
-    K = max(int(k.max()), 1) if k.numel() else 1
-    exact = torch.isfinite(d).all(1)
-    inf = torch.tensor(float("inf"), dtype=d.dtype)
-    md = torch.where(match, d, inf).topk(K, dim=1, largest=False, sorted=True).values  # [B, K], padded by inf
-    lo = torch.searchsorted(md, d)  # number of match distances < d[b, g]
-    # ties that the order by index would decide: two true matches at one distance, or a
-    # kept non-match at the distance of a true match (md[lo] is the first match distance
-    # >= d, equal to it exactly at a tie)
-    if K > 1:
-        real = torch.arange(1, K)[None, :] < k[:, None]  # pairs (t-1, t) of actual matches
-        exact &= ~((md[:, 1:] == md[:, :-1]) & real).any(1)
-    at = md.gather(1, lo.clamp_max(K - 1))
-    exact &= ~((at == d) & kept & ~match).any(1)
-    h = torch.zeros(d.shape[0], K + 1, dtype=torch.int64).scatter_add_(1, lo, kept.to(torch.int64))
-    ranks = h.cumsum(1)[:, :K]
-    return ranks.numpy().astype(np.float64), k.numpy(), exact.numpy()
 
 
 def _argsort_raw(d_row, q_pid, q_cam, g_pids, g_camids, drop_junk):
@@ -194,37 +167,15 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
         if use_metric_cuhk03:
             cmc_rows[i] = _cuhk03_cmc(kept, raw, max_rank, cuhk03_repeats, rng)
 
-    if use_metric_cuhk03:
+    ids = (q_pids, g_pids, q_camids, g_camids)
+    if use_metric_cuhk03 or not all(np.issubdtype(x.dtype, np.integer) for x in ids):
+        # CUHK03 draws, and IDs that are not integers: one stable argsort per query
         for i in range(num_q):
             slow(i)
     else:
-        qp_t, gp_t = torch.from_numpy(np.ascontiguousarray(q_pids)), torch.from_numpy(np.ascontiguousarray(g_pids))
-        qc_t, gc_t = torch.from_numpy(np.ascontiguousarray(q_camids)), torch.from_numpy(np.ascontiguousarray(g_camids))
-        step = max(1, _BLOCK // max(num_g, 1))
-        for r0 in range(0, num_q, step):
-            r1 = min(num_q, r0 + step)
-            ranks, k, exact = _block_ranks(d_all[r0:r1], qp_t[r0:r1], qc_t[r0:r1], gp_t, gc_t, drop_junk)
-            # every row at once: AP, INP and the first rank from the match ranks
-            K = ranks.shape[1]
-            t = np.arange(K, dtype=np.float64)
-            live = (t[None, :] < k[:, None]) & exact[:, None]
-            kk = np.maximum(k, 1).astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):  # padding entries (t >= k) are masked
-                prec = np.where(live, (t + 1) / ranks, 0.0)
-                if ap == "torchreid":
-                    ap_rows = prec.sum(1) / kk
-                else:
-                    hits = ranks - 1
-                    old = np.where(hits != 0, t / np.maximum(hits, 1), 1.0)
-                    ap_rows = np.where(live, (old + prec) / 2, 0.0).sum(1) / kk
-            last = ranks[np.arange(ranks.shape[0]), np.maximum(k - 1, 0)]
-            ok = exact & (k > 0)
-            idx = np.arange(r0, r1)[ok]
-            firsts[idx] = ranks[ok, 0].astype(np.int64)
-            all_ap[idx] = ap_rows[ok]
-            all_inp[idx] = k[ok] / last[ok]
-            for i in np.arange(r0, r1)[~exact]:
-                slow(int(i))
+        ids = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)) for x in ids]
+        f, a_, n_ = torch.ops.partdist.rank_metrics(d_all, *ids, drop_junk, ap == "devkit")
+        firsts, all_ap, all_inp = f.numpy(), a_.numpy(), n_.numpy()
     valid = firsts > 0
     if not valid.any():
         raise ValueError("evaluate_rank: no query has a true match in the gallery (all queries invalid)")

@@ -76,6 +76,8 @@ from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
+from .._checks import is_instance_of
+
 __all__ = ["re_ranking", "rerank_source", "DistanceSource", "DenseSource", "neighbour_lists", "topk_rows"]
 
 _OP = "re_ranking"
@@ -89,11 +91,7 @@ _BLOCK_BYTES = 64 << 20
 
 
 def _is_torch(x):
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
-    return isinstance(x, torch.Tensor)
+    return is_instance_of(x, "torch", "Tensor")
 
 
 def _as_array(name, x):

@@ -28,7 +28,7 @@ from ..ops.mining import triplet_hard_loss
 from ..ops.parts import dsr_dist
 from ..pooling import part_pool
 from .backbones import build_backbone
-from .reid import _check_images
+from .reid import _map_and_global
 
 __all__ = ["DSRNet"]
 
@@ -47,9 +47,7 @@ class DSRNet(nn.Module):
         self.feat_dim = c
 
     def forward(self, x):
-        _check_images("DSRNet", x)
-        fmap = self.base(x)
-        g = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        fmap, g = _map_and_global("DSRNet", self.base, x)
         cells, _ = part_pool(fmap, self.grid)
         out = {"global": g, "local": cells}
         if self.training and self.fc is not None:

@@ -25,6 +25,14 @@ def _check_images(name, x):
         raise ValueError(f"{name}: expected images [N, 3, H, W], got {shape}")
 
 
+def _map_and_global(name, base, x):
+    """Images ``x`` (checked; an error names the model ``name``) through the backbone ``base``:
+    its map ``[N, C, h, w]`` and the map's global average ``[N, C]``."""
+    _check_images(name, x)
+    fmap = base(x)
+    return fmap, F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+
+
 class AlignedReID(nn.Module):
     """AlignedReID (Zhang et al. 2017): a global branch and a local (stripe) branch.
 
@@ -63,9 +71,7 @@ class AlignedReID(nn.Module):
         self.feat_dim = planes
 
     def forward(self, x):
-        _check_images("AlignedReID", x)
-        fmap = self.base(x)
-        g = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        fmap, g = _map_and_global("AlignedReID", self.base, x)
         if self.local_pool == "avg":
             rows = fmap.mean(-1, keepdim=True)
         else:
@@ -166,9 +172,7 @@ class ICNN(PCB):
         self.feat_dim = planes
 
     def forward(self, x):
-        _check_images("ICNN", x)
-        fmap = self.base(x)
-        g = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        fmap, g = _map_and_global("ICNN", self.base, x)
         feats = self.part_features(fmap)
         out = {"global": g, "local": torch.stack(feats, 1)}
         if self.training and self.classifiers is not None:

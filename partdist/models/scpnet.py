@@ -24,12 +24,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..pooling import part_pool
 from .backbones import build_backbone
-from .reid import _check_images
+from .reid import _map_and_global
 
 __all__ = ["SCPNet"]
 
@@ -55,9 +54,7 @@ class SCPNet(nn.Module):
         self.feat_dim = c
 
     def forward(self, x):
-        _check_images("SCPNet", x)
-        fmap = self.base(x)
-        g = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        fmap, g = _map_and_global("SCPNet", self.base, x)
         stripes, _ = part_pool(fmap, self.parts)
         s = torch.stack([red(stripes[:, k]) for k, red in enumerate(self.reduce)], 1)  # [N, P, C / P]
         out = {"global": g, "local": s}

@@ -8,6 +8,7 @@ import torch
 from partdist import reference as R
 from partdist.compat import alignedreid as A
 from partdist.compat import torchreid as T
+from partdist.reference import originals as O
 
 EQUAL_K = torch.arange(12) // 4
 UNEQUAL_K = torch.tensor([3, 0, 0, 1, 3, 2, 0, 3, 1, 5, 3, 4])
@@ -40,20 +41,6 @@ def assert_same(fn, ref, *inputs, **tol):
         torch.testing.assert_close(a, b.to(a.dtype), **tol)
     for a, b in zip(g, gr):
         torch.testing.assert_close(a, b, **tol)
-
-
-class OriginalTripletLoss:
-    """huanghoujing TripletLoss: a user's own tri_loss object (not partdist's)."""
-
-    def __init__(self, margin=None):
-        self.margin = margin
-
-    def __call__(self, dist_ap, dist_an):
-        return R.triplet_from_dists(dist_ap, dist_an, self.margin)
-
-
-def orig_normalize(x, axis=-1):
-    return 1.0 * x / (torch.norm(x, 2, axis, keepdim=True).expand_as(x) + 1e-12)
 
 
 # ------------------------------------------------------------- signatures
@@ -92,8 +79,8 @@ def test_signatures_match_the_originals():
 # -------------------------------------------------------------- distances
 def test_normalize():
     x = rand(5, 7)
-    assert_same(A.normalize, orig_normalize, x)
-    assert_same(lambda t: A.normalize(t, 1), lambda t: orig_normalize(t, 1), rand(3, 4, 5))
+    assert_same(A.normalize, O.normalize, x)
+    assert_same(lambda t: A.normalize(t, 1), lambda t: O.normalize(t, 1), rand(3, 4, 5))
 
 
 def test_euclidean_dist():
@@ -218,12 +205,12 @@ def test_torchreid_works_without_negatives():
 @pytest.mark.parametrize("tri", ["partdist", "original"])
 @pytest.mark.parametrize("normalize_feature", [True, False])
 def test_global_loss(tri, normalize_feature):
-    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else OriginalTripletLoss(0.3)
+    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else O.TripletLoss(0.3)
     x = rand(len(EQUAL_K), 8, seed=15)
 
     def ref(t):
         if normalize_feature:
-            t = orig_normalize(t)
+            t = O.normalize(t)
         d = R.euclidean_dist(t, t)
         ap, an, p, n = R.hard_example_mining_view(d, EQUAL_K, return_inds=True)
         return R.triplet_from_dists(ap, an, 0.3), p, n, ap, an, d
@@ -236,11 +223,11 @@ def test_global_loss(tri, normalize_feature):
 @pytest.mark.parametrize("tri", ["partdist", "original"])
 def test_global_loss_unequal_k_leaves_out_invalid_anchors(tri):
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else OriginalTripletLoss(0.3)
+    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else O.TripletLoss(0.3)
     x = rand(6, 8, seed=16)
 
     def ref(t):
-        d = R.euclidean_dist(orig_normalize(t), orig_normalize(t))
+        d = R.euclidean_dist(O.normalize(t), O.normalize(t))
         return R.triplet_hard_loss_masked(d, labels, 0.3)
 
     assert_same(lambda t: A.global_loss(tri_loss, t, labels)[0], ref, x, **TOL)
@@ -251,12 +238,12 @@ def test_global_loss_unequal_k_leaves_out_invalid_anchors(tri):
 
 @pytest.mark.parametrize("tri", ["partdist", "original"])
 def test_local_loss_with_given_indices(tri):
-    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else OriginalTripletLoss(0.3)
+    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else O.TripletLoss(0.3)
     g, lf = rand(len(EQUAL_K), 8, seed=17), rand(len(EQUAL_K), 4, 6, seed=18)
     _, p, n, _, _, _ = A.global_loss(tri_loss, g, EQUAL_K)
 
     def ref(t):
-        t = orig_normalize(t)
+        t = O.normalize(t)
         ap = R.batch_local_dist_vectorized(t, t[p])
         an = R.batch_local_dist_vectorized(t, t[n])
         return R.triplet_from_dists(ap, an, 0.3), ap, an
@@ -266,11 +253,11 @@ def test_local_loss_with_given_indices(tri):
 
 @pytest.mark.parametrize("tri", ["partdist", "original"])
 def test_local_loss_own_hard_samples(tri):
-    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else OriginalTripletLoss(0.3)
+    tri_loss = A.TripletLoss(margin=0.3) if tri == "partdist" else O.TripletLoss(0.3)
     lf = rand(len(EQUAL_K), 4, 6, seed=19)
 
     def ref(t):
-        t = orig_normalize(t)
+        t = O.normalize(t)
         d = R.local_dist_vectorized(t, t)
         ap, an = R.hard_example_mining_view(d, EQUAL_K)
         return R.triplet_from_dists(ap, an, 0.3), ap, an, d

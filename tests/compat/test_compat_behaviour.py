@@ -3,10 +3,10 @@ the hinge subgradient, tied hardest samples, unequal K, single-image identities,
 pid -1 in the gallery, the CMC length, index dtypes, more than 128 stripes, and the
 fast-reid shims (including install() on stand-in modules).
 
-The "original" functions below are written from the public code's semantics
-(torchreid ``losses/hard_mine_triplet_loss.py`` and ``metrics/rank.py``,
-AlignedReID-Re-Production-Pytorch ``aligned_reid/model/loss.py``, fast-reid 1.4
-``modeling/losses/triplet_loss.py``, ``modeling/losses/utils.py`` and
+The "original" functions are those of :mod:`partdist.reference.originals`, written from
+the public code's semantics (torchreid ``losses/hard_mine_triplet_loss.py`` and
+``metrics/rank.py``, AlignedReID-Re-Production-Pytorch ``aligned_reid/model/loss.py``,
+fast-reid 1.4 ``modeling/losses/triplet_loss.py``, ``modeling/losses/utils.py`` and
 ``evaluation/rank.py``); they run on the installed torch, so the comparison holds for
 whatever subgradient this torch's losses use.
 """
@@ -17,99 +17,14 @@ import types
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from partdist import reference as R
+from partdist.compat import _common
 from partdist.compat import alignedreid as A
 from partdist.compat import fastreid as FR
 from partdist.compat import torchreid as T
 from partdist.eval import evaluate_rank
-
-
-# ------------------------------------------------------------ originals
-def orig_euclidean(x, y):
-    m, n = x.size(0), y.size(0)
-    xx = torch.pow(x, 2).sum(1, keepdim=True).expand(m, n)
-    yy = torch.pow(y, 2).sum(1, keepdim=True).expand(n, m).t()
-    dist = xx + yy
-    dist = dist.addmm(x, y.t(), beta=1, alpha=-2)
-    return dist.clamp(min=1e-12).sqrt()
-
-
-def orig_torchreid_triplet(inputs, targets, margin=0.3):
-    """torchreid TripletLoss.forward: masked per-anchor max()/min() (full reductions)."""
-    n = inputs.size(0)
-    dist = torch.pow(inputs, 2).sum(dim=1, keepdim=True).expand(n, n)
-    dist = dist + dist.t()
-    dist = dist.addmm(inputs, inputs.t(), beta=1, alpha=-2)
-    dist = dist.clamp(min=1e-12).sqrt()
-    mask = targets.expand(n, n).eq(targets.expand(n, n).t())
-    dist_ap, dist_an = [], []
-    for i in range(n):
-        dist_ap.append(dist[i][mask[i]].max().unsqueeze(0))
-        dist_an.append(dist[i][mask[i] == 0].min().unsqueeze(0))
-    dist_ap, dist_an = torch.cat(dist_ap), torch.cat(dist_an)
-    y = torch.ones_like(dist_an)
-    return torch.nn.MarginRankingLoss(margin=margin)(dist_an, dist_ap, y)
-
-
-def orig_fastreid_triplet(embedding, targets, margin, norm_feat, hard_mining):
-    if norm_feat:
-        x = F.normalize(embedding, dim=1)
-        dist_mat = 2 - 2 * torch.mm(x, x.t())
-    else:
-        dist_mat = orig_euclidean(embedding, embedding)
-    N = dist_mat.size(0)
-    is_pos = targets.view(N, 1).expand(N, N).eq(targets.view(N, 1).expand(N, N).t()).float()
-    is_neg = targets.view(N, 1).expand(N, N).ne(targets.view(N, 1).expand(N, N).t()).float()
-    if hard_mining:
-        dist_ap, _ = torch.max(dist_mat * is_pos, dim=1)
-        dist_an, _ = torch.min(dist_mat * is_neg + is_pos * 1e9, dim=1)
-    else:
-        def softmax_weights(dist, mask):
-            max_v = torch.max(dist * mask, dim=1, keepdim=True)[0]
-            diff = dist - max_v
-            Z = torch.sum(torch.exp(diff) * mask, dim=1, keepdim=True) + 1e-6
-            return torch.exp(diff) * mask / Z
-
-        dist_ap = dist_mat * is_pos
-        dist_an = dist_mat * is_neg
-        dist_ap = torch.sum(dist_ap * softmax_weights(dist_ap, is_pos), dim=1)
-        dist_an = torch.sum(dist_an * softmax_weights(-dist_an, is_neg), dim=1)
-    y = dist_an.new().resize_as_(dist_an).fill_(1)
-    if margin > 0:
-        return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
-    loss = F.soft_margin_loss(dist_an - dist_ap, y)
-    if loss == float("Inf"):
-        loss = F.margin_ranking_loss(dist_an, dist_ap, y, margin=0.3)
-    return loss
-
-
-def orig_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """torchreid / fast-reid eval_market1501 (Python version), stable argsort; returns
-    (cmc, all_AP, all_INP)."""
-    num_q, num_g = distmat.shape
-    if num_g < max_rank:
-        max_rank = num_g
-    indices = np.argsort(distmat, axis=1, kind="stable")
-    all_cmc, all_AP, all_INP = [], [], []
-    for q_idx in range(num_q):
-        q_pid, q_camid = q_pids[q_idx], q_camids[q_idx]
-        order = indices[q_idx]
-        remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)
-        keep = np.invert(remove)
-        raw_cmc = (g_pids[order] == q_pid).astype(np.int32)[keep]
-        if not np.any(raw_cmc):
-            continue
-        cmc = raw_cmc.cumsum()
-        max_pos_idx = np.max(np.where(raw_cmc == 1))
-        all_INP.append(cmc[max_pos_idx] / (max_pos_idx + 1.0))
-        cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
-        tmp = np.asarray([x / (i + 1.0) for i, x in enumerate(raw_cmc.cumsum())]) * raw_cmc
-        all_AP.append(tmp.sum() / raw_cmc.sum())
-    all_cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / len(all_AP)
-    return all_cmc, all_AP, all_INP
+from partdist.reference import originals as O
 
 
 def grads(fn, *inputs):
@@ -133,7 +48,7 @@ def test_hinge_point_subgradient_is_the_installed_torchs():
     x = torch.tensor([[0.0], [1.0], [1.25], [5.0]])
     labels = torch.tensor([0, 0, 1, 1])
     _, g = grads(lambda t: T.TripletLoss(0.25)(t, labels), x)
-    _, gr = grads(lambda t: orig_torchreid_triplet(t, labels, 0.25), x)
+    _, gr = grads(lambda t: O.torchreid_triplet_loss(t, labels, 0.25), x)
     torch.testing.assert_close(g[0], gr[0])
     # and the distance-vector call of the AlignedReID TripletLoss
     ap, an = torch.tensor([1.0, 2.0]), torch.tensor([1.25, 2.0])
@@ -141,7 +56,7 @@ def test_hinge_point_subgradient_is_the_installed_torchs():
                      lambda a, b: torch.nn.MarginRankingLoss(0.25)(b, a, torch.ones(2)), ap, an)
     # fast-reid
     assert_same_grad(lambda t: FR.triplet_loss(t, labels, 0.25, False, True),
-                     lambda t: orig_fastreid_triplet(t, labels, 0.25, False, True), x)
+                     lambda t: O.fastreid_triplet_loss(t, labels, 0.25, False, True), x)
 
 
 # ----------------------------------------------------------------- ties
@@ -158,15 +73,15 @@ def test_tied_hardest_samples_share_the_gradient_as_torchreid():
     x, labels = _dup_batch()
     # the duplicates make tied hardest positives (anchor 0: images 1 and 2) and tied
     # hardest negatives (images 7, 8, 9 for some anchors)
-    assert_same_grad(lambda t: T.TripletLoss(5.0)(t, labels), lambda t: orig_torchreid_triplet(t, labels, 5.0), x)
-    assert_same_grad(lambda t: A.TripletLoss(5.0)(t, labels), lambda t: orig_torchreid_triplet(t, labels, 5.0), x)
+    assert_same_grad(lambda t: T.TripletLoss(5.0)(t, labels), lambda t: O.torchreid_triplet_loss(t, labels, 5.0), x)
+    assert_same_grad(lambda t: A.TripletLoss(5.0)(t, labels), lambda t: O.torchreid_triplet_loss(t, labels, 5.0), x)
 
 
 def test_aligned_view_mining_gives_ties_to_the_first_index():
     g = torch.Generator().manual_seed(1)
     base = torch.randn(6, 5, generator=g, dtype=torch.float64)
     x = base[[0, 1, 1, 2, 3, 3, 3, 4, 5, 5, 0, 1]]  # duplicates: tied hardest samples
-    d = orig_euclidean(x, x)
+    d = O.euclidean_dist(x, x)
     lab = torch.arange(3).repeat_interleave(4)  # equal K for the view-based original
     ap, an, p, n = A.hard_example_mining(d, lab, return_inds=True)
     rap, ran, rp, rn = R.hard_example_mining_view(d, lab, return_inds=True)
@@ -180,10 +95,10 @@ def test_aligned_view_mining_gives_ties_to_the_first_index():
 def test_unequal_k_and_single_image_identities(labels):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(len(labels), 7, generator=g, dtype=torch.float64)
-    assert_same_grad(lambda t: T.TripletLoss(0.3)(t, labels), lambda t: orig_torchreid_triplet(t, labels, 0.3), x)
+    assert_same_grad(lambda t: T.TripletLoss(0.3)(t, labels), lambda t: O.torchreid_triplet_loss(t, labels, 0.3), x)
     for norm in (False, True):
         assert_same_grad(lambda t: FR.triplet_loss(t, labels, 0.3, norm, True),
-                         lambda t: orig_fastreid_triplet(t, labels, 0.3, norm, True), x, rtol=1e-6, atol=1e-7)
+                         lambda t: O.fastreid_triplet_loss(t, labels, 0.3, norm, True), x, rtol=1e-6, atol=1e-7)
 
 
 # -------------------------------------------------------------- dtypes
@@ -200,7 +115,6 @@ def test_index_dtype_follows_labels():
 
 
 # ------------------------------------------------------- >128 stripes
-_orig_shortest_dist = R.shortest_dist  # AlignedReID's loop, verbatim
 
 
 @pytest.mark.parametrize("shape", [(131, 3, 2), (2, 140), (130, 129)])
@@ -210,7 +124,7 @@ def test_shortest_dist_more_than_128_stripes(shape):
     if len(shape) == 2 and shape[0] > 100 and shape[1] > 100:
         d = (d * 4).round() / 4  # many ties of the minimum: the gradient splits
         d = d[:40, :130]  # keep the original loop's run time small: >128 columns only
-    assert_same_grad(lambda t: A.shortest_dist(t).sum(), lambda t: _orig_shortest_dist(t).sum(), d)
+    assert_same_grad(lambda t: A.shortest_dist(t).sum(), lambda t: O.shortest_dist(t).sum(), d)
 
 
 # ------------------------------------------------------------- fast-reid loss
@@ -220,7 +134,7 @@ def test_shortest_dist_more_than_128_stripes(shape):
 def test_fastreid_triplet_loss(norm_feat, hard_mining, margin):
     x, labels = _dup_batch(5)
     assert_same_grad(lambda t: FR.triplet_loss(t, labels, margin, norm_feat, hard_mining),
-                     lambda t: orig_fastreid_triplet(t, labels, margin, norm_feat, hard_mining), x,
+                     lambda t: O.fastreid_triplet_loss(t, labels, margin, norm_feat, hard_mining), x,
                      rtol=1e-6, atol=1e-7)
 
 
@@ -228,60 +142,78 @@ def test_fastreid_no_negative_and_soft_margin_fallback():
     x = torch.randn(5, 3, dtype=torch.float64)
     one_id = torch.zeros(5, dtype=torch.long)
     assert_same_grad(lambda t: FR.triplet_loss(t, one_id, 0.3, False, True),
-                     lambda t: orig_fastreid_triplet(t, one_id, 0.3, False, True), x)
+                     lambda t: O.fastreid_triplet_loss(t, one_id, 0.3, False, True), x)
     # soft margin overflowing to inf in float32 -> fast-reid falls back to margin 0.3
     big = torch.tensor([[0.0], [200.0], [0.0], [200.0]])
     lab = torch.tensor([0, 0, 1, 1])
-    ref = orig_fastreid_triplet(big, lab, 0.0, False, True)
+    ref = O.fastreid_triplet_loss(big, lab, 0.0, False, True)
     assert torch.isfinite(ref)
     assert_same_grad(lambda t: FR.triplet_loss(t, lab, 0.0, False, True),
-                     lambda t: orig_fastreid_triplet(t, lab, 0.0, False, True), big)
+                     lambda t: O.fastreid_triplet_loss(t, lab, 0.0, False, True), big)
 
 
 def test_fastreid_distances():
     x, y = torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     y[1] = x[2]
     assert_same_grad(lambda a, b: (FR.euclidean_dist(a, b) * torch.arange(24.0).view(6, 4).double()).sum(),
-                     lambda a, b: (orig_euclidean(a, b) * torch.arange(24.0).view(6, 4).double()).sum(), x, y)
-    assert_same_grad(lambda a: (FR.euclidean_dist(a, a) ** 2).sum(), lambda a: (orig_euclidean(a, a) ** 2).sum(), x)
+                     lambda a, b: (O.euclidean_dist(a, b) * torch.arange(24.0).view(6, 4).double()).sum(), x, y)
+    assert_same_grad(lambda a: (FR.euclidean_dist(a, a) ** 2).sum(), lambda a: (O.euclidean_dist(a, a) ** 2).sum(), x)
 
-    def cos_ref(a, b):
-        return 2 - 2 * torch.mm(F.normalize(a, dim=1), F.normalize(b, dim=1).t())
-
+    cos_ref = O.fastreid_cosine_dist
     assert_same_grad(lambda a, b: (FR.cosine_dist(a, b) ** 2).sum(), lambda a, b: (cos_ref(a, b) ** 2).sum(), x, y)
 
 
-def test_euclidean_dist_large_uses_the_same_formula():
-    # above the small-size threshold the fused autograd.Function is used
+# below compat._common._SMALL (work = outputs x channels) the plain formula runs, above
+# it the fused autograd.Functions: both must give the originals' values and gradients
+@pytest.mark.parametrize("C,fused", [(9, False), (400, True)], ids=["plain", "fused"])
+def test_distances_both_paths_same_as_the_formula(C, fused):
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(64, 33, generator=g, dtype=torch.float64)
-    y = torch.randn(48, 33, generator=g, dtype=torch.float64)
-    y[3] = x[5]
+    x = torch.randn(64, C, generator=g, dtype=torch.float64)
+    y = torch.randn(48, C, generator=g, dtype=torch.float64)
+    y[3] = x[5]  # a zero distance: the clamp region
+    assert _common._fused(x, y) == fused and _common._fused(x, x) == fused
     w = torch.rand(64, 48, generator=g, dtype=torch.float64)
-    assert_same_grad(lambda a, b: (A.euclidean_dist(a, b) * w).sum(), lambda a, b: (orig_euclidean(a, b) * w).sum(), x, y)
+    assert_same_grad(lambda a, b: (A.euclidean_dist(a, b) * w).sum(), lambda a, b: (O.euclidean_dist(a, b) * w).sum(), x, y)
+    assert_same_grad(lambda a, b: (FR.euclidean_dist(a, b) * w).sum(), lambda a, b: (O.euclidean_dist(a, b) * w).sum(), x, y)
     w2 = torch.rand(64, 64, generator=g, dtype=torch.float64)
-    assert_same_grad(lambda a: (A.euclidean_dist(a, a) * w2).sum(), lambda a: (orig_euclidean(a, a) * w2).sum(), x)
-    xb, yb = x.view(4, 16, 33), y.view(4, 12, 33)
+    assert_same_grad(lambda a: (A.euclidean_dist(a, a) * w2).sum(), lambda a: (O.euclidean_dist(a, a) * w2).sum(), x)
+    xb, yb = x.view(4, 16, C), y.view(4, 12, C)
+    assert _common._fused(xb, yb) == fused
     wb = torch.rand(4, 16, 12, generator=g, dtype=torch.float64)
     assert_same_grad(lambda a, b: (A.batch_euclidean_dist(a, b) * wb).sum(),
                      lambda a, b: (R.batch_euclidean_dist(a, b) * wb).sum(), xb, yb)
+    xb, yb = x.view(16, 4, C), x.view(16, 4, C).flip(1)  # zero distances in the batched form
+    assert_same_grad(lambda a, b: (A.batch_euclidean_dist(a, b) ** 2).sum(),
+                     lambda a, b: (R.batch_euclidean_dist(a, b) ** 2).sum(), xb, yb)
+    # fast-reid's cosine distance, with a zero row (F.normalize's clamp region)
+    cos_ref = O.fastreid_cosine_dist
+    xz = x.clone()
+    xz[7] = 0
+    assert_same_grad(lambda a, b: (FR.cosine_dist(a, b) * w).sum(), lambda a, b: (cos_ref(a, b) * w).sum(), xz, y)
+    assert_same_grad(lambda a: (FR.cosine_dist(a, a) * w2).sum(), lambda a: (cos_ref(a, a) * w2).sum(), xz)
+    # without autograd: the same values, in place
+    with torch.no_grad():
+        torch.testing.assert_close(FR.cosine_dist(xz, y), cos_ref(xz, y), rtol=0, atol=0)
+        torch.testing.assert_close(A.euclidean_dist(x, y), O.euclidean_dist(x, y), rtol=0, atol=0)
+        torch.testing.assert_close(A.batch_euclidean_dist(xb, yb), R.batch_euclidean_dist(xb, yb), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- ranking
-def _rank_case(seed, Q=40, G=300, junk=0.05, ties=False):
+def _rank_case(seed, Q=40, G=300, junk=0.05, ties=False, ids=15):
     rng = np.random.default_rng(seed)
     dist = rng.random((Q, G)).astype(np.float32)
     if ties:
         dist = np.round(dist * 20) / 20
-    q_pids, g_pids = rng.integers(0, 15, Q), rng.integers(0, 15, G)
+    q_pids, g_pids = rng.integers(0, ids, Q), rng.integers(0, ids, G)
     g_pids[rng.random(G) < junk] = -1
     return dist, q_pids, g_pids, rng.integers(0, 4, Q), rng.integers(0, 4, G)
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_evaluate_rank_pid_minus1_as_torchreid_and_fastreid(ties):
-    dist, qp, gp, qc, gc = _rank_case(7, ties=ties)
-    cmc_o, ap_o, inp_o = orig_eval_market1501(dist, qp, gp, qc, gc, 50)
+@pytest.mark.parametrize("G,ids", [(300, 15), (700, 2)], ids=["counting", "binary_search"])
+def test_evaluate_rank_pid_minus1_as_torchreid_and_fastreid(ties, G, ids):
+    dist, qp, gp, qc, gc = _rank_case(7, G=G, ties=ties, ids=ids)
+    cmc_o, ap_o, inp_o = O.eval_market1501(dist, qp, gp, qc, gc, 50, kind="stable")
     cmc, mAP = T.evaluate_rank(dist, qp, gp, qc, gc)
     np.testing.assert_allclose(cmc, cmc_o, rtol=1e-6)
     assert mAP == pytest.approx(np.mean(ap_o), rel=1e-9)
@@ -302,12 +234,18 @@ def test_cmc_length_as_torchreid():
     assert cmc.shape == (5,)
 
 
-def test_evaluate_rank_vectorized_equals_argsort_path():
-    # ties, inf and nan distances take the argsort path; the rest the vectorized one
-    dist, qp, gp, qc, gc = _rank_case(9, Q=60, G=200, ties=True)
+# few true matches per query: each match's rank counted in one pass; many (more than
+# csrc/rank's kCountMatches = 160): binary search of every item among the sorted matches
+@pytest.mark.parametrize("G,ids", [(200, 15), (700, 2)], ids=["counting", "binary_search"])
+def test_evaluate_rank_equals_a_stable_argsort_per_query(G, ids):
+    # ties (also between matches and non-matches), inf and nan distances, a query with pid -1
+    dist, qp, gp, qc, gc = _rank_case(9, Q=60, G=G, ties=True, ids=ids)
     dist = dist.astype(np.float64)
     dist[3, 5] = np.inf
     dist[4, 7] = np.nan
+    dist[5, ::7] = np.nan
+    dist[6, ::5] = -np.inf
+    qp[7] = -1
     for ap in ("torchreid", "devkit"):
         for drop in (True, False):
             got = evaluate_rank(dist, qp, gp, qc, gc, ap=ap, drop_junk=drop, per_query=True)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from partdist.compat.torchreid import evaluate_rank as tr_evaluate_rank
 from partdist.eval import evaluate_rank
@@ -39,3 +40,34 @@ def test_cuhk03_single_shot_by_hand():
     # the torchreid shim has torchreid's signature and return tuple
     cmc2, mAP2 = tr_evaluate_rank(dist, qp, gp, qc, gc, max_rank=2, use_metric_cuhk03=False)
     assert cmc2.tolist() == [1.0, 1.0] and mAP2 == pytest.approx((1 + 2 / 4) / 2)
+
+
+def _random_case(seed=0, Q=12, G=90, ids=6):
+    rng = np.random.default_rng(seed)
+    d = rng.random((Q, G))
+    return d, rng.integers(0, ids, Q), rng.integers(0, ids, G), rng.integers(0, 3, Q), rng.integers(0, 3, G)
+
+
+def test_non_integer_ids_take_the_argsort_path_with_the_same_result():
+    d, qp, gp, qc, gc = _random_case()
+    want = evaluate_rank(d, qp, gp, qc, gc, per_query=True)
+    got = evaluate_rank(d, qp.astype(str), gp.astype(str), qc, gc, per_query=True)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_rank_metrics_op_checks_and_opcheck():
+    d, qp, gp, qc, gc = _random_case(1)
+    args = [torch.from_numpy(d)] + [torch.from_numpy(a.astype(np.int64)) for a in (qp, gp, qc, gc)]
+    op = torch.ops.partdist.rank_metrics
+    torch.library.opcheck(op, (*args, False, False))
+    torch.library.opcheck(op, (args[0].float(), *args[1:], True, True))
+    with pytest.raises(RuntimeError, match="q_pids must be an int64 tensor"):
+        op(args[0], args[1].int(), *args[2:], False, False)
+    with pytest.raises(RuntimeError, match=r"g_camids must have shape \[90\]"):
+        op(*args[:4], args[4][:5], False, False)
+    with pytest.raises(RuntimeError, match="distmat must be float32 or float64"):
+        op(args[0].half(), *args[1:], False, False)
+    # no query: empty outputs
+    first, ap, inp = op(args[0][:0], args[1][:0], args[2], args[3][:0], args[4], False, False)
+    assert first.shape == (0,) and ap.dtype == torch.float64

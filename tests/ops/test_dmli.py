@@ -22,14 +22,26 @@ def rand_xy(N, m, n, C=16, dtype=torch.float64, M=None, device="cpu", seed=0):
 
 
 # ------------------------------------------------------------------ values
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("m,n", SHAPES)
-@pytest.mark.parametrize("normalize", [True, False])
+def values_grid(test):
+    """The value tests' grid: float32 and float64 x every shape in SHAPES x with and without
+    normalization (the ids of the three parametrize decorators stacked in that order)."""
+    test = pytest.mark.parametrize("normalize", [True, False])(test)
+    test = pytest.mark.parametrize("m,n", SHAPES)(test)
+    return pytest.mark.parametrize("dtype", [torch.float32, torch.float64])(test)
+
+
+def check_values(op, refs, x, y, normalize, shape):
+    """``op(x, y, normalize)`` has ``shape`` and the inputs' dtype, and equals every reference."""
+    out = op(x, y, normalize)
+    assert out.shape == shape and out.dtype == x.dtype
+    for ref in refs:
+        torch.testing.assert_close(out, ref(x, y, normalize), **tol(x.dtype))
+
+
+@values_grid
 def test_local_dist_matrix_values(dtype, m, n, normalize):
     x, y = rand_xy(4, m, n, dtype=dtype)
-    out = partdist.local_dist_matrix(x, y, normalize)
-    assert out.shape == (4, m, n) and out.dtype == dtype
-    torch.testing.assert_close(out, R.local_dist_matrix(x, y, normalize), **tol(dtype))
+    check_values(partdist.local_dist_matrix, [R.local_dist_matrix], x, y, normalize, (4, m, n))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -59,15 +71,11 @@ def test_dmli_known_value():
     assert torch.equal(partdist.dmli_path(d), expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("m,n", SHAPES)
-@pytest.mark.parametrize("normalize", [True, False])
+@values_grid
 def test_batch_local_dist_values(dtype, m, n, normalize):
     x, y = rand_xy(6, m, n, dtype=dtype)
-    out = partdist.batch_local_dist(x, y, normalize)
-    assert out.shape == (6,)
-    torch.testing.assert_close(out, R.batch_local_dist(x, y, normalize), **tol(dtype))
-    torch.testing.assert_close(out, R.batch_local_dist_vectorized(x, y, normalize), **tol(dtype))
+    check_values(partdist.batch_local_dist, [R.batch_local_dist, R.batch_local_dist_vectorized], x, y, normalize,
+                 (6,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -8,15 +8,14 @@ and 2. Rank 0 also runs the single-process search on the whole gallery.
 
 import os
 import sys
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the spawn helper
+from gloo_ranks import run_gloo  # noqa: E402
 from search_data import G, build, data  # noqa: E402
-from test_distributed import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.slow  # multi-process
 
@@ -57,46 +56,29 @@ def run_all(index_for, d, distributed, group=None):
     return out
 
 
-def worker(rank, port, out_dir):
-    path = os.path.join(out_dir, f"rank{rank}.pt")
-    try:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=3)
-        pair = dist.new_group([1, 2])  # every rank takes part in creating it
-        d = data()
-        res = {3: run_all(lambda dt: build(d, rows=SHARDS[3][rank], dtype=dt), d, True)}
-        from partdist.search import GalleryIndex
+def worker(rank):
+    pair = dist.new_group([1, 2])  # every rank takes part in creating it
+    d = data()
+    res = {3: run_all(lambda dt: build(d, rows=SHARDS[3][rank], dtype=dt), d, True)}
+    from partdist.search import GalleryIndex
 
-        fresh = GalleryIndex() if rank == 0 else build(d, rows=SHARDS[3][rank])
-        try:
-            fresh.search(d["qg"], d["ql"], 3, distributed=True)
-            res["fresh_error"] = ""
-        except ValueError as e:  # every rank must raise, none may hang
-            res["fresh_error"] = str(e)
-        if rank > 0:
-            res[2] = run_all(lambda dt: build(d, rows=SHARDS[2][rank - 1], dtype=dt), d, True, group=pair)
-        else:
-            res["single"] = run_all(lambda dt: build(d, dtype=dt), d, False)
-        torch.save(res, path)
-        dist.destroy_process_group()
-    except Exception:  # report to the parent instead of hanging it
-        with open(path + ".err", "w") as f:
-            f.write(traceback.format_exc())
-        raise
+    fresh = GalleryIndex() if rank == 0 else build(d, rows=SHARDS[3][rank])
+    try:
+        fresh.search(d["qg"], d["ql"], 3, distributed=True)
+        res["fresh_error"] = ""
+    except ValueError as e:  # every rank must raise, none may hang
+        res["fresh_error"] = str(e)
+    if rank > 0:
+        res[2] = run_all(lambda dt: build(d, rows=SHARDS[2][rank - 1], dtype=dt), d, True, group=pair)
+    else:
+        res["single"] = run_all(lambda dt: build(d, dtype=dt), d, False)
+    return res
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     out_dir = str(tmp_path_factory.mktemp("search"))
-    procs, hung = run_ranks(worker, (out_dir,), world=3, timeout=TIMEOUT_S)
-    errors = [open(os.path.join(out_dir, f"rank{r}.pt.err")).read() for r in range(3)
-              if os.path.exists(os.path.join(out_dir, f"rank{r}.pt.err"))]
-    assert not hung, f"search workers did not finish within {TIMEOUT_S} s\n" + "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs), "\n".join(errors) or [p.exitcode for p in procs]
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(3)]
+    return run_gloo(worker, (), out_dir, world=3, timeout=TIMEOUT_S, what="search workers")
 
 
 @pytest.mark.parametrize("world", [2, 3])

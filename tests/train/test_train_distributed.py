@@ -22,16 +22,13 @@ in-process float32 DDP run bit for bit.
 """
 
 import contextlib
-import datetime
 import os
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-from test_distributed import run_ranks  # shared helper (tests/ is on sys.path under pytest)
+from gloo_ranks import run_gloo  # tests/ is on sys.path under pytest
 
 TIMEOUT_S = 180
 VENV_BIN = os.path.dirname(sys.executable)
@@ -76,35 +73,24 @@ def _fit(cfg, train_items, resume=False, dtype=torch.float32):
     return tr
 
 
-def worker(rank, port, root, out_dir):
-    err = os.path.join(out_dir, f"rank{rank}.err")
-    try:
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                                timeout=datetime.timedelta(seconds=60))
-        train = _splits(root).train
-        res = {}
-        # 2 epochs straight (frozen BN: comparable with the single-process run; float64, see the top)
-        tr = _fit(_cfg(os.path.join(out_dir, "ddp")), train, dtype=torch.float64)
-        res["straight"] = {k: v.clone() for k, v in tr.model.state_dict().items()}
-        res["history"] = tr.history
-        # the same in float32: what `partdist train` under torchrun must reproduce bit for bit
-        tr = _fit(_cfg(os.path.join(out_dir, "ddp32")), train)
-        res["straight32"] = {k: v.clone() for k, v in tr.model.state_dict().items()}
-        # 1 epoch, then a new Trainer resumes from the checkpoint (rank 0 wrote it) for the 2nd
-        _fit(_cfg(os.path.join(out_dir, "resumed"), epochs=1), train, dtype=torch.float64)
-        tr = _fit(_cfg(os.path.join(out_dir, "resumed")), train, resume=True, dtype=torch.float64)
-        res["resumed"] = {k: v.clone() for k, v in tr.model.state_dict().items()}
-        # plain BatchNorm: per-rank statistics; the ranks must still hold identical parameters
-        tr = _fit(_cfg(os.path.join(out_dir, "bn"), epochs=1, freeze_bn=False), train)
-        res["bn_params"] = [p.detach().clone() for p in tr.model.parameters()]
-        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
-    except Exception:  # report to the parent instead of hanging it
-        with open(err, "w") as f:
-            f.write(traceback.format_exc())
-        raise
+def worker(rank, root, out_dir):
+    train = _splits(root).train
+    res = {}
+    # 2 epochs straight (frozen BN: comparable with the single-process run; float64, see the top)
+    tr = _fit(_cfg(os.path.join(out_dir, "ddp")), train, dtype=torch.float64)
+    res["straight"] = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    res["history"] = tr.history
+    # the same in float32: what `partdist train` under torchrun must reproduce bit for bit
+    tr = _fit(_cfg(os.path.join(out_dir, "ddp32")), train)
+    res["straight32"] = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    # 1 epoch, then a new Trainer resumes from the checkpoint (rank 0 wrote it) for the 2nd
+    _fit(_cfg(os.path.join(out_dir, "resumed"), epochs=1), train, dtype=torch.float64)
+    tr = _fit(_cfg(os.path.join(out_dir, "resumed")), train, resume=True, dtype=torch.float64)
+    res["resumed"] = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    # plain BatchNorm: per-rank statistics; the ranks must still hold identical parameters
+    tr = _fit(_cfg(os.path.join(out_dir, "bn"), epochs=1, freeze_bn=False), train)
+    res["bn_params"] = [p.detach().clone() for p in tr.model.parameters()]
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +105,8 @@ def single(data_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ddp_results(data_root, tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     out_dir = str(tmp_path_factory.mktemp("ddp"))
-    procs, hung = run_ranks(worker, (data_root, out_dir), timeout=TIMEOUT_S)
-    errors = [f"rank {r}:\n" + open(os.path.join(out_dir, f"rank{r}.err")).read()
-              for r in range(2) if os.path.exists(os.path.join(out_dir, f"rank{r}.err"))]
-    assert not hung, f"DDP workers did not finish within {TIMEOUT_S} s\n" + "\n".join(errors)
-    assert all(p.exitcode == 0 for p in procs), "\n".join(errors) or [p.exitcode for p in procs]
-    return out_dir, [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+    return out_dir, run_gloo(worker, (data_root, out_dir), out_dir, timeout=TIMEOUT_S, what="DDP workers")
 
 
 def _assert_close_state(a, b, **tol):
