@@ -97,6 +97,7 @@ def _check_feat(op, name, t, dims, what):
         raise TypeError(f"{op}: {name} must be a floating-point tensor {what}, got dtype {t.dtype}")
     if t.dim() != dims:
         raise ValueError(f"{op}: {name} must have shape {what}, got {list(t.shape)}")
+    return t
 
 
 def _check_pair(op, kind, q, g, q_shape, g_shape, last):
@@ -484,22 +485,8 @@ class _FeatureSource:
 
 @torch.no_grad()
 def re_ranking_features(
-    q_local=None,
-    g_local=None,
-    q_global=None,
-    g_global=None,
-    *,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-    lam: float = 1.0,
-    metric: str = "euclidean",
-    normalize: bool = True,
-    gamma: float = 0.0,
-    band: Optional[float] = None,
-    chunk_size: Optional[int] = None,
-    progress: bool = False,
-    distance: Optional[Distance] = None,
+    q_local=None, g_local=None, q_global=None, g_global=None, *, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+    chunk_size: Optional[int] = None, progress: bool = False, distance: Optional[Distance] = None, **options
 ) -> torch.Tensor:
     """k-reciprocal re-ranking (Zhong et al. 2017) straight from features: local, global or fused.
 
@@ -520,14 +507,14 @@ def re_ranking_features(
         k1, k2, lambda_value: as in :func:`partdist.eval.re_ranking`.
         chunk_size: rows of the ``(q+g) x (q+g)`` distances per block (default: a block
             of about 64 MiB). The result does not depend on it.
-        q_local, g_local, q_global, g_global, distance, lam, metric, normalize, gamma,
-        band, progress: as in :func:`distance_blocks`.
+        q_local, g_local, q_global, g_global, distance, progress: as in :func:`distance_blocks`.
+        options: ``lam``, ``metric``, ``normalize``, ``gamma``, ``band`` as in
+            :func:`distance_blocks` (or give ``distance``).
 
     Returns:
         The re-ranked ``[q, g]`` distance, a float32 tensor on the CPU.
     """
     op = "re_ranking_features"
-    options = dict(lam=lam, metric=metric, normalize=normalize, gamma=gamma, band=band)
     qs, gs, dist = _sides(op, q_local, g_local, q_global, g_global, distance, options, same_stripes=True)
     src = _FeatureSource(op, qs, gs, dist, progress_bar(progress, len(qs) + len(gs), "re-ranking: neighbours", "item"))
     try:

@@ -7,6 +7,7 @@ with a trained checkpoint, and search it. Both run in one process or under ``tor
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -157,6 +158,18 @@ def _run(fn, args):
 # --------------------------------------------------------------------------------------
 
 
+def _shared_flags(p, images, out, fn):
+    """The flags ``index`` and ``search`` share (feature extraction of ``images``, and the
+    ``out`` files that ``--overwrite`` replaces); the command runs ``fn(args)``."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help=f"{images} per feature-extraction batch")
+    p.add_argument("--flip", action="store_true", help=f"average the features of {images} with the mirrored image")
+    p.add_argument("--overwrite", action="store_true", help=f"replace {out}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=functools.partial(_run, fn))
+    return p
+
+
 def add_index_parser(subparsers):
     p = subparsers.add_parser(
         "index", help="features of a folder of images -> a gallery index file (torchrun: one shard per rank)",
@@ -167,20 +180,10 @@ def add_index_parser(subparsers):
     p.add_argument("--checkpoint", required=True, help="a `partdist train` checkpoint")
     p.add_argument("--out", required=True, help="index file to write")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="feature storage")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (feature extraction)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per feature-extraction batch")
-    p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
     p.add_argument("--lam", type=float, default=1.0, help="default weight of the local distance (saved)")
     p.add_argument("--metric", default="euclidean", choices=("euclidean", "sqeuclidean", "cosine"),
                    help="global-feature distance (saved in the index)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing index files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(fn=run_index)
-    return p
-
-
-def run_index(args):
-    return _run(_index, args)
+    return _shared_flags(p, "gallery images", "existing index files", _index)
 
 
 def _index(args):
@@ -242,24 +245,16 @@ def add_search_parser(subparsers):
     p.add_argument("--mode", choices=("exact", "two-stage"), default="two-stage",
                    help="exact: the fused distance to every gallery item; two-stage: global shortlist, then DMLI")
     p.add_argument("--shortlist", type=int, default=100, help="K': global-feature candidates (two-stage)")
+    p.add_argument("--pooled-weight", type=float, default=0.0,
+                   help="w >= 0: shortlist by |dg|^2 + w |d pooled stripes|^2 (0: global distance only)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking within the shortlist")
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="shortlist search")
     p.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (backend faiss)")
     p.add_argument("--lam", type=float, default=None, help="weight of the local distance (default: the index's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=64, help="query images per feature-extraction batch")
-    p.add_argument("--flip", action="store_true", help="average query features with the mirrored image")
     p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--evaluate", action="store_true",
                    help="CMC / mAP of the results (labeled queries and gallery; --k = gallery size for full mAP)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(fn=run_search)
-    return p
-
-
-def run_search(args):
-    return _run(_search, args)
+    return _shared_flags(p, "query images", "an existing --out file", _search)
 
 
 def _gather_rows(t, world):
@@ -315,6 +310,7 @@ def _search(args):
                          f"{lam} > 0: pass --lam 0 for a global-only search, or queries from the index's model")
     try:
         res = idx.search(qg, ql, args.k, mode=args.mode, shortlist=args.shortlist, rerank=args.rerank,
+                         pooled_weight=args.pooled_weight,
                          backend=args.backend, faiss_factory=args.faiss_factory, lam=args.lam,
                          distributed=world > 1, progress=_progress(args))
     except ValueError as e:

@@ -5,9 +5,10 @@ versioned, code-free file.
 Exact search streams the fused distance over the whole gallery, chunk by chunk, with
 :func:`partdist.eval.topk_distance` (the evaluation code's streaming top-k), and merges
 the chunks' k best by (distance, global id). Two-stage search takes the ``shortlist``
-nearest gallery items by the global distance (the same streaming top-k on global
-features, or a FAISS index), then the exact fused distance of the shortlist
-(:func:`partdist.local_dist` of each query against its shortlisted rows), then
+nearest gallery items by the global distance (one GEMM per gallery chunk and a running
+top-k, or a FAISS index), or by a cheap proxy of the fused distance (``pooled_weight``),
+then the exact fused distance of the shortlist (:func:`partdist.batch_local_dist` of the
+query x shortlisted pairs), then
 optionally k-reciprocal re-ranking (:func:`partdist.eval.re_ranking_features`) of each
 query against its shortlist only.
 
@@ -35,6 +36,8 @@ import torch.distributed as dist
 import partdist
 import partdist.eval
 
+from ..eval.streaming import _check_feat as _feat
+from ..eval.streaming import _check_pos_int
 from . import _merge
 
 __all__ = ["GalleryIndex", "SearchResult", "FORMAT", "FORMAT_VERSION", "rank_metrics"]
@@ -47,6 +50,8 @@ _METRICS = ("euclidean", "sqeuclidean", "cosine")
 _MODES = ("exact", "two-stage")
 _BACKENDS = ("torch", "faiss")
 _CHUNK_BYTES = 128 << 20  # gallery rows converted to the compute dtype at a time (CPU)
+_KEY_BYTES = 64 << 20  # shortlist keys [query block, gallery chunk] computed by one GEMM
+_PAIR_BYTES = 64 << 20  # features of the shortlist pairs gathered at a time
 
 
 class SearchResult(NamedTuple):
@@ -71,24 +76,6 @@ def _dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
 
-def _pos_int(op, name, v, allow_none=False):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
-    return int(v)
-
-
-def _feat(op, name, t, rank, layout):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor {layout}, got dtype {t.dtype}")
-    if t.dim() != rank:
-        raise ValueError(f"{op}: {name} must have shape {layout}, got {list(t.shape)}")
-    return t
-
-
 def _labels(op, name, v, n):
     if v is None:
         return None
@@ -111,6 +98,44 @@ def _stable_smallest(d: torch.Tensor, k: int):
         o = torch.sort(d[r], stable=True).indices[:k]
         v[r, :k], i[r, :k] = d[r][o], o
     return v[:, :k], i[:, :k]
+
+
+def _pool(local):
+    """``[n, H, C] -> [n, C]``: the direction of the mean stripe (L2-normalized), the local part
+    of the ``pooled_weight`` shortlist score (normalized: its scale does not depend on how
+    alike an item's stripes are, so one weight suits galleries of different models)."""
+    return torch.nn.functional.normalize(local.mean(1), dim=1)
+
+
+def _running_smallest(best, key, ids, k):
+    """Merge the candidates of a chunk (``key [Q, n]``, gallery ``ids [n]`` ascending) into the
+    running ``best = (values [Q, <= k], ids)`` (sorted by (value, id); ``None`` before the first
+    chunk). Once a query holds ``k`` candidates, only the chunk's entries below its k-th value
+    can enter (an equal value has a larger id: chunks come in id order), so those are picked
+    by one comparison and merged; a full ``topk`` of the chunk runs only while the lists fill
+    up or when many entries pass (e.g. a gallery in decreasing distance order)."""
+    Q, n = key.shape
+    if best is None or best[0].shape[1] < k:
+        v, i = _stable_smallest(key, min(k, n))
+        part = (v, ids[i])
+        return part if best is None else _merge.merge_parts([best, part], k, Q, key.dtype, key.device)
+    if key.device.type == "cpu":  # numpy's flatnonzero: several times faster than torch's nonzero here
+        flat = torch.from_numpy(np.flatnonzero(key.numpy() < best[0][:, -1:].numpy()))
+        r, c = flat // n, flat % n
+    else:
+        r, c = (key < best[0][:, -1:]).nonzero(as_tuple=True)
+    if r.numel() == 0:
+        return best
+    cnt = torch.bincount(r, minlength=Q)
+    m = int(cnt.max())
+    if m > max(k, n // 32):
+        v, i = _stable_smallest(key, min(k, n))
+        return _merge.merge_topk(torch.cat([best[0], v], 1), torch.cat([best[1], ids[i]], 1), k)
+    pos = torch.arange(r.numel(), device=key.device) - (cnt.cumsum(0) - cnt)[r]
+    cv = torch.full((Q, m), float("inf"), dtype=key.dtype, device=key.device)
+    ci = torch.full((Q, m), _merge.PAD_ID, dtype=torch.int64, device=key.device)
+    cv[r, pos], ci[r, pos] = key[r, c], ids[c]
+    return _merge.merge_topk(torch.cat([best[0], cv], 1), torch.cat([best[1], ci], 1), k)
 
 
 class GalleryIndex:
@@ -149,7 +174,7 @@ class GalleryIndex:
         self._n = 0
         self._next_id = 0
         self._has_local: Optional[bool] = None
-        self._faiss = None
+        self._faiss = self._pooled = self._sq = None
 
     # ----------------------------------------------------------------------------------
     # contents
@@ -235,7 +260,7 @@ class GalleryIndex:
         self._n += n
         if n:
             self._next_id = max(self._next_id, int(ids_t.max()) + 1)
-        self._faiss = None
+        self._faiss = self._pooled = self._sq = None
         return ids_t
 
     def _consolidate(self):
@@ -313,7 +338,7 @@ class GalleryIndex:
         self.device = torch.device(device)
         self._glob = [t.to(self.device) for t in self._glob]
         self._loc = [t.to(self.device) for t in self._loc]
-        self._faiss = None
+        self._faiss = self._pooled = self._sq = None
         return self
 
     def shard(self, rank: int, world_size: int) -> "GalleryIndex":
@@ -496,7 +521,8 @@ class GalleryIndex:
         return g, (lf[s:e].to(cd) if (local and lf is not None) else None)
 
     def search(self, q_global: torch.Tensor, q_local: Optional[torch.Tensor] = None, k: int = 10, *,
-               mode: str = "exact", shortlist: int = 100, rerank: bool = False, k1: int = 20, k2: int = 6,
+               mode: str = "exact", shortlist: int = 100, pooled_weight: float = 0.0, rerank: bool = False,
+               k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3, backend: str = "torch", faiss_factory: str = "Flat",
                lam: Optional[float] = None, metric: Optional[str] = None, distributed: Optional[bool] = None,
                group=None, block_queries: Optional[int] = None, chunk_rows: Optional[int] = None,
@@ -513,6 +539,12 @@ class GalleryIndex:
                 those only).
             shortlist: K', the candidates per query of the two-stage mode (cut to the
                 gallery size). With K' = gallery size the result equals the exact mode's.
+            pooled_weight: two-stage, ``w >= 0``: with ``w > 0`` the shortlist is the ``shortlist``
+                nearest by ``|dg|^2 + w * |dp|^2`` (``dg``: the global difference, normalized
+                features for ``cosine``; ``dp``: the difference of the L2-normalized mean stripes), a
+                cheap proxy of the fused distance computed by the same one GEMM (``D + C``
+                columns instead of ``D``); the candidates are then scored by the exact fused
+                distance as with ``w = 0`` (the global distance only).
             rerank: two-stage only: k-reciprocal re-ranking (``k1``, ``k2``,
                 ``lambda_value``) of each query against its shortlist; the returned
                 distances are then the re-ranked ones.
@@ -541,10 +573,17 @@ class GalleryIndex:
             raise ValueError(f"{op}: backend must be one of {_BACKENDS}, got {backend!r}")
         if rerank and mode != "two-stage":
             raise ValueError(f"{op}: rerank=True needs mode='two-stage' (re-ranking is restricted to the shortlist)")
-        k = _pos_int(op, "k", k)
-        shortlist = _pos_int(op, "shortlist", shortlist)
-        block_queries = _pos_int(op, "block_queries", block_queries, allow_none=True)
-        chunk_rows = _pos_int(op, "chunk_rows", chunk_rows, allow_none=True)
+        k = _check_pos_int(op, "k", k, allow_none=False)
+        shortlist = _check_pos_int(op, "shortlist", shortlist, allow_none=False)
+        if (isinstance(pooled_weight, bool) or not isinstance(pooled_weight, numbers.Real)
+                or not math.isfinite(pooled_weight) or pooled_weight < 0):
+            raise ValueError(f"{op}: pooled_weight must be a finite number >= 0, got {pooled_weight!r}")
+        pooled_weight = float(pooled_weight)
+        if pooled_weight and backend == "faiss":
+            raise ValueError(f"{op}: pooled_weight > 0 needs backend='torch' (the FAISS shortlist is by the global "
+                             "distance only)")
+        block_queries = _check_pos_int(op, "block_queries", block_queries)
+        chunk_rows = _check_pos_int(op, "chunk_rows", chunk_rows)
         use_dist, group = _merge.resolve_group(distributed, group, op)
         rank = dist.get_rank(group) if use_dist else 0
         world = dist.get_world_size(group) if use_dist else 1
@@ -566,6 +605,9 @@ class GalleryIndex:
             if q_local.shape[2] != self.channels:
                 raise ValueError(f"{op}: q_local has C = {q_local.shape[2]} channels per stripe but the index holds "
                                  f"C = {self.channels}; extract query and gallery features with the same model")
+        if pooled_weight and not use_local:
+            raise ValueError(f"{op}: pooled_weight > 0 scores the shortlist with the stripe features: it needs an "
+                             "index with local features, q_local and lam > 0 (or pooled_weight=0)")
         cd = self._compute_dtype()
         qg = qg.detach().to(self.device, cd)
         ql = q_local.detach().to(self.device, cd) if use_local else None
@@ -609,19 +651,20 @@ class GalleryIndex:
         if backend == "faiss":
             sk, si = self._faiss_shortlist(qg, kk, metric, faiss_factory)
         else:
-            sk, si = self._global_shortlist_keys(qg, kk, metric, block_queries, opts["chunk_rows"], opts["show"])
+            sk, si = self._shortlist_keys(qg, ql, kk, metric, pooled_weight, block_queries, opts["chunk_rows"],
+                                          opts["show"])
         if use_dist:
             sk, si = _merge.merge_ranks(sk, si, kk, group)
         rows, own = self._locate(si)
-        if backend == "faiss":  # FAISS distances are its own (e.g. squared L2): recompute the metric
-            sv = self._pairwise(qg, rows, own, lambda a, b: partdist.eval.global_distance(a, b, metric), local=False)
+        if backend == "faiss" or pooled_weight:  # keys are not the global distances: compute those
+            sv = self._shortlist_pairs(qg, rows, own, False, metric, opts["show"])
             if use_dist:
                 sv = _merge.sum_owned(sv, group)
         else:
             sv = self._key_to_distance(sk, qg, metric)
         fused = sv
         if use_local:
-            loc = self._shortlist_local(ql, rows, own, opts["show"])
+            loc = self._shortlist_pairs(ql, rows, own, True, metric, opts["show"])
             if use_dist:
                 loc = _merge.sum_owned(loc, group)
             fused = sv + lam * loc
@@ -652,13 +695,44 @@ class GalleryIndex:
                 bar.update(e - s)
         return best
 
-    def _global_shortlist_keys(self, qg, kk, metric, block_queries, chunk_rows, show):
-        """This process's ``min(kk, len)`` nearest by the global distance: one GEMM per (query
-        block, gallery chunk) into a reused buffer and ``torch.topk``. The selection key is
-        ``|g|^2 - 2 q.g`` (euclidean, sqeuclidean: the squared distance less the query's
-        ``|q|^2``) or ``-q.g`` of the normalized features (cosine); chunks and ranks are merged
-        by (key, id), so the shortlist does not depend on how the gallery is chunked or
-        sharded. Returns ``(keys, ids)``; :meth:`_key_to_distance` gives the distances."""
+    def _pooled_features(self):
+        """:func:`_pool` of each item's stripes ``[n, C]`` (storage dtype), cached: the local part of
+        the ``pooled_weight`` shortlist score."""
+        if self._pooled is None:
+            cd = self._compute_dtype()
+            lf = self.local_features
+            out = torch.empty((self._n, self.channels), dtype=self.dtype, device=self.device)
+            for s in range(0, self._n, 1 << 16):
+                out[s : s + (1 << 16)] = _pool(lf[s : s + (1 << 16)].to(cd))
+            self._pooled = out
+        return self._pooled
+
+    def _sq_norms(self, what):
+        """Squared norms ``[n]`` (compute dtype) of the ``"global"`` features or of the ``"pooled"``
+        stripes, cached: the bias of the shortlist GEMM."""
+        if self._sq is None:
+            self._sq = {}
+        if what not in self._sq:
+            cd = self._compute_dtype()
+            src = self.global_features if what == "global" else self._pooled_features()
+            out = torch.empty(self._n, dtype=cd, device=self.device)
+            for s in range(0, self._n, 1 << 16):
+                out[s : s + (1 << 16)] = src[s : s + (1 << 16)].to(cd).pow(2).sum(1)
+            self._sq[what] = out
+        return self._sq[what]
+
+    def _shortlist_keys(self, qg, ql, kk, metric, pooled_weight, block_queries, chunk_rows, show):
+        """This process's ``min(kk, len)`` best by the shortlist score: one GEMM per (gallery
+        chunk, query block) into a reused buffer, each chunk converted to the compute dtype
+        once for all queries, and a running top-``kk`` per query.
+
+        The key is ``|x_g|^2 - 2 x_q.x_g`` (the squared euclidean distance less ``|x_q|^2``)
+        with ``x`` the global features (``-q.g`` of the normalized features for ``cosine``), and
+        with ``pooled_weight = w > 0`` the global features
+        followed by ``sqrt(w)`` times the normalized mean stripe: the key of ``|dg|^2 + w
+        |dpooled|^2``, one GEMM of ``D + C`` columns. Chunks and ranks are merged by (key, id),
+        so the shortlist does not depend on how the gallery is chunked or sharded. Returns
+        ``(keys, ids)``; :meth:`_key_to_distance` gives the global distances (``w = 0``)."""
         from tqdm import tqdm
 
         Q = qg.shape[0]
@@ -666,33 +740,44 @@ class GalleryIndex:
         if self._n == 0:
             return (torch.empty((Q, 0), dtype=cd, device=self.device),
                     torch.empty((Q, 0), dtype=torch.int64, device=self.device))
-        qb = block_queries or min(Q, 256 if self.device.type == "cpu" else 1024)
+        cosine = metric == "cosine"
+        qx = torch.nn.functional.normalize(qg, dim=1) if cosine else qg
+        pooled = None
+        if pooled_weight:
+            sw = math.sqrt(pooled_weight)
+            qx = torch.cat([qx, sw * _pool(ql)], 1)
+            pooled = self._pooled_features()
+        width = qx.shape[1]
         cr = min(chunk_rows, self._n)
-        buf = torch.empty((qb, cr), dtype=cd, device=self.device)
-        qx = torch.nn.functional.normalize(qg, dim=1) if metric == "cosine" else qg
+        # all queries in one block when the key buffer stays within _KEY_BYTES
+        qb = block_queries or max(1, min(Q, _KEY_BYTES // (chunk_rows * qx.element_size())))
+        buf = torch.empty((min(qb, Q), cr), dtype=cd, device=self.device)
+        gx = torch.empty((cr, width), dtype=cd, device=self.device)
         ids_dev = self.ids.to(self.device)
-        parts = []
-        with tqdm(total=self._n, desc="shortlist (global)", unit="item", unit_scale=True, disable=not show,
+        best = [None] * ((Q + qb - 1) // qb)
+        with tqdm(total=self._n, desc="shortlist", unit="item", unit_scale=True, disable=not show,
                   leave=False) as bar:
             for s in range(0, self._n, cr):
                 e = min(s + cr, self._n)
-                g = self._rows(s, e, local=False)[0]
-                if metric == "cosine":
-                    g = torch.nn.functional.normalize(g, dim=1)
-                    bias, alpha = torch.zeros((1, e - s), dtype=cd, device=self.device), -1
-                else:
-                    bias, alpha = g.pow(2).sum(1)[None], -2
-                vals, idx = [], []
-                for a in range(0, Q, qb):
+                g = gx[: e - s]
+                g[:, : self.dim].copy_(self.global_features[s:e])
+                if cosine:
+                    g[:, : self.dim] = torch.nn.functional.normalize(g[:, : self.dim], dim=1)
+                if pooled is not None:
+                    g[:, self.dim :].copy_(pooled[s:e]).mul_(sw)
+                bias = torch.zeros((1, e - s), dtype=cd, device=self.device)
+                if not cosine:  # cosine: |g|^2 = 1, the key is -q.g (+ the pooled part)
+                    bias += self._sq_norms("global")[s:e]
+                if pooled is not None:
+                    bias += pooled_weight * self._sq_norms("pooled")[s:e]
+                alpha = -1 if cosine and pooled is None else -2
+                for j, a in enumerate(range(0, Q, qb)):
                     b = min(a + qb, Q)
                     key = buf[: b - a, : e - s]
                     torch.addmm(bias, qx[a:b], g.t(), beta=1, alpha=alpha, out=key)
-                    v, i = _stable_smallest(key, min(kk, e - s))
-                    vals.append(v)
-                    idx.append(i)
-                parts.append((torch.cat(vals), ids_dev[s:e][torch.cat(idx)]))
+                    best[j] = _running_smallest(best[j], key, ids_dev[s:e], kk)
                 bar.update(e - s)
-        return _merge.merge_parts(parts, kk, Q, cd, self.device)
+        return torch.cat([b[0] for b in best]), torch.cat([b[1] for b in best])
 
     @staticmethod
     def _key_to_distance(key, qg, metric):
@@ -711,9 +796,10 @@ class GalleryIndex:
         rows = torch.searchsorted(mine, ids).clamp_(max=mine.numel() - 1)
         return rows.to(self.device), (mine[rows] == ids).to(self.device)
 
-    def _shortlist_local(self, ql, rows, own, show):
-        """DMLI distance (:func:`partdist.batch_local_dist`) of each query to its owned shortlist
-        entries, zeros elsewhere; blocks of pairs, one call per block."""
+    def _shortlist_pairs(self, q, rows, own, local, metric, show):
+        """Distance of each query to its owned shortlist entries, zeros elsewhere: the DMLI
+        distance (:func:`partdist.batch_local_dist`, ``local``) or the global ``metric``
+        (:func:`partdist.eval.global_distance`, paired); blocks of pairs, one call per block."""
         from tqdm import tqdm
 
         Q, K = rows.shape
@@ -721,38 +807,20 @@ class GalleryIndex:
         out = torch.zeros(Q * K, dtype=cd, device=self.device)
         pos = own.flatten().nonzero().flatten()
         qpos, gpos = pos // K, rows.flatten()[pos]
-        per_pair = (ql.shape[1] + self.stripes) * self.channels * ql.element_size()
-        blk = max(1, (16 << 20) // per_pair)
-        with tqdm(total=pos.numel(), desc="shortlist: local distance", unit="pair", unit_scale=True,
-                  disable=not show, leave=False) as bar:
+        store = self.local_features if local else self.global_features
+        per_pair = (math.prod(q.shape[1:]) + math.prod(store.shape[1:])) * q.element_size()
+        blk = max(1, _PAIR_BYTES // per_pair)
+        desc = "shortlist: local distance" if local else "shortlist: global distance"
+        with tqdm(total=pos.numel(), desc=desc, unit="pair", unit_scale=True, disable=not show, leave=False) as bar:
             for s in range(0, pos.numel(), blk):
                 e = min(s + blk, pos.numel())
-                out[pos[s:e]] = partdist.batch_local_dist(ql[qpos[s:e]], self.local_features[gpos[s:e]].to(cd),
-                                                          self.normalize, gamma=self.gamma, band=self.band)
+                a, b = q[qpos[s:e]], store[gpos[s:e]].to(cd)
+                if local:
+                    out[pos[s:e]] = partdist.batch_local_dist(a, b, self.normalize, gamma=self.gamma, band=self.band)
+                else:
+                    out[pos[s:e]] = partdist.eval.global_distance(a, b, metric, paired=True)
                 bar.update(e - s)
         return out.view(Q, K)
-
-    def _pairwise(self, q, rows, own, fn, local, show=False):
-        """``fn(q[i:i+1], gallery rows of query i)`` for the owned shortlist entries, zeros elsewhere
-        (one query at a time)."""
-        from tqdm import tqdm
-
-        cd = self._compute_dtype()
-        out = torch.zeros(rows.shape, dtype=cd, device=self.device)
-        store = self.local_features if local else self.global_features
-        own_cpu = own.cpu()
-        for i in tqdm(range(rows.shape[0]), desc="shortlist: local distance", unit="query", disable=not show,
-                      leave=False):
-            sel = None if bool(own_cpu[i].all()) else own[i]
-            r = rows[i] if sel is None else rows[i][sel]
-            if r.numel() == 0:
-                continue
-            d = fn(q[i : i + 1], store[r].to(cd))[0]
-            if sel is None:
-                out[i] = d
-            else:
-                out[i, sel] = d
-        return out
 
     def _rerank(self, qg, ql, rows, own, k1, k2, lambda_value, lam, metric, use_dist, group, rank, world, show):
         """k-reciprocal re-ranking of each query against its shortlist (queries split over the ranks)."""

@@ -85,6 +85,39 @@ def test_search_under_torchrun_equals_one_process(setup):
     assert a["results"] == b["results"]
 
 
+@pytest.mark.slow  # multi-process
+def test_index_under_torchrun_equals_one_process(setup, tmp_path):
+    """`torchrun --nproc_per_node 2 -m partdist.cli index` (gloo): rank r writes OUT.part<r>-of-2
+    with a contiguous half of the images; the two shards together are the single-process index
+    (ids, labels, paths, features), and a search over the shard files equals one over that index."""
+    out = tmp_path / "two.idx"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node", "2",
+           "-m", "partdist.cli", "index", "--images", setup["gallery"], "--checkpoint", setup["ckpt"], "--out",
+           str(out), "--dtype", "float32", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("indexed") == 1  # rank 0 prints
+    assert not out.exists()
+    one = GalleryIndex.load(setup["index"])
+    parts = [GalleryIndex.load(f"{out}.part{r}-of-2") for r in range(2)]
+    n = len(one)
+    assert [len(p) for p in parts] == [n // 2, n - n // 2]
+    assert [p.meta["shard"] for p in parts] == ["0/2", "1/2"] and parts[0].meta["gallery_size"] == n
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    assert torch.equal(cat("ids"), one.ids) and torch.equal(cat("pids"), one.pids)
+    assert torch.equal(cat("camids"), one.camids) and parts[0].paths + parts[1].paths == one.paths
+    # per-image features; a batch of other images may round differently in the convolutions
+    torch.testing.assert_close(cat("global_features"), one.global_features)
+    torch.testing.assert_close(cat("local_features"), one.local_features)
+    a, b = tmp_path / "one.json", tmp_path / "two.json"
+    common = ["search", "--query-index", setup["index"], "--k", "3", "--mode", "exact", "--no-progress"]
+    assert main(common + ["--index", setup["index"], "--out", str(a)]) == 0
+    assert main(common + ["--index", str(out), "--out", str(b)]) == 0
+    ra, rb = json.loads(a.read_text())["results"], json.loads(b.read_text())["results"]
+    assert [x["ids"] for x in ra] == [x["ids"] for x in rb] and [x["paths"] for x in ra] == [x["paths"] for x in rb]
+
+
 def test_cli_errors_name_the_flag(setup, capsys, tmp_path):
     def err(argv):
         assert main(argv) == 2

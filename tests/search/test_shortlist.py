@@ -1,0 +1,82 @@
+"""The shortlist's running top-k over gallery chunks, and the pooled-stripe shortlist score."""
+
+import pytest
+import torch
+from search_data import G, build, data
+
+from partdist.search import GalleryIndex
+from partdist.search.index import _running_smallest
+
+
+def _chunked(key, k, chunk):
+    best = None
+    for s in range(0, key.shape[1], chunk):
+        best = _running_smallest(best, key[:, s : s + chunk], torch.arange(s, min(s + chunk, key.shape[1])), k)
+    return best
+
+
+@pytest.mark.parametrize("order", ["random", "increasing", "decreasing"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_running_smallest_is_the_stable_k_smallest(order, chunk):
+    """Equal keys (small integers: many ties) go to the smaller id, whatever the chunking; the
+    decreasing order makes every entry of every chunk a candidate (the topk fallback)."""
+    g = torch.Generator().manual_seed(chunk)
+    key = torch.randint(0, 40, (9, 500), generator=g).float()
+    if order != "random":
+        key = key.sort(1, descending=order == "decreasing").values
+    key[3] = 5.0  # one query with every key equal
+    for k in (1, 10, 60, 500):
+        v, i = _chunked(key, k, chunk)
+        o = torch.sort(key, dim=1, stable=True)
+        assert torch.equal(i, o.indices[:, :k])
+        assert torch.equal(v, o.values[:, :k])
+
+
+def test_pooled_shortlist_covering_gallery_equals_exact():
+    d = data()
+    idx = build(d)
+    ex = idx.search(d["qg"], d["ql"], 20, mode="exact")
+    for w in (0.5, 4.0):
+        ts = idx.search(d["qg"], d["ql"], 20, mode="two-stage", shortlist=G, pooled_weight=w, chunk_rows=16)
+        assert torch.equal(ts.ids, ex.ids)
+        assert torch.equal(ts.distances, ex.distances)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_pooled_shortlist_is_the_proxy_nearest(metric):
+    """The shortlist of pooled_weight = w holds the K' nearest by |dg|^2 + w |dp|^2 (dp: the
+    difference of the normalized mean stripes; global features normalized for cosine), and the returned distances are the exact fused ones."""
+    d = data()
+    idx = build(d)
+    w, kk = 4.0, 12
+    res = idx.search(d["qg"], d["ql"], kk, mode="two-stage", shortlist=kk, pooled_weight=w, metric=metric)
+    qg, gg = d["qg"], d["gg"]
+    if metric == "cosine":
+        qg, gg = torch.nn.functional.normalize(qg, dim=1), torch.nn.functional.normalize(gg, dim=1)
+    pool = lambda t: torch.nn.functional.normalize(t.double().mean(1), dim=1)  # noqa: E731
+    proxy = torch.cdist(qg.double(), gg.double()) ** 2 + w * torch.cdist(pool(d["ql"]), pool(d["gl"])) ** 2
+    want = proxy.argsort(dim=1, stable=True)[:, :kk]
+    for q in range(want.shape[0]):
+        assert set(res.ids[q].tolist()) == set(want[q].tolist())
+    glob = idx.search(d["qg"], None, kk, lam=0, metric=metric).ids  # the global shortlist differs
+    assert any(set(glob[q].tolist()) != set(want[q].tolist()) for q in range(want.shape[0]))
+    full = idx.search(d["qg"], d["ql"], G, metric=metric)
+    for q in range(want.shape[0]):
+        for j, gid in enumerate(res.ids[q].tolist()):
+            torch.testing.assert_close(res.distances[q, j], full.distances[q][full.ids[q] == gid][0])
+
+
+def test_pooled_weight_bad_input():
+    d = data()
+    idx = build(d)
+    for bad in (-1.0, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="pooled_weight must be a finite number >= 0"):
+            idx.search(d["qg"], d["ql"], 3, mode="two-stage", pooled_weight=bad)
+    with pytest.raises(ValueError, match="needs an index with local features"):
+        idx.search(d["qg"], None, 3, mode="two-stage", pooled_weight=1.0, lam=0)
+    glob_only = GalleryIndex()
+    glob_only.add(d["gg"])
+    with pytest.raises(ValueError, match="needs an index with local features"):
+        glob_only.search(d["qg"], None, 3, mode="two-stage", pooled_weight=1.0)
+    with pytest.raises(ValueError, match="needs backend='torch'"):
+        idx.search(d["qg"], d["ql"], 3, mode="two-stage", pooled_weight=1.0, backend="faiss")
