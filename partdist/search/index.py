@@ -107,35 +107,71 @@ def _pool(local):
     return torch.nn.functional.normalize(local.mean(1), dim=1)
 
 
-def _running_smallest(best, key, ids, k):
-    """Merge the candidates of a chunk (``key [Q, n]``, gallery ``ids [n]`` ascending) into the
-    running ``best = (values [Q, <= k], ids)`` (sorted by (value, id); ``None`` before the first
-    chunk). Once a query holds ``k`` candidates, only the chunk's entries below its k-th value
-    can enter (an equal value has a larger id: chunks come in id order), so those are picked
-    by one comparison and merged; a full ``topk`` of the chunk runs only while the lists fill
-    up or when many entries pass (e.g. a gallery in decreasing distance order)."""
-    Q, n = key.shape
-    if best is None or best[0].shape[1] < k:
-        v, i = _stable_smallest(key, min(k, n))
-        part = (v, ids[i])
-        return part if best is None else _merge.merge_parts([best, part], k, Q, key.dtype, key.device)
-    if key.device.type == "cpu":  # numpy's flatnonzero: several times faster than torch's nonzero here
-        flat = torch.from_numpy(np.flatnonzero(key.numpy() < best[0][:, -1:].numpy()))
-        r, c = flat // n, flat % n
-    else:
-        r, c = (key < best[0][:, -1:]).nonzero(as_tuple=True)
-    if r.numel() == 0:
-        return best
-    cnt = torch.bincount(r, minlength=Q)
-    m = int(cnt.max())
-    if m > max(k, n // 32):
-        v, i = _stable_smallest(key, min(k, n))
-        return _merge.merge_topk(torch.cat([best[0], v], 1), torch.cat([best[1], ids[i]], 1), k)
-    pos = torch.arange(r.numel(), device=key.device) - (cnt.cumsum(0) - cnt)[r]
-    cv = torch.full((Q, m), float("inf"), dtype=key.dtype, device=key.device)
-    ci = torch.full((Q, m), _merge.PAD_ID, dtype=torch.int64, device=key.device)
-    cv[r, pos], ci[r, pos] = key[r, c], ids[c]
-    return _merge.merge_topk(torch.cat([best[0], cv], 1), torch.cat([best[1], ci], 1), k)
+class _RunningSmallest:
+    """The ``k`` smallest keys of each query over the chunks of a gallery, by (value, id).
+
+    ``add(key [Q, n], ids [n])`` takes a chunk (ids ascending and above those of earlier
+    chunks); ``result()`` gives ``(values [Q, <= k], ids)``, sorted by (value, id). While the
+    lists fill up a chunk's ``k`` smallest are merged at once. After that only the entries
+    below a query's k-th value as of the last merge can enter (an equal value has a larger id:
+    chunks come in id order), so those are picked by one comparison and kept aside; they are
+    merged (one sort of ``[Q, k + pending]``) only once about ``4 k`` columns are pending, or
+    at the end. A stale k-th value only lets a few more entries through: the answer is the
+    same as merging every chunk. A chunk where many entries pass (e.g. a gallery in decreasing
+    distance order) contributes its own ``k`` smallest instead."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.best = None
+        self.pending: List = []
+        self.cols = 0
+
+    def _merge(self):
+        if self.pending:
+            parts = ([self.best] if self.best is not None else []) + self.pending
+            self.best = _merge.merge_topk(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1),
+                                          self.k)
+            self.pending, self.cols = [], 0
+
+    def _keep(self, v, i):
+        self.pending.append((v, i))
+        self.cols += v.shape[1]
+        if self.cols >= 4 * self.k:
+            self._merge()
+
+    def add(self, key, ids):
+        Q, n = key.shape
+        k = self.k
+        if self.best is None or self.best[0].shape[1] < k:
+            self._merge()
+            v, i = _stable_smallest(key, min(k, n))
+            part = (v, ids[i])
+            self.best = part if self.best is None else _merge.merge_parts([self.best, part], k, Q, key.dtype,
+                                                                         key.device)
+            return
+        thr = self.best[0][:, -1:]
+        if key.device.type == "cpu":  # numpy's flatnonzero: several times faster than torch's nonzero here
+            flat = torch.from_numpy(np.flatnonzero(key.numpy() < thr.numpy()))
+            r, c = flat // n, flat % n
+        else:
+            r, c = (key < thr).nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        cnt = torch.bincount(r, minlength=Q)
+        m = int(cnt.max())
+        if m > max(k, n // 32):
+            v, i = _stable_smallest(key, min(k, n))
+            self._keep(v, ids[i])
+            return
+        pos = torch.arange(r.numel(), device=key.device) - (cnt.cumsum(0) - cnt)[r]
+        cv = torch.full((Q, m), float("inf"), dtype=key.dtype, device=key.device)
+        ci = torch.full((Q, m), _merge.PAD_ID, dtype=torch.int64, device=key.device)
+        cv[r, pos], ci[r, pos] = key[r, c], ids[c]
+        self._keep(cv, ci)
+
+    def result(self):
+        self._merge()
+        return self.best
 
 
 class GalleryIndex:
@@ -754,7 +790,7 @@ class GalleryIndex:
         buf = torch.empty((min(qb, Q), cr), dtype=cd, device=self.device)
         gx = torch.empty((cr, width), dtype=cd, device=self.device)
         ids_dev = self.ids.to(self.device)
-        best = [None] * ((Q + qb - 1) // qb)
+        best = [_RunningSmallest(kk) for _ in range((Q + qb - 1) // qb)]
         with tqdm(total=self._n, desc="shortlist", unit="item", unit_scale=True, disable=not show,
                   leave=False) as bar:
             for s in range(0, self._n, cr):
@@ -775,8 +811,9 @@ class GalleryIndex:
                     b = min(a + qb, Q)
                     key = buf[: b - a, : e - s]
                     torch.addmm(bias, qx[a:b], g.t(), beta=1, alpha=alpha, out=key)
-                    best[j] = _running_smallest(best[j], key, ids_dev[s:e], kk)
+                    best[j].add(key, ids_dev[s:e])
                 bar.update(e - s)
+        best = [b.result() for b in best]
         return torch.cat([b[0] for b in best]), torch.cat([b[1] for b in best])
 
     @staticmethod

@@ -5,14 +5,14 @@ import torch
 from search_data import G, build, data
 
 from partdist.search import GalleryIndex
-from partdist.search.index import _running_smallest
+from partdist.search.index import _RunningSmallest
 
 
 def _chunked(key, k, chunk):
-    best = None
+    best = _RunningSmallest(k)
     for s in range(0, key.shape[1], chunk):
-        best = _running_smallest(best, key[:, s : s + chunk], torch.arange(s, min(s + chunk, key.shape[1])), k)
-    return best
+        best.add(key[:, s : s + chunk], torch.arange(s, min(s + chunk, key.shape[1])))
+    return best.result()
 
 
 @pytest.mark.parametrize("order", ["random", "increasing", "decreasing"])
