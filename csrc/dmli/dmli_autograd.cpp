@@ -127,7 +127,7 @@ SavedXY load_xy(AutogradContext* ctx) {
 }
 
 // With save_cells (a gradient will be needed, CPU, not unaligned) the forward is
-// _batch_local_dist_fwd_cells, whose cells (N x 2 x m x n values) are saved for
+// _batch_local_dist_fwd_cells, whose cells (2 x N x m x n values) are saved for
 // _batch_local_dist_backward_cells: the backward then computes no dot products.
 class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
  public:

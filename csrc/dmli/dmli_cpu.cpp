@@ -338,15 +338,12 @@ void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
 }
 
 // The raw stripe distances r and the cell values d (as FusedCells gives them) of one
-// pair, m*n each, row-major.
+// pair, m*n each, row-major. Two loops over contiguous cells, each vectorized.
 template <typename T>
-void fill_raw_cells(const FusedCells<T>& c, int m, int n, T* r, T* d) {
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < n; ++j) {
-      const T v = stripe_dist(c.xx[i], c.yy[j], c.xy[i * c.si + j]);
-      r[i * n + j] = v;
-      d[i * n + j] = cell_of_raw(v, c.normalize);
-    }
+void fill_raw_cells(const FusedCells<T>& c, int m, int n, T* __restrict r, T* __restrict d) {
+  fill_cells(FusedCells<T>{c.xy, c.si, c.xx, c.yy, false}, m, n, r, int64_t(n));
+  const bool normalize = c.normalize;
+  for (int64_t k = 0; k < int64_t(m) * n; ++k) d[k] = cell_of_raw(r[k], normalize);
 }
 }  // namespace
 
@@ -424,7 +421,8 @@ void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
 
 // Training pair of ops (kFused, not diag): the forward as aligned_forward, its DP
 // reading the cell values it writes into cells (pair p: raw distances at
-// cells[p][0], cell values at cells[p][1]); the backward as aligned_backward's lanes,
+// cells[0][p], cell values at cells[1][p]: the lanes of a block read consecutive
+// matrices); the backward as aligned_backward's lanes,
 // with the cells and the cell weights (cell_weight_raw) from cells instead of the dot
 // products, which it never computes.
 void CpuKernels::aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,
@@ -442,9 +440,9 @@ void CpuKernels::aligned_forward_cells(bool normalize, const DPRule& rule, const
           LaneCells<T, kLanes> c;  // lanes past the last pair: s.cells (ignored)
           c.si = A.n;
           for (int l = 0; l < kLanes; ++l) {
-            T* r = pc + (p0 + l) * 2 * A.mn;
-            if (live[l]) fill_raw_cells(s.fused(A, l), A.m, A.n, r, r + A.mn);
-            c.base[l] = live[l] ? r + A.mn : s.cells.data() + l * A.mn;
+            T* r = pc + (p0 + l) * A.mn;
+            if (live[l]) fill_raw_cells(s.fused(A, l), A.m, A.n, r, r + A.N * A.mn);
+            c.base[l] = live[l] ? r + A.N * A.mn : s.cells.data() + l * A.mn;
           }
           const V v = dmli_forward<V>(c, A.m, A.n, RowStore<V>{s.dp.data()}, rule);
           for (int l = 0; l < kLanes && live[l]; ++l) pout[p0 + l] = v.v[l];
@@ -470,7 +468,7 @@ void CpuKernels::aligned_backward_cells(bool normalize, const DPRule& rule, cons
           LaneCells<T, kLanes> c;  // lanes without gradient: s.cells (ignored)
           c.si = A.n;
           for (int l = 0; l < kLanes; ++l)
-            c.base[l] = live[l] ? pc + (p0 + l) * 2 * A.mn + A.mn : s.cells.data() + l * A.mn;
+            c.base[l] = live[l] ? pc + (A.N + p0 + l) * A.mn : s.cells.data() + l * A.mn;
           const V* gcell = lane_cell_grads(s, A, c, pg, p0, live, rule);
           for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
             const int64_t p = p0 + l;
@@ -478,8 +476,8 @@ void CpuKernels::aligned_backward_cells(bool normalize, const DPRule& rule, cons
               pair_grads<T>(A, p, nullptr, pgx, pgy);
               continue;
             }
-            const T* r = pc + p * 2 * A.mn;
-            const T* d = r + A.mn;
+            const T* r = pc + p * A.mn;
+            const T* d = r + A.N * A.mn;
             T* w = s.w.data();
             for (int64_t k = 0; k < A.mn; ++k)
               w[k] = cell_weight_raw(gcell[k].v[l], r[k], d[k], normalize);

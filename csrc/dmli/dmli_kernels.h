@@ -56,7 +56,7 @@ struct CpuKernels {
   static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
   PARTDIST_DMLI_BACKEND_MEMBERS
   // The DP of aligned pairs (kFused, not diag) for training (CPU only): the forward
-  // also writes cells [N, 2, m, n] (per pair the raw stripe distances, then the cell
+  // also writes cells [2, N, m, n] (the raw stripe distances, then the cell
   // values), which the backward reads instead of recomputing the dot products.
   static void aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,
                                     const at::Tensor& y, const at::Tensor& out,

@@ -212,7 +212,7 @@ std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, co
 
 // Training pair of batch_local_dist on the CPU (hard or soft minimum, band; not
 // unaligned), used by its autograd when a gradient is needed: the forward also returns
-// cells [N, 2, m, n] (compute dtype; raw stripe distances, then cell values), which the
+// cells [2, N, m, n] (compute dtype; raw stripe distances, then cell values), which the
 // backward reads instead of recomputing the dot products. Same values and gradients
 // as batch_local_dist and batch_local_dist_backward.
 std::tuple<Tensor, Tensor> batch_local_dist_fwd_cells_impl(const Tensor& x, const Tensor& y,
@@ -225,7 +225,7 @@ std::tuple<Tensor, Tensor> batch_local_dist_fwd_cells_impl(const Tensor& x, cons
   auto ct = compute_type(x);
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor out = at::empty({N}, xc.options());
-  Tensor cells = at::empty({N, 2, m, n}, xc.options());
+  Tensor cells = at::empty({2, N, m, n}, xc.options());
   if (N > 0) CpuKernels::aligned_forward_cells(normalize, rule, xc, yc, out, cells);
   return {out.to(x.scalar_type()), cells};
 }
@@ -240,9 +240,9 @@ std::tuple<Tensor, Tensor> batch_local_dist_backward_cells_impl(const Tensor& gr
   const DPRule rule = make_rule(op, m, n, gamma, band, false);
   check_grad(op, grad, {N}, x);
   auto ct = compute_type(x);
-  TORCH_CHECK(cells.sizes() == at::IntArrayRef({N, 2, m, n}) && cells.scalar_type() == ct &&
+  TORCH_CHECK(cells.sizes() == at::IntArrayRef({2, N, m, n}) && cells.scalar_type() == ct &&
                   cells.device() == x.device(),
-              op, ": cells must be the [N, 2, m, n] ", ct,
+              op, ": cells must be the [2, N, m, n] ", ct,
               " tensor that _batch_local_dist_fwd_cells returned for x and y, got ",
               shape_str(cells), " ", cells.scalar_type());
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();

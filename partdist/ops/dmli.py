@@ -84,7 +84,7 @@ def _compute_dtype(x):
 @torch.library.register_fake("partdist::_batch_local_dist_fwd_cells")
 def _(x, y, normalize, gamma, band):
     check_xy("partdist._batch_local_dist_fwd_cells", x, y, aligned=True, dp=True)
-    cells = x.new_empty((x.shape[0], 2, x.shape[1], y.shape[1]), dtype=_compute_dtype(x))
+    cells = x.new_empty((2, x.shape[0], x.shape[1], y.shape[1]), dtype=_compute_dtype(x))
     return x.new_empty((x.shape[0],)), cells
 
 

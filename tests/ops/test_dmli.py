@@ -249,17 +249,17 @@ def test_batch_local_dist_saved_cells_grad_equals_recompute(dtype, normalize, kw
     # the cells: raw stripe distances, then the cell values
     dist, cells = ops._batch_local_dist_fwd_cells(x, y, normalize, gamma, band)
     assert torch.equal(dist, out.detach())
-    assert cells.shape == (37, 2, 6, 7)
+    assert cells.shape == (2, 37, 6, 7)
     xc, yc = x.to(cells.dtype), y.to(cells.dtype)  # the compute dtype
-    assert torch.equal(cells[:, 1], partdist.local_dist_matrix(xc, yc, normalize))
-    assert torch.equal(cells[:, 0], partdist.local_dist_matrix(xc, yc, False))
+    assert torch.equal(cells[1], partdist.local_dist_matrix(xc, yc, normalize))
+    assert torch.equal(cells[0], partdist.local_dist_matrix(xc, yc, False))
 
 
 def test_batch_local_dist_backward_cells_rejects_wrong_cells():
     x, y = rand_xy(3, 4, 5, C=6)
     g = torch.ones(3, dtype=x.dtype)
     cells = torch.ops.partdist._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0)[1]
-    for bad in (cells[:, :1], cells.float(), cells[:2]):
+    for bad in (cells[:1], cells.float(), cells[:, :2]):
         with pytest.raises(RuntimeError, match="cells must be the"):
             torch.ops.partdist._batch_local_dist_backward_cells(g, x, y, bad, True, 0.0, -1.0)
 
