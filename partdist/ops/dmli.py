@@ -201,7 +201,9 @@ def batch_local_dist(
     Returns:
         ``[N]``, differentiable in ``x`` and ``y``. On CUDA the ``[N, m, n]`` stripe dot
         products come from one batched GEMM; on the CPU each pair is done in one pass
-        (dot products, cells, DP, and in backward the chain rule along the path only).
+        (dot products, cells, DP; when a gradient is needed the forward keeps the cells,
+        ``2 N m n`` values, and the backward runs the DP backward on them and the chain
+        rule along the path only, without recomputing the dot products).
     """
     check_xy("partdist.batch_local_dist", x, y, aligned=True, dp=True)
     check_rule("partdist.batch_local_dist", x.shape[1], y.shape[1], gamma, band)
