@@ -42,6 +42,20 @@ from partdist import reference as R
 TARGET_TRAIN = "DMLI training batch: partdist vs vectorized PyTorch, same GPU"
 
 
+def train_kernels(x, y):
+    """The forward and backward kernels a training step of batch_local_dist runs, as
+    callables (no autograd): on the CPU the forward that also returns the cells and the
+    backward that reads them (no dot products recomputed); elsewhere the plain ops."""
+    ops = torch.ops.partdist
+    gr = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    if x.device.type == "cpu":
+        cells = ops._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0)[1]
+        return (lambda: ops._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0),
+                lambda: ops._batch_local_dist_backward_cells(gr, x, y, cells, True, 0.0, -1.0))
+    return (lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False),
+            lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False))
+
+
 def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(anchors, m, C, generator=g)
@@ -72,13 +86,18 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     t_loop = t_loop_k * x.shape[0] / k
 
     # breakdown: the forward and backward kernels called directly (no autograd), the rest
-    # of the fwd+bwd step is overhead (autograd graph, checks, the sum and its backward)
+    # of the fwd+bwd step is overhead (autograd graph, checks, the sum and its backward);
+    # for comparison the plain forward (no gradient: no cells saved) and the backward op
+    # that recomputes the dot products (batch_local_dist_backward)
     ops = torch.ops.partdist
     with torch.no_grad():
-        t_fk = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps * 10)
+        fwd, bwd = train_kernels(x, y)
+        t_fk = median_time(fwd, device, reps=reps * 10)
+        t_bk = median_time(bwd, device, reps=reps * 10)
+        t_fplain = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps * 10)
         gr = torch.ones(x.shape[0], dtype=x.dtype, device=device)
-        t_bk = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
-                           reps=reps * 10)
+        t_brec = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
+                             reps=reps * 10)
 
     # agreement check on the same inputs
     diff = (partdist.batch_local_dist(x, y) - R.batch_local_dist_vectorized(x, y)).abs().max().item()
@@ -94,7 +113,9 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
     print(f"\n(a) training batch, {x.shape[0]} aligned pairs, m=n={m}, C={C}, forward+backward [{device}]")
     print_table(rows, ["method", "median", "time / partdist"])
     print(f"breakdown of partdist's {fmt_time(t_pd)}: forward kernel {fmt_time(t_fk)}, backward kernel "
-          f"{fmt_time(t_bk)} ({t_bk / t_fk:.1f}x the forward), overhead {fmt_time(max(0.0, t_pd - t_fk - t_bk))}")
+          f"{fmt_time(t_bk)} ({t_bk / t_fk:.2f}x the forward), overhead {fmt_time(max(0.0, t_pd - t_fk - t_bk))}")
+    print(f"for comparison: plain forward (no gradient) {fmt_time(t_fplain)}, backward recomputing the dot "
+          f"products {fmt_time(t_brec)} ({t_brec / t_fplain:.2f}x the plain forward)")
     print(f"max |partdist - vectorized| = {diff:.2e}")
     case = f"(a) training batch {x.shape[0]} pairs, m=n={m}, C={C}, fwd+bwd"
     res.add(case, device, "partdist.batch_local_dist", t_pd)
@@ -110,22 +131,20 @@ def training_batch(device, anchors, m, C, reps, loop_pairs, res):
 def small_batches(device, reps, res):
     """Per-call cost at tiny sizes, where the kernels are a few microseconds: the whole
     forward+backward step of batch_local_dist against its two kernels called directly."""
-    ops = torch.ops.partdist
     rows = []
     for N, C in ((1, 8), (4, 128), (32, 128)):
         g = torch.Generator().manual_seed(3)
         x = torch.randn(N, 8, C, generator=g).to(device)
         y = torch.randn(N, 8, C, generator=g).to(device)
-        gr = torch.ones(N, dtype=x.dtype, device=device)
 
         def step():
             xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
             partdist.batch_local_dist(xr, yr).sum().backward()
 
         with torch.no_grad():
-            t_fk = median_time(lambda: ops.batch_local_dist(x, y, True, 0.0, -1.0, False), device, reps=reps)
-            t_bk = median_time(lambda: ops.batch_local_dist_backward(gr, x, y, True, 0.0, -1.0, False), device,
-                               reps=reps)
+            fwd, bwd = train_kernels(x, y)
+            t_fk = median_time(fwd, device, reps=reps)
+            t_bk = median_time(bwd, device, reps=reps)
         t_step = median_time(step, device, reps=reps)
         rows.append([f"{N} pairs, C={C}", fmt_time(t_step), fmt_time(t_fk), fmt_time(t_bk),
                      fmt_time(max(0.0, t_step - t_fk - t_bk))])

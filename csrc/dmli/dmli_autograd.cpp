@@ -39,6 +39,11 @@ PARTDIST_OP(op_bld, "batch_local_dist",
             Tensor(const Tensor&, const Tensor&, bool, double, double, bool))
 PARTDIST_OP(op_bld_bw, "batch_local_dist_backward",
             XYTuple(const Tensor&, const Tensor&, const Tensor&, bool, double, double, bool))
+PARTDIST_OP(op_bld_fc, "_batch_local_dist_fwd_cells",
+            XYTuple(const Tensor&, const Tensor&, bool, double, double))
+PARTDIST_OP(op_bld_bc, "_batch_local_dist_backward_cells",
+            XYTuple(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, double,
+                    double))
 PARTDIST_OP(op_ld, "local_dist",
             Tensor(const Tensor&, const Tensor&, bool, int64_t, double, double, bool))
 PARTDIST_OP(op_ld_bw, "local_dist_backward",
@@ -90,17 +95,18 @@ class DmliFn : public torch::autograd::Function<DmliFn> {
 };
 
 // ------------------------------------------------ batch_local_dist, local_dist
-// Both save x, y and the DP options for their backward op.
+// Both save x, y (and batch_local_dist possibly its cells) and the DP options for their
+// backward op.
 struct SavedXY {
-  Tensor x, y;
+  Tensor x, y, cells;
   bool normalize;
   double gamma, band;
   bool unaligned;
 };
 
 void save_xy(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize, double gamma,
-             double band, bool unaligned) {
-  ctx->save_for_backward({x, y});
+             double band, bool unaligned, const Tensor& cells = Tensor()) {
+  ctx->save_for_backward({x, y, cells});
   auto& d = ctx->saved_data;
   d["normalize"] = normalize;
   d["gamma"] = gamma;
@@ -113,29 +119,38 @@ SavedXY load_xy(AutogradContext* ctx) {
   auto& d = ctx->saved_data;
   return {s[0],
           s[1],
+          s[2],
           d["normalize"].toBool(),
           d["gamma"].toDouble(),
           d["band"].toDouble(),
           d["unaligned"].toBool()};
 }
 
+// With save_cells (a gradient will be needed, CPU, not unaligned) the forward is
+// _batch_local_dist_fwd_cells, whose cells (2 x N x m x n values) are saved for
+// _batch_local_dist_backward_cells: the backward then computes no dot products.
 class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize,
-                        double gamma, double band, bool unaligned) {
-    Tensor out;
+                        double gamma, double band, bool unaligned, bool save_cells) {
+    Tensor out, cells;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = op_bld().call(x, y, normalize, gamma, band, unaligned);
+      if (save_cells)
+        std::tie(out, cells) = op_bld_fc().call(x, y, normalize, gamma, band);
+      else
+        out = op_bld().call(x, y, normalize, gamma, band, unaligned);
     }
-    save_xy(ctx, x, y, normalize, gamma, band, unaligned);
+    save_xy(ctx, x, y, normalize, gamma, band, unaligned, cells);
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     const SavedXY s = load_xy(ctx);
-    auto [gx, gy] =
-        op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize, s.gamma, s.band, s.unaligned);
-    return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor()};
+    auto [gx, gy] = s.cells.defined() ? op_bld_bc().call(g[0].contiguous(), s.x, s.y, s.cells,
+                                                         s.normalize, s.gamma, s.band)
+                                      : op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize,
+                                                         s.gamma, s.band, s.unaligned);
+    return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -168,7 +183,9 @@ Tensor dmli_autograd(const Tensor& d, double gamma, double band) {
 }
 Tensor batch_local_dist_autograd(const Tensor& x, const Tensor& y, bool normalize, double gamma,
                                  double band, bool unaligned) {
-  return BatchLocalDistFn::apply(x, y, normalize, gamma, band, unaligned);
+  const bool save_cells = !unaligned && x.device().is_cpu() && at::GradMode::is_enabled() &&
+                          (x.requires_grad() || y.requires_grad());
+  return BatchLocalDistFn::apply(x, y, normalize, gamma, band, unaligned, save_cells);
 }
 Tensor local_dist_autograd(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk,
                            double gamma, double band, bool unaligned) {

@@ -80,11 +80,16 @@ PD_HD T normalize_dist(T r) {
   return pd_tanh(T(0.5) * r);
 }
 
+// Value of a cell from its raw stripe distance r.
+template <typename T>
+PD_HD T cell_of_raw(T r, bool normalize) {
+  return normalize ? normalize_dist(r) : r;
+}
+
 // Value of a cell: raw stripe distance, normalized or not.
 template <typename T>
 PD_HD T cell_value(T aa, T bb, T ab, bool normalize) {
-  T r = stripe_dist(aa, bb, ab);
-  return normalize ? normalize_dist(r) : r;
+  return cell_of_raw(stripe_dist(aa, bb, ab), normalize);
 }
 
 // Backward through one cell. g is dL/d(cell value). Returns w such that
@@ -92,15 +97,20 @@ PD_HD T cell_value(T aa, T bb, T ab, bool normalize) {
 // for the two stripes a, b of the cell. At raw = 0 (identical stripes) the
 // subgradient 0 is used (as torch.linalg.vector_norm does), so the gradient
 // stays finite.
+// cell_weight_raw: the same from the cell's raw distance r and its value
+// d = cell_of_raw(r, normalize) (saved by the forward).
+template <typename T>
+PD_HD T cell_weight_raw(T g, T r, T d, bool normalize) {
+  if (g == T(0)) return T(0);
+  if (normalize) g = g * T(0.5) * (T(1) - d * d);
+  return r > T(0) ? g / r : T(0);
+}
+
 template <typename T>
 PD_HD T cell_weight(T g, T aa, T bb, T ab, bool normalize) {
   if (g == T(0)) return T(0);
   T r = stripe_dist(aa, bb, ab);
-  if (normalize) {
-    T d = normalize_dist(r);
-    g = g * T(0.5) * (T(1) - d * d);
-  }
-  return r > T(0) ? g / r : T(0);
+  return cell_weight_raw(g, r, cell_of_raw(r, normalize), normalize);
 }
 
 // Chain rule of one cell with weight w (see cell_weight) to its two stripes a, b of

@@ -273,10 +273,10 @@ struct EmitLanes {
 };
 
 // Runs body(s, p0, live) over the blocks of kLanes aligned pairs in parallel, after
-// filling s's dot products and norms of the pairs p0 + l with live[l] = need(p0 + l)
-// (lanes past the last pair are not live).
+// filling (if dots) s's dot products and norms of the pairs p0 + l with
+// live[l] = need(p0 + l) (lanes past the last pair are not live).
 template <typename T, typename Need, typename Body>
-void for_aligned_blocks(const AlignedPairs<T>& A, bool full_table, const Need& need,
+void for_aligned_blocks(const AlignedPairs<T>& A, bool full_table, bool dots, const Need& need,
                         const Body& body) {
   if (A.N == 0) return;
   const int64_t blocks = (A.N + kLanes - 1) / kLanes;
@@ -290,13 +290,60 @@ void for_aligned_blocks(const AlignedPairs<T>& A, bool full_table, const Need& n
       for (int l = 0; l < kLanes; ++l) {
         const int64_t p = p0 + l;
         live[l] = p < A.N && need(p);
-        if (live[l])
+        if (live[l] && dots)
           pair_dots(A.x + p * A.m * A.C, A.y + p * A.n * A.C, A.m, A.n, A.C, s.xy.data() + l * A.mn,
                     s.xx.data() + l * A.m, s.yy.data() + l * A.n);
       }
       body(s, p0, live);
     }
   });
+}
+
+// The DPs of a block in SIMD lanes, forward and in reverse (dmli_forward, dmli_reverse:
+// the same recursions as the per-pair dmli_backward, lane by lane): returns dL/dd of
+// the cells of every lane (m*n Lanes, row-major, in s.dp); lanes that are not live get
+// no gradient.
+template <typename T>
+Lanes<T, kLanes>* lane_cell_grads(AlignedScratch<T>& s, const AlignedPairs<T>& A,
+                                  const LaneCells<T, kLanes>& cells, const T* pg, int64_t p0,
+                                  const bool* live, const DPRule& rule) {
+  using V = Lanes<T, kLanes>;
+  V* gcell = s.dp.data() + A.mn;
+  V gout;
+  for (int l = 0; l < kLanes; ++l) gout.v[l] = live[l] ? pg[p0 + l] : T(0);
+  TableStore<V> st{s.dp.data(), 1, A.n};
+  dmli_forward<V>(cells, A.m, A.n, st, rule);
+  dmli_reverse<V>(A.m, A.n, gout, st, gcell + A.mn, EmitLanes<V>{gcell, A.n}, T(rule.gamma));
+  return gcell;
+}
+
+// gx, gy of pair p (zeroed first) from its cell weights w (m*n, row-major; see
+// cell_weight), in row-major order of the cells with a nonzero weight; w == nullptr:
+// zeros only.
+template <typename T>
+void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
+  const int m = A.m, n = A.n;
+  const int64_t C = A.C;
+  const T* xp = A.x + p * m * C;
+  const T* yp = A.y + p * n * C;
+  T* gxp = gx + p * m * C;
+  T* gyp = gy + p * n * C;
+  std::fill(gxp, gxp + m * C, T(0));
+  std::fill(gyp, gyp + n * C, T(0));
+  if (w == nullptr) return;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j)
+      if (w[i * n + j] != T(0))
+        add_cell_grad(w[i * n + j], xp + i * C, yp + j * C, C, gxp + i * C, gyp + j * C);
+}
+
+// The raw stripe distances r and the cell values d (as FusedCells gives them) of one
+// pair, m*n each, row-major. Two loops over contiguous cells, each vectorized.
+template <typename T>
+void fill_raw_cells(const FusedCells<T>& c, int m, int n, T* __restrict r, T* __restrict d) {
+  fill_cells(FusedCells<T>{c.xy, c.si, c.xx, c.yy, false}, m, n, r, int64_t(n));
+  const bool normalize = c.normalize;
+  for (int64_t k = 0; k < int64_t(m) * n; ++k) d[k] = cell_of_raw(r[k], normalize);
 }
 }  // namespace
 
@@ -308,7 +355,7 @@ void CpuKernels::aligned_forward(Mode mode, bool normalize, const DPRule& rule, 
     const AlignedPairs<T> A(x, y, normalize);
     T* pout = out.mutable_data_ptr<T>();
     for_aligned_blocks<T>(
-        A, false, [](int64_t) { return true; },
+        A, false, true, [](int64_t) { return true; },
         [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
           if (mode == Mode::kCells) {
             for (int l = 0; l < kLanes && live[l]; ++l)
@@ -323,11 +370,10 @@ void CpuKernels::aligned_forward(Mode mode, bool normalize, const DPRule& rule, 
 }
 
 // Backward of aligned pairs. DP modes (kFused, not diag): the kLanes DPs of a block run
-// forward and in reverse in SIMD lanes (dmli_forward, dmli_reverse: the same
-// recursions as the per-pair dmli_backward, lane by lane), giving dL/dd of every cell of
-// every pair; the chain rule then runs on the cells with a nonzero gradient only (the
-// optimal path, or the tied paths). The unaligned distance and kCells: per pair. Either
-// way gx / gy of a pair receive their cell gradients in row-major order of the cells.
+// in SIMD lanes (lane_cell_grads), giving dL/dd of every cell of every pair; the chain
+// rule then runs on the cells with a nonzero gradient only (the optimal path, or the
+// tied paths). The unaligned distance and kCells: per pair. Either way gx / gy of a
+// pair receive their cell gradients in row-major order of the cells.
 void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
                                   const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
                                   const at::Tensor& gx, const at::Tensor& gy) {
@@ -336,52 +382,108 @@ void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
     using V = Lanes<T, kLanes>;
     const AlignedPairs<T> A(x, y, normalize);
     const int m = A.m, n = A.n;
-    const int64_t C = A.C;
     const T* pg = grad.const_data_ptr<T>();
     T* pgx = gx.mutable_data_ptr<T>();
     T* pgy = gy.mutable_data_ptr<T>();
     const bool lanes = mode == Mode::kFused && !rule.diag;
     // pairs with no incoming gradient (e.g. an inactive hinge) need no dot products
     auto need = [&](int64_t p) { return mode == Mode::kCells || pg[p] != T(0); };
-    for_aligned_blocks<T>(A, lanes, need, [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
-      V* gcell = s.dp.data() + A.mn;  // dL/dd of the lanes' cells
-      if (lanes) {
-        V gout;
-        for (int l = 0; l < kLanes; ++l) gout.v[l] = live[l] ? pg[p0 + l] : T(0);
-        TableStore<V> st{s.dp.data(), 1, n};
-        dmli_forward<V>(s.lane_cells(A, live), m, n, st, rule);
-        dmli_reverse<V>(m, n, gout, st, gcell + A.mn, EmitLanes<V>{gcell, n}, T(rule.gamma));
-      }
-      for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
-        const int64_t p = p0 + l;
-        const T* xp = A.x + p * m * C;
-        const T* yp = A.y + p * n * C;
-        T* gxp = pgx + p * m * C;
-        T* gyp = pgy + p * n * C;
-        std::fill(gxp, gxp + m * C, T(0));
-        std::fill(gyp, gyp + n * C, T(0));
-        if (!live[l]) continue;
-        const FusedCells<T> c = s.fused(A, l);
-        T* w = s.w.data();
-        if (lanes) {  // this lane's cell gradients, then the weights of all cells at once
-          for (int64_t k = 0; k < A.mn; ++k) w[k] = gcell[k].v[l];
-          fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
-        } else if (mode == Mode::kCells) {
-          fill_weights(c, m, n, pg + p * A.mn, int64_t(n), w, int64_t(n));
-        } else {
-          T* cells = s.cells.data() + l * A.mn;
-          fill_cells(c, m, n, cells, int64_t(n));
-          TableStore<T> st{s.table.data(), 1, n};
-          dmli_backward<T>(RawCells<T>{cells, int64_t(n)}, m, n, pg[p], st, s.grow.data(),
-                           EmitGrad<T>{w, int64_t(n)}, rule);
-          fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
-        }
-        for (int i = 0; i < m; ++i)
-          for (int j = 0; j < n; ++j)
-            if (w[i * n + j] != T(0))
-              add_cell_grad(w[i * n + j], xp + i * C, yp + j * C, C, gxp + i * C, gyp + j * C);
-      }
-    });
+    for_aligned_blocks<T>(
+        A, lanes, true, need, [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
+          V* gcell =
+              lanes ? lane_cell_grads(s, A, s.lane_cells(A, live), pg, p0, live, rule) : nullptr;
+          for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
+            const int64_t p = p0 + l;
+            if (!live[l]) {
+              pair_grads<T>(A, p, nullptr, pgx, pgy);
+              continue;
+            }
+            const FusedCells<T> c = s.fused(A, l);
+            T* w = s.w.data();
+            if (lanes) {  // this lane's cell gradients, then the weights of all cells at once
+              for (int64_t k = 0; k < A.mn; ++k) w[k] = gcell[k].v[l];
+              fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
+            } else if (mode == Mode::kCells) {
+              fill_weights(c, m, n, pg + p * A.mn, int64_t(n), w, int64_t(n));
+            } else {
+              T* cells = s.cells.data() + l * A.mn;
+              fill_cells(c, m, n, cells, int64_t(n));
+              TableStore<T> st{s.table.data(), 1, n};
+              dmli_backward<T>(RawCells<T>{cells, int64_t(n)}, m, n, pg[p], st, s.grow.data(),
+                               EmitGrad<T>{w, int64_t(n)}, rule);
+              fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
+            }
+            pair_grads<T>(A, p, w, pgx, pgy);
+          }
+        });
+  });
+}
+
+// Training pair of ops (kFused, not diag): the forward as aligned_forward, its DP
+// reading the cell values it writes into cells (pair p: raw distances at
+// cells[0][p], cell values at cells[1][p]: the lanes of a block read consecutive
+// matrices); the backward as aligned_backward's lanes,
+// with the cells and the cell weights (cell_weight_raw) from cells instead of the dot
+// products, which it never computes.
+void CpuKernels::aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,
+                                       const at::Tensor& y, const at::Tensor& out,
+                                       const at::Tensor& cells) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_forward_cells_cpu", [&] {
+    using T = scalar_t;
+    using V = Lanes<T, kLanes>;
+    const AlignedPairs<T> A(x, y, normalize);
+    T* pout = out.mutable_data_ptr<T>();
+    T* pc = cells.mutable_data_ptr<T>();
+    for_aligned_blocks<T>(
+        A, false, true, [](int64_t) { return true; },
+        [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
+          LaneCells<T, kLanes> c;  // lanes past the last pair: s.cells (ignored)
+          c.si = A.n;
+          for (int l = 0; l < kLanes; ++l) {
+            T* r = pc + (p0 + l) * A.mn;
+            if (live[l]) fill_raw_cells(s.fused(A, l), A.m, A.n, r, r + A.N * A.mn);
+            c.base[l] = live[l] ? r + A.N * A.mn : s.cells.data() + l * A.mn;
+          }
+          const V v = dmli_forward<V>(c, A.m, A.n, RowStore<V>{s.dp.data()}, rule);
+          for (int l = 0; l < kLanes && live[l]; ++l) pout[p0 + l] = v.v[l];
+        });
+  });
+}
+
+void CpuKernels::aligned_backward_cells(bool normalize, const DPRule& rule, const at::Tensor& grad,
+                                        const at::Tensor& x, const at::Tensor& y,
+                                        const at::Tensor& cells, const at::Tensor& gx,
+                                        const at::Tensor& gy) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_backward_cells_cpu", [&] {
+    using T = scalar_t;
+    using V = Lanes<T, kLanes>;
+    const AlignedPairs<T> A(x, y, normalize);
+    const T* pg = grad.const_data_ptr<T>();
+    const T* pc = cells.const_data_ptr<T>();
+    T* pgx = gx.mutable_data_ptr<T>();
+    T* pgy = gy.mutable_data_ptr<T>();
+    auto need = [&](int64_t p) { return pg[p] != T(0); };
+    for_aligned_blocks<T>(
+        A, true, false, need, [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
+          LaneCells<T, kLanes> c;  // lanes without gradient: s.cells (ignored)
+          c.si = A.n;
+          for (int l = 0; l < kLanes; ++l)
+            c.base[l] = live[l] ? pc + (A.N + p0 + l) * A.mn : s.cells.data() + l * A.mn;
+          const V* gcell = lane_cell_grads(s, A, c, pg, p0, live, rule);
+          for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
+            const int64_t p = p0 + l;
+            if (!live[l]) {
+              pair_grads<T>(A, p, nullptr, pgx, pgy);
+              continue;
+            }
+            const T* r = pc + p * A.mn;
+            const T* d = r + A.N * A.mn;
+            T* w = s.w.data();
+            for (int64_t k = 0; k < A.mn; ++k)
+              w[k] = cell_weight_raw(gcell[k].v[l], r[k], d[k], normalize);
+            pair_grads<T>(A, p, w, pgx, pgy);
+          }
+        });
   });
 }
 

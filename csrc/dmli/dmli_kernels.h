@@ -55,6 +55,16 @@ struct CpuKernels {
   static constexpr int64_t kTileBytes = kCpuTileBytes;
   static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
   PARTDIST_DMLI_BACKEND_MEMBERS
+  // The DP of aligned pairs (kFused, not diag) for training (CPU only): the forward
+  // also writes cells [2, N, m, n] (the raw stripe distances, then the cell
+  // values), which the backward reads instead of recomputing the dot products.
+  static void aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,
+                                    const at::Tensor& y, const at::Tensor& out,
+                                    const at::Tensor& cells);
+  static void aligned_backward_cells(bool normalize, const DPRule& rule, const at::Tensor& grad,
+                                     const at::Tensor& x, const at::Tensor& y,
+                                     const at::Tensor& cells, const at::Tensor& gx,
+                                     const at::Tensor& gy);
 };
 
 template <typename Exec>

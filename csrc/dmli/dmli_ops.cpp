@@ -210,6 +210,48 @@ std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, co
                                   Mode::kFused, rule_of(gamma, band, unaligned));
 }
 
+// Training pair of batch_local_dist on the CPU (hard or soft minimum, band; not
+// unaligned), used by its autograd when a gradient is needed: the forward also returns
+// cells [2, N, m, n] (compute dtype; raw stripe distances, then cell values), which the
+// backward reads instead of recomputing the dot products. Same values and gradients
+// as batch_local_dist and batch_local_dist_backward.
+std::tuple<Tensor, Tensor> batch_local_dist_fwd_cells_impl(const Tensor& x, const Tensor& y,
+                                                           bool normalize, double gamma,
+                                                           double band) {
+  const char* op = "partdist._batch_local_dist_fwd_cells";
+  check_xy(op, x, y, true, true);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  const DPRule rule = make_rule(op, m, n, gamma, band, false);
+  auto ct = compute_type(x);
+  Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
+  Tensor out = at::empty({N}, xc.options());
+  Tensor cells = at::empty({2, N, m, n}, xc.options());
+  if (N > 0) CpuKernels::aligned_forward_cells(normalize, rule, xc, yc, out, cells);
+  return {out.to(x.scalar_type()), cells};
+}
+
+std::tuple<Tensor, Tensor> batch_local_dist_backward_cells_impl(const Tensor& grad, const Tensor& x,
+                                                                const Tensor& y,
+                                                                const Tensor& cells, bool normalize,
+                                                                double gamma, double band) {
+  const char* op = "partdist._batch_local_dist_backward_cells";
+  check_xy(op, x, y, true, true);
+  const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
+  const DPRule rule = make_rule(op, m, n, gamma, band, false);
+  check_grad(op, grad, {N}, x);
+  auto ct = compute_type(x);
+  TORCH_CHECK(cells.sizes() == at::IntArrayRef({2, N, m, n}) && cells.scalar_type() == ct &&
+                  cells.device() == x.device(),
+              op, ": cells must be the [2, N, m, n] ", ct,
+              " tensor that _batch_local_dist_fwd_cells returned for x and y, got ",
+              shape_str(cells), " ", cells.scalar_type());
+  Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
+  Tensor g = grad.to(ct).contiguous(), c = cells.contiguous();
+  Tensor gx = at::empty_like(xc), gy = at::empty_like(yc);
+  if (N > 0) CpuKernels::aligned_backward_cells(normalize, rule, g, xc, yc, c, gx, gy);
+  return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
+}
+
 // ------------------------------------------------------------------------ dmli
 template <typename K>
 Tensor dmli_impl(const Tensor& dist, double gamma, double band) {
@@ -378,4 +420,15 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "_local_dist_tile_plan(str backend, int M, int N, int m, int n, int elem_size, "
       "int chunk_size=0) -> int[]",
       &partdist::dmli::local_dist_tile_plan);
+  m.def(
+      "_batch_local_dist_fwd_cells(Tensor x, Tensor y, bool normalize, float gamma, float band) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "_batch_local_dist_backward_cells(Tensor grad, Tensor x, Tensor y, Tensor cells, "
+      "bool normalize, float gamma, float band) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(partdist, CPU, m) {
+  m.impl("_batch_local_dist_fwd_cells", &partdist::dmli::batch_local_dist_fwd_cells_impl);
+  m.impl("_batch_local_dist_backward_cells", &partdist::dmli::batch_local_dist_backward_cells_impl);
 }

@@ -77,6 +77,23 @@ def _(grad, x, y, normalize, gamma, band, unaligned):
     return torch.empty_like(x), torch.empty_like(y)
 
 
+def _compute_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("partdist::_batch_local_dist_fwd_cells")
+def _(x, y, normalize, gamma, band):
+    check_xy("partdist._batch_local_dist_fwd_cells", x, y, aligned=True, dp=True)
+    cells = x.new_empty((2, x.shape[0], x.shape[1], y.shape[1]), dtype=_compute_dtype(x))
+    return x.new_empty((x.shape[0],)), cells
+
+
+@torch.library.register_fake("partdist::_batch_local_dist_backward_cells")
+def _(grad, x, y, cells, normalize, gamma, band):
+    check_xy("partdist._batch_local_dist_backward_cells", x, y, aligned=True, dp=True)
+    return torch.empty_like(x), torch.empty_like(y)
+
+
 @torch.library.register_fake("partdist::local_dist")
 def _(x, y, normalize=True, chunk_size=0, gamma=0.0, band=-1.0, unaligned=False):
     check_xy("partdist.local_dist", x, y, aligned=False, dp=True)
@@ -94,6 +111,9 @@ def _(grad, x, y, normalize, chunk_size, gamma, band, unaligned):
 # (csrc/dmli/dmli_autograd.cpp, at the Autograd dispatch key): the forward saves x, y
 # (or dist) and the options, the backward calls the compiled *_backward op. No Python
 # runs per call. The backward ops themselves have no autograd (no double backward).
+# batch_local_dist on the CPU (not unaligned), when a gradient is needed, runs
+# _batch_local_dist_fwd_cells instead, saves its cells and calls
+# _batch_local_dist_backward_cells (no dot products recomputed).
 
 
 # -------------------------------------------------------------------- public API
@@ -181,7 +201,9 @@ def batch_local_dist(
     Returns:
         ``[N]``, differentiable in ``x`` and ``y``. On CUDA the ``[N, m, n]`` stripe dot
         products come from one batched GEMM; on the CPU each pair is done in one pass
-        (dot products, cells, DP, and in backward the chain rule along the path only).
+        (dot products, cells, DP; when a gradient is needed the forward keeps the cells,
+        ``2 N m n`` values, and the backward runs the DP backward on them and the chain
+        rule along the path only, without recomputing the dot products).
     """
     check_xy("partdist.batch_local_dist", x, y, aligned=True, dp=True)
     check_rule("partdist.batch_local_dist", x.shape[1], y.shape[1], gamma, band)

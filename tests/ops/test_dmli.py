@@ -191,20 +191,32 @@ def test_dmli_grad_matches_seed_loop_with_ties():
     assert (flat.grad > 0).all()
 
 
+def tie_pairs(dtype, seed, untied):
+    """37 aligned pairs of 0/1 features (many equal stripe distances: ties in the minimum),
+    the pairs ``untied`` random instead, and an incoming gradient with zeros (pairs
+    without gradient). 37 pairs fill two blocks of SIMD lanes and part of a third."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 2, (37, 6, 5), generator=g).to(dtype)
+    y = torch.randint(0, 2, (37, 7, 5), generator=g).to(dtype)
+    x[untied] = torch.randn(x[untied].shape, generator=g).to(dtype)
+    gd = torch.float64 if dtype == torch.float64 else torch.float32
+    gout = torch.rand(37, generator=g, dtype=gd) * (torch.arange(37) % 5 != 2)
+    return x, y, gout.to(dtype)
+
+
+DP_VARIANTS = pytest.mark.parametrize("kw", [{}, {"band": 2.0}, {"gamma": 0.3}])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("kw", [{}, {"band": 2.0}, {"gamma": 0.3}])
+@DP_VARIANTS
 def test_batch_local_dist_grad_with_ties_equals_dmli_of_matrix(dtype, normalize, kw):
     # The CPU backward of batch_local_dist runs the DPs of 16 pairs at once in SIMD lanes
     # (forward and reverse); dmli runs them one pair at a time. On the same cells both must
     # give the same gradient, bit for bit, ties (split in half) included. 0/1 features make
     # many stripe distances equal (ties in the minimum); 37 pairs fill two blocks of lanes
     # and part of a third; zeros in gout are pairs without gradient (skipped).
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 2, (37, 6, 5), generator=g).to(dtype)
-    y = torch.randint(0, 2, (37, 7, 5), generator=g).to(dtype)
-    x[5] = torch.randn(6, 5, generator=g).to(dtype)  # one pair without ties
-    gout = torch.rand(37, generator=g, dtype=dtype) * (torch.arange(37) % 5 != 2)
+    x, y, gout = tie_pairs(dtype, 3, slice(5, 6))  # one pair without ties
     a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
     (partdist.batch_local_dist(a, b, normalize, **kw) * gout).sum().backward()
     a2, b2 = x.clone().requires_grad_(), y.clone().requires_grad_()
@@ -221,6 +233,42 @@ def test_batch_local_dist_grad_with_ties_equals_dmli_of_matrix(dtype, normalize,
             d2 = d.detach().requires_grad_()
             (R.dmli_loop(d2) * gout).sum().backward()
             assert torch.equal(dd.grad, d2.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("normalize", [True, False])
+@DP_VARIANTS
+def test_batch_local_dist_saved_cells_grad_equals_recompute(dtype, normalize, kw):
+    # With a gradient needed, the CPU autograd of batch_local_dist runs
+    # _batch_local_dist_fwd_cells and its backward reads the saved cells instead of
+    # recomputing the dot products: values and gradients are bit for bit those of the ops
+    # that recompute (batch_local_dist, batch_local_dist_backward), ties and pairs
+    # without gradient included.
+    x, y, gout = tie_pairs(dtype, 5, slice(5, 9))
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    out = partdist.batch_local_dist(a, b, normalize, **kw)
+    (out * gout).sum().backward()
+    gamma, band = float(kw.get("gamma", 0.0)), float(kw.get("band", -1.0))
+    ops = torch.ops.partdist
+    assert torch.equal(out.detach(), ops.batch_local_dist(x, y, normalize, gamma, band, False))
+    gx, gy = ops.batch_local_dist_backward(gout, x, y, normalize, gamma, band, False)
+    assert torch.equal(a.grad, gx) and torch.equal(b.grad, gy)
+    # the cells: raw stripe distances, then the cell values
+    dist, cells = ops._batch_local_dist_fwd_cells(x, y, normalize, gamma, band)
+    assert torch.equal(dist, out.detach())
+    assert cells.shape == (2, 37, 6, 7)
+    xc, yc = x.to(cells.dtype), y.to(cells.dtype)  # the compute dtype
+    assert torch.equal(cells[1], partdist.local_dist_matrix(xc, yc, normalize))
+    assert torch.equal(cells[0], partdist.local_dist_matrix(xc, yc, False))
+
+
+def test_batch_local_dist_backward_cells_rejects_wrong_cells():
+    x, y = rand_xy(3, 4, 5, C=6)
+    g = torch.ones(3, dtype=x.dtype)
+    cells = torch.ops.partdist._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0)[1]
+    for bad in (cells[:1], cells.float(), cells[:, :2]):
+        with pytest.raises(RuntimeError, match="cells must be the"):
+            torch.ops.partdist._batch_local_dist_backward_cells(g, x, y, bad, True, 0.0, -1.0)
 
 
 @pytest.mark.parametrize("m,n", SHAPES)
@@ -318,6 +366,11 @@ def test_opcheck_all_ops():
         (ops.batch_local_dist.default, (x, y, True, 0.2, 1.5, False)),
         (ops.local_dist.default, (x, y2, True, 5, 0.7, -1.0, False)),
         (ops.batch_local_dist.default, (x, x.detach().clone().requires_grad_(), True, 0.0, -1.0, True)),
+        # the CPU training pair of batch_local_dist (the forward saving its cells)
+        (ops._batch_local_dist_fwd_cells.default, (x.detach(), y.detach(), True, 0.2, 1.5)),
+        (ops._batch_local_dist_backward_cells.default,
+         (torch.rand(3, dtype=torch.float64), x.detach(), y.detach(),
+          ops._batch_local_dist_fwd_cells(x.detach(), y.detach(), False, 0.0, -1.0)[1], False, 0.0, -1.0)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
