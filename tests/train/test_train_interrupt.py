@@ -67,12 +67,20 @@ def _check_checkpoint(out, epoch):
     return ckpt
 
 
+def _sigint_as_in_a_terminal():
+    """The run starts with SIGINT at its default, as a command typed at a terminal does. A test
+    runner started in the background by a non-interactive shell (`cmd &`) has SIGINT ignored,
+    its children inherit that, and Python then installs no KeyboardInterrupt handler: Ctrl-C
+    could not reach such a run anyway."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_kill_mid_epoch_then_resume_equals_uninterrupted(data_root, uninterrupted, tmp_path, sig):
     out = tmp_path / "run"
     proc = subprocess.Popen(_cmd(data_root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(ENV, PARTDIST_TEST_STALL_AT="2:1"))
+                            env=dict(ENV, PARTDIST_TEST_STALL_AT="2:1"), preexec_fn=_sigint_as_in_a_terminal)
     try:
         _wait_for_line(proc, "stalled in epoch 2 after iteration 1")
         before = _check_checkpoint(out, 1)  # epoch 1 is on disk, epoch 2 is half done
