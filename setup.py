@@ -94,6 +94,50 @@ def default_cuda_arch_list(environ, visible_gpus):
     return None if visible_gpus > 0 else DEFAULT_CUDA_ARCHS
 
 
+def libstdcxx_link_args(search_dirs, exists, loaded_libstdcxx):
+    """Link arguments that keep the C++ runtime shared (a pure function, tested).
+
+    ``g++`` links ``-lstdc++``; the linker takes, directory by directory of the compiler's
+    library search path, ``libstdc++.so`` and else ``libstdc++.a``. A compiler wrapper whose
+    ``-B`` folder holds only ``libstdc++.a`` (seen on the GPU machine: ``/opt/gcc/bin/g++``)
+    so links a private copy of libstdc++ into the extension, beside the shared one torch has
+    loaded: two C++ runtimes in one process, and formatting a number into an error message
+    crashed (SIGSEGV in ``std::ostream::_M_insert<long>``). Then the shared library torch uses
+    (``loaded_libstdcxx``, a path) is named explicitly, before g++'s own ``-lstdc++``.
+    Returns ``(args, why)``; ``([], None)`` when the search finds the shared library first."""
+    for d in search_dirs:
+        if exists(os.path.join(d, "libstdc++.so")):
+            return [], None
+        if exists(os.path.join(d, "libstdc++.a")):
+            if not loaded_libstdcxx:
+                return [], "the compiler would link %s statically and torch's libstdc++ was not found" % d
+            lib_dir, name = os.path.split(loaded_libstdcxx)
+            return (["-L" + lib_dir, "-l:" + name],
+                    "the compiler would link libstdc++.a of %s into the extension; linking %s instead"
+                    % (d, loaded_libstdcxx))
+    return [], None
+
+
+def _libstdcxx_link_args():
+    if not sys.platform.startswith("linux"):
+        return []
+    import subprocess
+
+    cxx = os.environ.get("CXX") or "c++"
+    try:
+        out = subprocess.run([cxx, "-print-search-dirs"], capture_output=True, text=True, timeout=60).stdout
+        with open("/proc/self/maps") as fh:  # torch (imported above) has loaded its libstdc++
+            loaded = sorted({ln.split()[-1] for ln in fh if "/libstdc++.so" in ln})
+    except (OSError, subprocess.SubprocessError):
+        return []
+    dirs = [ln.split("=", 1)[1] for ln in out.splitlines() if ln.startswith("libraries:") and "=" in ln]
+    dirs = [os.path.normpath(d) for d in (dirs[0].split(":") if dirs else []) if d]
+    args, why = libstdcxx_link_args(dirs, os.path.exists, loaded[0] if loaded else None)
+    if why:
+        print("partdist: %s (CXX=%s)" % (why, cxx), file=sys.stderr)
+    return args
+
+
 def _visible_gpus():
     try:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -110,7 +154,7 @@ def _extensions():
 
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
-    ldflags = ["-fopenmp"]
+    ldflags = ["-fopenmp"] + _libstdcxx_link_args()
     if _env_flag("PARTDIST_NATIVE", True) and not sanitize:
         cxx.append("-march=native")
     if sanitize:

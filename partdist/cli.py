@@ -112,8 +112,8 @@ def check_device(value: str, flag: str = "--device") -> torch.device:
             raise CLIError(f"{flag} {value}: no CUDA GPU is visible on this machine; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise CLIError(
-                f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 .. "
-                f"cuda:{torch.cuda.device_count() - 1})"
+                f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use --device cuda "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}) or --device cpu"
             )
     elif dev.type != "cpu":
         raise CLIError(f"{flag} {value}: partdist runs on cpu or cuda; use --device cpu or --device cuda")

@@ -173,11 +173,35 @@ def test_eval_out_writes_results_and_rank_lists_and_refuses_to_overwrite(trained
 @pytest.mark.parametrize("cmd, device", [("train", "gpu"), ("eval", "cuda")])
 def test_unusable_device_is_one_line(cli, cmd, device, data_root, tmp_path):
     if device == "cuda" and torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
+        device = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU
     args = ["--data", data_root, "--device", device]
     args += ["--out", tmp_path / "o"] if cmd == "train" else ["--checkpoint", tmp_path / "none.pt"]
     assert_one_line_error(cli(cmd, *args), cmd, f"--device {device}", "--device cpu")
     assert not (tmp_path / "o").exists()
+
+
+def test_check_device_names_the_flag_and_the_fix(monkeypatch):
+    """Each way a --device value can be unusable, on any machine: the CUDA cases are simulated
+    (a CUDA build of torch with 0 or 2 visible GPUs)."""
+    from partdist.cli import CLIError, check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    for value, want in [("gpu", "not a device"), ("meta", "partdist runs on cpu or cuda")]:
+        with pytest.raises(CLIError, match=f"--device {value}: {want}.*--device cpu"):
+            check_device(value)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(CLIError, match="--device cuda: this torch .* is a CPU build without CUDA; use --device cpu"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CLIError, match="--dev cuda:0: no CUDA GPU is visible on this machine; use --device cpu"):
+        check_device("cuda:0", flag="--dev")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(CLIError, match=r"--device cuda:2: this machine has 2 CUDA GPU\(s\); use --device cuda "
+                                       r"\(cuda:0 \.\. cuda:1\) or --device cpu"):
+        check_device("cuda:2")
 
 
 def test_bad_flag_values_are_one_line(cli, data_root, tmp_path):

@@ -401,7 +401,12 @@ has = torch._C._dispatch_has_kernel_for_dispatch_key
 info["ops"] = names
 info["cpu_ops"] = [n for n in names if has(n, "CPU")]
 info["cuda_ops"] = [n for n in names if has(n, "CUDA")]
-info["missing_cuda"] = [n for n in info["cpu_ops"] if n not in info["cuda_ops"]]
+try:
+    from partdist.ops import CPU_ONLY_OPS
+except ImportError:  # an older partdist: every CPU op needs a CUDA kernel
+    CPU_ONLY_OPS = {}
+info["cpu_only_by_design"] = sorted(n for n in info["cpu_ops"] if n in CPU_ONLY_OPS and n not in info["cuda_ops"])
+info["missing_cuda"] = [n for n in info["cpu_ops"] if n not in info["cuda_ops"] and n not in CPU_ONLY_OPS]
 if torch.cuda.is_available() and info["cuda_ops"]:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 8, 16, generator=g), torch.randn(6, 8, 16, generator=g)
@@ -410,6 +415,20 @@ if torch.cuda.is_available() and info["cuda_ops"]:
         info["smoke_max_diff"] = (d - partdist.local_dist(x, y)).abs().max().item()
     except Exception as e:
         info["smoke_error"] = "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+print("GPUCHECK-JSON " + json.dumps(info))
+"""
+
+# An argument error whose message streams a number (a shape): it crashed the process (SIGSEGV)
+# when the compiler linked a static copy of libstdc++ into the extension (setup.py now avoids
+# that; this catches any other way the C++ runtime ends up twice in the process).
+_ERROR_PATH_SNIPPET = r"""
+import json, torch
+import partdist
+try:
+    torch.ops.partdist.dmli(torch.rand(4, 4))
+    info = {"error_path": "no error raised"}
+except RuntimeError as e:
+    info = {"error_path": "ok" if "must be a 3-D tensor" in str(e) and "[4, 4]" in str(e) else "message: " + str(e)[:200]}
 print("GPUCHECK-JSON " + json.dumps(info))
 """
 
@@ -565,7 +584,20 @@ class Check:
             res["failures"].append(f"import partdist / kernel listing failed: {_last_error(k.tail)}")
             return self._finish(res, FAIL, k)
         res["details"]["kernels"] = {"ops": len(info["ops"]), "cpu": len(info["cpu_ops"]), "cuda": len(info["cuda_ops"]),
-                                     "missing_cuda": info["missing_cuda"], "partdist_file": info["partdist_file"]}
+                                     "missing_cuda": info["missing_cuda"],
+                                     "cpu_only_by_design": info.get("cpu_only_by_design", []),
+                                     "partdist_file": info["partdist_file"]}
+        e = run_logged([self.py, "-c", _ERROR_PATH_SNIPPET], os.path.join(d, "error-path.log"), 60, self.child_env(),
+                       self.args.verbose)
+        res["commands"].append(e.as_dict() | {"log": self.rel(e.log)})
+        einfo = _json_line(e.tail)
+        if einfo is None:
+            res["failures"].append(
+                f"an op's argument error (a shape in its message) did not raise cleanly (exit status {e.rc}): "
+                "the C++ runtime may be in the process twice (a libstdc++ linked statically into the "
+                "extension, see setup.py); rebuild with the system compiler (CXX=/usr/bin/g++)")
+        elif einfo["error_path"] != "ok":
+            res["failures"].append("an op's argument error: " + einfo["error_path"])
         if not info["cuda_ops"]:
             (res["warnings"] if self.allow_cpu else res["failures"]).append("no partdist CUDA kernel is registered")
         elif info["missing_cuda"]:

@@ -9,3 +9,15 @@ Each module adds what ``torch.library`` needs from Python (fake kernels, autogra
 kernels registered in C++ as ``torch.ops.partdist.*``. The public names are re-exported at
 ``partdist.*``.
 """
+
+# Ops with a CPU kernel and, by design, no CUDA kernel (each with the reason). Every other op
+# with a CPU kernel must have a CUDA one: tools/gpu_check.py (build stage) and
+# tests/tools/test_gpu_check.py check both directions against this table.
+CPU_ONLY_OPS = {
+    "partdist::rank_metrics": "ranking metrics of a distance matrix on the host: "
+    "partdist.eval.evaluate_rank moves a CUDA matrix to the CPU (one sort per query, no GPU gain)",
+    "partdist::_batch_local_dist_fwd_cells": "the CPU training pair of batch_local_dist "
+    "(forward saving its cells); on CUDA the autograd runs batch_local_dist / batch_local_dist_backward",
+    "partdist::_batch_local_dist_backward_cells": "the backward of the CPU training pair "
+    "_batch_local_dist_fwd_cells",
+}

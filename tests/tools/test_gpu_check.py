@@ -384,3 +384,22 @@ def test_sanitize_op_script_covers_every_partdist_op():
     assert ops, "no partdist op registered"
     missing = [op for op in ops if not any(name == op or name.startswith(op + ",") for name in names)]
     assert not missing, f"ops without a case in tools/gpu_sanitize_ops.py: {missing}"
+
+
+def test_cpu_only_ops_table_matches_the_registrations():
+    """partdist.ops.CPU_ONLY_OPS (ops with no CUDA kernel by design, which gpu_check's build
+    stage accepts) names real ops that indeed have no device twin, and every other op with a
+    CPU kernel has one: a new op without a CUDA kernel must be added to the table with its
+    reason, or the build stage fails on the GPU machine."""
+    torch = pytest.importorskip("torch")
+    from partdist.ops import CPU_ONLY_OPS
+
+    names = set(torch._C._dispatch_get_all_op_names())
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    twins = {n.split("::", 1)[1] for n in names if n.startswith("partdist_cuda_emulated::")}
+    cpu_ops = {n for n in names if n.startswith("partdist::") and has(n, "CPU")}
+    for op, why in CPU_ONLY_OPS.items():
+        assert op in cpu_ops and why, op
+        assert op.split("::", 1)[1] not in twins, f"{op} has a device twin: remove it from CPU_ONLY_OPS"
+    without_twin = {n for n in cpu_ops if n.split("::", 1)[1] not in twins}
+    assert without_twin == set(CPU_ONLY_OPS)
