@@ -11,7 +11,8 @@
 # make gpu-check : on a GPU machine (no venv, $(PYTHON) with a CUDA torch): build for the GPU present,
 #                  whole test suite (fails on any skipped CUDA test), compute-sanitizer, benchmarks on
 #                  cuda + cpu with the GPU targets -> $(OUT)/report.md + report.json. STAGE=build|test|
-#                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes)
+#                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes); PACK=1
+#                  moves the logs into one archive beside the report
 # make lint   : ruff check of the Python code and clang-format check of csrc/ (no changes made)
 # make lint-cpp : clang-format check of csrc/ (.clang-format), no changes made
 PYTHON ?= python3
@@ -126,7 +127,7 @@ gpu-check:
 	  $(if $(TESTS),--tests "$(TESTS)") $(if $(BENCHES),--benches $(BENCHES)) \
 	  $(if $(SANITIZE_TOOLS),--sanitize-tools $(SANITIZE_TOOLS)) $(if $(STAGE_TIMEOUT),--stage-timeout $(STAGE_TIMEOUT)) \
 	  $(if $(TOTAL_TIMEOUT),--total-timeout $(TOTAL_TIMEOUT)) \
-	  $(if $(BUILD_MODE),--build-mode $(BUILD_MODE)) $(GPU_CHECK_ARGS)
+	  $(if $(BUILD_MODE),--build-mode $(BUILD_MODE)) $(if $(PACK),--pack) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build partdist/*.so *.egg-info $(VENV)/.editable $(VENV)/.built

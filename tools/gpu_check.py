@@ -997,6 +997,9 @@ def parse_args(argv=None):
                     help="comma-separated compute-sanitizer tools [make: SANITIZE_TOOLS=]")
     ap.add_argument("--build-mode", default="inplace", choices=["inplace", "pip"],
                     help="setup.py build_ext --inplace (default) or pip install -e [make: BUILD_MODE=]")
+    ap.add_argument("--pack", action="store_true", default=False,
+                    help="at the end, move the logs into one logs-<stages>.tar.gz beside report.md / report.json "
+                         "(a machine that returns only a few files of --out) [make: PACK=1]")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo every command's output")
     args = ap.parse_args(argv)
     stages = [s.strip() for s in args.stage.split(",") if s.strip()]
@@ -1020,6 +1023,35 @@ def parse_args(argv=None):
     if args.total_timeout is not None and args.total_timeout < 60:
         ap.error("--total-timeout/TOTAL_TIMEOUT: at least 60 seconds")
     return args
+
+
+def pack_logs(out, stages):
+    """Move every file under ``out`` but the report (and earlier archives) into one
+    ``logs-<stages>.tar.gz`` there; returns its path (None when there was nothing to pack)."""
+    import tarfile
+
+    keep = {"report.md", "report.json"}
+    files = []
+    for root, _, names in os.walk(out):
+        for n in sorted(names):
+            rel = os.path.relpath(os.path.join(root, n), out)
+            if rel not in keep and not (root == out and n.startswith("logs-") and n.endswith(".tar.gz")):
+                files.append(rel)
+    if not files:
+        return None
+    path = os.path.join(out, "logs-%s.tar.gz" % "-".join(stages))
+    with tarfile.open(path, "w:gz") as tar:
+        for rel in files:
+            tar.add(os.path.join(out, rel), arcname=rel)
+    for rel in files:
+        os.remove(os.path.join(out, rel))
+    for root, dirs, _ in os.walk(out, topdown=False):
+        for d in dirs:
+            try:
+                os.rmdir(os.path.join(root, d))
+            except OSError:
+                pass
+    return path
 
 
 def main(argv=None):
@@ -1051,6 +1083,10 @@ def main(argv=None):
         results.append(check.run_stage(stage, budget))
     print_summary(check.report)
     print(f"\nreport: {os.path.join(check.out, 'report.md')} and report.json", flush=True)
+    if args.pack:
+        packed = pack_logs(check.out, args.stages)
+        if packed:
+            print(f"logs: {packed}", flush=True)
     return 0 if all(r["status"] in (PASS, WARN) for r in results) else 1
 
 

@@ -250,6 +250,8 @@ def add_search_parser(subparsers):
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking within the shortlist")
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="shortlist search")
     p.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (backend faiss)")
+    p.add_argument("--faiss-params", default="",
+                   help="FAISS search parameters, e.g. nprobe=32 (IVF) or efSearch=128 (HNSW) (backend faiss)")
     p.add_argument("--lam", type=float, default=None, help="weight of the local distance (default: the index's)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--evaluate", action="store_true",
@@ -311,7 +313,8 @@ def _search(args):
     try:
         res = idx.search(qg, ql, args.k, mode=args.mode, shortlist=args.shortlist, rerank=args.rerank,
                          pooled_weight=args.pooled_weight,
-                         backend=args.backend, faiss_factory=args.faiss_factory, lam=args.lam,
+                         backend=args.backend, faiss_factory=args.faiss_factory,
+                         faiss_params=args.faiss_params, lam=args.lam,
                          distributed=world > 1, progress=_progress(args))
     except ValueError as e:
         raise UsageError(str(e)) from None

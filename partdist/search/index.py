@@ -26,6 +26,7 @@ import math
 import numbers
 import os
 import pickle
+import re
 import zipfile
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -83,6 +84,13 @@ def _labels(op, name, v, n):
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1 or t.shape[0] != n:
         raise ValueError(f"{op}: {name} must be {n} integers (one per gallery item), got {list(t.shape)} {t.dtype}")
     return t.to(torch.int64).cpu()
+
+
+def _faiss_reason(e):
+    """The useful part of a FAISS C++ error (``Error in <function> at <file>.cpp:<line>: <why>``)."""
+    msg = " ".join(str(e).split())
+    m = re.search(r"\.(?:cpp|h):\d+:\s*(.*)$", msg)
+    return (m.group(1) if m else msg).rsplit(":", 1)[-1].strip() or type(e).__name__
 
 
 def _stable_smallest(d: torch.Tensor, k: int):
@@ -560,6 +568,7 @@ class GalleryIndex:
                mode: str = "exact", shortlist: int = 100, pooled_weight: float = 0.0, rerank: bool = False,
                k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3, backend: str = "torch", faiss_factory: str = "Flat",
+               faiss_params: str = "",
                lam: Optional[float] = None, metric: Optional[str] = None, distributed: Optional[bool] = None,
                group=None, block_queries: Optional[int] = None, chunk_rows: Optional[int] = None,
                progress: bool = False) -> SearchResult:
@@ -586,7 +595,10 @@ class GalleryIndex:
                 distances are then the re-ranked ones.
             backend: shortlist search, ``"torch"`` (exact GEMM top-k) or ``"faiss"`` (a FAISS
                 index built from ``faiss_factory``, e.g. ``"Flat"``, ``"SQfp16"``,
-                ``"HNSW32"``; ``pip install partdist[faiss]``).
+                ``"HNSW32"``, ``"IVF4096,SQfp16"``; ``pip install partdist[faiss]``). Built at the
+                first FAISS search (IVF: trained on up to 2^18 items) and kept until the index changes.
+            faiss_params: FAISS search parameters, e.g. ``"nprobe=32"`` (IVF) or
+                ``"efSearch=128"`` (HNSW), set with ``faiss.ParameterSpace`` before each search.
             lam, metric: override the index's defaults.
             distributed: search the shards of all ranks of ``group`` (collective: every rank
                 calls with the same queries). Default: when torch.distributed is
@@ -615,6 +627,9 @@ class GalleryIndex:
                 or not math.isfinite(pooled_weight) or pooled_weight < 0):
             raise ValueError(f"{op}: pooled_weight must be a finite number >= 0, got {pooled_weight!r}")
         pooled_weight = float(pooled_weight)
+        for name, v in (("faiss_factory", faiss_factory), ("faiss_params", faiss_params)):
+            if not isinstance(v, str):
+                raise TypeError(f"{op}: {name} must be a string, got {type(v).__name__}")
         if pooled_weight and backend == "faiss":
             raise ValueError(f"{op}: pooled_weight > 0 needs backend='torch' (the FAISS shortlist is by the global "
                              "distance only)")
@@ -685,7 +700,7 @@ class GalleryIndex:
             raise ValueError(f"{op}: rerank needs a shortlist longer than k1 = {k1}, got {kk} (raise shortlist, "
                              "or lower k1)")
         if backend == "faiss":
-            sk, si = self._faiss_shortlist(qg, kk, metric, faiss_factory)
+            sk, si = self._faiss_shortlist(qg, kk, metric, faiss_factory, faiss_params)
         else:
             sk, si = self._shortlist_keys(qg, ql, kk, metric, pooled_weight, block_queries, opts["chunk_rows"],
                                           opts["show"])
@@ -848,10 +863,21 @@ class GalleryIndex:
         per_pair = (math.prod(q.shape[1:]) + math.prod(store.shape[1:])) * q.element_size()
         blk = max(1, _PAIR_BYTES // per_pair)
         desc = "shortlist: local distance" if local else "shortlist: global distance"
+        # the gathered pairs go into buffers reused block after block (fresh memory for every
+        # block cost more than the distances: first touch of each page)
+        nb = min(blk, pos.numel())
+        a_buf = torch.empty((nb, *q.shape[1:]), dtype=q.dtype, device=q.device)
+        b_buf = torch.empty((nb, *store.shape[1:]), dtype=cd, device=store.device)
+        b_raw = b_buf if store.dtype == cd else torch.empty((nb, *store.shape[1:]), dtype=store.dtype,
+                                                            device=store.device)
         with tqdm(total=pos.numel(), desc=desc, unit="pair", unit_scale=True, disable=not show, leave=False) as bar:
             for s in range(0, pos.numel(), blk):
                 e = min(s + blk, pos.numel())
-                a, b = q[qpos[s:e]], store[gpos[s:e]].to(cd)
+                a, b, raw = a_buf[: e - s], b_buf[: e - s], b_raw[: e - s]
+                torch.index_select(q, 0, qpos[s:e], out=a)
+                torch.index_select(store, 0, gpos[s:e], out=raw)
+                if raw is not b:
+                    b.copy_(raw)
                 if local:
                     out[pos[s:e]] = partdist.batch_local_dist(a, b, self.normalize, gamma=self.gamma, band=self.band)
                 else:
@@ -893,10 +919,10 @@ class GalleryIndex:
         bar.close()
         return _merge.sum_owned(out, group) if use_dist else out
 
-    def _faiss_shortlist(self, qg, kk, metric, factory):
+    def _faiss_shortlist(self, qg, kk, metric, factory, params=""):
         op = "GalleryIndex.search"
         try:
-            import faiss  # noqa: F401
+            import faiss
         except ImportError:
             raise ImportError(f"{op}: backend='faiss' needs the faiss package: pip install 'partdist[faiss]' "
                               "(or faiss-cpu), or use backend='torch'") from None
@@ -905,11 +931,16 @@ class GalleryIndex:
         if k_here == 0:
             return (torch.empty((Q, 0), dtype=qg.dtype, device=self.device),
                     torch.empty((Q, 0), dtype=torch.int64, device=self.device))
-        if self._faiss is None or self._faiss[0] != (metric, factory):
-            import faiss
-
+        # faiss_params stay set on the cached index: going back to no parameters (FAISS's
+        # defaults) rebuilds it rather than keep the last search's parameters silently
+        if self._faiss is None or self._faiss[0] != (metric, factory) or (not params and self._faiss[2]):
             fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-            index = faiss.index_factory(self.dim, factory, fm)
+            try:
+                index = faiss.index_factory(self.dim, factory, fm)
+            except RuntimeError as e:
+                raise ValueError(f"{op}: faiss_factory {factory!r} is not a FAISS index factory string for D = "
+                                 f"{self.dim} ({_faiss_reason(e)}); e.g. 'Flat', 'SQfp16', 'HNSW32', "
+                                 "'IVF1024,Flat'") from None
 
             def rows(s, e):
                 x = self.global_features[s:e].float().cpu()
@@ -921,7 +952,14 @@ class GalleryIndex:
                 index.train(rows(0, min(self._n, 1 << 18)))
             for s in range(0, self._n, 1 << 16):
                 index.add(rows(s, min(s + (1 << 16), self._n)))
-            self._faiss = ((metric, factory), index)
+            self._faiss = ((metric, factory), index, "")
+        if params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self._faiss[1], params)
+            except RuntimeError as e:
+                raise ValueError(f"{op}: faiss_params {params!r} do not apply to the {factory!r} index "
+                                 f"({_faiss_reason(e)}); e.g. 'nprobe=32' for IVF, 'efSearch=128' for HNSW") from None
+            self._faiss = self._faiss[:2] + (params,)
         x = qg.float().cpu()
         if metric == "cosine":
             x = torch.nn.functional.normalize(x, dim=1)

@@ -209,6 +209,36 @@ def test_faiss_backend_when_installed():
     torch.testing.assert_close(fs.distances, ex.distances)
 
 
+def test_faiss_factory_and_params_when_installed():
+    """An IVF index probing every list equals the exact search; nprobe=1 is allowed (and may
+    miss); bad factory strings and parameters are errors naming the argument, not FAISS traces."""
+    pytest.importorskip("faiss")
+    d = data()
+    idx = build(d)
+    ex = idx.search(d["qg"], d["ql"], 10)
+    kw = dict(mode="two-stage", shortlist=G, backend="faiss", faiss_factory="IVF4,Flat")
+    full = idx.search(d["qg"], d["ql"], 10, faiss_params="nprobe=4", **kw)
+    assert torch.equal(full.ids, ex.ids)
+    one = idx.search(d["qg"], d["ql"], 10, faiss_params="nprobe=1", **kw)
+    assert one.ids.shape == ex.ids.shape
+    # no parameters after some: FAISS's defaults again (nprobe=1), not the last search's
+    import faiss
+
+    assert faiss.extract_index_ivf(idx._faiss[1]).nprobe == 1
+    idx.search(d["qg"], d["ql"], 10, faiss_params="nprobe=3", **kw)
+    assert faiss.extract_index_ivf(idx._faiss[1]).nprobe == 3
+    idx.search(d["qg"], d["ql"], 10, **kw)
+    assert faiss.extract_index_ivf(idx._faiss[1]).nprobe == 1
+    with pytest.raises(ValueError, match=r"faiss_factory 'Bogus12' is not a FAISS index factory string for "
+                                         r"D = \d+ \(could not parse index string Bogus12\)"):
+        idx.search(d["qg"], d["ql"], 3, mode="two-stage", backend="faiss", faiss_factory="Bogus12")
+    with pytest.raises(ValueError, match=r"faiss_params 'efSearch=8' do not apply to the 'IVF4,Flat' index "
+                                         r"\(could not set parameter efSearch\); e.g. 'nprobe=32'"):
+        idx.search(d["qg"], d["ql"], 3, faiss_params="efSearch=8", **kw)
+    with pytest.raises(TypeError, match="faiss_params must be a string, got int"):
+        idx.search(d["qg"], d["ql"], 3, faiss_params=4, **kw)
+
+
 def test_faiss_missing_is_a_clear_error(monkeypatch):
     import builtins
 

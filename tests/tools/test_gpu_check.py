@@ -403,3 +403,26 @@ def test_cpu_only_ops_table_matches_the_registrations():
         assert op.split("::", 1)[1] not in twins, f"{op} has a device twin: remove it from CPU_ONLY_OPS"
     without_twin = {n for n in cpu_ops if n.split("::", 1)[1] not in twins}
     assert without_twin == set(CPU_ONLY_OPS)
+
+
+def test_pack_logs_leaves_the_report_and_one_archive(tmp_path):
+    import tarfile
+
+    for rel, text in [("report.md", "r"), ("report.json", "{}"), ("env.log", "e"), ("test/pytest.log", "p"),
+                      ("bench/dmli.json", "{}"), ("bench/sub/deep.log", "d")]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    path = G.pack_logs(str(tmp_path), ["test", "bench"])
+    assert path == str(tmp_path / "logs-test-bench.tar.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs-test-bench.tar.gz", "report.json", "report.md"]
+    with tarfile.open(path) as tar:
+        assert sorted(tar.getnames()) == ["bench/dmli.json", "bench/sub/deep.log", "env.log", "test/pytest.log"]
+        assert tar.extractfile("test/pytest.log").read() == b"p"
+    # a second command into the same folder: its new logs only, the first archive kept
+    (tmp_path / "sanitize").mkdir()
+    (tmp_path / "sanitize" / "memcheck.log").write_text("m")
+    path2 = G.pack_logs(str(tmp_path), ["sanitize"])
+    with tarfile.open(path2) as tar:
+        assert tar.getnames() == ["sanitize/memcheck.log"]
+    assert (tmp_path / "logs-test-bench.tar.gz").exists()
+    assert G.pack_logs(str(tmp_path), ["bench"]) is None
