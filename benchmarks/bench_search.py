@@ -10,8 +10,10 @@ fresh views of gallery identities. The gallery is generated chunk by chunk strai
 the storage dtype (float16 by default: 10^6 items take 3 GiB), each chunk from its own
 seed, so every process can generate its own shard alone.
 
-Two-stage shortlist scores (--pooled-weight): w = 0, the global distance; w > 0, the global
-distance plus w times that of the normalized mean stripes (one GEMM of D + C columns).
+Two-stage shortlist scores (--pooled-weight, --pooling): w = 0, the global distance; w > 0, the
+global distance plus w times that of the normalized mean stripes ("pooled", one GEMM of D + C
+columns) or the mean squared distance of the normalized means of two overlapping windows of
+stripes ("halves", D + 2 C columns).
 
 Figures: two-stage search of all --queries queries (one timed run, queries/s); the exact
 fused search (the reference) on the first --exact-queries queries only (it computes the
@@ -110,8 +112,13 @@ def timed(fn, device):
     return t, mem, out, box["cpu"]
 
 
-def ts_name(kk, w):
-    return f"two-stage K'={kk}" + (f" pooled w={w:g}" if w else "")
+def variants(args):
+    """The shortlist scores to time: ``(w, pooling)``, w = 0 the global distance alone."""
+    return [(w, p) for w in args.pooled_weight for p in (args.pooling if w else ["mean"])]
+
+
+def ts_name(kk, w, pooling="mean"):
+    return f"two-stage K'={kk}" + ((" pooled" if pooling == "mean" else " " + pooling) + f" w={w:g}" if w else "")
 
 
 def run_searches(idx, qg, ql, args, distributed, device):
@@ -121,16 +128,18 @@ def run_searches(idx, qg, ql, args, distributed, device):
     if args.backend == "faiss":
         kw.update(faiss_factory=args.faiss_factory, faiss_params=args.faiss_params)
     n_ex = min(args.exact_queries, qg.shape[0])
-    for w in args.pooled_weight:
+    for j, (w, pooling) in enumerate(variants(args)):
         # one-time costs outside the timing (w > 0: the index's cache of pooled stripes; the FAISS index)
         t0 = time.perf_counter()
-        idx.search(qg[:1], ql[:1], args.k, mode="two-stage", shortlist=args.shortlist[0], pooled_weight=w, **kw)
-        if args.backend == "faiss" and w == args.pooled_weight[0]:
+        idx.search(qg[:1], ql[:1], args.k, mode="two-stage", shortlist=args.shortlist[0], pooled_weight=w,
+                   pooling=pooling, **kw)
+        if args.backend == "faiss" and j == 0:
             print(f"  [FAISS index {args.faiss_factory!r} built (and one query searched) in "
                   f"{time.perf_counter() - t0:.1f} s]", flush=True)
         for kk in args.shortlist:
-            out[ts_name(kk, w)] = timed(
-                lambda: idx.search(qg, ql, args.k, mode="two-stage", shortlist=kk, pooled_weight=w, **kw), device)
+            out[ts_name(kk, w, pooling)] = timed(
+                lambda: idx.search(qg, ql, args.k, mode="two-stage", shortlist=kk, pooled_weight=w, pooling=pooling,
+                                   **kw), device)
     if n_ex:
         out["exact"] = timed(lambda: idx.search(qg[:n_ex], ql[:n_ex], args.k, mode="exact", **kw), device)
     if args.rerank:
@@ -203,6 +212,8 @@ def main():
     ap.add_argument("--exact-queries", type=int, default=100, help="queries of the exact reference (a subset)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--shortlist", type=int, nargs="+", default=[100], help="K' values of the two-stage search")
+    ap.add_argument("--pooling", nargs="+", default=["mean", "halves"], choices=("mean", "halves"),
+                    help="stripes pooled for each --pooled-weight > 0 (GalleryIndex.search pooling=)")
     ap.add_argument("--pooled-weight", type=float, nargs="+", default=[0.0, 4.0],
                     help="shortlist scores: 0 = global distance; w > 0 = |dg|^2 + w |d pooled stripes|^2")
     ap.add_argument("--views", type=int, default=10, help="views per identity")
@@ -264,7 +275,7 @@ def main():
                 cpus = {k: float(m[:, 1 + len(res) + j].sum()) / 1e6 for j, k in enumerate(res)}
             ref = res.get("exact", (None, None))[1]
             n_q = {"exact": min(args.exact_queries, args.queries), "global only": min(args.exact_queries, args.queries)}
-            n_q.update({ts_name(kk, w): args.queries for kk in args.shortlist for w in args.pooled_weight})
+            n_q.update({ts_name(kk, w, p): args.queries for kk in args.shortlist for w, p in variants(args)})
             n_q[f"two-stage K'={args.shortlist[0]} + re-ranking"] = min(args.rerank_queries, args.queries)
             for name, (t, r) in res.items():
                 rec = "-"
@@ -291,7 +302,7 @@ def main():
                 if name.startswith("two-stage K'=") and "re-ranking" not in name and world == 1:
                     if ref is not None:
                         targets.append((f"recall@10 >= 0.99 at {name[10:]}, {size:,}", float(rec) >= 0.99, rec))
-                    if size >= 1_000_000 and name in [ts_name(args.shortlist[0], w) for w in args.pooled_weight]:
+                    if size >= 1_000_000 and name in [ts_name(args.shortlist[0], w, p) for w, p in variants(args)]:
                         if torch.device(args.device).type == "cuda":
                             targets.append((f">= 10,000 queries/s at {size:,} on the GPU, {name}", qps >= 10_000,
                                             f"{qps:,.0f}"))

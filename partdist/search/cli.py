@@ -247,6 +247,8 @@ def add_search_parser(subparsers):
     p.add_argument("--shortlist", type=int, default=100, help="K': global-feature candidates (two-stage)")
     p.add_argument("--pooled-weight", type=float, default=0.0,
                    help="w >= 0: shortlist by |dg|^2 + w |d pooled stripes|^2 (0: global distance only)")
+    p.add_argument("--pooling", choices=("mean", "halves"), default="mean",
+                   help="stripes pooled for --pooled-weight: mean (all) or halves (two overlapping windows)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking within the shortlist")
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="shortlist search")
     p.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (backend faiss)")
@@ -312,7 +314,7 @@ def _search(args):
                          f"{lam} > 0: pass --lam 0 for a global-only search, or queries from the index's model")
     try:
         res = idx.search(qg, ql, args.k, mode=args.mode, shortlist=args.shortlist, rerank=args.rerank,
-                         pooled_weight=args.pooled_weight,
+                         pooled_weight=args.pooled_weight, pooling=args.pooling,
                          backend=args.backend, faiss_factory=args.faiss_factory,
                          faiss_params=args.faiss_params, lam=args.lam,
                          distributed=world > 1, progress=_progress(args))

@@ -108,11 +108,31 @@ def _stable_smallest(d: torch.Tensor, k: int):
     return v[:, :k], i[:, :k]
 
 
-def _pool(local):
-    """``[n, H, C] -> [n, C]``: the direction of the mean stripe (L2-normalized), the local part
-    of the ``pooled_weight`` shortlist score (normalized: its scale does not depend on how
-    alike an item's stripes are, so one weight suits galleries of different models)."""
-    return torch.nn.functional.normalize(local.mean(1), dim=1)
+_POOLINGS = ("mean", "halves")
+
+
+def _windows(h, pooling):
+    """The stripe windows ``[(start, stop)]`` of a ``pooling`` over ``h`` stripes: ``"mean"`` all
+    of them; ``"halves"`` an upper and a lower window of ``ceil(5 h / 8)`` stripes each, which
+    overlap by about a quarter (``[0, 5)`` and ``[3, 8)`` for 8 stripes), so that a shift of a
+    stripe moves little of either."""
+    if pooling == "mean":
+        return [(0, h)]
+    n = -(-5 * h // 8)
+    return [(0, n), (h - n, h)]
+
+
+def _pool(local, pooling="mean"):
+    """``[n, H, C] -> [n, P * C]``: the direction (L2-normalized) of the mean stripe of each of the
+    ``P`` windows of ``pooling`` (:func:`_windows`), scaled by ``1 / sqrt(P)``: the local part of the
+    ``pooled_weight`` shortlist score, ``|dp|^2`` then being the mean over the windows of their
+    squared distances (normalized: its scale does not depend on how alike an item's stripes are,
+    or on the pooling, so one weight suits galleries of different models)."""
+    win = _windows(local.shape[1], pooling)
+    parts = [torch.nn.functional.normalize(local[:, a:b].mean(1), dim=1) for a, b in win]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, 1) * (1.0 / math.sqrt(len(parts)))
 
 
 class _RunningSmallest:
@@ -565,7 +585,8 @@ class GalleryIndex:
         return g, (lf[s:e].to(cd) if (local and lf is not None) else None)
 
     def search(self, q_global: torch.Tensor, q_local: Optional[torch.Tensor] = None, k: int = 10, *,
-               mode: str = "exact", shortlist: int = 100, pooled_weight: float = 0.0, rerank: bool = False,
+               mode: str = "exact", shortlist: int = 100, pooled_weight: float = 0.0, pooling: str = "mean",
+               rerank: bool = False,
                k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3, backend: str = "torch", faiss_factory: str = "Flat",
                faiss_params: str = "",
@@ -590,6 +611,11 @@ class GalleryIndex:
                 cheap proxy of the fused distance computed by the same one GEMM (``D + C``
                 columns instead of ``D``); the candidates are then scored by the exact fused
                 distance as with ``w = 0`` (the global distance only).
+            pooling: the stripes pooled for ``pooled_weight``: ``"mean"`` (all stripes, ``C``
+                columns) or ``"halves"`` (the normalized means of an upper and a lower window of
+                5/8 of the stripes each, overlapping, ``2 C`` columns; ``|dp|^2`` is the mean of the
+                two windows' squared distances). ``"halves"`` follows a stripe's identity better
+                under a shift of the crop (see the README's search benchmark).
             rerank: two-stage only: k-reciprocal re-ranking (``k1``, ``k2``,
                 ``lambda_value``) of each query against its shortlist; the returned
                 distances are then the re-ranked ones.
@@ -627,6 +653,8 @@ class GalleryIndex:
                 or not math.isfinite(pooled_weight) or pooled_weight < 0):
             raise ValueError(f"{op}: pooled_weight must be a finite number >= 0, got {pooled_weight!r}")
         pooled_weight = float(pooled_weight)
+        if pooling not in _POOLINGS:
+            raise ValueError(f"{op}: pooling must be one of {_POOLINGS}, got {pooling!r}")
         for name, v in (("faiss_factory", faiss_factory), ("faiss_params", faiss_params)):
             if not isinstance(v, str):
                 raise TypeError(f"{op}: {name} must be a string, got {type(v).__name__}")
@@ -702,7 +730,8 @@ class GalleryIndex:
         if backend == "faiss":
             sk, si = self._faiss_shortlist(qg, kk, metric, faiss_factory, faiss_params)
         else:
-            sk, si = self._shortlist_keys(qg, ql, kk, metric, pooled_weight, block_queries, opts["chunk_rows"],
+            sk, si = self._shortlist_keys(qg, ql, kk, metric, (pooled_weight, pooling), block_queries,
+                                          opts["chunk_rows"],
                                           opts["show"])
         if use_dist:
             sk, si = _merge.merge_ranks(sk, si, kk, group)
@@ -746,42 +775,45 @@ class GalleryIndex:
                 bar.update(e - s)
         return best
 
-    def _pooled_features(self):
-        """:func:`_pool` of each item's stripes ``[n, C]`` (storage dtype), cached: the local part of
-        the ``pooled_weight`` shortlist score."""
+    def _pooled_features(self, pooling="mean"):
+        """:func:`_pool` of each item's stripes ``[n, P * C]`` (storage dtype), cached per pooling:
+        the local part of the ``pooled_weight`` shortlist score."""
         if self._pooled is None:
+            self._pooled = {}
+        if pooling not in self._pooled:
             cd = self._compute_dtype()
             lf = self.local_features
-            out = torch.empty((self._n, self.channels), dtype=self.dtype, device=self.device)
+            width = self.channels * len(_windows(lf.shape[1], pooling))
+            out = torch.empty((self._n, width), dtype=self.dtype, device=self.device)
             for s in range(0, self._n, 1 << 16):
-                out[s : s + (1 << 16)] = _pool(lf[s : s + (1 << 16)].to(cd))
-            self._pooled = out
-        return self._pooled
+                out[s : s + (1 << 16)] = _pool(lf[s : s + (1 << 16)].to(cd), pooling)
+            self._pooled[pooling] = out
+        return self._pooled[pooling]
 
     def _sq_norms(self, what):
-        """Squared norms ``[n]`` (compute dtype) of the ``"global"`` features or of the ``"pooled"``
-        stripes, cached: the bias of the shortlist GEMM."""
+        """Squared norms ``[n]`` (compute dtype) of the ``"global"`` features or of the pooled
+        stripes (``"pooled:<pooling>"``), cached: the bias of the shortlist GEMM."""
         if self._sq is None:
             self._sq = {}
         if what not in self._sq:
             cd = self._compute_dtype()
-            src = self.global_features if what == "global" else self._pooled_features()
+            src = self.global_features if what == "global" else self._pooled_features(what.split(":", 1)[1])
             out = torch.empty(self._n, dtype=cd, device=self.device)
             for s in range(0, self._n, 1 << 16):
                 out[s : s + (1 << 16)] = src[s : s + (1 << 16)].to(cd).pow(2).sum(1)
             self._sq[what] = out
         return self._sq[what]
 
-    def _shortlist_keys(self, qg, ql, kk, metric, pooled_weight, block_queries, chunk_rows, show):
+    def _shortlist_keys(self, qg, ql, kk, metric, pooled, block_queries, chunk_rows, show):
         """This process's ``min(kk, len)`` best by the shortlist score: one GEMM per (gallery
         chunk, query block) into a reused buffer, each chunk converted to the compute dtype
         once for all queries, and a running top-``kk`` per query.
 
         The key is ``|x_g|^2 - 2 x_q.x_g`` (the squared euclidean distance less ``|x_q|^2``)
         with ``x`` the global features (``-q.g`` of the normalized features for ``cosine``), and
-        with ``pooled_weight = w > 0`` the global features
-        followed by ``sqrt(w)`` times the normalized mean stripe: the key of ``|dg|^2 + w
-        |dpooled|^2``, one GEMM of ``D + C`` columns. Chunks and ranks are merged by (key, id),
+        with ``pooled = (w, pooling)``, ``w > 0``, the global features followed by ``sqrt(w)``
+        times the pooled stripes (:func:`_pool`): the key of ``|dg|^2 + w |dpooled|^2``, one GEMM
+        of ``D + P C`` columns. Chunks and ranks are merged by (key, id),
         so the shortlist does not depend on how the gallery is chunked or sharded. Returns
         ``(keys, ids)``; :meth:`_key_to_distance` gives the global distances (``w = 0``)."""
         from tqdm import tqdm
@@ -793,11 +825,12 @@ class GalleryIndex:
                     torch.empty((Q, 0), dtype=torch.int64, device=self.device))
         cosine = metric == "cosine"
         qx = torch.nn.functional.normalize(qg, dim=1) if cosine else qg
+        pooled_weight, pooling = pooled
         pooled = None
         if pooled_weight:
             sw = math.sqrt(pooled_weight)
-            qx = torch.cat([qx, sw * _pool(ql)], 1)
-            pooled = self._pooled_features()
+            qx = torch.cat([qx, sw * _pool(ql, pooling)], 1)
+            pooled = self._pooled_features(pooling)
         width = qx.shape[1]
         cr = min(chunk_rows, self._n)
         # all queries in one block when the key buffer stays within _KEY_BYTES
@@ -820,7 +853,7 @@ class GalleryIndex:
                 if not cosine:  # cosine: |g|^2 = 1, the key is -q.g (+ the pooled part)
                     bias += self._sq_norms("global")[s:e]
                 if pooled is not None:
-                    bias += pooled_weight * self._sq_norms("pooled")[s:e]
+                    bias += pooled_weight * self._sq_norms("pooled:" + pooling)[s:e]
                 alpha = -1 if cosine and pooled is None else -2
                 for j, a in enumerate(range(0, Q, qb)):
                     b = min(a + qb, Q)

@@ -36,25 +36,40 @@ def test_pooled_shortlist_covering_gallery_equals_exact():
     d = data()
     idx = build(d)
     ex = idx.search(d["qg"], d["ql"], 20, mode="exact")
-    for w in (0.5, 4.0):
-        ts = idx.search(d["qg"], d["ql"], 20, mode="two-stage", shortlist=G, pooled_weight=w, chunk_rows=16)
+    for w, pooling in ((0.5, "mean"), (4.0, "mean"), (4.0, "halves")):
+        ts = idx.search(d["qg"], d["ql"], 20, mode="two-stage", shortlist=G, pooled_weight=w, pooling=pooling,
+                        chunk_rows=16)
         assert torch.equal(ts.ids, ex.ids)
         assert torch.equal(ts.distances, ex.distances)
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_pooled_shortlist_is_the_proxy_nearest(metric):
+def _pooled_sq_dist(ql, gl, pooling):
+    """|dp|^2 of the pooling, written out for 4 stripes: the windows [0, 3) and [1, 4)."""
+    wins = [(0, 4)] if pooling == "mean" else [(0, 3), (1, 4)]
+    total = 0
+    for a, b in wins:
+        p = lambda t: torch.nn.functional.normalize(t.double()[:, a:b].mean(1), dim=1)  # noqa: E731
+        total = total + torch.cdist(p(ql), p(gl)) ** 2
+    return total / len(wins)
+
+
+@pytest.mark.parametrize("metric, pooling", [("euclidean", "mean"), ("cosine", "mean"), ("euclidean", "halves"),
+                                             ("cosine", "halves")])
+def test_pooled_shortlist_is_the_proxy_nearest(metric, pooling):
     """The shortlist of pooled_weight = w holds the K' nearest by |dg|^2 + w |dp|^2 (dp: the
-    difference of the normalized mean stripes; global features normalized for cosine), and the returned distances are the exact fused ones."""
+    difference of the normalized mean stripes, or with pooling="halves" the mean over two
+    overlapping windows of their squared differences; global features normalized for cosine),
+    and the returned distances are the exact fused ones."""
     d = data()
+    assert d["ql"].shape[1] == 4 and d["gl"].shape[1] == 4
     idx = build(d)
     w, kk = 4.0, 12
-    res = idx.search(d["qg"], d["ql"], kk, mode="two-stage", shortlist=kk, pooled_weight=w, metric=metric)
+    res = idx.search(d["qg"], d["ql"], kk, mode="two-stage", shortlist=kk, pooled_weight=w, metric=metric,
+                     pooling=pooling)
     qg, gg = d["qg"], d["gg"]
     if metric == "cosine":
         qg, gg = torch.nn.functional.normalize(qg, dim=1), torch.nn.functional.normalize(gg, dim=1)
-    pool = lambda t: torch.nn.functional.normalize(t.double().mean(1), dim=1)  # noqa: E731
-    proxy = torch.cdist(qg.double(), gg.double()) ** 2 + w * torch.cdist(pool(d["ql"]), pool(d["gl"])) ** 2
+    proxy = torch.cdist(qg.double(), gg.double()) ** 2 + w * _pooled_sq_dist(d["ql"], d["gl"], pooling)
     want = proxy.argsort(dim=1, stable=True)[:, :kk]
     for q in range(want.shape[0]):
         assert set(res.ids[q].tolist()) == set(want[q].tolist())
@@ -80,3 +95,18 @@ def test_pooled_weight_bad_input():
         glob_only.search(d["qg"], None, 3, mode="two-stage", pooled_weight=1.0)
     with pytest.raises(ValueError, match="needs backend='torch'"):
         idx.search(d["qg"], d["ql"], 3, mode="two-stage", pooled_weight=1.0, backend="faiss")
+    with pytest.raises(ValueError, match=r"pooling must be one of \('mean', 'halves'\), got 'thirds'"):
+        idx.search(d["qg"], d["ql"], 3, mode="two-stage", pooled_weight=1.0, pooling="thirds")
+
+
+def test_pooling_windows():
+    from partdist.search.index import _windows
+
+    assert _windows(8, "mean") == [(0, 8)]
+    assert _windows(8, "halves") == [(0, 5), (3, 8)]
+    assert _windows(6, "halves") == [(0, 4), (2, 6)]
+    assert _windows(4, "halves") == [(0, 3), (1, 4)]
+    assert _windows(1, "halves") == [(0, 1), (0, 1)]
+    for h in range(1, 33):  # two windows covering every stripe, overlapping, each 5/8 of them (rounded up)
+        (a0, b0), (a1, b1) = _windows(h, "halves")
+        assert a0 == 0 and b1 == h and a1 < b0 and b0 - a0 == b1 - a1 == -(-5 * h // 8)
