@@ -151,3 +151,21 @@ def test_cli_errors_name_the_flag(setup, capsys, tmp_path):
     assert "no local (stripe) features" in msg and "--lam 0" in msg
     assert main(["search", "--index", setup["index"], "--query-index", str(tmp_path / "noloc.idx"), "--lam", "0",
                  "--k", "2"]) == 0
+
+
+def test_cli_pooled_shortlist_flags(setup, tmp_path):
+    """--pooled-weight with --pooling halves and a shortlist covering the index: the exact
+    search's results. FAISS flags reach the search (a bad parameter is a one-line error)."""
+    a, b = tmp_path / "exact.json", tmp_path / "halves.json"
+    common = ["search", "--index", setup["index"], "--query-index", setup["index"], "--k", "3", "--no-progress"]
+    assert main(common + ["--mode", "exact", "--out", str(a)]) == 0
+    n = len(GalleryIndex.load(setup["index"]))
+    assert main(common + ["--mode", "two-stage", "--shortlist", str(n), "--pooled-weight", "4", "--pooling",
+                          "halves", "--out", str(b)]) == 0
+    ra, rb = json.loads(a.read_text())["results"], json.loads(b.read_text())["results"]
+    assert [x["ids"] for x in ra] == [x["ids"] for x in rb]
+    with pytest.raises(SystemExit):
+        main(common + ["--pooling", "thirds"])
+    pytest.importorskip("faiss")
+    assert main(common + ["--mode", "two-stage", "--backend", "faiss", "--faiss-factory", "Flat", "--faiss-params",
+                          "nprobe=4"]) == 2
