@@ -41,7 +41,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import env_line, fmt_mem, print_table, time_and_peak  # noqa: E402
+from common import (  # noqa: E402
+    Results,
+    add_device_arg,
+    env_line,
+    fmt_mem,
+    print_table,
+    resolve_devices,
+    time_and_peak,
+)
 
 D, H, C = 512, 8, 128
 CHUNK = 1 << 15
@@ -220,7 +228,7 @@ def main():
     ap.add_argument("--noise", type=float, default=0.7, help="noise norm relative to the identity centre")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-    ap.add_argument("--device", default="cpu")
+    add_device_arg(ap, "searches")  # --device (repeatable), --json
     ap.add_argument("--backend", default="torch", choices=("torch", "faiss"))
     ap.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (--backend faiss)")
     ap.add_argument("--faiss-params", default="", help="FAISS search parameters, e.g. nprobe=32 (--backend faiss)")
@@ -238,26 +246,58 @@ def main():
 
     import partdist  # noqa: F401  (fail early without the build)
 
+    devices = resolve_devices(ap, args.device)
     torch.set_num_threads(args.threads)
-    print(env_line(args.device))
+    results = Results(args.json, "search")
+    big = [n for n in args.sizes if n >= 1_000_000]
+    gpu_targets = {}
+    if big:
+        for w, p in variants(args):
+            name = ts_name(args.shortlist[0], w, p)
+            tname = f"gallery search {big[0]:,} items ({args.dtype}), {args.queries} queries, {name}: queries/s"
+            gpu_targets[(big[0], name)] = tname
+            results.target(tname, 10_000, ">=", unit=" q/s", device="cuda")
     print(f"features: global D = {D}, local {H} x {C}, {args.dtype} storage, {args.views} views per identity, "
           f"noise {args.noise}; {args.queries} queries, k = {args.k}, K' = {args.shortlist}, lam = {args.lam}, "
           f"shortlist backend {args.backend}"
           + (f" ({args.faiss_factory}{', ' + args.faiss_params if args.faiss_params else ''})"
              if args.backend == "faiss" else ""))
-    rows, targets = [], []
     tmp = tempfile.mkdtemp(prefix="bench_search")
+    for device in devices:
+        args.device = device
+        print(env_line(device), flush=True)
+        rows, targets = run_device(args, device, tmp, results, gpu_targets)
+        print()
+        print_table(rows, ["gallery", "processes", "search", "queries", "time", "queries/s", "CPU time",
+                           "queries per CPU s", "recall@10 vs exact", "index memory (per process)",
+                           "peak extra memory", "= 1 process"])
+        print()
+        for what, ok, val in targets:
+            print(f"target {what}: {'met' if ok else 'MISSED'} ({val})")
+        print()
+    if "cuda" not in devices:
+        print("target >= 10,000 queries/s at 1,000,000 on a GPU: pending (no GPU in this run; --device cuda)")
+    results.finish()
+
+
+def run_device(args, device, tmp, results, gpu_targets):
+    """Every size and process count on ``device``: the table rows and the target lines (CPU
+    targets, and the GPU ones on ``cuda``); figures also go to ``results`` (``--json``)."""
+    rows, targets = [], []
+    worlds = args.world if device == "cpu" else [1]  # several processes: gloo on the CPU only
+    if worlds != args.world:
+        print(f"  [--world {' '.join(map(str, args.world))}: on {device} one process only]")
     for size in args.sizes:
         single = None
-        for world in args.world:
+        for world in worlds:
             t0 = time.perf_counter()
             if world == 1:
                 cg, cl = centres(size // args.views, args.seed)
-                idx = build_shard(args, size, range(0, size), args.dtype, cg, cl).to(args.device)
+                idx = build_shard(args, size, range(0, size), args.dtype, cg, cl).to(device)
                 qg, ql = queries(args, size, cg, cl)
                 del cg, cl
                 build_s = time.perf_counter() - t0
-                out = run_searches(idx, qg, ql, args, False, args.device)
+                out = run_searches(idx, qg, ql, args, False, device)
                 res = {k: (t, r) for k, (t, _, r, _) in out.items()}
                 mems = {k: m for k, (_, m, _, _) in out.items()}
                 cpus = {k: c for k, (_, _, _, c) in out.items()}
@@ -299,26 +339,24 @@ def main():
                              f"{cpus[name]:.1f} s", f"{n_q[name] / cpus[name]:,.1f}", f"{rec}", fmt_mem(index_mem),
                              fmt_mem(mems.get(name)), same])
                 print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
+                case = f"search {size:,} items ({args.dtype}), {who}, {name}"
+                results.add(case, device, "queries/s", qps, unit="q/s", note=f"{n_q[name]} queries")
+                if rec != "-":
+                    results.add(case, device, "recall@10 vs exact", float(rec), unit="")
+                if (size, name) in gpu_targets and world == 1:
+                    results.measure(gpu_targets[(size, name)], qps, device)
                 if name.startswith("two-stage K'=") and "re-ranking" not in name and world == 1:
                     if ref is not None:
                         targets.append((f"recall@10 >= 0.99 at {name[10:]}, {size:,}", float(rec) >= 0.99, rec))
                     if size >= 1_000_000 and name in [ts_name(args.shortlist[0], w, p) for w, p in variants(args)]:
-                        if torch.device(args.device).type == "cuda":
+                        if torch.device(device).type == "cuda":
                             targets.append((f">= 10,000 queries/s at {size:,} on the GPU, {name}", qps >= 10_000,
                                             f"{qps:,.0f}"))
                         elif args.dtype == "float16":
                             targets.append((f">= 100 queries/s at {size:,}, float16, CPU, {name}", qps >= 100,
                                             f"{qps:,.1f}"))
             print(f"  [{size:,}, {world} process(es): built in {build_s:.0f} s]", flush=True)
-    print()
-    print_table(rows, ["gallery", "processes", "search", "queries", "time", "queries/s", "CPU time",
-                       "queries per CPU s", "recall@10 vs exact", "index memory (per process)", "peak extra memory",
-                       "= 1 process"])
-    print()
-    for what, ok, val in targets:
-        print(f"target {what}: {'met' if ok else 'MISSED'} ({val})")
-    if torch.device(args.device).type != "cuda":
-        print("target >= 10,000 queries/s at 1,000,000 on a GPU: pending (no GPU in this run; --device cuda)")
+    return rows, targets
 
 
 if __name__ == "__main__":

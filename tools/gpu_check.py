@@ -65,6 +65,10 @@ BENCHES = collections.OrderedDict(
         # the CPU side of the Market benchmark at C = 128 only (C = 2048 takes minutes on a CPU)
         ("market", ("bench_market.py", 4.0, ["--dense-sizes", "1500,3000", "--ref-queries", "100", "--cpu-C", "128"],
                     ["--quick"])),
+        # the gallery search at 10^6, one process (2 gloo processes: bench_search.py --world 1 2, CPU only)
+        ("search", ("bench_search.py", 2.0, ["--sizes", "1000000", "--queries", "1000", "--exact-queries", "100",
+                                             "--world", "1", "--global-recall"],
+                    ["--sizes", "3000", "--queries", "50", "--exact-queries", "10", "--world", "1"])),
     ]
 )
 # --dry-run: the tests whose name or markers say cuda (all skipped on a CPU: exercises the skip detection)
