@@ -89,7 +89,7 @@ def test_loss_decreases_on_a_fixed_batch(tiny_set, tmp_path):
         tr.opt.zero_grad()
         loss.backward()
         tr.opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 
 
