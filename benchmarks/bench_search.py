@@ -275,9 +275,7 @@ def main():
         for what, ok, val in targets:
             print(f"target {what}: {'met' if ok else 'MISSED'} ({val})")
         print()
-    if "cuda" not in devices:
-        print("target >= 10,000 queries/s at 1,000,000 on a GPU: pending (no GPU in this run; --device cuda)")
-    results.finish()
+    results.finish()  # GPU targets not measured: "not measured (no cuda run)"
 
 
 def run_device(args, device, tmp, results, gpu_targets):
@@ -348,13 +346,11 @@ def run_device(args, device, tmp, results, gpu_targets):
                 if name.startswith("two-stage K'=") and "re-ranking" not in name and world == 1:
                     if ref is not None:
                         targets.append((f"recall@10 >= 0.99 at {name[10:]}, {size:,}", float(rec) >= 0.99, rec))
-                    if size >= 1_000_000 and name in [ts_name(args.shortlist[0], w, p) for w, p in variants(args)]:
-                        if torch.device(device).type == "cuda":
-                            targets.append((f">= 10,000 queries/s at {size:,} on the GPU, {name}", qps >= 10_000,
-                                            f"{qps:,.0f}"))
-                        elif args.dtype == "float16":
-                            targets.append((f">= 100 queries/s at {size:,}, float16, CPU, {name}", qps >= 100,
-                                            f"{qps:,.1f}"))
+                    # the GPU target (>= 10,000 queries/s) is printed and recorded by results.measure above
+                    if (size >= 1_000_000 and device == "cpu" and args.dtype == "float16"
+                            and name in [ts_name(args.shortlist[0], w, p) for w, p in variants(args)]):
+                        targets.append((f">= 100 queries/s at {size:,}, float16, CPU, {name}", qps >= 100,
+                                        f"{qps:,.1f}"))
             print(f"  [{size:,}, {world} process(es): built in {build_s:.0f} s]", flush=True)
     return rows, targets
 

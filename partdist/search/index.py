@@ -730,9 +730,8 @@ class GalleryIndex:
         if backend == "faiss":
             sk, si = self._faiss_shortlist(qg, kk, metric, faiss_factory, faiss_params)
         else:
-            sk, si = self._shortlist_keys(qg, ql, kk, metric, (pooled_weight, pooling), block_queries,
-                                          opts["chunk_rows"],
-                                          opts["show"])
+            sk, si = self._shortlist_keys(qg, ql, kk, metric, pooled_weight, pooling, block_queries,
+                                          opts["chunk_rows"], opts["show"])
         if use_dist:
             sk, si = _merge.merge_ranks(sk, si, kk, group)
         rows, own = self._locate(si)
@@ -790,28 +789,28 @@ class GalleryIndex:
             self._pooled[pooling] = out
         return self._pooled[pooling]
 
-    def _sq_norms(self, what):
-        """Squared norms ``[n]`` (compute dtype) of the ``"global"`` features or of the pooled
-        stripes (``"pooled:<pooling>"``), cached: the bias of the shortlist GEMM."""
+    def _sq_norms(self, pooling=None):
+        """Squared norms ``[n]`` (compute dtype) of the global features (``pooling=None``) or of
+        the pooled stripes of ``pooling``, cached: the bias of the shortlist GEMM."""
         if self._sq is None:
             self._sq = {}
-        if what not in self._sq:
+        if pooling not in self._sq:
             cd = self._compute_dtype()
-            src = self.global_features if what == "global" else self._pooled_features(what.split(":", 1)[1])
+            src = self.global_features if pooling is None else self._pooled_features(pooling)
             out = torch.empty(self._n, dtype=cd, device=self.device)
             for s in range(0, self._n, 1 << 16):
                 out[s : s + (1 << 16)] = src[s : s + (1 << 16)].to(cd).pow(2).sum(1)
-            self._sq[what] = out
-        return self._sq[what]
+            self._sq[pooling] = out
+        return self._sq[pooling]
 
-    def _shortlist_keys(self, qg, ql, kk, metric, pooled, block_queries, chunk_rows, show):
+    def _shortlist_keys(self, qg, ql, kk, metric, pooled_weight, pooling, block_queries, chunk_rows, show):
         """This process's ``min(kk, len)`` best by the shortlist score: one GEMM per (gallery
         chunk, query block) into a reused buffer, each chunk converted to the compute dtype
         once for all queries, and a running top-``kk`` per query.
 
         The key is ``|x_g|^2 - 2 x_q.x_g`` (the squared euclidean distance less ``|x_q|^2``)
         with ``x`` the global features (``-q.g`` of the normalized features for ``cosine``), and
-        with ``pooled = (w, pooling)``, ``w > 0``, the global features followed by ``sqrt(w)``
+        with ``pooled_weight = w > 0`` the global features followed by ``sqrt(w)``
         times the pooled stripes (:func:`_pool`): the key of ``|dg|^2 + w |dpooled|^2``, one GEMM
         of ``D + P C`` columns. Chunks and ranks are merged by (key, id),
         so the shortlist does not depend on how the gallery is chunked or sharded. Returns
@@ -825,7 +824,6 @@ class GalleryIndex:
                     torch.empty((Q, 0), dtype=torch.int64, device=self.device))
         cosine = metric == "cosine"
         qx = torch.nn.functional.normalize(qg, dim=1) if cosine else qg
-        pooled_weight, pooling = pooled
         pooled = None
         if pooled_weight:
             sw = math.sqrt(pooled_weight)
@@ -851,9 +849,9 @@ class GalleryIndex:
                     g[:, self.dim :].copy_(pooled[s:e]).mul_(sw)
                 bias = torch.zeros((1, e - s), dtype=cd, device=self.device)
                 if not cosine:  # cosine: |g|^2 = 1, the key is -q.g (+ the pooled part)
-                    bias += self._sq_norms("global")[s:e]
+                    bias += self._sq_norms()[s:e]
                 if pooled is not None:
-                    bias += pooled_weight * self._sq_norms("pooled:" + pooling)[s:e]
+                    bias += pooled_weight * self._sq_norms(pooling)[s:e]
                 alpha = -1 if cosine and pooled is None else -2
                 for j, a in enumerate(range(0, Q, qb)):
                     b = min(a + qb, Q)
