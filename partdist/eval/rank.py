@@ -35,7 +35,6 @@ import torch
 __all__ = ["evaluate_rank"]
 
 
-
 @torch.library.register_fake("partdist::rank_metrics")
 def _rank_metrics_fake(distmat, q_pids, g_pids, q_camids, g_camids, drop_junk, devkit):
     Q = distmat.shape[0]
