@@ -14,6 +14,7 @@ import torch
 from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
 from .._checks import MAX_STRIPES, check_chunk_size, check_dist, check_rule, check_xy
 from .._memory import check_dense_fits
+from ._library import autocast_to_float32, contiguous_like
 
 _STREAMING_HINT = (
     "partdist.local_dist_topk(x, y, k) (the k nearest per row, streaming), "
@@ -44,7 +45,7 @@ def _(x, y, normalize=True):
 @torch.library.register_fake("partdist::local_dist_matrix_backward")
 def _(grad, x, y, normalize):
     check_xy("partdist.local_dist_matrix_backward", x, y, aligned=True, dp=False)
-    return torch.empty_like(x), torch.empty_like(y)
+    return contiguous_like(x), contiguous_like(y)
 
 
 @torch.library.register_fake("partdist::dmli")
@@ -56,7 +57,7 @@ def _(dist, gamma=0.0, band=-1.0):
 @torch.library.register_fake("partdist::dmli_backward")
 def _(grad, dist, gamma, band):
     check_dist("partdist.dmli_backward", dist, flat=True)
-    return torch.empty_like(dist)
+    return contiguous_like(dist)
 
 
 @torch.library.register_fake("partdist::dmli_path")
@@ -74,7 +75,7 @@ def _(x, y, normalize=True, gamma=0.0, band=-1.0, unaligned=False):
 @torch.library.register_fake("partdist::batch_local_dist_backward")
 def _(grad, x, y, normalize, gamma, band, unaligned):
     check_xy("partdist.batch_local_dist_backward", x, y, aligned=True, dp=True)
-    return torch.empty_like(x), torch.empty_like(y)
+    return contiguous_like(x), contiguous_like(y)
 
 
 def _compute_dtype(x):
@@ -91,7 +92,7 @@ def _(x, y, normalize, gamma, band):
 @torch.library.register_fake("partdist::_batch_local_dist_backward_cells")
 def _(grad, x, y, cells, normalize, gamma, band):
     check_xy("partdist._batch_local_dist_backward_cells", x, y, aligned=True, dp=True)
-    return torch.empty_like(x), torch.empty_like(y)
+    return contiguous_like(x), contiguous_like(y)
 
 
 @torch.library.register_fake("partdist::local_dist")
@@ -103,7 +104,11 @@ def _(x, y, normalize=True, chunk_size=0, gamma=0.0, band=-1.0, unaligned=False)
 @torch.library.register_fake("partdist::local_dist_backward")
 def _(grad, x, y, normalize, chunk_size, gamma, band, unaligned):
     check_xy("partdist.local_dist_backward", x, y, aligned=False, dp=True)
-    return torch.empty_like(x), torch.empty_like(y)
+    return contiguous_like(x), contiguous_like(y)
+
+
+# under torch.autocast: float32 in and out (see autocast_to_float32)
+autocast_to_float32("local_dist_matrix", "dmli", "batch_local_dist", "local_dist")
 
 
 # ---------------------------------------------------------------------- autograd

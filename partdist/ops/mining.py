@@ -34,6 +34,7 @@ import torch
 
 from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
 from .._checks import check_margin, check_mining
+from ._library import autocast_to_float32
 
 __all__ = ["HardMining", "hard_example_mining", "triplet_hard_loss"]
 
@@ -85,6 +86,10 @@ def _(dist, labels, labels_other=None, margin=0.3, exclude_self=False):
 @torch.library.register_fake("partdist::hard_example_mining_backward")
 def _(grad_loss, grad_ap, grad_an, dist_ap, dist_an, p_inds, n_inds, valid, margin, num_cols):
     return dist_ap.new_empty((dist_ap.shape[0], num_cols))
+
+
+# under torch.autocast: float32 in and out (the hinge sees float32 distances)
+autocast_to_float32("hard_example_mining", "triplet_hard_loss")
 
 
 # ---------------------------------------------------------------------- autograd

@@ -17,6 +17,7 @@ import torch
 
 from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
 from .._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
+from ._library import autocast_to_float32, contiguous_like
 
 __all__ = ["part_dist", "dsr_dist", "MAX_DSR_CELLS"]
 
@@ -90,12 +91,16 @@ def _(x, y, vis_x, vis_y, empty_value, chunk_size=0):
 
 @torch.library.register_fake("partdist::part_dist_backward")
 def _(grad, x, y, vis_x, vis_y, empty_value, chunk_size, vis_grad):
-    return torch.empty_like(x), torch.empty_like(y), torch.empty_like(vis_x), torch.empty_like(vis_y)
+    return contiguous_like(x), contiguous_like(y), contiguous_like(vis_x), contiguous_like(vis_y)
 
 
 @torch.library.register_fake("partdist::dsr_dist")
 def _(x, y, beta, max_iter=200, tol=1e-5, chunk_size=0):
     return x.new_empty((x.shape[0], y.shape[0]))
+
+
+# under torch.autocast: float32 in and out (see autocast_to_float32)
+autocast_to_float32("part_dist", "dsr_dist")
 
 
 # ---------------------------------------------------------------------- autograd
@@ -174,8 +179,8 @@ def _dsr_backward_impl(grad, x, y, beta, max_iter, tol, chunk_size):
     if x.dtype in (torch.float16, torch.bfloat16):  # the forward computes these in float32
         x, y, grad = x.float(), y.float(), grad.float()
     grad = grad.to(x.dtype)
-    gx = torch.zeros_like(x)
-    gy = torch.zeros_like(y)
+    gx = x.new_zeros(x.shape)  # contiguous whatever x's strides, as the fake kernel says
+    gy = y.new_zeros(y.shape)
     M, Lq, C = x.shape
     N, Lg, _ = y.shape
     pairs = torch.nonzero(grad)  # only pairs that receive gradient: [P, 2] (a, b)
@@ -231,7 +236,7 @@ def _dsr_dist_backward(
 
 @_dsr_dist_backward.register_fake
 def _(grad, x, y, beta, max_iter, tol, chunk_size):
-    return torch.empty_like(x), torch.empty_like(y)
+    return contiguous_like(x), contiguous_like(y)
 
 
 def _setup_dsr(ctx, inputs, output):
