@@ -155,6 +155,21 @@ def test_documented_command_lines_use_existing_flags():
         assert not unknown, f"partdist {command}: flags not in --help: {unknown}"
 
 
+def test_flags_named_in_the_cli_pages_exist():
+    """Every `--flag` in inline code of the pages about the command line is a flag of some command."""
+    known = set()
+    for command in COMMANDS:
+        known |= set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", _help(command)))
+    named = {}
+    for name in ("training.md", "search.md", "evaluation.md", "models.md", "data.md"):
+        for span in re.findall(r"`([^`\n]+)`", (ROOT / "docs" / name).read_text()):
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span):
+                named.setdefault(flag, name)
+    assert len(named) >= 20, named
+    unknown = {f: page for f, page in named.items() if f not in known}
+    assert not unknown, f"flags that no partdist command has: {unknown}"
+
+
 def test_readme_is_one_page():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 250, len(lines)
