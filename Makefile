@@ -13,6 +13,8 @@
 #                  cuda + cpu with the GPU targets -> $(OUT)/report.md + report.json. STAGE=build|test|
 #                  sanitize|bench (comma-separated) or all; DRYRUN=1 runs every stage on a CPU (tiny sizes); PACK=1
 #                  moves the logs into one archive beside the report
+# make docs   : the documentation site (MkDocs: docs/ + mkdocs.yml -> site/; API pages from the
+#                docstrings); any warning fails the build. Its examples run in make test (tests/test_docs.py)
 # make lint   : ruff check of the Python code and clang-format check of csrc/ (no changes made)
 # make lint-cpp : clang-format check of csrc/ (.clang-format), no changes made
 PYTHON ?= python3
@@ -21,7 +23,7 @@ CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
 CUDA_PY := $(CUDA_VENV)/bin/python
 
-.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint lint-py lint-cpp clean
+.PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint lint-py lint-cpp docs clean
 
 all: test
 
@@ -119,6 +121,12 @@ CPP_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o
 lint-cpp: venv
 	$(VENV)/bin/clang-format --dry-run --Werror $(CPP_SOURCES)
 
+# The docs tools come with requirements-dev.txt (the venv stamp). mkdocstrings reads the sources
+# statically, so no build is needed; --strict turns every warning (a broken link or anchor, a
+# docstring it cannot parse, a page missing from the nav) into a failure.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 # No venv and no dependency on the targets above: the GPU machine's python3 already holds a CUDA torch.
 STAGE ?= all
 OUT ?= gpu-report
@@ -130,4 +138,4 @@ gpu-check:
 	  $(if $(BUILD_MODE),--build-mode $(BUILD_MODE)) $(if $(PACK),--pack) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf build partdist/*.so *.egg-info $(VENV)/.editable $(VENV)/.built
+	rm -rf build site partdist/*.so *.egg-info $(VENV)/.editable $(VENV)/.built

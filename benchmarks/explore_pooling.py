@@ -1,5 +1,5 @@
 """Recall@10 at K' = 100 of shortlist scores built from pooled stripes: how the
-``pooling="halves"`` option of ``GalleryIndex.search`` was chosen (README, search benchmark).
+``pooling="halves"`` option of ``GalleryIndex.search`` was chosen (docs/benchmarks.md, gallery search).
 
 Uses bench_search.py's synthetic gallery (same generator and seeds). For each score
 ``|dg|^2 + sum_kind w_kind * mean over the kind's windows of |d pooled window|^2`` (windows

@@ -388,15 +388,15 @@ def test_bad_inputs(case):
         fn()
 
 
-def test_readme_part_example_runs():
+def test_docs_part_example_runs():
     import pathlib
     import re
 
-    src = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"### Part features beyond stripes.*?```python\n(.*?)```", src, re.S).group(1)
+    src = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "parts.md").read_text()
+    code = re.search(r"## Pooling a feature map into parts.*?```python\n(.*?)```", src, re.S).group(1)
     ns = {}
     torch.manual_seed(0)
-    exec(compile(code, "README.md", "exec"), ns)
+    exec(compile(code, "docs/parts.md", "exec"), ns)
     assert ns["stripes"].shape == (2, 6, 256) and ns["parts"].shape == (2, 7, 256) and ns["vis"].shape == (2, 7)
     assert ns["soft"].shape == (2, 3, 256) and ns["pabp"].shape == (2, 256 * 8)
     assert torch.equal(ns["vis"] & ~ns["kvis"], torch.zeros_like(ns["vis"]))

@@ -121,8 +121,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
         accuracy); all values in ``[0, 1]``.
 
     Raises:
-        ValueError on inconsistent shapes, a non-positive ``max_rank``, or when no
-        query has a true match in the gallery.
+        ValueError: on inconsistent shapes, a non-positive ``max_rank``, or when no
+            query has a true match in the gallery.
     """
     if isinstance(distmat, torch.Tensor):
         distmat = distmat.detach().cpu()

@@ -230,7 +230,8 @@ def local_dist(
         normalize: as in :func:`local_dist_matrix`.
         chunk_size: at most this many pairs are processed per tile (a GEMM of
             their stripes followed by the fused normalize + DP kernel). ``None``
-            picks 4096 on CPU and 2**20 on CUDA. Extra memory is one tile,
+            sizes the tiles by bytes instead: 1 MiB per CPU thread in the forward,
+            8 MiB of tile buffers in the CPU backward, 256 MiB on CUDA. Extra memory is one tile,
             ``chunk_size * m * n`` values per CPU thread (twice that in backward),
             never ``M * N * m * n``.
         gamma, band: as in :func:`dmli`.

@@ -615,7 +615,7 @@ class GalleryIndex:
                 columns) or ``"halves"`` (the normalized means of an upper and a lower window of
                 5/8 of the stripes each, overlapping, ``2 C`` columns; ``|dp|^2`` is the mean of the
                 two windows' squared distances). ``"halves"`` follows a stripe's identity better
-                under a shift of the crop (see the README's search benchmark).
+                under a shift of the crop (see docs/benchmarks.md, gallery search).
             rerank: two-stage only: k-reciprocal re-ranking (``k1``, ``k2``,
                 ``lambda_value``) of each query against its shortlist; the returned
                 distances are then the re-ranked ones.

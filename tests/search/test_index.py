@@ -267,18 +267,3 @@ def test_two_stage_covering_shortlist_on_continuous_features():
     ts = idx.search(qg, ql, 80, mode="two-stage", shortlist=80)
     assert torch.equal(ts.ids, ex.ids)
     torch.testing.assert_close(ts.distances, ex.distances, rtol=1e-5, atol=1e-5)
-
-
-def test_readme_search_example_runs(tmp_path, monkeypatch):
-    import pathlib
-    import re
-
-    src = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
-    code = re.search(r"## Searching large galleries.*?```python\n(.*?)```", src, re.S).group(1)
-    d = data()
-    ns = {"g_global": d["gg"], "g_local": d["gl"], "q_global": d["qg"], "q_local": d["ql"], "g_pids": d["gpids"],
-          "g_camids": d["gcams"], "q_pids": d["qpids"], "q_camids": d["qcams"]}
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code.replace("k=10", "k=5").replace("shortlist=100", "shortlist=30"), "README.md", "exec"), ns)
-    assert ns["exact"].ids.shape == ns["fast"].ids.shape == ns["rr"].ids.shape == (Q, 5)
-    assert 0 <= ns["mAP"] <= 1 and (tmp_path / "gallery.idx").exists()
