@@ -77,6 +77,8 @@ def check_dense_fits(op: str, shape, dtype: torch.dtype, device, alternative: st
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         return
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return  # no memory query inside a CUDA graph capture
     n = 1
     for s in shape:
         n *= int(s)

@@ -77,6 +77,8 @@ PASS, FAIL, TIMEOUT, SKIP, WARN = "pass", "FAIL", "timeout", "skipped", "pass (w
 # shares of --total-timeout when several stages run in one command
 STAGE_WEIGHTS = {"build": 1.0, "test": 1.0, "sanitize": 1.2, "bench": 2.0}
 
+# The skip reason of the tests that need several GPUs (tests/test_gpu_user_conditions.py).
+MULTI_GPU_REASON = "needs 2 CUDA devices"
 # A name part or skip reason that says "CUDA" / "GPU".
 CUDA_WORD = re.compile(r"(?i)\b(cuda|gpu|nvidia)\b")
 # test function names that say CUDA: test_cuda_..., test_gpu_..., ..._cuda, ..._gpu
@@ -212,7 +214,10 @@ def analyze_tests(records, cuda_available, allow_cpu=False, pytest_rc=None, time
     failed = [r for r in records if r["outcome"] in ("failed", "error")]
     skipped = [r for r in records if r["outcome"] == "skipped"]
     cuda_skips = [r for r in skipped if r.get("cuda") or CUDA_WORD.search(r.get("reason", "") or "")]
-    other_skips = [r for r in skipped if r not in cuda_skips]
+    # tests of several GPUs skipped on a one-GPU machine: said in the report, not a failure
+    multi_gpu = [r for r in cuda_skips if (r.get("reason") or "").startswith(MULTI_GPU_REASON)]
+    cuda_skips = [r for r in cuda_skips if r not in multi_gpu]
+    other_skips = [r for r in skipped if r not in cuda_skips and r not in multi_gpu]
     cuda_passed = [r for r in records if r.get("cuda") and r["outcome"] == "passed"]
     failures, warnings = [], []
     for r in failed:
@@ -228,6 +233,8 @@ def analyze_tests(records, cuda_available, allow_cpu=False, pytest_rc=None, time
     if not cuda_passed:
         cuda_problems.append("no CUDA test passed (none found by the cuda marker / skip reason / name)")
     (warnings if allow_cpu else failures).extend(cuda_problems)
+    if multi_gpu:
+        warnings.append(f"{len(multi_gpu)} multi-GPU test(s) skipped: fewer than 2 GPUs")
     if other_skips:
         reasons = collections.Counter(r.get("reason", "") for r in other_skips)
         warnings.append(f"{len(other_skips)} other test(s) skipped: " +
@@ -628,8 +635,13 @@ class Check:
         if _has_module(self.py, "pytest_timeout", self.child_env()):
             cmd.append(f"--timeout={int(self.args.test_timeout)}")
         cmd += shlex.split(self.args.pytest_args or "")
-        r = run_logged(cmd, os.path.join(d, "pytest.log"), budget, self.child_env(GPU_CHECK_PYTEST_JSON=rec_path),
+        launches = os.path.join(d, "kernel-launches.json")
+        r = run_logged(cmd, os.path.join(d, "pytest.log"), budget,
+                       self.child_env(GPU_CHECK_PYTEST_JSON=rec_path, GPU_CHECK_LAUNCHES_JSON=launches),
                        self.args.verbose)
+        if os.path.exists(launches):  # tests/test_gpu_user_conditions.py: launches per training step
+            with open(launches) as fh:
+                res["details"]["kernel_launches"] = json.load(fh)
         res["commands"].append(r.as_dict() | {"log": self.rel(r.log)})
         data = None
         if os.path.exists(rec_path):
@@ -905,6 +917,9 @@ def _md_tests(t):
         if t.get(kind):
             out.append(f"- {kind.replace('_', ' ')} ({len(t[kind])}):")
             out += [f"  - `{x['nodeid']}`: {x['reason']}" for x in t[kind][:50]]
+    if t.get("kernel_launches"):
+        out.append("- kernel launches (torch.profiler, one step):")
+        out += [f"  - {k}: {n}" for k, n in t["kernel_launches"].items()]
     return out
 
 

@@ -77,19 +77,21 @@ def cases():
     dx, dy = _rand(3, 6, 8, seed=16), _rand(4, 5, 8, seed=17)
     both = (torch.float32, torch.float64)
     f32 = (torch.float32,)
+    # the ops' float16 / bfloat16 paths (compute in float32, cast back) under the sanitizers too
+    every = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     return [
-        ("local_dist_matrix", _grad_case(partdist.local_dist_matrix, [x, y]), both),
+        ("local_dist_matrix", _grad_case(partdist.local_dist_matrix, [x, y]), every),
         ("local_dist_matrix, 130x131 stripes", _grad_case(partdist.local_dist_matrix, [big_x, big_y]), f32),
-        ("dmli", _grad_case(partdist.dmli, [dist]), both),
+        ("dmli", _grad_case(partdist.dmli, [dist]), every),
         ("dmli, gamma=0.1 (soft)", _grad_case(lambda d: partdist.dmli(d, gamma=0.1), [dist]), both),
         ("dmli, band=2", _grad_case(lambda d: partdist.dmli(d, band=2.0), [dist]), both),
         ("dmli_path", _fwd_case(partdist.dmli_path, [dist]), both),
-        ("batch_local_dist", _grad_case(partdist.batch_local_dist, [x, y]), both),
+        ("batch_local_dist", _grad_case(partdist.batch_local_dist, [x, y]), every),
         ("batch_local_dist, gamma=0.1", _grad_case(lambda a, b: partdist.batch_local_dist(a, b, gamma=0.1), [x, y]), f32),
         ("batch_local_dist, band=2", _grad_case(lambda a, b: partdist.batch_local_dist(a, b, band=2.0), [x, y]), f32),
         ("batch_local_dist, normalize=False",
          _grad_case(lambda a, b: partdist.batch_local_dist(a, b, normalize=False), [x, y]), f32),
-        ("local_dist", _grad_case(partdist.local_dist, [qx, gy]), both),
+        ("local_dist", _grad_case(partdist.local_dist, [qx, gy]), every),
         ("local_dist, chunk_size=4", _grad_case(lambda a, b: partdist.local_dist(a, b, chunk_size=4), [qx, gy]), f32),
         ("local_dist, gamma=0.1", _grad_case(lambda a, b: partdist.local_dist(a, b, gamma=0.1), [qx, gy]), f32),
         ("unaligned_dist", _grad_case(partdist.unaligned_dist, [_rand(N, m, C, seed=18), _rand(N, m, C, seed=19)]), f32),
@@ -98,13 +100,13 @@ def cases():
         ("local_dist_topk, k=3", _fwd_case(lambda a, b: partdist.local_dist_topk(a, b, 3), [qx, gy]), f32),
         ("hard_example_mining",
          _grad_case(lambda d, lab: partdist.hard_example_mining(d, lab)[:2], [dmat, labels]), both),
-        ("triplet_hard_loss", _grad_case(lambda d, lab: partdist.triplet_hard_loss(d, lab, 0.3), [dmat, labels]), both),
+        ("triplet_hard_loss", _grad_case(lambda d, lab: partdist.triplet_hard_loss(d, lab, 0.3), [dmat, labels]), every),
         ("triplet_hard_loss, soft margin",
          _grad_case(lambda d, lab: partdist.triplet_hard_loss(d, lab, None), [dmat, labels]), f32),
-        ("neighborhood_diff", _grad_case(lambda a, b: partdist.neighborhood_diff(a, b, 5), [f, g]), both),
+        ("neighborhood_diff", _grad_case(lambda a, b: partdist.neighborhood_diff(a, b, 5), [f, g]), every),
         ("neighborhood_diff, k=3", _grad_case(lambda a, b: partdist.neighborhood_diff(a, b, 3), [f, g]), f32),
         ("cross_neighborhood_diff", _grad_case(lambda a, b: partdist.cross_neighborhood_diff(a, b, 5), [f, g]), f32),
-        ("part_dist, float visibilities", _grad_case(partdist.part_dist, [px, py, vx, vy]), both),
+        ("part_dist, float visibilities", _grad_case(partdist.part_dist, [px, py, vx, vy]), every),
         ("part_dist, bool visibilities", _fwd_case(partdist.part_dist, [px, py, bvx, bvy]), f32),
         ("dsr_dist", _grad_case(lambda a, b: partdist.dsr_dist(a, b, 0.1, 50, 1e-5), [dx, dy]), both),
         ("re_ranking_features (local)",
@@ -113,7 +115,8 @@ def cases():
 
 
 def _compare(got, want, dtype):
-    tol = dict(rtol=1e-3, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-9)
+    tol = {torch.float32: dict(rtol=1e-3, atol=1e-4), torch.float64: dict(rtol=1e-7, atol=1e-9),
+           torch.float16: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}[dtype]
     if len(got) != len(want):
         return f"{len(got)} outputs on the device, {len(want)} on the CPU"
     worst = 0.0

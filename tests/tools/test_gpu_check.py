@@ -74,6 +74,16 @@ def test_analyze_fails_on_a_skipped_cuda_test(by):
     assert [s["nodeid"] for s in a["cuda_skipped"]] == ["a::t3"]
 
 
+def test_analyze_multi_gpu_skips_on_one_gpu_are_warnings():
+    src = open(os.path.join(ROOT, "tests", "test_gpu_user_conditions.py")).read()
+    assert f'TWO_GPUS = "{G.MULTI_GPU_REASON}' in src  # the reason the 2-GPU tests skip with
+    reason = G.MULTI_GPU_REASON + " (one op on cuda:1 while cuda:0 is current)"
+    recs = [_rec("a::t1"), _rec("a::t2", cuda=True), _rec("a::t3", "skipped", cuda=True, reason=reason)]
+    a = G.analyze_tests(recs, cuda_available=True, pytest_rc=0)
+    assert a["status"] == G.WARN and a["cuda_skipped"] == []
+    assert any("1 multi-GPU test(s) skipped" in w for w in a["warnings"])
+
+
 def test_analyze_fails_without_cuda_and_without_cuda_tests():
     a = G.analyze_tests([_rec("a::t1")], cuda_available=False, pytest_rc=0)
     assert a["status"] == G.FAIL
