@@ -13,11 +13,15 @@
 // (common/cuda_launch.cuh).
 #pragma once
 
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "backends.h"
 
@@ -47,9 +51,37 @@ void define_all(torch::Library& m, const std::tuple<OpDef<Fns>...>& ops) {
   std::apply([&](const auto&... o) { (m.def(o.schema), ...); }, ops);
 }
 
+// The device of an op's first defined tensor argument (a tensor, or an optional one).
+template <typename T>
+void note_device(std::optional<c10::Device>& dev, const T& arg) {
+  using U = std::decay_t<T>;
+  if constexpr (std::is_same_v<U, at::Tensor>) {
+    if (!dev && arg.defined()) dev = arg.device();
+  } else if constexpr (std::is_same_v<U, std::optional<at::Tensor>>) {
+    if (!dev && arg.has_value() && arg->defined()) dev = arg->device();
+  }
+}
+
+// An op implementation that runs with the device of its first tensor argument made current
+// (c10::OptionalDeviceGuard: a no-op for CPU tensors). CUDA launches use the current
+// device's stream and allocations the current device: with tensors on cuda:1 while cuda:0 is
+// current, the kernels run on cuda:1, on its current stream. Every op goes through it
+// (impl_all), so no launcher can be registered without the guard.
+template <typename Ret, typename... Args>
+auto with_device_guard(Ret (*fn)(Args...)) {
+  return [fn](Args... args) -> Ret {
+    std::optional<c10::Device> dev;
+    (note_device(dev, args), ...);
+    const c10::OptionalDeviceGuard guard(dev);
+    return fn(std::forward<Args>(args)...);
+  };
+}
+
 template <typename... Fns>
 void impl_all(torch::Library& m, const std::tuple<OpDef<Fns>...>& ops) {
-  std::apply([&](const auto&... o) { (m.impl(op_name(o.schema).c_str(), o.fn), ...); }, ops);
+  std::apply(
+      [&](const auto&... o) { (m.impl(op_name(o.schema).c_str(), with_device_guard(o.fn)), ...); },
+      ops);
 }
 
 }  // namespace partdist

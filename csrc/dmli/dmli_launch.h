@@ -12,6 +12,7 @@
 #include <ATen/ops/mm.h>
 
 #include "../common/gemm_grads.h"
+#include "../common/matmul.h"
 #include "../common/ptr.h"
 #include "dmli_kernels.h"
 
@@ -66,7 +67,7 @@ void DeviceKernels<Exec>::aligned_forward(Mode mode, bool normalize, const DPRul
                                           const at::Tensor& x, const at::Tensor& y,
                                           const at::Tensor& out) {
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  at::Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
+  at::Tensor xy = fp32_bmm(x, y.transpose(1, 2)).contiguous();
   PairLayout L = aligned_layout(N, m, n);
   L.rule = rule;
   forward(L, mode, normalize, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), out);
@@ -78,7 +79,7 @@ void DeviceKernels<Exec>::aligned_backward(Mode mode, bool normalize, const DPRu
                                            const at::Tensor& y, const at::Tensor& gx,
                                            const at::Tensor& gy) {
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  at::Tensor xy = at::bmm(x, y.transpose(1, 2)).contiguous();
+  at::Tensor xy = fp32_bmm(x, y.transpose(1, 2)).contiguous();
   at::Tensor W = at::empty_like(xy);
   PairLayout L = aligned_layout(N, m, n);
   L.rule = rule;
@@ -108,7 +109,7 @@ void DeviceKernels<Exec>::local_dist_forward(const Prepared& P, bool normalize, 
   at::Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
   for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
     at::Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
-    at::mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
+    fp32_mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
     PairLayout L = tile_layout(mc, nc, m, n, N);
     L.rule = rule;
     forward(L, Mode::kFused, normalize, xy, xx.narrow(0, a0 * m, mc * m),

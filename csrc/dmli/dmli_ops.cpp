@@ -149,7 +149,6 @@ Tensor aligned_impl(const char* op, const Tensor& x, const Tensor& y, bool norma
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor out =
       mode == Mode::kCells ? at::empty({N, m, n}, xc.options()) : at::empty({N}, xc.options());
-  FullFp32Matmul fp32;
   if (N > 0) K::aligned_forward(mode, normalize, rule, xc, yc, out);
   return out.to(x.scalar_type());
 }
@@ -169,7 +168,6 @@ std::tuple<Tensor, Tensor> aligned_backward_impl(const char* op, const Tensor& g
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor g = grad.to(ct).contiguous();
   Tensor gx = at::empty_like(xc), gy = at::empty_like(yc);
-  FullFp32Matmul fp32;
   if (N > 0) K::aligned_backward(mode, normalize, rule, g, xc, yc, gx, gy);
   return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }
@@ -313,7 +311,6 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
   auto P = prepare(x, y);
   Tensor out = at::empty({M, N}, P.x.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
-  FullFp32Matmul fp32;
   K::local_dist_forward(P, normalize, rule, chunk_size, out);
   return out.to(x.scalar_type());
 }
@@ -341,7 +338,6 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
   auto P = prepare(x, y);
   Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
   if (M > 0 && N > 0) {
-    FullFp32Matmul fp32;
     Tensor g = grad.to(P.x.scalar_type()).contiguous();
     Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
     Tensor gx2 = gx.view({M * m, C}), gy2 = gy.view({N * n, C});
@@ -354,7 +350,7 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
       Tensor xt = x2.narrow(0, a0 * m, mc * m), yt = y2.narrow(0, b0 * n, nc * n);
       Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
       Tensor W = wbuf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
-      at::mm_out(xy, xt, yt.t());
+      fp32_mm_out(xy, xt, yt.t());
       PairLayout L = tile_layout(mc, nc, m, n, N);
       L.rule = rule;
       K::backward(L, Mode::kFused, normalize, g.narrow(0, a0, mc).narrow(1, b0, nc), xy,

@@ -115,10 +115,9 @@ Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const 
   Tensor out = at::empty({M, N}, p.xx.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), false, chunk_size);
-  FullFp32Matmul fp32;
   // Tiles in sequence; the GEMM and the backend are parallel inside.
   for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
-    Tensor xy = at::bmm(p.xp.narrow(1, a0, mc), p.yp.narrow(1, b0, nc).transpose(1, 2));
+    Tensor xy = fp32_bmm(p.xp.narrow(1, a0, mc), p.yp.narrow(1, b0, nc).transpose(1, 2));
     K::part_forward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
                     out.narrow(0, a0, mc).narrow(1, b0, nc));
   });
@@ -146,10 +145,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
     // Tiles in sequence (the tiles of one query block write the same rows of gx);
     // the backend and the GEMMs are parallel inside.
     const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), true, chunk_size);
-    FullFp32Matmul fp32;
     for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
       Tensor xt = p.xp.narrow(1, a0, mc), yt = p.yp.narrow(1, b0, nc);  // [P, mc|nc, C]
-      Tensor xy = at::bmm(xt, yt.transpose(1, 2));                      // [P, mc, nc]
+      Tensor xy = fp32_bmm(xt, yt.transpose(1, 2));                     // [P, mc, nc]
       Tensor cw = at::empty_like(xy);
       Tensor ce = vis_grad ? at::empty_like(xy) : Tensor();
       K::part_backward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
@@ -158,8 +156,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
       accumulate_grads(cw, xt, yt, gxp.narrow(1, a0, mc), gyp.narrow(1, b0, nc));
       if (vis_grad) {
         Tensor vxt = p.vx.narrow(0, a0, mc).t(), vyt = p.vy.narrow(0, b0, nc).t();  // [P, mc|nc]
-        gvx.narrow(0, a0, mc).add_(at::bmm(ce, vyt.unsqueeze(-1)).squeeze(-1).t());
-        gvy.narrow(0, b0, nc).add_(at::bmm(ce.transpose(1, 2), vxt.unsqueeze(-1)).squeeze(-1).t());
+        gvx.narrow(0, a0, mc).add_(fp32_bmm(ce, vyt.unsqueeze(-1)).squeeze(-1).t());
+        gvy.narrow(0, b0, nc).add_(fp32_bmm(ce.transpose(1, 2), vxt.unsqueeze(-1)).squeeze(-1).t());
       }
     });
   }
@@ -203,18 +201,17 @@ Tensor dsr_dist_impl(const Tensor& x, const Tensor& y, double beta, int64_t max_
   o.beta = beta;
   o.max_iter = int(max_iter);
   o.tol = tol;
-  FullFp32Matmul fp32;
   for (int64_t b0 = 0; b0 < N; b0 += T.nc) {
     const int64_t nc = std::min(T.nc, N - b0);
-    Tensor yt = yc.narrow(0, b0, nc);                         // [nc, Lg, C]
-    Tensor G = at::bmm(yt, yt.transpose(1, 2)).contiguous();  // [nc, Lg, Lg]
+    Tensor yt = yc.narrow(0, b0, nc);                          // [nc, Lg, C]
+    Tensor G = fp32_bmm(yt, yt.transpose(1, 2)).contiguous();  // [nc, Lg, Lg]
     // step size: exact largest eigenvalue of each Gram matrix
     Tensor lip = at::linalg_eigvalsh(G).select(-1, Lg - 1).clamp_min(0).contiguous();
     for (int64_t a0 = 0; a0 < M; a0 += T.mc) {
       const int64_t mc = std::min(T.mc, M - a0);
       // B[i, j] = Y_j X_i^T [Lg, Lq] for every pair: one GEMM of the flattened cells,
       // [nc*Lg, C] x [C, mc*Lq] = [nc, Lg, mc, Lq], reordered to [mc, nc, Lg, Lq].
-      Tensor B = at::mm(yt.reshape({nc * Lg, C}), xc.narrow(0, a0, mc).reshape({mc * Lq, C}).t())
+      Tensor B = fp32_mm(yt.reshape({nc * Lg, C}), xc.narrow(0, a0, mc).reshape({mc * Lq, C}).t())
                      .view({nc, Lg, mc, Lq})
                      .permute({2, 0, 1, 3})
                      .contiguous();
