@@ -411,11 +411,26 @@ auto ops() {
 
 PARTDIST_FAMILY_OPS(dmli, ops)
 
+namespace partdist {
+namespace dmli {
+// The operands that fp32_mm and its kin multiply where cuBLAS may use TF32
+// (common/matmul.h), on any device: the tests check the split on the CPU.
+std::tuple<Tensor, Tensor> tf32_split_operands_op(const Tensor& a, const Tensor& b) {
+  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat,
+              "partdist._tf32_split_operands: a and b must be float32, got ", a.scalar_type(),
+              " and ", b.scalar_type());
+  return tf32_split_operands(a, b);
+}
+}  // namespace dmli
+}  // namespace partdist
+
 TORCH_LIBRARY_FRAGMENT(partdist, m) {
   m.def(
       "_local_dist_tile_plan(str backend, int M, int N, int m, int n, int elem_size, "
       "int chunk_size=0) -> int[]",
       &partdist::dmli::local_dist_tile_plan);
+  m.def("_tf32_split_operands(Tensor a, Tensor b) -> (Tensor, Tensor)",
+        &partdist::dmli::tf32_split_operands_op);
   m.def(
       "_batch_local_dist_fwd_cells(Tensor x, Tensor y, bool normalize, float gamma, float band) "
       "-> (Tensor, Tensor)");
