@@ -87,3 +87,35 @@ def test_reference_names():
     assert len(R.__all__) == len(set(R.__all__))
     for name in R.__all__:
         assert callable(getattr(R, name)), name
+
+
+def _registrations(kind):
+    """``{file: count}`` of ``torch.library.register_<kind>`` / ``@op.register_<kind>`` in the package."""
+    out = {}
+    for f in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == f"register_{kind}":
+                rel = f.relative_to(PKG).as_posix()
+                out[rel] = out.get(rel, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("kind", ["fake", "autograd"])
+def test_fake_kernels_and_python_autograd_live_in_ops(kind):
+    """CONTRIBUTING.md: the fake kernel of every op, and its autograd where it is registered
+    from Python, sit in ``partdist/ops/<family>.py`` beside the public function."""
+    where = _registrations(kind)
+    assert where and all(f.startswith("ops/") for f in where), where
+
+
+def test_every_op_has_a_fake_kernel():
+    import torch
+    from torch._library.simple_registry import singleton
+
+    import partdist.eval  # noqa: F401  (every ops module imported)
+
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("partdist::"))
+    assert "partdist::rank_metrics" in names and "partdist::dmli" in names
+    # the host-side tile plans (tests of the tiling) take and return no tensors of the model
+    missing = [n for n in names if singleton.find(n).fake_impl.kernel is None and not n.endswith("_tile_plan")]
+    assert missing == []
