@@ -1,7 +1,7 @@
 # make demo    : set up .venv (idempotent), build partdist, run the main job: synthetic data ->
 #                train AlignedReID on the CPU -> evaluate (global / DMLI / re-ranked) -> pictures
 # make test    : set up .venv (idempotent), build partdist, run the test suite
-# make test-fast : the same without the tests marked slow (under a minute on 2 cores)
+# make test-fast : the same without the tests marked slow, on every core (pytest-xdist; under a minute on 2 cores)
 # make bench   : the microbenchmarks (DMLI, mining, neighborhood differences)
 # make bench-market : Market-1501-size local distances and re-ranking (long)
 # make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
@@ -63,8 +63,10 @@ rebuild:
 test: build
 	$(PY) -m pytest tests -q
 
+# one worker per core (pytest-xdist): the small tests spread over them; TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= auto
 test-fast: build
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -m "not slow" -n $(TEST_WORKERS)
 
 # make demo replaces its own earlier output in runs/demo (the command alone refuses to)
 DEMO_FLAGS ?= --overwrite

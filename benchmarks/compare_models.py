@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from partdist.data import SyntheticReID, market1501, part_annotations  # noqa: E402
-from partdist.eval.model_eval import evaluate_reference_model  # noqa: E402
+from partdist.eval import evaluate_model  # noqa: E402
 from partdist.models import MODEL_SPECS  # noqa: E402
 from partdist.train import TrainConfig, Trainer, make_batches  # noqa: E402
 
@@ -88,8 +88,8 @@ def run_setting(setting, args, log):
         train_s = time.perf_counter() - t0
         qp = part_annotations(root, splits.query, spec.needs) if spec.needs else None
         gp = part_annotations(root, splits.gallery, spec.needs) if spec.needs else None
-        res, _ = evaluate_reference_model(tr.model, name, splits.query, splits.gallery, args.height, args.width,
-                                          q_parts=qp, g_parts=gp)
+        res, _ = evaluate_model(tr.model, splits.query, splits.gallery, args.height, args.width, name=name,
+                                distance=spec.distance, q_parts=qp, g_parts=gp)
         (dist, r), = res.items()
         rows[name] = {"system": spec.system, "family": spec.family, "distance": dist, "rank1": r["rank1"],
                       "mAP": r["mAP"], "mINP": r["mINP"], "train_s": round(train_s, 1),

@@ -22,9 +22,7 @@ Part features (plain PyTorch, :mod:`partdist.pooling`):
 ``partdist.reference`` holds the pure-PyTorch implementations they are tested against.
 """
 
-import sys
-
-from . import _moved, losses
+from . import losses
 from ._version import __version__ as __version__
 from .eval.evaluate import FeatureExtractor
 from .eval.streaming import local_dist_topk
@@ -57,13 +55,3 @@ __all__ = [
     "losses",
 ]
 
-# Old module paths (partdist._ops, partdist.mining, partdist.parts, ...) keep working for one
-# release, with a DeprecationWarning naming the new path (see partdist/_moved.py).
-_moved.install(sys.modules[__name__])
-
-
-def __getattr__(name):
-    module = _moved.moved_attribute(__name__, name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return module

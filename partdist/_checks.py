@@ -9,6 +9,7 @@ repeat the essential checks (as ``RuntimeError``) so that calling
 
 from __future__ import annotations
 
+import numbers
 import sys
 
 import torch
@@ -22,6 +23,23 @@ def is_instance_of(x, module: str, cls: str) -> bool:
     while the module is not loaded, no object of its classes can exist."""
     mod = sys.modules.get(module)
     return mod is not None and isinstance(x, getattr(mod, cls))
+
+
+def check_pos_int(op, name, v, lo=1, allow_none=False, what=None):
+    """``int(v)`` for an integer ``v >= lo`` (``None`` passes with ``allow_none``): ``TypeError``
+    for another type (``bool`` included), ``ValueError`` below ``lo``. The message names ``op``,
+    ``name`` and ``what`` was expected (default: "a positive int" for ``lo = 1``, else
+    "an int >= lo")."""
+    if v is None and allow_none:
+        return None
+    what = what or ("a positive int" if lo == 1 else f"an int >= {lo}")
+    if allow_none:
+        what += " or None"
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be {what}, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{op}: {name} must be {what}, got {v!r}")
+    return int(v)
 
 
 def _shape(t):

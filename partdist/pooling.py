@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import _shape, check_floating, check_tensor
+from ._checks import _shape, check_floating, check_pos_int, check_tensor
 
 __all__ = [
     "part_pool",
@@ -86,14 +86,6 @@ PART_SCHEMES: Dict[str, List[Tuple[str, Tuple[str, ...]]]] = {
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_pos_int(op, name, v):
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{op}: {name} must be a positive int, got {v!r}")
-    if v < 1:
-        raise ValueError(f"{op}: {name} must be a positive int, got {v}")
-    return v
-
-
 def _check_pair(op, name, v, what):
     """A (a, b) pair of positive numbers."""
     if not (isinstance(v, (tuple, list, torch.Size)) and len(v) == 2):
@@ -188,7 +180,7 @@ def _pool_boxes(fmap, boxes, mode, sampling_ratio, spatial_scale, image_size, op
     if sampling_ratio is None:
         sh, sw = _adaptive_samples(y1, y2, vis), _adaptive_samples(x1, x2, vis)
     else:
-        sh = sw = _check_pos_int(op, "sampling_ratio", sampling_ratio)
+        sh = sw = check_pos_int(op, "sampling_ratio", sampling_ratio)
     wy = _box_axis_weights(y1, y2, H, sh) * vis[..., None, None]  # [N, P, sh, H]
     wx = _box_axis_weights(x1, x2, W, sw) * vis[..., None, None]  # [N, P, sw, W]
     if mode == "avg":
@@ -304,11 +296,11 @@ def part_pool(
     if isinstance(parts, bool):
         raise TypeError(f"{op}: parts must be an int, a (gh, gw) pair, boxes or masks, got {parts!r}")
     if isinstance(parts, int):
-        _check_pos_int(op, "parts (number of stripes)", parts)
+        check_pos_int(op, "parts (number of stripes)", parts)
         return _stripes_or_grid(fmap, parts, 1, mode)
     if isinstance(parts, (tuple, list)) and len(parts) == 2:
-        gh = _check_pos_int(op, "parts[0] (grid rows)", parts[0])
-        gw = _check_pos_int(op, "parts[1] (grid columns)", parts[1])
+        gh = check_pos_int(op, "parts[0] (grid rows)", parts[0])
+        gw = check_pos_int(op, "parts[1] (grid columns)", parts[1])
         return _stripes_or_grid(fmap, gh, gw, mode)
     raise TypeError(
         f"{op}: parts must be an int P (stripes), a (gh, gw) grid, boxes [N, P, 4] or masks [N, P, H, W], "
@@ -357,7 +349,7 @@ def keypoints_to_parts(
             raise ValueError(f"{op}: {name} must be a finite number, got {v!r}")
     if margin < 0:
         raise ValueError(f"{op}: margin must be >= 0 (a fraction of the image height), got {margin}")
-    _check_pos_int(op, "min_keypoints", min_keypoints)
+    check_pos_int(op, "min_keypoints", min_keypoints)
 
     groups = PART_SCHEMES[scheme]
     member = torch.zeros(len(groups), 14, dtype=torch.bool, device=kpts.device)

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-import partdist
+from .ops.dmli import dmli, dmli_path, local_dist_matrix
 
 __all__ = ["save_rank_list", "save_alignment", "save_curves"]
 
@@ -58,9 +58,9 @@ def save_alignment(img_a, img_b, local_a: torch.Tensor, local_b: torch.Tensor, o
     from PIL import Image, ImageDraw
 
     la, lb = local_a.detach().float().cpu(), local_b.detach().float().cpu()
-    dmat = partdist.local_dist_matrix(la[None], lb[None])[0]
-    path = partdist.dmli_path(dmat)
-    total = partdist.dmli(dmat).item()
+    dmat = local_dist_matrix(la[None], lb[None])[0]
+    path = dmli_path(dmat)
+    total = dmli(dmat).item()
     h, w = size
     gap = 120
     canvas = Image.new("RGB", (2 * w + gap, h + 24), "white")

@@ -281,7 +281,7 @@ EXPECT = {"bare": "bare state_dict", "text": "not a PyTorch checkpoint", "corrup
 
 
 def test_load_checkpoint_refuses_every_bad_file_without_running_code(bad_checkpoints):
-    from partdist.train import CheckpointError, load_checkpoint
+    from partdist.runs import CheckpointError, load_checkpoint
 
     files, marker = bad_checkpoints
     for name, path in files.items():
@@ -320,15 +320,6 @@ def test_debug_shows_the_traceback(cli, data_root, tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr and "CLIError" in r.stderr
 
 
-def test_deprecated_gamma_flag_is_the_lr_decay():
-    from partdist.cli import build_parser
-
-    args = build_parser().parse_args(["train", "--data", "x", "--gamma", "0.5"])
-    assert args.lr_gamma == 0.5
-    args = build_parser().parse_args(["demo", "--gamma", "0.1"])
-    assert args.local_gamma == 0.1
-
-
 # ------------------------------------------------------------------------ help and names
 
 
@@ -348,7 +339,7 @@ def test_every_flag_has_help_and_a_default_shown():
 
 
 def test_progress_lines_have_total_and_eta():
-    from partdist.train import _Progress
+    from partdist.train.progress import Progress as _Progress
 
     lines = []
     p = _Progress("lines", "epoch 1/3", total=4, log=lines.append, every_s=0)
@@ -388,7 +379,7 @@ def test_demo_pictures_without_matplotlib_warn_in_one_line(data_root, tmp_path, 
     one warning and the other pictures are still drawn."""
     import types
 
-    from partdist.cli import _demo_pictures
+    from partdist.cli.demo import _demo_pictures
     from partdist.data import market1501
     from partdist.train import TrainConfig, build_model
 

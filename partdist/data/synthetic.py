@@ -59,6 +59,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._checks import check_pos_int
+
 __all__ = ["CameraParams", "default_camera_params", "hard_camera_params", "SyntheticReID", "make_grid",
            "load_synthetic_parts", "part_annotations", "SYNTHETIC_PARTS", "SETTINGS"]
 
@@ -441,12 +443,8 @@ def _render(height, width, ident, cam: CameraParams, rngs):
 # --------------------------------------------------------------------------------------
 
 
-def _check_pos_int(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"SyntheticReID: {name} must be an int >= {lo}, got {v!r}")
-    if v < lo:
-        raise ValueError(f"SyntheticReID: {name} must be an int >= {lo}, got {v}")
-    return int(v)
+def _at_least(name, v, lo):
+    return check_pos_int("SyntheticReID", name, v, lo, what=f"an int >= {lo}")
 
 
 class SyntheticReID:
@@ -491,15 +489,15 @@ class SyntheticReID:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"SyntheticReID: root must be a path (str or os.PathLike), got {type(root).__name__}")
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-        self.num_ids = _check_pos_int("num_ids", num_ids, 2)
-        self.num_cams = _check_pos_int("num_cams", num_cams, 1)
-        self.imgs_per_id_cam = _check_pos_int("imgs_per_id_cam", imgs_per_id_cam, 1)
-        self.height = _check_pos_int("height", height, 16)
-        self.width = _check_pos_int("width", width, 8)
-        self.seed = _check_pos_int("seed", seed, 0)
+        self.num_ids = _at_least("num_ids", num_ids, 2)
+        self.num_cams = _at_least("num_cams", num_cams, 1)
+        self.imgs_per_id_cam = _at_least("imgs_per_id_cam", imgs_per_id_cam, 1)
+        self.height = _at_least("height", height, 16)
+        self.width = _at_least("width", width, 8)
+        self.seed = _at_least("seed", seed, 0)
         if num_train_ids is None:
             num_train_ids = self.num_ids // 2
-        self.num_train_ids = _check_pos_int("num_train_ids", num_train_ids, 1)
+        self.num_train_ids = _at_least("num_train_ids", num_train_ids, 1)
         if self.num_train_ids >= self.num_ids:
             raise ValueError(
                 f"SyntheticReID: num_train_ids must be < num_ids ({self.num_ids}) to leave test identities, "
@@ -526,8 +524,8 @@ class SyntheticReID:
                 raise TypeError(f"SyntheticReID: camera_params[{c}] must be a CameraParams, got {type(p).__name__}")
             p.validate(f"SyntheticReID: camera_params[{c}]")
         self.camera_params = camera_params
-        self.num_distractors = _check_pos_int("num_distractors", num_distractors, 0)
-        self.num_junk = _check_pos_int("num_junk", num_junk, 0)
+        self.num_distractors = _at_least("num_distractors", num_distractors, 0)
+        self.num_junk = _at_least("num_junk", num_junk, 0)
         if image_format not in ("jpg", "png"):
             raise ValueError(f"SyntheticReID: image_format must be 'jpg' or 'png', got {image_format!r}")
         self.image_format = image_format

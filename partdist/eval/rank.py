@@ -19,7 +19,7 @@ deterministic (torchreid's ``np.argsort`` leaves the order of ties unspecified).
 How it is computed: no row is sorted. Every metric above only needs the rank of each
 true match among the kept gallery items, and that rank is one plus the number of kept
 items ordered before it. The C++ operator ``partdist::rank_metrics``
-(``csrc/rank/``, parallel over queries) sorts the (few) true matches of a query, places
+(``csrc/rank/``, :mod:`partdist.ops.rank`, parallel over queries) sorts the (few) true matches of a query, places
 every kept gallery item among them by binary search and reads all match ranks off a
 histogram of those positions: ``O(G log k)`` per query for ``k`` matches instead of the
 ``O(G log G)`` argsort of the usual code, ties and non-finite distances included (NaN
@@ -32,14 +32,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..ops.rank import rank_metrics
+
 __all__ = ["evaluate_rank"]
-
-
-@torch.library.register_fake("partdist::rank_metrics")
-def _rank_metrics_fake(distmat, q_pids, g_pids, q_camids, g_camids, drop_junk, devkit):
-    Q = distmat.shape[0]
-    return (distmat.new_empty(Q, dtype=torch.int64), distmat.new_empty(Q, dtype=torch.float64),
-            distmat.new_empty(Q, dtype=torch.float64))
 
 
 def _np(x, name, dtype=None):
@@ -173,7 +168,7 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
             slow(i)
     else:
         ids = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)) for x in ids]
-        f, a_, n_ = torch.ops.partdist.rank_metrics(d_all, *ids, drop_junk, ap == "devkit")
+        f, a_, n_ = rank_metrics(d_all, *ids, drop_junk, ap == "devkit")
         firsts, all_ap, all_inp = f.numpy(), a_.numpy(), n_.numpy()
     valid = firsts > 0
     if not valid.any():

@@ -23,12 +23,12 @@ features given), not both.
 
 from __future__ import annotations
 
-import numbers
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .._checks import check_pos_int
 from .._memory import check_dense_fits, progress_bar
 from ..ops.dmli import local_dist
 from .distance import Distance
@@ -186,14 +186,6 @@ def _sides(op, q_local, g_local, q_global, g_global, distance, options, same_str
     return q, g, dist
 
 
-def _check_pos_int(op, name, v, allow_none=True):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{op}: {name} must be a positive int{' or None' if allow_none else ''}, got {v!r}")
-    return int(v)
-
-
 def _default_rows(width, bytes_per_entry=4):
     return int(max(1, min(8192, _BLOCK_BYTES // (bytes_per_entry * max(1, width)))))
 
@@ -250,7 +242,7 @@ def _prepare(op, q_local, g_local, q_global, g_global, *, distance=None, block_r
              **options):
     """Checked sides, the distance and the block height (``options``: the distance options given)."""
     q, g, dist = _sides(op, q_local, g_local, q_global, g_global, distance, options)
-    rows = _check_pos_int(op, "block_rows", block_rows) or _default_rows(len(g), bytes_per_entry)
+    rows = check_pos_int(op, "block_rows", block_rows, allow_none=True) or _default_rows(len(g), bytes_per_entry)
     return q, g, dist, rows
 
 
@@ -343,7 +335,7 @@ def topk_distance(
     op = "partdist.eval.topk_distance"
     chunk_size = options.pop("chunk_size", None)
     q, g, dist, rows = _prepare(op, q_local, g_local, q_global, g_global, bytes_per_entry=16, **options)
-    k = _check_pos_int(op, "k", k, allow_none=False)
+    k = check_pos_int(op, "k", k)
     if k > len(g):
         raise ValueError(f"{op}: k must be at most the gallery size G = {len(g)}, got {k}")
     vals, inds = [], []

@@ -21,27 +21,26 @@ Layers (input 3 x 160 x 60, the sizes in brackets are for that input):
 
 Not reproduced from the paper: its data augmentation and its hard-negative mining
 schedule; training here is plain cross-entropy on balanced pairs
-(:class:`partdist.data.BalancedPairSampler`, :func:`verification_step`), or, in
+(:class:`partdist.data.BalancedPairSampler`, :func:`partdist.train.verification_step`), or, in
 ``partdist train --model idla``, on the pairs formed within each P x K batch (every positive
 pair and as many random negatives, :mod:`partdist.models.pairs`). IDLA is a pair model
-(``pair_model = True``): its ranking evaluation scores all Q x G pairs.
+(``pair_model = True``): its ranking evaluation scores all Q x G pairs
+(:func:`idla_distance_matrix`; :func:`partdist.eval.evaluate_model` with ``name="idla"``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..eval.rank import evaluate_rank
 from ..ops.neighborhood import cross_neighborhood_diff
 from .pairs import image_features, pair_distance_matrix, verification_terms
 
-__all__ = ["IDLA", "verification_step", "idla_distance_matrix", "evaluate_idla"]
+__all__ = ["IDLA", "idla_distance_matrix"]
 
 
 class IDLA(nn.Module):
@@ -131,21 +130,6 @@ class IDLA(nn.Module):
         return logits[:, IDLA.DIFFERENT] - logits[:, IDLA.SAME]
 
 
-def verification_step(
-    model: IDLA, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor
-) -> float:
-    """One training step on a batch of pairs: 2-way cross-entropy (label 1 = same person).
-
-    Returns the loss before the update.
-    """
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x1, x2), labels)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
 @torch.no_grad()
 def idla_distance_matrix(
     model: IDLA,
@@ -170,22 +154,3 @@ def idla_distance_matrix(
     out = pair_distance_matrix(model, fq, fg, batch_size)
     model.train(was_training)
     return out
-
-
-def evaluate_idla(
-    model: IDLA,
-    query: torch.Tensor,
-    gallery: torch.Tensor,
-    q_pids: Sequence[int],
-    g_pids: Sequence[int],
-    q_camids: Sequence[int],
-    g_camids: Sequence[int],
-    batch_size: int = 256,
-    max_rank: int = 50,
-) -> Tuple[np.ndarray, float, torch.Tensor]:
-    """Ranking evaluation of a verification model: scores every query x gallery pair
-    (:func:`idla_distance_matrix`) and applies the Market-1501 protocol
-    (:func:`partdist.eval.evaluate_rank`). Returns ``(cmc, mAP, distmat)``."""
-    distmat = idla_distance_matrix(model, query, gallery, batch_size)
-    cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
-    return cmc, mAP, distmat

@@ -1,10 +1,11 @@
 """The registry of reference models: every system of the seed lecture on local features for
 person ReID, by the name ``partdist train --model NAME`` takes.
 
-Each :class:`ModelSpec` says how to build the model from a :class:`partdist.train.TrainConfig`,
+Each :class:`ModelSpec` says how to build the model from a :class:`partdist.runs.TrainConfig`,
 which part annotations it needs from the data set (``None``, ``"keypoints"`` or ``"masks"``),
-whether it is a pair model (:mod:`partdist.models.pairs`) and which distance the evaluation
-uses by default (``"global"``, ``"global + DMLI"``, ``"dsr"`` or ``"pair"``).
+whether it is a pair model (:mod:`partdist.models.pairs`), which distance the evaluation
+(:func:`partdist.eval.evaluate_model`) uses by default (``"global"``, ``"global + DMLI"``,
+``"dsr"`` or ``"pair"``) or whether it reports the whole table of stripe distances.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ModelSpec:
     distance: str = "global"
     default_last_stride: int = 1
     distributed: bool = False  # trains under DDP (see partdist.train)
+    distance_table: bool = False  # evaluated with every stripe distance (global, DMLI, fused, re-ranked, ...)
 
 
 def _bb(cfg, default):
@@ -80,10 +82,10 @@ def _personnet(cfg, n):
 
 _SPECS = [
     ModelSpec("aligned", "AlignedReID", "stripes", _aligned, distance="global + DMLI", default_last_stride=2,
-              distributed=True),
-    ModelSpec("pcb", "PCB", "stripes", _pcb(False), distributed=True),
-    ModelSpec("pcb_rpp", "PCB+RPP", "stripes", _pcb(True), distributed=True),
-    ModelSpec("icnn", "ICNN", "stripes", _simple(".reid.ICNN"), distributed=True),
+              distributed=True, distance_table=True),
+    ModelSpec("pcb", "PCB", "stripes", _pcb(False), distributed=True, distance_table=True),
+    ModelSpec("pcb_rpp", "PCB+RPP", "stripes", _pcb(True), distributed=True, distance_table=True),
+    ModelSpec("icnn", "ICNN", "stripes", _simple(".reid.ICNN"), distributed=True, distance_table=True),
     ModelSpec("scpnet", "SCPNet", "stripes", _simple(".scpnet.SCPNet")),
     ModelSpec("gate_siamese", "Gate Siamese (siamese LSTM + matching gate)", "stripes",
               _simple(".gate_siamese.GateSiamese"), pair=True, distance="pair"),

@@ -4,9 +4,10 @@
 * :mod:`partdist.ops.mining` - ``csrc/mining``: batch-hard example mining, triplet loss
 * :mod:`partdist.ops.neighborhood` - ``csrc/neighborhood``: IDLA neighborhood differences
 * :mod:`partdist.ops.parts` - ``csrc/parts``: part distances (``part_dist``) and DSR (``dsr_dist``)
+* :mod:`partdist.ops.rank` - ``csrc/rank``: ranking metrics (behind :func:`partdist.eval.evaluate_rank`)
 
 Each module adds what ``torch.library`` needs from Python (fake kernels, autograd) to the
-kernels registered in C++ as ``torch.ops.partdist.*``. The public names are re-exported at
+kernels registered in C++ as ``torch.ops.partdist.*`` (where each piece lives: CONTRIBUTING.md). The public names are re-exported at
 ``partdist.*``.
 """
 

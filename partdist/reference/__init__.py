@@ -12,7 +12,8 @@ One module per family, as :mod:`partdist.ops`:
 * :mod:`partdist.reference.reranking` - dense k-reciprocal re-ranking.
 
 Every name is re-exported here (``partdist.reference.<name>``). Production code never
-imports from here; what both use (:func:`lasso_fista`) lives in production code.
+imports from here, and nothing here imports production code: a reference shares no solver
+with what it checks.
 """
 
 from . import dmli, mining, neighborhood, parts, pooling, reranking
@@ -23,7 +24,6 @@ from .dmli import (
     batch_local_dist_vectorized,
     dmli_loop,
     dmli_path,
-    dmli_seed,
     dmli_soft,
     dmli_vectorized,
     euclidean_dist,
@@ -50,7 +50,14 @@ from .neighborhood import (
     neighborhood_diff_slice,
     neighborhood_diff_unfold,
 )
-from .parts import dsr_dist_vectorized, lasso_cd, lasso_fista, lasso_objective, part_dist_loop, part_dist_vectorized
+from .parts import (
+    dsr_dist_vectorized,
+    lasso_cd,
+    lasso_fista_reference,
+    lasso_objective,
+    part_dist_loop,
+    part_dist_vectorized,
+)
 from .pooling import bilinear_pool_loop, part_pool_boxes_loop, part_pool_masks_loop, part_pool_stripes_loop
 from .reranking import re_ranking_dense
 

@@ -29,7 +29,6 @@ __all__ = [
     "local_dist_matrix",
     "shortest_dist",
     "dmli_loop",
-    "dmli_seed",
     "dmli_vectorized",
     "dmli_path",
     "batch_local_dist",
@@ -203,6 +202,3 @@ def unaligned_dist(x: torch.Tensor, y: torch.Tensor, normalize: bool = True, all
         d = torch.linalg.vector_norm(x - y, dim=-1)  # [N, m]
     return (normalize_dist(d) if normalize else d).sum(-1)
 
-
-#: The former name of :func:`dmli_loop` (kept one release).
-dmli_seed = dmli_loop

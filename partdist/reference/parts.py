@@ -1,7 +1,9 @@
 """Part-distance and DSR references (``csrc/parts``): what :func:`partdist.part_dist` and
 :func:`partdist.dsr_dist` are tested and benchmarked against, and Lasso solvers to check
-the DSR codes. :func:`lasso_fista` is production code (the batched FISTA of
-:mod:`partdist.ops.parts`, with the kernel's step and stopping rule), re-exported here.
+the DSR codes: :func:`lasso_fista_reference` (FISTA written from its definition, with the
+kernel's step and stopping rule, batched over independent problems), :func:`lasso_cd`
+(coordinate descent, one problem) and :func:`lasso_objective`. Nothing here calls the
+production solver (:func:`partdist.ops.parts.lasso_fista`).
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ import math
 
 import torch
 
-from ..ops.parts import lasso_fista
-
 __all__ = [
     "part_dist_loop",
     "part_dist_vectorized",
-    "lasso_fista",
+    "lasso_fista_reference",
     "lasso_cd",
     "lasso_objective",
     "dsr_dist_vectorized",
@@ -94,6 +94,43 @@ def lasso_cd(G, b, beta, iters=2000, tol=1e-15):
     return torch.tensor(w, dtype=torch.float64)
 
 
+def lasso_fista_reference(G, B, beta, lip, max_iter=200, tol=1e-5):
+    """FISTA (Beck and Teboulle, 2009) for ``min_w 1/2 w^T G w - b^T w + beta ||w||_1``, one
+    problem per column ``b`` of ``B``: G ``[..., L, L]`` and lip ``[...]`` (the largest
+    eigenvalue of G) broadcast against B ``[..., L, K]``. Returns w ``[..., L, K]``.
+
+    Iteration k (from ``w_0 = z_0 = 0``, ``t_0 = 1``): ``w_k+1 = soft(z_k - (G z_k - b) / lip,
+    beta / lip)``, ``t_k+1 = (1 + sqrt(1 + 4 t_k^2)) / 2``, ``z_k+1 = w_k+1 + (t_k - 1) / t_k+1
+    (w_k+1 - w_k)``. A problem stops at the first iteration with ``||w_k+1 - w_k|| <= tol
+    ||w_k+1||`` (keeping ``w_k+1``) or after ``max_iter`` iterations; one with ``lip == 0``
+    (``G = 0``) has the solution 0 and takes no step."""
+    batch = torch.broadcast_shapes(G.shape[:-2], B.shape[:-2], lip.shape)
+    L, K = B.shape[-2], B.shape[-1]
+    G = G.expand(batch + (L, L))
+    B = B.expand(batch + (L, K))
+    lip = lip.expand(batch)[..., None, None]  # [..., 1, 1]
+    has_step = lip > 0
+    inv_lip = 1 / torch.where(has_step, lip, torch.ones_like(lip))
+    w = torch.zeros_like(B)
+    z = torch.zeros_like(B)
+    running = has_step.expand(batch + (1, K)).clone()  # per problem (column)
+    t = 1.0
+    for _ in range(max_iter):
+        if not running.any():
+            break
+        grad = G @ z - B
+        u = z - inv_lip * grad
+        w_next = u.sign() * (u.abs() - beta * inv_lip).clamp_min(0)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z_next = w_next + (t - 1) / t_next * (w_next - w)
+        t = t_next
+        converged = (w_next - w).pow(2).sum(-2, keepdim=True) <= tol * tol * w_next.pow(2).sum(-2, keepdim=True)
+        w = torch.where(running, w_next, w)
+        z = torch.where(running, z_next, z)
+        running = running & ~converged
+    return w
+
+
 def lasso_objective(x, Y, w, beta):
     """``1/2 ||x - Y w||^2 + beta ||w||_1`` (x ``[C]``, Y ``[C, L]``, w ``[L]``)."""
     return 0.5 * (x - Y @ w).pow(2).sum() + beta * w.abs().sum()
@@ -101,8 +138,8 @@ def lasso_objective(x, Y, w, beta):
 
 def dsr_dist_vectorized(x, y, beta=0.1, max_iter=200, tol=1e-5, chunk_size=None):
     """DSR distance of all pairs in PyTorch: Gram matrices by GEMM, batched FISTA over
-    every (query, gallery, query cell) at once (``chunk_size`` queries at a time), the
-    same solver, step and stopping rule as the kernel. x ``[M, Lq, C]``, y ``[N, Lg, C]``
+    every (query, gallery, query cell) at once (``chunk_size`` queries at a time) with
+    :func:`lasso_fista_reference`: the step and stopping rule of the kernel. x ``[M, Lq, C]``, y ``[N, Lg, C]``
     -> ``[M, N]`` = mean over query cells of ``||x_n - Y w_n||^2``."""
     G = y @ y.transpose(1, 2)  # [N, Lg, Lg]
     lip = torch.linalg.eigvalsh(G)[..., -1].clamp_min(0)  # [N]
@@ -111,7 +148,7 @@ def dsr_dist_vectorized(x, y, beta=0.1, max_iter=200, tol=1e-5, chunk_size=None)
     for a0 in range(0, x.shape[0], max(step, 1)):
         xa = x[a0 : a0 + step]
         B = y.unsqueeze(0) @ xa.transpose(1, 2).unsqueeze(1)  # [m, N, Lg, Lq]
-        w = lasso_fista(G.unsqueeze(0), B, beta, lip.unsqueeze(0), max_iter, tol)
+        w = lasso_fista_reference(G.unsqueeze(0), B, beta, lip.unsqueeze(0), max_iter, tol)
         xx = xa.pow(2).sum(-1).unsqueeze(1)  # [m, 1, Lq]
         err = xx - 2 * (w * B).sum(-2) + (w * (G.unsqueeze(0) @ w)).sum(-2)
         outs.append(err.clamp_min(0).mean(-1))

@@ -59,20 +59,14 @@ def _list_images(folder, flag):
 
 
 def load_checkpoint(path, device="cpu"):
-    """``(model, config)`` of a ``partdist train`` checkpoint, read with ``weights_only=True``."""
-    from ..train import TrainConfig, build_model
+    """``(model, config)`` of a ``partdist train`` checkpoint (:func:`partdist.runs.load_model`)."""
+    from ..runs import CheckpointError, load_model
 
-    if not os.path.isfile(path):
-        raise UsageError(f"--checkpoint {path!r}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = TrainConfig(**state["config"])
-        model = build_model(cfg, state["num_classes"])
-        model.load_state_dict(state["model"])
-    except Exception as e:  # noqa: BLE001 - any failure here is a bad file
-        raise UsageError(f"--checkpoint {path!r} is not a readable `partdist train` checkpoint: "
-                         f"{type(e).__name__}: {str(e)[:300]}") from None
-    return model.to(device).eval(), cfg
+        model, cfg, _ = load_model(path, device)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint {e}") from None
+    return model, cfg
 
 
 def _features(model, cfg, items, device, args):

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import partdist
 import partdist.eval
 
+from .._checks import check_pos_int as _check_pos_int
 from ..eval.streaming import _check_feat as _feat
-from ..eval.streaming import _check_pos_int
+from ..ops.dmli import batch_local_dist
 from . import _merge
 
 __all__ = ["GalleryIndex", "SearchResult", "FORMAT", "FORMAT_VERSION", "rank_metrics"]
@@ -647,8 +647,8 @@ class GalleryIndex:
             raise ValueError(f"{op}: backend must be one of {_BACKENDS}, got {backend!r}")
         if rerank and mode != "two-stage":
             raise ValueError(f"{op}: rerank=True needs mode='two-stage' (re-ranking is restricted to the shortlist)")
-        k = _check_pos_int(op, "k", k, allow_none=False)
-        shortlist = _check_pos_int(op, "shortlist", shortlist, allow_none=False)
+        k = _check_pos_int(op, "k", k)
+        shortlist = _check_pos_int(op, "shortlist", shortlist)
         if (isinstance(pooled_weight, bool) or not isinstance(pooled_weight, numbers.Real)
                 or not math.isfinite(pooled_weight) or pooled_weight < 0):
             raise ValueError(f"{op}: pooled_weight must be a finite number >= 0, got {pooled_weight!r}")
@@ -661,8 +661,8 @@ class GalleryIndex:
         if pooled_weight and backend == "faiss":
             raise ValueError(f"{op}: pooled_weight > 0 needs backend='torch' (the FAISS shortlist is by the global "
                              "distance only)")
-        block_queries = _check_pos_int(op, "block_queries", block_queries)
-        chunk_rows = _check_pos_int(op, "chunk_rows", chunk_rows)
+        block_queries = _check_pos_int(op, "block_queries", block_queries, allow_none=True)
+        chunk_rows = _check_pos_int(op, "chunk_rows", chunk_rows, allow_none=True)
         use_dist, group = _merge.resolve_group(distributed, group, op)
         rank = dist.get_rank(group) if use_dist else 0
         world = dist.get_world_size(group) if use_dist else 1
@@ -910,7 +910,7 @@ class GalleryIndex:
                 if raw is not b:
                     b.copy_(raw)
                 if local:
-                    out[pos[s:e]] = partdist.batch_local_dist(a, b, self.normalize, gamma=self.gamma, band=self.band)
+                    out[pos[s:e]] = batch_local_dist(a, b, self.normalize, gamma=self.gamma, band=self.band)
                 else:
                     out[pos[s:e]] = partdist.eval.global_distance(a, b, metric, paired=True)
                 bar.update(e - s)

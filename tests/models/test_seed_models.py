@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from partdist.data import SyntheticReID, market1501, part_annotations
-from partdist.eval.model_eval import evaluate_reference_model
+from partdist.eval import evaluate_model
 from partdist.models import MODEL_SPECS, PABP, PDC, PIE, GateSiamese, SCPNet, model_spec
 from partdist.models.pairs import batch_pairs
 from partdist.models.posebox import assemble_posebox, box_thetas
@@ -60,7 +60,8 @@ def test_train_step_and_eval(name, synth, tmp_path):
     if spec.needs:
         qp = part_annotations(root, splits.query, spec.needs)
         gp = part_annotations(root, splits.gallery, spec.needs)
-    res, dist = evaluate_reference_model(tr.model, name, splits.query, splits.gallery, H, W, q_parts=qp, g_parts=gp)
+    res, dist = evaluate_model(tr.model, splits.query, splits.gallery, H, W, name=name, distance=spec.distance,
+                               q_parts=qp, g_parts=gp)
     (dname, r), = res.items()
     assert dname == spec.distance
     assert dist.shape == (len(splits.query), len(splits.gallery)) and torch.isfinite(dist).all()
@@ -150,14 +151,13 @@ def test_missing_annotations_clear_errors(synth, tmp_path):
         make_batches(splits.train, cfg)
     m = build_model(cfg, 4)
     with pytest.raises(ValueError, match="needs keypoints for the query and gallery"):
-        evaluate_reference_model(m, "glad", splits.query, splits.gallery, H, W)
+        evaluate_model(m, splits.query, splits.gallery, H, W, name="glad")
     gq = part_annotations(root, splits.query, "keypoints")
     gg = part_annotations(root, splits.gallery, "keypoints")
     with pytest.raises(ValueError, match="needs local features"):
-        evaluate_reference_model(m, "glad", splits.query, splits.gallery, H, W, q_parts=gq, g_parts=gg, distance="dsr")
+        evaluate_model(m, splits.query, splits.gallery, H, W, name="glad", q_parts=gq, g_parts=gg, distance="dsr")
     with pytest.raises(ValueError, match="not a pair model"):
-        evaluate_reference_model(m, "glad", splits.query, splits.gallery, H, W, q_parts=gq, g_parts=gg,
-                                 distance="pair")
+        evaluate_model(m, splits.query, splits.gallery, H, W, name="glad", q_parts=gq, g_parts=gg, distance="pair")
     with pytest.raises(ValueError, match="model: expected one of"):
         model_spec("resnet")
     with pytest.raises(ValueError, match="takes no --weights"):

@@ -1,9 +1,9 @@
 """A kill (SIGKILL) or Ctrl-C (SIGINT; SIGTERM is handled alike) of `partdist train` mid-epoch
 loses at most that epoch.
 
-"Mid-epoch" is made deterministic by the test hook ``PARTDIST_TEST_STALL_AT=2:1``: the run
-announces on stderr that it finished iteration 1 of epoch 2 (the checkpoint of epoch 1 is on
-disk) and sleeps until it is signalled. The resumed run must end with the weights of an
+"Mid-epoch" is made deterministic by running the command through ``stalled_run.py 2:1``: the
+run announces on stderr that it finished iteration 1 of epoch 2 (the checkpoint of epoch 1 is
+on disk) and sleeps until it is signalled. The resumed run must end with the weights of an
 uninterrupted run, bit for bit (same thread count in every run).
 """
 
@@ -20,7 +20,7 @@ import torch
 
 EPOCHS = 3
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-ENV.pop("PARTDIST_TEST_STALL_AT", None)
+STALLED_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stalled_run.py")
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,9 @@ def data_root(tiny_reid_root):
     return tiny_reid_root
 
 
-def _cmd(data_root, out, *extra):
-    return [sys.executable, "-m", "partdist.cli", "train", "--data", data_root, "--backbone", "compact",
+def _cmd(data_root, out, *extra, stall_at=None):
+    launcher = ["-m", "partdist.cli"] if stall_at is None else [STALLED_RUN, stall_at]
+    return [sys.executable, *launcher, "train", "--data", data_root, "--backbone", "compact",
             "--height", "64", "--width", "32", "--p", "2", "--k", "2", "--epochs", str(EPOCHS),
             "--iters-per-epoch", "2", "--lr", "1e-3", "--warmup-epochs", "0", "--seed", "0",
             "--progress", "false", "--out", str(out), *extra]
@@ -79,8 +80,8 @@ def _sigint_as_in_a_terminal():
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_kill_mid_epoch_then_resume_equals_uninterrupted(data_root, uninterrupted, tmp_path, sig):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(data_root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(ENV, PARTDIST_TEST_STALL_AT="2:1"), preexec_fn=_sigint_as_in_a_terminal)
+    proc = subprocess.Popen(_cmd(data_root, out, stall_at="2:1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, preexec_fn=_sigint_as_in_a_terminal)
     try:
         _wait_for_line(proc, "stalled in epoch 2 after iteration 1")
         before = _check_checkpoint(out, 1)  # epoch 1 is on disk, epoch 2 is half done
