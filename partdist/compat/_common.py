@@ -10,6 +10,7 @@ matrix.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -19,6 +20,23 @@ from ..ops.mining import hard_example_mining as _mine
 
 # clamp of the squared distance in the originals' ``dist.clamp(min=1e-12).sqrt()``
 CLAMP = 1e-12
+
+
+def _autocast_off(forward):
+    """Run an ``autograd.Function.forward`` with autocast disabled on its input's device:
+    the fused passes compute in the dtype of the tensors they are given (float32 features
+    stay float32 under autocast; the backward, which autocast does not reach, then sees
+    the forward's dtypes)."""
+
+    @functools.wraps(forward)
+    def wrapped(ctx, x, *args):
+        dev = x.device.type
+        if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return forward(ctx, x, *args)
+        return forward(ctx, x, *args)
+
+    return wrapped
 
 
 # --------------------------------------------------------------- distances
@@ -42,6 +60,7 @@ class _GemmEuclidean(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, y):
         same = y is x
         d2 = _sq_dist_(x, x if same else y)
@@ -110,12 +129,24 @@ def _normalized(x):
     return x / den, n, den
 
 
+def _acc(t):
+    """``t`` in float32 if it is float16 / bfloat16 (the per-row products of the
+    normalization backward overflow float16 and lose bfloat16's few bits), else ``t``."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _normalized_grad(g, x, n, den):
     """``F.normalize``'s backward: ``g / den - x (g . x) / (den^2 ||x||)`` where ``||x|| >= 1e-12``
-    (the clamp passes the gradient there), ``g / den`` elsewhere."""
-    b = torch.where(n >= 1e-12, torch.linalg.vecdot(g, x).unsqueeze(1) / (den * den * n),
+    (the clamp passes the gradient there), ``g / den`` elsewhere.
+
+    Computed in float32 for half inputs and with one division at a time: ``den^2 ||x||``
+    overflows float16 once ``||x||`` passes ~40 (2048-d features sit near 45).
+    """
+    dtype = g.dtype
+    g, x, n, den = _acc(g), _acc(x), _acc(n), _acc(den)
+    b = torch.where(n >= 1e-12, torch.linalg.vecdot(g, x).unsqueeze(1) / den / den / n,
                     torch.zeros((), dtype=n.dtype, device=n.device))
-    return g.div_(den).sub_(x * b)
+    return (g / den).sub_(x * b).to(dtype)
 
 
 class _Cosine(torch.autograd.Function):
@@ -124,6 +155,7 @@ class _Cosine(torch.autograd.Function):
     ``y``, and ``F.normalize``'s backward in two passes)."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, y):
         same = y is x
         xn, nx, dx = _normalized(x)
@@ -158,23 +190,49 @@ def cosine_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ losses
+def _loss_dtype(t):
+    """The dtype torch's own losses return for input ``t``: float32 under autocast on
+    ``t``'s device (autocast runs the losses in float32), else ``t``'s dtype."""
+    dev = t.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.promote_types(t.dtype, torch.float32)
+    return t.dtype
+
+
+def _per_anchor(dist_ap, dist_an, margin):
+    """The per-anchor terms of :func:`ranking_loss` (``reduction="none"``), in float32
+    for half inputs (``exp`` in the soft margin overflows float16 at a difference of 11)."""
+    dist_ap, dist_an = _acc(dist_ap), _acc(dist_an)
+    y = torch.ones_like(dist_an)
+    if margin is None:
+        return F.soft_margin_loss(dist_an - dist_ap, y, reduction="none")
+    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin, reduction="none")
+
+
 def ranking_loss(dist_ap: torch.Tensor, dist_an: torch.Tensor, margin: Optional[float]) -> torch.Tensor:
     """``MarginRankingLoss(margin)(dist_an, dist_ap, 1)``, or ``SoftMarginLoss`` on
     ``dist_an - dist_ap`` for ``margin=None``: the installed torch's own functions, so the
-    subgradient at the hinge point is the one of the original on this torch."""
+    subgradient at the hinge point is the one of the original on this torch. Half inputs
+    are computed in float32 and the loss rounded once to their dtype (float32 under
+    autocast, as torch's losses there)."""
+    dtype = _loss_dtype(dist_an)
+    dist_ap, dist_an = _acc(dist_ap), _acc(dist_an)
     y = torch.ones_like(dist_an)
     if margin is None:
-        return F.soft_margin_loss(dist_an - dist_ap, y)
-    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
+        return F.soft_margin_loss(dist_an - dist_ap, y).to(dtype)
+    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin).to(dtype)
 
 
 def ranking_loss_valid(dist_ap, dist_an, valid, margin):
-    """:func:`ranking_loss` over the valid anchors (0 with a zero gradient when none is)."""
-    if bool(valid.all()):
-        return ranking_loss(dist_ap, dist_an, margin)
-    if not bool(valid.any()):
-        return (dist_ap * 0).sum() + (dist_an * 0).sum()
-    return ranking_loss(dist_ap[valid], dist_an[valid], margin)
+    """:func:`ranking_loss` averaged over the valid anchors (0 with a zero gradient when
+    none is), without a host synchronization: the per-anchor terms of the installed
+    torch's loss (``reduction="none"``, the same elementwise function and subgradient as
+    the mean), invalid ones replaced by 0, summed and divided by the number of valid
+    anchors (at least 1); for half inputs in float32, rounded once to their dtype
+    (float32 under autocast, as torch's losses there)."""
+    terms = _per_anchor(dist_ap, dist_an, margin)
+    terms = torch.where(valid, terms, torch.zeros((), dtype=terms.dtype, device=terms.device))
+    return (terms.sum() / valid.sum().clamp_min(1).to(terms.dtype)).to(_loss_dtype(dist_an))
 
 
 # ------------------------------------------------------------------- mining
@@ -203,6 +261,7 @@ class _MinedDist(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, labels, kind, split_ties, zero_ap):
         N = x.shape[0]
         if kind == "euclidean":
@@ -215,25 +274,24 @@ class _MinedDist(torch.autograd.Function):
             clamped = (xn, n, den)
         m = _mine(D, labels, True)
         ap, an, valid = m.dist_ap, m.dist_an, m.valid
+        # no host synchronization: the tie weights and the zero-ap fix are computed
+        # whether or not they change anything (O(N^2), against the O(N^2 C) GEMM)
         wp = wn = None
         if split_ties:
             pos = labels[:, None] == labels[None, :]
             tie_p = (D == ap[:, None]) & pos
             tie_n = (D == an[:, None]) & ~pos & valid[:, None]
-            cp, cn = tie_p.sum(1), tie_n.sum(1)
-            if bool((cp > 1).any() | (cn > 1).any()):
-                wp = tie_p.to(D.dtype) / cp.clamp_min(1).to(D.dtype)[:, None]
-                wn = tie_n.to(D.dtype) / cn.clamp_min(1).to(D.dtype)[:, None]
+            wp = tie_p.to(D.dtype) / tie_p.sum(1).clamp_min(1).to(D.dtype)[:, None]
+            wn = tie_n.to(D.dtype) / tie_n.sum(1).clamp_min(1).to(D.dtype)[:, None]
         keep_ap = None
-        if zero_ap and bool((ap <= 0).any()):
+        if zero_ap:
             neg = labels[None, :] != labels[:, None]
             has_neg = neg.any(1)
             first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
             zero_wins = has_neg & ((ap < 0) | ((ap == 0) & (first_neg < m.p_inds)))
-            if bool(zero_wins.any()):
-                ap = ap.masked_fill(zero_wins, 0)
-                keep_ap = ~zero_wins
-        ctx.kind, ctx.all_valid = kind, bool(valid.all())
+            ap = ap.masked_fill(zero_wins, 0)
+            keep_ap = ~zero_wins
+        ctx.kind = kind
         if kind != "euclidean":
             ctx.cos = clamped
             clamped = None
@@ -254,9 +312,9 @@ class _MinedDist(torch.autograd.Function):
             else:
                 G.scatter_add_(1, p_inds[:, None], g_ap[:, None])
         if g_an is not None:
-            if not ctx.all_valid:  # no gradient to anchors without negative (n_inds -1)
-                g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
-                n_inds = n_inds.clamp_min(0)
+            # no gradient to anchors without negative (n_inds -1)
+            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            n_inds = n_inds.clamp_min(0)
             if wn is not None:
                 G.addcmul_(wn, g_an[:, None])
             else:
@@ -296,6 +354,7 @@ class _Normalize(torch.autograd.Function):
     temporary instead of the autograd chain's several)."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x):
         n = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
         den = n + 1e-12
@@ -305,10 +364,13 @@ class _Normalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, n, den = ctx.saved_tensors
-        # d/dx [x / (||x|| + e)] = g / den - x (g . x) / (den^2 ||x||)   (0 at x = 0 as torch.norm)
+        # d/dx [x / (||x|| + e)] = g / den - x (g . x) / (den^2 ||x||)   (0 at x = 0 as torch.norm);
+        # in float32 for half inputs, one division at a time (den^2 ||x|| overflows float16)
+        dtype = g.dtype
+        g, x, n, den = _acc(g), _acc(x), _acc(n), _acc(den)
         gx_dot = torch.linalg.vecdot(g, x).unsqueeze(-1)
-        b = torch.where(n > 0, gx_dot / (den * den * n), torch.zeros((), dtype=n.dtype, device=n.device))
-        return (g / den).sub_(x * b)
+        b = torch.where(n > 0, gx_dot / den / den / n, torch.zeros((), dtype=n.dtype, device=n.device))
+        return (g / den).sub_(x * b).to(dtype)
 
 
 def normalize(x: torch.Tensor, axis: int = -1) -> torch.Tensor:

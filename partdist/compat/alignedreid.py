@@ -247,10 +247,31 @@ def _feature_triplet(op, inputs, targets, margin, with_dist=False):
     return ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, margin), (dist if with_dist else None)
 
 
+def _original_margin(tri_loss):
+    """``(True, margin)`` for huanghoujing's ``TripletLoss`` (a ``ranking_loss`` that is a
+    ``MarginRankingLoss`` or, for ``margin=None``, a ``SoftMarginLoss``), else ``(False, None)``."""
+    rl = getattr(tri_loss, "ranking_loss", None)
+    if type(tri_loss).__name__ != "TripletLoss" or not hasattr(tri_loss, "margin"):
+        return False, None
+    if type(rl) is nn.MarginRankingLoss:
+        return True, rl.margin
+    if type(rl) is nn.SoftMarginLoss:
+        return True, None
+    return False, None
+
+
 def _tri(tri_loss, dist_ap, dist_an, valid):
-    """Apply a user's ``tri_loss(dist_ap, dist_an)`` to the valid anchors only."""
+    """Apply a user's ``tri_loss(dist_ap, dist_an)`` to the valid anchors only.
+
+    This module's :class:`TripletLoss` and huanghoujing's ``TripletLoss`` (recognized by
+    its ``ranking_loss``) are computed by :func:`ranking_loss_valid`, without a host
+    synchronization; any other callable is called on the valid anchors, which needs one
+    (``valid.all()``)."""
     if isinstance(tri_loss, TripletLoss):
         return tri_loss._dist_loss(dist_ap, dist_an, valid)
+    known, margin = _original_margin(tri_loss)
+    if known:
+        return ranking_loss_valid(dist_ap, dist_an, valid, margin)
     if bool(valid.all()):
         return tri_loss(dist_ap, dist_an)
     if not bool(valid.any()):

@@ -56,8 +56,10 @@ def _softmax_weights(dist, mask):
     return torch.exp(diff) * mask / Z
 
 
-def _hard_mined(embedding, targets, norm_feat):
-    """``(dist_ap, dist_an)`` of fast-reid's ``hard_example_mining`` on the masked matrix.
+def _hard_mined(embedding, targets, norm_feat, dtype):
+    """``(dist_ap, dist_an)`` of fast-reid's ``hard_example_mining`` on the masked matrix,
+    in ``dtype`` (fast-reid's ``dist * is_pos`` with a float32 mask promotes half
+    distances to float32).
 
     fast-reid takes ``max(dist * is_pos, dim=1)`` and ``min(dist * is_neg + is_pos * 1e9,
     dim=1)``: the first of tied columns gets the gradient; an anchor without negative
@@ -70,10 +72,8 @@ def _hard_mined(embedding, targets, norm_feat):
         _, m = mined_dist(embedding, targets, "cosine", zero_ap=True)
     else:
         _, m = mined_dist(embedding, targets)
-    ap, an = m.dist_ap, m.dist_an
-    if bool(m.valid.all()):
-        return ap, an
-    big = torch.full((), 1e9, dtype=an.dtype, device=an.device)
+    ap, an = m.dist_ap.to(dtype), m.dist_an.to(dtype)
+    big = torch.full((), 1e9, dtype=dtype, device=an.device)
     return ap, torch.where(m.valid, an, big)
 
 
@@ -94,12 +94,15 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
     op = "fastreid.triplet_loss"
     check_features(op, "embedding", embedding, "[N, C]", 2)
     check_labels(op, "targets", targets, embedding.shape[0], "one label per row of embedding")
+    # fast-reid's float32 masks promote half distances: the mining and the loss run in float32
+    dtype = torch.promote_types(embedding.dtype, torch.float32)
     if hard_mining:
-        dist_ap, dist_an = _hard_mined(embedding, targets, norm_feat)
+        dist_ap, dist_an = _hard_mined(embedding, targets, norm_feat, dtype)
     else:
         dist_mat = cosine_dist(embedding, embedding) if norm_feat else euclidean_dist(embedding, embedding)
+        dist_mat = dist_mat.to(dtype)
         N = dist_mat.size(0)
-        is_pos = targets.view(N, 1).eq(targets.view(1, N)).to(dist_mat.dtype)
+        is_pos = targets.view(N, 1).eq(targets.view(1, N)).to(dtype)
         is_neg = 1 - is_pos
         dist_ap = dist_mat * is_pos
         dist_an = dist_mat * is_neg
@@ -107,8 +110,14 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
         dist_an = torch.sum(dist_an * _softmax_weights(-dist_an, is_neg), dim=1)
     if margin > 0:
         return ranking_loss(dist_ap, dist_an, margin)
-    loss = ranking_loss(dist_ap, dist_an, None)  # soft margin; fast-reid falls back to 0.3 where it overflows
-    return ranking_loss(dist_ap, dist_an, 0.3) if loss == float("Inf") else loss
+    # soft margin; fast-reid falls back to margin 0.3 when it is +inf (chosen on the device:
+    # no host synchronization)
+    with torch.no_grad():
+        overflow = ranking_loss(dist_ap, dist_an, None) == float("inf")
+    # the soft margin on zeros where it overflows, so that its backward (NaN at an
+    # overflow) is not reached there
+    soft = ranking_loss(torch.where(overflow, 0, dist_ap), torch.where(overflow, 0, dist_an), None)
+    return torch.where(overflow, ranking_loss(dist_ap, dist_an, 0.3), soft)
 
 
 # --------------------------------------------------------------- evaluation

@@ -358,3 +358,38 @@ def test_install_without_fastreid(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastreid", None)
     with pytest.raises(ImportError, match="fast-reid is not installed"):
         FR.install()
+
+
+# ------------------------------------------------------ host synchronization
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """Fail on reading a tensor's value on the host (``bool``, ``int``, ``float``,
+    ``.item()``, ``.tolist()``): the CPU stand-in for ``torch.cuda.set_sync_debug_mode``."""
+    def boom(self, *a, **k):
+        raise AssertionError("host synchronization: a tensor's value was read on the host")
+
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+
+
+@pytest.mark.parametrize("labels", [torch.arange(12) // 4, torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])],
+                         ids=["equal_k", "unequal_k_singleton"])
+def test_losses_do_not_synchronize(labels, no_host_sync):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(12, 16, generator=g, requires_grad=True)
+    lf = torch.randn(12, 4, 8, generator=g, requires_grad=True)
+    losses = [
+        T.TripletLoss()(x, labels),
+        A.TripletLoss(0.3)(x, labels),
+        A.TripletLoss(None)(x, labels),
+        *A.TripletLossAlignedReID()(x, labels, lf.transpose(1, 2)),
+        A.global_loss(A.TripletLoss(0.3), x, labels)[0],
+        A.global_loss(O.TripletLoss(None), x, labels)[0],  # the original's TripletLoss
+    ]
+    _, p, n, *_ = A.global_loss(A.TripletLoss(0.3), x, labels)
+    losses.append(A.local_loss(A.TripletLoss(0.3), lf, p, n)[0])
+    for norm_feat in (False, True):
+        for hard in (True, False):
+            for margin in (0.3, 0.0):
+                losses.append(FR.triplet_loss(x, labels, margin, norm_feat, hard))
+    sum(losses).backward()
