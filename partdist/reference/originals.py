@@ -204,3 +204,67 @@ def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, ki
         all_AP.append(tmp_cmc.sum() / num_rel)
     all_cmc = np.asarray(all_cmc).astype(np.float32)
     return all_cmc.sum(0) / num_valid_q, all_AP, all_INP
+
+
+def fastreid_evaluate_roc(distmat, q_pids, g_pids, q_camids, g_camids, kind="quicksort"):
+    """fast-reid ``evaluate_roc_py``: per query (same pid and camera dropped) the distances of
+    the matches in ranked order, then those of the non-matches; labels 0 / 1."""
+    indices = np.argsort(distmat, axis=1, kind=kind)
+    matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
+    pos, neg = [], []
+    for q_idx in range(distmat.shape[0]):
+        order = indices[q_idx]
+        keep = np.invert((g_pids[order] == q_pids[q_idx]) & (g_camids[order] == q_camids[q_idx]))
+        raw_cmc = matches[q_idx][keep]
+        sort_idx = order[keep]
+        q_dist = distmat[q_idx]
+        pos.extend(q_dist[sort_idx[np.where(raw_cmc == 1)[0]]])
+        neg.extend(q_dist[sort_idx[np.where(raw_cmc == 0)[0]]])
+    return np.hstack((pos, neg)), np.hstack((np.zeros(len(pos)), np.ones(len(neg))))
+
+
+def _k_reciprocal_neigh(initial_rank, i, k1):
+    forward = initial_rank[i, : k1 + 1]
+    backward = initial_rank[forward, : k1 + 1]
+    return forward[np.where(backward == i)[0]]
+
+
+def fastreid_compute_jaccard_distance(features, k1=20, k2=6):
+    """fast-reid ``compute_jaccard_distance`` with the faiss search replaced by a brute-force
+    k1-nearest search (squared L2, stable order): dense ``V``, per-row loops."""
+    features = torch.as_tensor(features)
+    N = features.size(0)
+    d2 = euclidean_dist(features, features).pow(2)  # only the order is used
+    initial_rank = np.argsort(d2.double().numpy(), axis=1, kind="stable")[:, :k1]
+    nn_k1 = [_k_reciprocal_neigh(initial_rank, i, k1) for i in range(N)]
+    nn_k1_half = [_k_reciprocal_neigh(initial_rank, i, int(np.around(k1 / 2))) for i in range(N)]
+    V = np.zeros((N, N), dtype=np.float32)
+    for i in range(N):
+        k_rec = nn_k1[i]
+        exp = k_rec
+        for candidate in k_rec:
+            cand = nn_k1_half[candidate]
+            if len(np.intersect1d(cand, k_rec)) > 2 / 3 * len(cand):
+                exp = np.append(exp, cand)
+        exp = np.unique(exp)
+        x = features[i].unsqueeze(0)
+        y = features[exp]
+        m, n = x.size(0), y.size(0)
+        dist = torch.pow(x, 2).sum(1, keepdim=True).expand(m, n) + torch.pow(y, 2).sum(1, keepdim=True).expand(n, m).t()
+        dist.addmm_(x, y.t(), beta=1, alpha=-2)
+        V[i, exp] = F.softmax(-dist, dim=1).view(-1).numpy()
+    if k2 != 1:
+        V_qe = np.zeros_like(V)
+        for i in range(N):
+            V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
+        V = V_qe
+    inv = [np.where(V[:, i] != 0)[0] for i in range(N)]
+    jaccard = np.zeros((N, N), dtype=np.float32)
+    for i in range(N):
+        temp_min = np.zeros((1, N), dtype=np.float32)
+        nz = np.where(V[i, :] != 0)[0]
+        for j in range(len(nz)):
+            temp_min[0, inv[nz[j]]] += np.minimum(V[i, nz[j]], V[inv[nz[j]], nz[j]])
+        jaccard[i] = 1 - temp_min / (2 - temp_min)
+    jaccard[jaccard < 0] = 0.0
+    return jaccard

@@ -323,6 +323,20 @@ def fake_fastreid(monkeypatch):
     mod("fastreid.evaluation")
     mod("fastreid.evaluation.rank", evaluate_rank=orig_eval)
     mod("fastreid.evaluation.rerank", re_ranking=orig_rerank)
+
+    def orig_roc(*a, **k):
+        return "orig roc"
+
+    def orig_jaccard(*a, **k):
+        return "orig jaccard"
+
+    def orig_build_dist(*a, **k):
+        return "orig build_dist"
+
+    mod("fastreid.evaluation.roc", evaluate_roc=orig_roc)
+    mod("fastreid.utils")
+    mod("fastreid.utils.compute_dist", build_dist=orig_build_dist, compute_jaccard_distance=orig_jaccard)
+    mod("fastreid.evaluation.reid_evaluation", build_dist=orig_build_dist)  # `from ...compute_dist import build_dist`
     project = types.ModuleType("my_project_losses")
     project.triplet_loss = orig_triplet
     project.unrelated = orig_eval
@@ -343,11 +357,22 @@ def test_install_rebinds_the_names_fastreid_bound(fake_fastreid):
     assert project.triplet_loss is FR.triplet_loss
     assert project.unrelated() == "orig eval"  # only names that hold a replaced function
     assert "fastreid.modeling.meta_arch.baseline.triplet_loss" in done
+    # the evaluator's re-ranking route (build_dist(metric="jaccard") -> compute_jaccard_distance)
+    assert mods["fastreid.evaluation.reid_evaluation"].build_dist is FR.build_dist
+    assert mods["fastreid.utils.compute_dist"].build_dist is FR.build_dist
+    assert mods["fastreid.utils.compute_dist"].compute_jaccard_distance is FR.compute_jaccard_distance
+    assert mods["fastreid.evaluation.roc"].evaluate_roc is FR.evaluate_roc
+    # the report: every replacement, and the module this fast-reid lacks (mgn) as absent, not failed
+    assert isinstance(done, FR.InstallReport)
+    assert done.failed == {} and done.missing == [] and done.not_replaced == []
+    assert done.absent == ["fastreid.modeling.meta_arch.mgn"]
+    assert "replaced fastreid.utils.compute_dist.compute_jaccard_distance" in str(done)
     # the evaluator's `from .rank import evaluate_rank` inside a method now gets ours
     from fastreid.evaluation.rank import evaluate_rank as ev  # noqa: E402 (the stand-in module)
 
     assert ev is FR.evaluate_rank
-    assert FR.install() == []  # idempotent
+    again = FR.install()
+    assert again == [] and again.not_replaced == []  # idempotent
     FR.uninstall()
     assert mods["fastreid.modeling.meta_arch.baseline"].triplet_loss() == "orig triplet"
     assert mods["fastreid.evaluation.rank"].evaluate_rank() == "orig eval"
@@ -393,3 +418,70 @@ def test_losses_do_not_synchronize(labels, no_host_sync):
             for margin in (0.3, 0.0):
                 losses.append(FR.triplet_loss(x, labels, margin, norm_feat, hard))
     sum(losses).backward()
+
+
+def test_install_reports_a_module_that_fails_to_import(fake_fastreid, monkeypatch):
+    """fast-reid's evaluation chain fails to import on Python >= 3.10 (``from collections
+    import Mapping``): install() names it, says why, warns, and replaces the rest."""
+    mods, _ = fake_fastreid
+    monkeypatch.delitem(sys.modules, "fastreid.evaluation.rank")
+
+    real_import = __import__("importlib").import_module
+
+    def fake_import(name, *a, **k):
+        if name == "fastreid.evaluation.rank":
+            raise ImportError("cannot import name 'Mapping' from 'collections'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(FR.importlib, "import_module", fake_import)
+    with pytest.warns(RuntimeWarning, match="FAILED to import fastreid.evaluation.rank"):
+        report = FR.install()
+    assert not report.ok
+    assert "collections.Mapping = collections.abc.Mapping" in report.failed["fastreid.evaluation.rank"]
+    assert "evaluate_rank" in report.not_replaced
+    assert mods["fastreid.modeling.losses"].triplet_loss is FR.triplet_loss
+    assert "FAILED to import fastreid.evaluation.rank" in str(report)
+
+
+# ------------------------------------------------ fast-reid: jaccard, build_dist, roc
+def _clustered(n=60, ids=12, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(ids, d, generator=g)
+    f = c[torch.arange(n) % ids] + 0.5 * torch.randn(n, d, generator=g)
+    return torch.nn.functional.normalize(f, dim=1)
+
+
+@pytest.mark.parametrize("k1,k2", [(20, 6), (6, 1), (5, 3)])
+def test_compute_jaccard_distance_as_fastreid(k1, k2):
+    f = _clustered()
+    out = FR.compute_jaccard_distance(f, k1=k1, k2=k2)
+    ref = O.fastreid_compute_jaccard_distance(f, k1=k1, k2=k2)
+    assert out.dtype == np.float32 and out.shape == (60, 60)
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+    assert FR.compute_jaccard_distance(f, k1, k2, fp16=True).dtype == np.float16
+
+
+def test_build_dist_as_fastreid():
+    f = _clustered(seed=1)
+    q, g = f[:20], f[20:]
+    np.testing.assert_allclose(FR.build_dist(q, g), (O.euclidean_dist(q, g) ** 2).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(FR.build_dist(q, g, "cosine"), (1 - q @ g.t()).numpy(), atol=1e-6)
+    jac = FR.build_dist(q, g, "jaccard", k1=6, k2=3)
+    np.testing.assert_allclose(jac, O.fastreid_compute_jaccard_distance(f, 6, 3)[:20, 20:], atol=2e-6)
+    with pytest.raises(ValueError, match="metric must be"):
+        FR.build_dist(q, g, "manhattan")
+    with pytest.raises(ValueError, match="needs k1="):
+        FR.build_dist(q, g, "jaccard")
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_evaluate_roc_as_fastreid(ties):
+    dist, qp, gp, qc, gc = _rank_case(12, Q=15, G=80, ties=ties)
+    scores, labels = FR.evaluate_roc(dist, qp, gp, qc, gc)
+    rs, rl = O.fastreid_evaluate_roc(dist, qp, gp, qc, gc, kind="stable")
+    np.testing.assert_array_equal(scores, rs)
+    np.testing.assert_array_equal(labels, rl)
+    # with numpy's default sort, only the order of tied entries can differ
+    rs, rl = O.fastreid_evaluate_roc(dist, qp, gp, qc, gc)
+    np.testing.assert_array_equal(np.sort(scores[labels == 0]), np.sort(rs[rl == 0]))
+    np.testing.assert_array_equal(labels, rl)
