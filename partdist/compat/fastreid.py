@@ -287,18 +287,20 @@ class InstallReport(list):
 
 def _import_reason(err):
     msg = f"{type(err).__name__}: {err}"
-    if "cannot import name 'Mapping' from 'collections'" in str(err) or "Mapping" in str(err):
-        msg += (" (fast-reid imports collections.Mapping, removed in Python 3.10: run "
+    if "Mapping" in str(err) and "collections" in str(err):
+        msg += (" (the package imports collections.Mapping, removed in Python 3.10: run "
                 "`import collections, collections.abc; collections.Mapping = collections.abc.Mapping` "
-                "before importing fastreid)")
+                "before importing it)")
     elif "faiss" in str(err):
         msg += " (fast-reid's compute_dist needs faiss: pip install faiss-cpu)"
     return msg
 
 
-def rebind(targets, ours, prefix, extra_modules, report):
+def rebind(targets, ours, prefix, extra_modules, report, saved=None):
     """Import ``targets`` (module -> names), collect the original functions bound there,
-    and rebind every binding of them in ``prefix*`` modules and ``extra_modules``."""
+    and rebind every binding of them in ``prefix*`` modules and ``extra_modules``
+    (recorded in ``saved``, this module's install record by default)."""
+    saved = _saved if saved is None else saved
     originals = {}
     for mod_name, names in targets.items():
         try:
@@ -327,7 +329,7 @@ def rebind(targets, ours, prefix, extra_modules, report):
         for n, fs in originals.items():
             f = mod.__dict__.get(n)
             if f is not None and any(f is o for o in fs):
-                _saved.append((mod, n, f))
+                saved.append((mod, n, f))
                 setattr(mod, n, ours[n])
                 report.append(f"{mod.__name__}.{n}")
         for n in ours:

@@ -485,3 +485,106 @@ def test_evaluate_roc_as_fastreid(ties):
     rs, rl = O.fastreid_evaluate_roc(dist, qp, gp, qc, gc)
     np.testing.assert_array_equal(np.sort(scores[labels == 0]), np.sort(rs[rl == 0]))
     np.testing.assert_array_equal(labels, rl)
+
+
+# ------------------------------------------------------------ torchreid install()
+@pytest.fixture(params=["torchreid.reid", "torchreid"], ids=["pip_0.2.5_layout", "source_layout"])
+def fake_torchreid(request, monkeypatch):
+    """Stand-ins for torchreid's modules under either layout, bound as torchreid binds them."""
+    p = request.param
+
+    class OrigTripletLoss:
+        def __init__(self, margin=0.3):
+            self.margin = margin
+
+    def orig_eval(*a, **k):
+        return "orig eval"
+
+    def orig_dist(*a, **k):
+        return "orig dist"
+
+    def orig_rerank(*a, **k):
+        return "orig rerank"
+
+    mods = {}
+
+    def mod(name, **attrs):
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        mods[name] = m
+        monkeypatch.setitem(sys.modules, name, m)
+
+    mod("torchreid")
+    if p == "torchreid.reid":
+        mod("torchreid.reid")
+    else:
+        monkeypatch.setitem(sys.modules, "torchreid.reid", None)  # not importable
+    mod(f"{p}.losses.hard_mine_triplet_loss", TripletLoss=OrigTripletLoss)
+    mod(f"{p}.losses", TripletLoss=OrigTripletLoss)
+    mod(f"{p}.engine")
+    mod(f"{p}.engine.image")
+    mod(f"{p}.engine.image.triplet", TripletLoss=OrigTripletLoss)  # ImageTripletEngine builds it
+    mod(f"{p}.metrics.rank", evaluate_rank=orig_eval)
+    mod(f"{p}.metrics.distance", compute_distance_matrix=orig_dist)
+    mod(f"{p}.metrics", evaluate_rank=orig_eval, compute_distance_matrix=orig_dist)
+    mod(f"{p}.utils.rerank", re_ranking=orig_rerank)
+    mod(f"{p}.utils", re_ranking=orig_rerank)
+    mod(f"{p}.engine.engine", re_ranking=orig_rerank)  # Engine.test: metrics.* and re_ranking
+    yield p, mods
+    T.uninstall()
+
+
+def test_torchreid_install_reaches_the_engine(fake_torchreid):
+    p, mods = fake_torchreid
+    report = T.install()
+    assert report.ok, str(report)
+    assert mods[f"{p}.engine.image.triplet"].TripletLoss is T.TripletLoss
+    assert mods[f"{p}.losses"].TripletLoss is T.TripletLoss
+    assert mods[f"{p}.metrics"].evaluate_rank is T.evaluate_rank
+    assert mods[f"{p}.metrics"].compute_distance_matrix is T.compute_distance_matrix
+    assert mods[f"{p}.engine.engine"].re_ranking is T.re_ranking
+    assert f"{p}.engine.image.triplet.TripletLoss" in report
+    assert "torchreid" in str(report)
+    again = T.install()
+    assert again == [] and again.ok
+    T.uninstall()
+    assert mods[f"{p}.engine.image.triplet"].TripletLoss is not T.TripletLoss
+    assert mods[f"{p}.metrics"].evaluate_rank() == "orig eval"
+
+
+def test_torchreid_install_without_torchreid(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchreid", None)
+    with pytest.raises(ImportError, match="torchreid is not installed"):
+        T.install()
+
+
+def test_torchreid_float_labels_as_torchreid():
+    x = torch.randn(8, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    for flabels in (labels.double(), labels.float() * 0.5 + 0.25):
+        assert_same_grad(lambda t: T.TripletLoss()(t, flabels), lambda t: O.torchreid_triplet_loss(t, flabels, 0.3), x)
+    with pytest.raises(TypeError, match="targets must be integer"):
+        T.TripletLoss()(x, labels.bool())
+
+
+def test_torchreid_compute_distance_matrix():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(7, 16, generator=g), torch.randn(9, 16, generator=g)
+    torch.testing.assert_close(T.compute_distance_matrix(a, b), O.euclidean_dist(a, b) ** 2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(T.compute_distance_matrix(a, b, "cosine"),
+                               1 - torch.nn.functional.normalize(a) @ torch.nn.functional.normalize(b).t())
+    with pytest.raises(ValueError, match="unknown distance metric"):
+        T.compute_distance_matrix(a, b, "l1")
+    with pytest.raises(ValueError, match="same feature dim"):
+        T.compute_distance_matrix(a, b[:, :3])
+
+
+def test_torchreid_re_ranking_takes_what_engine_test_passes():
+    g = torch.Generator().manual_seed(6)
+    qf, gf = torch.randn(8, 6, generator=g), torch.randn(22, 6, generator=g)
+    qg = T.compute_distance_matrix(qf, gf).numpy()  # Engine.test: numpy q_g, tensor q_q / g_g
+    qq, gg = T.compute_distance_matrix(qf, qf), T.compute_distance_matrix(gf, gf)
+    out = T.re_ranking(qg, qq, gg, k1=6, k2=3)
+    assert isinstance(out, np.ndarray) and out.shape == (8, 22) and out.dtype == np.float32
+    np.testing.assert_allclose(out, R.re_ranking_dense(qg, qq.numpy(), gg.numpy(), k1=6, k2=3, lambda_value=0.3),
+                               atol=1e-5)
