@@ -40,14 +40,34 @@ def _autocast_off(forward):
 
 
 # --------------------------------------------------------------- distances
-def _sq_dist_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``||x_i||^2 + ||y_j||^2 - 2 x_i . y_j`` as the originals compute it ([m, n] or [N, m, n])."""
+def _sq_dist_(x: torch.Tensor, y: torch.Tensor, form: str = "addmm") -> torch.Tensor:
+    """``||x_i||^2 + ||y_j||^2 - 2 x_i . y_j`` as the originals compute it ([m, n] or [N, m, n]).
+
+    ``form="addmm"``: AlignedReID's / torchreid's ``(xx + yy).addmm_(x, y^T, alpha=-2)``;
+    ``form="matmul"``: fast-reid's ``xx + yy - 2 * matmul(x, y^T)`` (another rounding of
+    the last step, so a separate form).
+    """
     xx = (x * x).sum(-1)
     yy = xx if y is x else (y * y).sum(-1)
     d = xx.unsqueeze(-1) + yy.unsqueeze(-2)  # the originals' order of operations
+    if form == "matmul":
+        return d.sub_(torch.matmul(x, y.transpose(-1, -2)).mul_(2))
     if x.dim() == 2:
         return d.addmm_(x, y.t(), alpha=-2)
     return d.baddbmm_(x, y.transpose(1, 2), alpha=-2)
+
+
+def _clamped(d2):
+    """Where the clamp of ``sqrt(clamp(d2, 1e-12))`` is active (no gradient passes): ``d2 <
+    1e-12``, or ``d2 <= 0`` in float16, where 1e-12 rounds to 0 (the originals then take
+    ``sqrt``'s infinite gradient at an exact 0, this its 0 subgradient)."""
+    if torch.finfo(d2.dtype).smallest_normal * torch.finfo(d2.dtype).eps > CLAMP:
+        return d2 <= 0
+    return d2 < CLAMP
+
+
+def _is_half(t):
+    return t.dtype in (torch.float16, torch.bfloat16)
 
 
 class _GemmEuclidean(torch.autograd.Function):
@@ -61,10 +81,10 @@ class _GemmEuclidean(torch.autograd.Function):
 
     @staticmethod
     @_autocast_off
-    def forward(ctx, x, y):
+    def forward(ctx, x, y, form="addmm"):
         same = y is x
-        d2 = _sq_dist_(x, x if same else y)
-        clamped = d2 < CLAMP
+        d2 = _sq_dist_(x, x if same else y, form)
+        clamped = _clamped(d2)
         d = d2.clamp_min_(CLAMP).sqrt_()
         ctx.same = same
         ctx.save_for_backward(x, y, d, clamped)
@@ -79,13 +99,13 @@ class _GemmEuclidean(torch.autograd.Function):
         g = (grad / d).masked_fill_(clamped, 0)
         if ctx.same:
             s = g + g.transpose(-1, -2)
-            return _xgrad(x, s, x, s.sum(-1)), None
+            return _xgrad(x, s, x, s.sum(-1)), None, None
         gx = gy = None
         if ctx.needs_input_grad[0]:
             gx = _xgrad(x, g, y, g.sum(-1))
         if ctx.needs_input_grad[1]:
             gy = _xgrad(y, g.transpose(-1, -2), x, g.sum(-2))
-        return gx, gy
+        return gx, gy, None
 
 
 def _xgrad(x, g, y, rowsum):
@@ -107,19 +127,19 @@ def _fused(x, y):
     return x.shape[-2] * y.shape[-2] * x.shape[-1] * (x.shape[0] if x.dim() == 3 else 1) >= _SMALL
 
 
-def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def euclidean_dist(x: torch.Tensor, y: torch.Tensor, form: str = "addmm") -> torch.Tensor:
     """The originals' ``sqrt(clamp(xx + yy - 2 x.y, min=1e-12))``: ``[m, d] x [n, d] -> [m, n]``
-    or batched ``[N, m, d] x [N, n, d] -> [N, m, n]``.
+    or batched ``[N, m, d] x [N, n, d] -> [N, m, n]`` (``form``: see :func:`_sq_dist_`).
 
     Without autograd: the formula in place. With autograd: the formula itself for small
     inputs (same nodes as the originals'), :class:`_GemmEuclidean`'s fused backward above
     :data:`_SMALL`; the same values and gradients either way.
     """
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        if _fused(x, y):
-            return _GemmEuclidean.apply(x, y)[0]
-        return _sq_dist_(x, y).clamp(min=CLAMP).sqrt()
-    return _sq_dist_(x, x if y is x else y).clamp_min_(CLAMP).sqrt_()
+        if _fused(x, y) or _is_half(x):  # half: the fused backward's 0 subgradient at d = 0
+            return _GemmEuclidean.apply(x, y, form)[0]
+        return _sq_dist_(x, y, form).clamp(min=CLAMP).sqrt()
+    return _sq_dist_(x, x if y is x else y, form).clamp_min_(CLAMP).sqrt_()
 
 
 def _normalized(x):
@@ -247,7 +267,8 @@ class Mined(NamedTuple):
 class _MinedDist(torch.autograd.Function):
     """Distance matrix of a batch with itself + batch-hard mining, one fused backward.
 
-    ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``;
+    ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``
+    (``"euclidean_matmul"``: fast-reid's rounding of it, see :func:`_sq_dist_`);
     ``kind="cosine"``: fast-reid's ``2 - 2 xn xn^T`` of ``xn = F.normalize(x, dim=1)``.
     Outputs ``(dist [N, N], dist_ap, dist_an, p_inds, n_inds, valid)``; ``dist_ap`` /
     ``dist_an`` are entries of ``dist`` (0 where there is none), and their gradient goes
@@ -264,9 +285,9 @@ class _MinedDist(torch.autograd.Function):
     @_autocast_off
     def forward(ctx, x, labels, kind, split_ties, zero_ap):
         N = x.shape[0]
-        if kind == "euclidean":
-            d2 = _sq_dist_(x, x)
-            clamped = d2 < CLAMP
+        if kind in ("euclidean", "euclidean_matmul"):
+            d2 = _sq_dist_(x, x, "matmul" if kind == "euclidean_matmul" else "addmm")
+            clamped = _clamped(d2)
             D = d2.clamp_min_(CLAMP).sqrt_()
         else:  # fast-reid: F.normalize (x / max(||x||, 1e-12)), then 2 - 2 xn xn^T
             xn, n, den = _normalized(x)
@@ -292,7 +313,7 @@ class _MinedDist(torch.autograd.Function):
             ap = ap.masked_fill(zero_wins, 0)
             keep_ap = ~zero_wins
         ctx.kind = kind
-        if kind != "euclidean":
+        if kind == "cosine":
             ctx.cos = clamped
             clamped = None
         ctx.save_for_backward(x, D, clamped, m.p_inds, m.n_inds, valid, wp, wn, keep_ap)
@@ -319,7 +340,7 @@ class _MinedDist(torch.autograd.Function):
                 G.addcmul_(wn, g_an[:, None])
             else:
                 G.scatter_add_(1, n_inds[:, None], g_an[:, None])
-        if ctx.kind == "euclidean":
+        if ctx.kind != "cosine":
             # d D / d d2 = 1 / (2 D), 0 where clamped; d d2 / dx brings the 2 back
             G.div_(D).masked_fill_(clamped, 0)
             S = G + G.t()

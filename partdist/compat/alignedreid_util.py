@@ -64,12 +64,13 @@ def low_memory_local_dist(x, y, aligned=True):
     return parallel_local_dist(x, y, aligned)
 
 
-def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, kind="stable"):
     """``(all_cmc, mAP)``, Market-1501 protocol (same pid and camera dropped, pid -1 kept as
-    a non-match): :func:`partdist.compat.torchreid.evaluate_rank`."""
+    a non-match): :func:`partdist.compat.torchreid.evaluate_rank` (``kind="quicksort"``:
+    ties in the original's order)."""
     from .torchreid import evaluate_rank
 
-    return evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+    return evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, kind=kind)
 
 
 def eval_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, N=100):

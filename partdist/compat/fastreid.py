@@ -41,12 +41,12 @@ __all__ = ["triplet_loss", "euclidean_dist", "cosine_dist", "evaluate_rank", "re
 
 # ---------------------------------------------------------------- distances
 def euclidean_dist(x, y):
-    """fast-reid ``euclidean_dist``: ``sqrt(clamp(xx + yy - 2 x y^T, min=1e-12))`` ``[m, n]``.
+    """fast-reid ``euclidean_dist``: ``sqrt(clamp(xx + yy - 2 * matmul(x, y^T), min=1e-12))`` ``[m, n]``.
 
-    The same formula (same values, zero gradient where the clamp is active), with a
-    fused backward (one GEMM when ``x`` is ``y``).
+    The same operations in the same order (the same values, zero gradient where the
+    clamp is active), with a fused backward (one GEMM when ``x`` is ``y``).
     """
-    return _euclidean(x, y)
+    return _euclidean(x, y, "matmul")
 
 
 def cosine_dist(x, y):
@@ -77,7 +77,7 @@ def _hard_mined(embedding, targets, norm_feat, dtype):
     if norm_feat:
         _, m = mined_dist(embedding, targets, "cosine", zero_ap=True)
     else:
-        _, m = mined_dist(embedding, targets)
+        _, m = mined_dist(embedding, targets, "euclidean_matmul")
     ap, an = m.dist_ap.to(dtype), m.dist_an.to(dtype)
     big = torch.full((), 1e9, dtype=dtype, device=an.device)
     return ap, torch.where(m.valid, an, big)
@@ -128,16 +128,25 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
 
 # --------------------------------------------------------------- evaluation
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False,
-                  use_cython=True):
+                  use_cython=True, kind="stable"):
     """fast-reid ``evaluate_rank``: ``(cmc, all_AP, all_INP)``.
 
     Market-1501 protocol as fast-reid (and torchreid): same-pid-same-camera gallery items
     are dropped, pid ``-1`` items stay as non-matches, ``cmc`` has
     ``min(max_rank, num_gallery)`` entries; ``all_AP`` / ``all_INP`` hold one value per
     query with a true match. With ``use_metric_cuhk03`` fast-reid returns ``(cmc, mAP)``,
-    and so does this. ``use_cython`` is accepted and ignored (:func:`partdist.eval.evaluate_rank`'s C++
-    operator, which sorts no row, is faster than fast-reid's Cython code).
+    and so does this.
+
+    Tied distances: ``kind="stable"`` (default) ranks them by gallery index, computed by
+    :func:`partdist.eval.evaluate_rank`'s C++ operator (no sort of the rows, faster than
+    fast-reid's Cython code); ``kind="quicksort"`` sorts every row with numpy's default
+    sort as fast-reid does (fast-reid's numbers on a matrix with ties, for the installed
+    numpy). ``use_cython`` is accepted and ignored.
     """
+    if kind != "stable" and not use_metric_cuhk03:
+        from ._rank import rank_with_sort
+
+        return rank_with_sort(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, kind)
     from ..eval.rank import evaluate_rank as _evaluate_rank
 
     if use_metric_cuhk03:
@@ -159,20 +168,20 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     return out.cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
 
 
-def evaluate_roc(distmat, q_pids, g_pids, q_camids, g_camids, use_cython=True):
+def evaluate_roc(distmat, q_pids, g_pids, q_camids, g_camids, use_cython=True, kind="stable"):
     """fast-reid ``evaluate_roc``: ``(scores, labels)`` for a ROC curve.
 
     For every query (gallery items with its pid and camera dropped), the distances of its
     true matches, then, after those of all queries, the distances of the non-matches;
     ``labels`` is 0 for a match and 1 for a non-match (float64), as fast-reid. Each query's
-    entries come in order of distance, ties by gallery index (fast-reid's ``np.argsort``
-    leaves the order of ties to the sort; the ROC curve does not depend on it).
-    ``use_cython`` is accepted and ignored (one vectorized pass).
+    entries come in order of distance, ties by gallery index (``kind``: the argsort kind;
+    ``"quicksort"`` is numpy's default, fast-reid's order; the ROC curve does not depend
+    on it). ``use_cython`` is accepted and ignored (one vectorized pass).
     """
     d = np.asarray(distmat)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
-    order = np.argsort(d, axis=1, kind="stable")
+    order = np.argsort(d, axis=1, kind=kind)
     sd = np.take_along_axis(d, order, axis=1)
     gp, gc = g_pids[order], g_camids[order]
     match = gp == q_pids[:, None]

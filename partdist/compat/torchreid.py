@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,18 +85,26 @@ class TripletLoss(nn.Module):
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False,
-                  use_cython=True):
+                  use_cython=True, kind="stable"):
     """Replaces ``torchreid.metrics.evaluate_rank``: returns ``(all_cmc, mAP)``.
 
     Market-1501 protocol as torchreid: gallery items with the query's pid and camera are
     dropped, pid ``-1`` gallery items stay (as non-matches), the CMC has
     ``min(max_rank, num_gallery)`` entries. With ``use_metric_cuhk03``, the CUHK03
     single-shot protocol (CMC averaged over 10 random draws of one gallery image per
-    identity; partdist's own draws, so not the same numbers as torchreid's). Tied distances
-    are ranked by gallery index (torchreid's ``np.argsort`` leaves their order to the
-    sort). ``use_cython`` is accepted and ignored: :func:`partdist.eval.evaluate_rank`'s C++
-    operator (no sort of the rows) is faster than torchreid's Cython evaluation.
+    identity; partdist's own draws, so not the same numbers as torchreid's).
+
+    Tied distances: ``kind="stable"`` (default) ranks them by gallery index, computed by
+    :func:`partdist.eval.evaluate_rank`'s C++ operator (no sort of the rows, faster than
+    torchreid's Cython code); ``kind="quicksort"`` sorts every row with numpy's default
+    sort as torchreid does, which gives torchreid's numbers on a matrix with ties (for the
+    installed numpy). ``use_cython`` is accepted and ignored.
     """
+    if kind != "stable" and not use_metric_cuhk03:
+        from ._rank import rank_with_sort
+
+        cmc, aps, _ = rank_with_sort(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, kind)
+        return cmc, float(np.mean(aps))
     from ..eval.rank import evaluate_rank as _evaluate_rank
 
     return _evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
@@ -127,8 +136,6 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     ``(q+g)^2`` intermediates; equal to the original up to float32 rounding (ties in a
     distance row ordered by index).
     """
-    import numpy as np
-
     from ..eval.reranking import re_ranking as _re_ranking
 
     out = _re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lambda_value=lambda_value)

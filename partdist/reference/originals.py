@@ -134,6 +134,15 @@ def aligned_triplet_loss(inputs, targets, local_features, margin=0.3):
 
 
 # ------------------------------------------------------------------ fast-reid
+def fastreid_euclidean_dist(x, y):
+    """fast-reid ``euclidean_dist``: ``xx + yy - 2 * matmul(x, y^T)``, clamp, sqrt."""
+    m, n = x.size(0), y.size(0)
+    xx = torch.pow(x, 2).sum(1, keepdim=True).expand(m, n)
+    yy = torch.pow(y, 2).sum(1, keepdim=True).expand(n, m).t()
+    dist = xx + yy - 2 * torch.matmul(x, y.t())
+    return dist.clamp(min=1e-12).sqrt()
+
+
 def fastreid_cosine_dist(x, y):
     """fast-reid ``cosine_dist``: ``2 - 2 * normalize(x) @ normalize(y)^T``."""
     x = F.normalize(x, dim=1)
@@ -151,7 +160,7 @@ def _softmax_weights(dist, mask):
 def fastreid_triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
     """fast-reid ``triplet_loss``: masked hard mining (or softmax-weighted mining),
     margin ranking loss for ``margin > 0``, else soft margin falling back to 0.3 on Inf."""
-    dist_mat = fastreid_cosine_dist(embedding, embedding) if norm_feat else euclidean_dist(embedding, embedding)
+    dist_mat = fastreid_cosine_dist(embedding, embedding) if norm_feat else fastreid_euclidean_dist(embedding, embedding)
     N = dist_mat.size(0)
     is_pos = targets.view(N, 1).expand(N, N).eq(targets.view(N, 1).expand(N, N).t()).float()
     is_neg = targets.view(N, 1).expand(N, N).ne(targets.view(N, 1).expand(N, N).t()).float()

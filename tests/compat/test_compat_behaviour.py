@@ -588,3 +588,36 @@ def test_torchreid_re_ranking_takes_what_engine_test_passes():
     assert isinstance(out, np.ndarray) and out.shape == (8, 22) and out.dtype == np.float32
     np.testing.assert_allclose(out, R.re_ranking_dense(qg, qq.numpy(), gg.numpy(), k1=6, k2=3, lambda_value=0.3),
                                atol=1e-5)
+
+
+# ------------------------------------------------------- the originals' exact orders
+def test_fastreid_euclidean_dist_in_fastreids_op_order():
+    """fast-reid rounds ``xx + yy - 2 * matmul`` (not AlignedReID's ``addmm_``): the same
+    operations give the same float32 values, with and without autograd, fused or not."""
+    g = torch.Generator().manual_seed(21)
+    for C in (9, 512):
+        x, y = torch.randn(64, C, generator=g), torch.randn(48, C, generator=g)
+        ref = O.fastreid_euclidean_dist(x, y)
+        with torch.no_grad():
+            assert torch.equal(FR.euclidean_dist(x, y), ref)
+        assert torch.equal(FR.euclidean_dist(x.requires_grad_(), y).detach(), ref)
+        assert torch.equal(FR.euclidean_dist(x, x).detach(), O.fastreid_euclidean_dist(x, x))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_evaluate_rank_offers_the_originals_tie_order(ties):
+    dist, qp, gp, qc, gc = _rank_case(22, G=300, ties=ties)
+    cmc_o, ap_o, inp_o = O.eval_market1501(dist, qp, gp, qc, gc, 50)  # numpy's default sort, as the originals
+    cmc, mAP = T.evaluate_rank(dist, qp, gp, qc, gc, kind="quicksort")
+    np.testing.assert_allclose(cmc, cmc_o, rtol=1e-6)
+    assert mAP == pytest.approx(np.mean(ap_o), rel=1e-12)
+    cmc2, aps, inps = FR.evaluate_rank(dist, qp, gp, qc, gc, kind="quicksort")
+    np.testing.assert_allclose(cmc2, cmc_o, rtol=1e-6)
+    np.testing.assert_allclose(aps, ap_o, rtol=1e-12)
+    np.testing.assert_allclose(inps, inp_o, rtol=1e-12)
+    # the default (gallery order for ties) through the sorted path equals the C++ operator
+    c3, a3, i3 = FR.evaluate_rank(dist, qp, gp, qc, gc)
+    c4, a4, i4 = FR.evaluate_rank(dist, qp, gp, qc, gc, kind="mergesort")  # also stable
+    np.testing.assert_allclose(c3, c4, rtol=1e-6)
+    np.testing.assert_allclose(a3, a4, rtol=1e-12)
+    np.testing.assert_allclose(i3, i4, rtol=1e-12)

@@ -135,11 +135,11 @@ def test_distances(dtype, same):
     y = design(seed=1)[0][:7]
     if same:
         assert_as_accurate(lambda a: A.euclidean_dist(a, a), lambda a: O.euclidean_dist(a, a), [x], dtype)
-        assert_as_accurate(lambda a: FR.euclidean_dist(a, a), lambda a: O.euclidean_dist(a, a), [x], dtype)
+        assert_as_accurate(lambda a: FR.euclidean_dist(a, a), lambda a: O.fastreid_euclidean_dist(a, a), [x], dtype)
         assert_as_accurate(lambda a: FR.cosine_dist(a, a), lambda a: O.fastreid_cosine_dist(a, a), [x], dtype)
     else:
         assert_as_accurate(A.euclidean_dist, O.euclidean_dist, [x, y], dtype)
-        assert_as_accurate(FR.euclidean_dist, O.euclidean_dist, [x, y], dtype)
+        assert_as_accurate(FR.euclidean_dist, O.fastreid_euclidean_dist, [x, y], dtype)
         assert_as_accurate(FR.cosine_dist, O.fastreid_cosine_dist, [x, y], dtype)
 
 
