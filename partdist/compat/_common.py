@@ -395,7 +395,13 @@ class _Normalize(torch.autograd.Function):
 
 
 def normalize(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
-    """AlignedReID ``normalize``: ``x / (||x||_2 + 1e-12)`` along ``axis`` (same values)."""
+    """AlignedReID ``normalize``: ``x / (||x||_2 + 1e-12)`` along ``axis`` (same values).
+
+    float16 / bfloat16 ``x``: computed in float32 and rounded once to ``x``'s dtype (the
+    original rounds the norm, then the quotient; its backward overflows float16)."""
+    if _is_half(x):
+        xf = x.float()
+        return (xf / (torch.linalg.vector_norm(xf, 2, dim=axis, keepdim=True) + 1e-12)).to(x.dtype)
     if axis in (-1, x.dim() - 1) and torch.is_grad_enabled() and x.requires_grad:
         return _Normalize.apply(x)
     return x / (torch.linalg.vector_norm(x, 2, dim=axis, keepdim=True) + 1e-12)
