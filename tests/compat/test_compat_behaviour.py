@@ -413,6 +413,8 @@ def test_losses_do_not_synchronize(labels, no_host_sync):
     ]
     _, p, n, *_ = A.global_loss(A.TripletLoss(0.3), x, labels)
     losses.append(A.local_loss(A.TripletLoss(0.3), lf, p, n)[0])
+    losses.append(A.local_loss(A.TripletLoss(None), lf, labels=labels)[0])
+    losses.append(A.TripletLoss(0.3)(torch.rand(12, requires_grad=True), torch.rand(12)))  # distance call
     for norm_feat in (False, True):
         for hard in (True, False):
             for margin in (0.3, 0.0):
