@@ -5,7 +5,10 @@ written from the public code's semantics: AlignedReID-Re-Production-Pytorch
 ``aligned_reid/model/loss.py``, torchreid ``losses/hard_mine_triplet_loss.py`` and
 ``metrics/rank.py``, fast-reid 1.4 ``modeling/losses`` and ``evaluation/rank.py``), on the same inputs, forward alone and
 forward + backward, at a small and a large size; then the full AlignedReID loss step
-(global 2048-d + local 8 x 128, N = 32 x 4, forward + backward) and the ranking
+(global 2048-d + local 8 x 128, N = 32 x 4, forward + backward), the losses on
+float16 / bfloat16 features (both sides in the same dtype), the numpy utilities
+(AlignedReID local distances and open-reid metrics, fast-reid's Jaccard distance,
+michuanhaohao's re-ranking from features) and the ranking
 evaluation (torchreid / fast-reid Python, and their Cython ``evaluate_cy`` when
 ``--cython-dir`` points at a directory where it was built).
 
@@ -240,7 +243,68 @@ def bench_rerank(quick, reps):
             lambda: R.re_ranking_dense(*args), max(1, reps // 2))
 
 
-SECTIONS = ["distances", "local", "losses", "step", "rank", "rerank"]
+def bench_half(quick, reps):
+    """float16 / bfloat16 features (AMP): the shims against the originals run in the same dtype."""
+    P, K, C = (16, 4, 2048) if not quick else (4, 4, 64)
+    N = P * K
+    lab = labels_pk(P, K)
+    x = randn(N, C) * (45 / C ** 0.5)  # norms near 45, as 2048-d ReID features
+    lf = randn(N, 8, 128, seed=3)
+    tri, otri = A.TripletLoss(margin=0.3), O.TripletLoss(margin=0.3)
+    for dt in (torch.float16, torch.bfloat16):
+        h, hl = x.to(dt), lf.to(dt)
+        t = str(dt).replace("torch.", "")
+        s = f"N={N}, C={C}, {t}"
+        compare("normalize fwd+bwd", s, fwd_bwd(A.normalize, h), fwd_bwd(O.normalize, h), reps)
+        compare("euclidean_dist(x, x) fwd+bwd", s, fwd_bwd(lambda a: A.euclidean_dist(a, a), h),
+                fwd_bwd(lambda a: O.euclidean_dist(a, a), h), reps)
+        compare("fastreid.cosine_dist(x, x) fwd+bwd", s, fwd_bwd(lambda a: FR.cosine_dist(a, a), h),
+                fwd_bwd(lambda a: O.fastreid_cosine_dist(a, a), h), reps)
+        compare("global_loss fwd+bwd", s, fwd_bwd(lambda f: A.global_loss(tri, f, lab)[0], h),
+                fwd_bwd(lambda f: O.global_loss(otri, f, lab)[0], h), reps)
+        compare("torchreid.TripletLoss fwd+bwd", s, fwd_bwd(lambda f: T.TripletLoss(0.3)(f, lab), h),
+                fwd_bwd(lambda f: O.torchreid_triplet_loss(f, lab, 0.3), h), reps)
+        for norm, hard in ((True, True), (False, True), (True, False)):
+            compare(f"fastreid.triplet_loss norm_feat={norm} hard={hard} fwd+bwd", s,
+                    fwd_bwd(lambda f: FR.triplet_loss(f, lab, 0.0, norm, hard), h),
+                    fwd_bwd(lambda f: O.fastreid_triplet_loss(f, lab, 0.0, norm, hard), h), reps)
+        _, p, n, _, _, _ = O.global_loss(otri, x, lab)
+        compare("local_loss(p_inds, n_inds) fwd+bwd", f"N={N}, 8x128, {t}",
+                fwd_bwd(lambda f: A.local_loss(tri, f, p, n)[0], hl), fwd_bwd(lambda f: O.local_loss(otri, f, p, n)[0], hl),
+                reps)
+
+
+def bench_utils(quick, reps):
+    """The numpy utilities (AlignedReID utils, fast-reid's Jaccard distance, open-reid metrics)
+    against transcriptions of the originals."""
+    from partdist.compat import alignedreid_repro_utils as H
+    from partdist.compat import alignedreid_util as M
+
+    M_, G_ = (8, 12) if quick else (64, 256)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((M_, 8, 128)).astype(np.float32)
+    y = rng.standard_normal((G_, 8, 128)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    y /= np.linalg.norm(y, axis=-1, keepdims=True)
+    s = f"{M_}x{G_}, 8x128"
+    compare("numpy local_dist (aligned)", s, lambda: H.local_dist(x, y), lambda: O.np_local_dist(x, y), reps)
+    compare("numpy local_dist (unaligned)", s, lambda: M.local_dist(x, y, False),
+            lambda: O.np_local_dist(x, y, False), reps)
+    data = _rank_data(*((30, 200) if quick else (220, 1400)))
+    s = f"{data[0].shape[0]}x{data[0].shape[1]}"
+    compare("open-reid cmc (first_match_break)", s, lambda: H.cmc(*data, topk=10, first_match_break=True),
+            lambda: O.openreid_cmc(*data, topk=10, first_match_break=True), reps)
+    compare("open-reid mean_ap", s, lambda: H.mean_ap(*data), lambda: O.openreid_mean_ap(*data), max(1, reps // 3))
+    n = 100 if quick else 400
+    f = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 64)).astype(np.float32)), dim=1)
+    compare("fastreid compute_jaccard_distance", f"N={n}", lambda: FR.compute_jaccard_distance(f, 20, 6),
+            lambda: O.fastreid_compute_jaccard_distance(f, 20, 6), max(1, reps // 5))
+    q = n // 5
+    compare("michuanhaohao re_ranking(features)", f"{q}+{n - q}", lambda: M.re_ranking(f[:q], f[q:], 20, 6, 0.3),
+            lambda: O.michuanhaohao_re_ranking(f[:q], f[q:], 20, 6, 0.3), max(1, reps // 5))
+
+
+SECTIONS = ["distances", "local", "losses", "step", "half", "utils", "rank", "rerank"]
 
 
 def main(argv=None):
@@ -272,6 +336,10 @@ def main(argv=None):
         bench_mining_losses(args.quick, reps)
     if "step" in only:
         bench_step(args.quick, reps)
+    if "half" in only:
+        bench_half(args.quick, reps)
+    if "utils" in only:
+        bench_utils(args.quick, reps)
     if "rank" in only:
         bench_rank(args.quick, reps, args.cython_dir, args.python_market)
     if "rerank" in only:

@@ -10,6 +10,7 @@ matrix.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -21,15 +22,52 @@ from ..ops.mining import hard_example_mining as _mine
 CLAMP = 1e-12
 
 
+def _autocast_off(forward):
+    """Run an ``autograd.Function.forward`` with autocast disabled on its input's device:
+    the fused passes compute in the dtype of the tensors they are given (float32 features
+    stay float32 under autocast; the backward, which autocast does not reach, then sees
+    the forward's dtypes)."""
+
+    @functools.wraps(forward)
+    def wrapped(ctx, x, *args):
+        dev = x.device.type
+        if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return forward(ctx, x, *args)
+        return forward(ctx, x, *args)
+
+    return wrapped
+
+
 # --------------------------------------------------------------- distances
-def _sq_dist_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``||x_i||^2 + ||y_j||^2 - 2 x_i . y_j`` as the originals compute it ([m, n] or [N, m, n])."""
+def _sq_dist_(x: torch.Tensor, y: torch.Tensor, form: str = "addmm") -> torch.Tensor:
+    """``||x_i||^2 + ||y_j||^2 - 2 x_i . y_j`` as the originals compute it ([m, n] or [N, m, n]).
+
+    ``form="addmm"``: AlignedReID's / torchreid's ``(xx + yy).addmm_(x, y^T, alpha=-2)``;
+    ``form="matmul"``: fast-reid's ``xx + yy - 2 * matmul(x, y^T)`` (another rounding of
+    the last step, so a separate form).
+    """
     xx = (x * x).sum(-1)
     yy = xx if y is x else (y * y).sum(-1)
     d = xx.unsqueeze(-1) + yy.unsqueeze(-2)  # the originals' order of operations
+    if form == "matmul":
+        return d.sub_(torch.matmul(x, y.transpose(-1, -2)).mul_(2))
     if x.dim() == 2:
         return d.addmm_(x, y.t(), alpha=-2)
     return d.baddbmm_(x, y.transpose(1, 2), alpha=-2)
+
+
+def _clamped(d2):
+    """Where the clamp of ``sqrt(clamp(d2, 1e-12))`` is active (no gradient passes): ``d2 <
+    1e-12``, or ``d2 <= 0`` in float16, where 1e-12 rounds to 0 (the originals then take
+    ``sqrt``'s infinite gradient at an exact 0, this its 0 subgradient)."""
+    if torch.finfo(d2.dtype).smallest_normal * torch.finfo(d2.dtype).eps > CLAMP:
+        return d2 <= 0
+    return d2 < CLAMP
+
+
+def _is_half(t):
+    return t.dtype in (torch.float16, torch.bfloat16)
 
 
 class _GemmEuclidean(torch.autograd.Function):
@@ -42,10 +80,11 @@ class _GemmEuclidean(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y):
+    @_autocast_off
+    def forward(ctx, x, y, form="addmm"):
         same = y is x
-        d2 = _sq_dist_(x, x if same else y)
-        clamped = d2 < CLAMP
+        d2 = _sq_dist_(x, x if same else y, form)
+        clamped = _clamped(d2)
         d = d2.clamp_min_(CLAMP).sqrt_()
         ctx.same = same
         ctx.save_for_backward(x, y, d, clamped)
@@ -60,13 +99,13 @@ class _GemmEuclidean(torch.autograd.Function):
         g = (grad / d).masked_fill_(clamped, 0)
         if ctx.same:
             s = g + g.transpose(-1, -2)
-            return _xgrad(x, s, x, s.sum(-1)), None
+            return _xgrad(x, s, x, s.sum(-1)), None, None
         gx = gy = None
         if ctx.needs_input_grad[0]:
             gx = _xgrad(x, g, y, g.sum(-1))
         if ctx.needs_input_grad[1]:
             gy = _xgrad(y, g.transpose(-1, -2), x, g.sum(-2))
-        return gx, gy
+        return gx, gy, None
 
 
 def _xgrad(x, g, y, rowsum):
@@ -88,19 +127,19 @@ def _fused(x, y):
     return x.shape[-2] * y.shape[-2] * x.shape[-1] * (x.shape[0] if x.dim() == 3 else 1) >= _SMALL
 
 
-def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def euclidean_dist(x: torch.Tensor, y: torch.Tensor, form: str = "addmm") -> torch.Tensor:
     """The originals' ``sqrt(clamp(xx + yy - 2 x.y, min=1e-12))``: ``[m, d] x [n, d] -> [m, n]``
-    or batched ``[N, m, d] x [N, n, d] -> [N, m, n]``.
+    or batched ``[N, m, d] x [N, n, d] -> [N, m, n]`` (``form``: see :func:`_sq_dist_`).
 
     Without autograd: the formula in place. With autograd: the formula itself for small
     inputs (same nodes as the originals'), :class:`_GemmEuclidean`'s fused backward above
     :data:`_SMALL`; the same values and gradients either way.
     """
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        if _fused(x, y):
-            return _GemmEuclidean.apply(x, y)[0]
-        return _sq_dist_(x, y).clamp(min=CLAMP).sqrt()
-    return _sq_dist_(x, x if y is x else y).clamp_min_(CLAMP).sqrt_()
+        if _fused(x, y) or _is_half(x):  # half: the fused backward's 0 subgradient at d = 0
+            return _GemmEuclidean.apply(x, y, form)[0]
+        return _sq_dist_(x, y, form).clamp(min=CLAMP).sqrt()
+    return _sq_dist_(x, x if y is x else y, form).clamp_min_(CLAMP).sqrt_()
 
 
 def _normalized(x):
@@ -110,12 +149,24 @@ def _normalized(x):
     return x / den, n, den
 
 
+def _acc(t):
+    """``t`` in float32 if it is float16 / bfloat16 (the per-row products of the
+    normalization backward overflow float16 and lose bfloat16's few bits), else ``t``."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _normalized_grad(g, x, n, den):
     """``F.normalize``'s backward: ``g / den - x (g . x) / (den^2 ||x||)`` where ``||x|| >= 1e-12``
-    (the clamp passes the gradient there), ``g / den`` elsewhere."""
-    b = torch.where(n >= 1e-12, torch.linalg.vecdot(g, x).unsqueeze(1) / (den * den * n),
+    (the clamp passes the gradient there), ``g / den`` elsewhere.
+
+    Computed in float32 for half inputs and with one division at a time: ``den^2 ||x||``
+    overflows float16 once ``||x||`` passes ~40 (2048-d features sit near 45).
+    """
+    dtype = g.dtype
+    g, x, n, den = _acc(g), _acc(x), _acc(n), _acc(den)
+    b = torch.where(n >= 1e-12, torch.linalg.vecdot(g, x).unsqueeze(1) / den / den / n,
                     torch.zeros((), dtype=n.dtype, device=n.device))
-    return g.div_(den).sub_(x * b)
+    return (g / den).sub_(x * b).to(dtype)
 
 
 class _Cosine(torch.autograd.Function):
@@ -124,6 +175,7 @@ class _Cosine(torch.autograd.Function):
     ``y``, and ``F.normalize``'s backward in two passes)."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, y):
         same = y is x
         xn, nx, dx = _normalized(x)
@@ -158,23 +210,49 @@ def cosine_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ losses
+def _loss_dtype(t):
+    """The dtype torch's own losses return for input ``t``: float32 under autocast on
+    ``t``'s device (autocast runs the losses in float32), else ``t``'s dtype."""
+    dev = t.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.promote_types(t.dtype, torch.float32)
+    return t.dtype
+
+
+def _per_anchor(dist_ap, dist_an, margin):
+    """The per-anchor terms of :func:`ranking_loss` (``reduction="none"``), in float32
+    for half inputs (``exp`` in the soft margin overflows float16 at a difference of 11)."""
+    dist_ap, dist_an = _acc(dist_ap), _acc(dist_an)
+    y = torch.ones_like(dist_an)
+    if margin is None:
+        return F.soft_margin_loss(dist_an - dist_ap, y, reduction="none")
+    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin, reduction="none")
+
+
 def ranking_loss(dist_ap: torch.Tensor, dist_an: torch.Tensor, margin: Optional[float]) -> torch.Tensor:
     """``MarginRankingLoss(margin)(dist_an, dist_ap, 1)``, or ``SoftMarginLoss`` on
     ``dist_an - dist_ap`` for ``margin=None``: the installed torch's own functions, so the
-    subgradient at the hinge point is the one of the original on this torch."""
+    subgradient at the hinge point is the one of the original on this torch. Half inputs
+    are computed in float32 and the loss rounded once to their dtype (float32 under
+    autocast, as torch's losses there)."""
+    dtype = _loss_dtype(dist_an)
+    dist_ap, dist_an = _acc(dist_ap), _acc(dist_an)
     y = torch.ones_like(dist_an)
     if margin is None:
-        return F.soft_margin_loss(dist_an - dist_ap, y)
-    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
+        return F.soft_margin_loss(dist_an - dist_ap, y).to(dtype)
+    return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin).to(dtype)
 
 
 def ranking_loss_valid(dist_ap, dist_an, valid, margin):
-    """:func:`ranking_loss` over the valid anchors (0 with a zero gradient when none is)."""
-    if bool(valid.all()):
-        return ranking_loss(dist_ap, dist_an, margin)
-    if not bool(valid.any()):
-        return (dist_ap * 0).sum() + (dist_an * 0).sum()
-    return ranking_loss(dist_ap[valid], dist_an[valid], margin)
+    """:func:`ranking_loss` averaged over the valid anchors (0 with a zero gradient when
+    none is), without a host synchronization: the per-anchor terms of the installed
+    torch's loss (``reduction="none"``, the same elementwise function and subgradient as
+    the mean), invalid ones replaced by 0, summed and divided by the number of valid
+    anchors (at least 1); for half inputs in float32, rounded once to their dtype
+    (float32 under autocast, as torch's losses there)."""
+    terms = _per_anchor(dist_ap, dist_an, margin)
+    terms = torch.where(valid, terms, torch.zeros((), dtype=terms.dtype, device=terms.device))
+    return (terms.sum() / valid.sum().clamp_min(1).to(terms.dtype)).to(_loss_dtype(dist_an))
 
 
 # ------------------------------------------------------------------- mining
@@ -189,7 +267,8 @@ class Mined(NamedTuple):
 class _MinedDist(torch.autograd.Function):
     """Distance matrix of a batch with itself + batch-hard mining, one fused backward.
 
-    ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``;
+    ``kind="euclidean"``: the originals' ``sqrt(clamp(xx + xx^T - 2 x x^T, 1e-12))`` of ``x``
+    (``"euclidean_matmul"``: fast-reid's rounding of it, see :func:`_sq_dist_`);
     ``kind="cosine"``: fast-reid's ``2 - 2 xn xn^T`` of ``xn = F.normalize(x, dim=1)``.
     Outputs ``(dist [N, N], dist_ap, dist_an, p_inds, n_inds, valid)``; ``dist_ap`` /
     ``dist_an`` are entries of ``dist`` (0 where there is none), and their gradient goes
@@ -203,11 +282,12 @@ class _MinedDist(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, labels, kind, split_ties, zero_ap):
         N = x.shape[0]
-        if kind == "euclidean":
-            d2 = _sq_dist_(x, x)
-            clamped = d2 < CLAMP
+        if kind in ("euclidean", "euclidean_matmul"):
+            d2 = _sq_dist_(x, x, "matmul" if kind == "euclidean_matmul" else "addmm")
+            clamped = _clamped(d2)
             D = d2.clamp_min_(CLAMP).sqrt_()
         else:  # fast-reid: F.normalize (x / max(||x||, 1e-12)), then 2 - 2 xn xn^T
             xn, n, den = _normalized(x)
@@ -215,26 +295,25 @@ class _MinedDist(torch.autograd.Function):
             clamped = (xn, n, den)
         m = _mine(D, labels, True)
         ap, an, valid = m.dist_ap, m.dist_an, m.valid
+        # no host synchronization: the tie weights and the zero-ap fix are computed
+        # whether or not they change anything (O(N^2), against the O(N^2 C) GEMM)
         wp = wn = None
         if split_ties:
             pos = labels[:, None] == labels[None, :]
             tie_p = (D == ap[:, None]) & pos
             tie_n = (D == an[:, None]) & ~pos & valid[:, None]
-            cp, cn = tie_p.sum(1), tie_n.sum(1)
-            if bool((cp > 1).any() | (cn > 1).any()):
-                wp = tie_p.to(D.dtype) / cp.clamp_min(1).to(D.dtype)[:, None]
-                wn = tie_n.to(D.dtype) / cn.clamp_min(1).to(D.dtype)[:, None]
+            wp = tie_p.to(D.dtype) / tie_p.sum(1).clamp_min(1).to(D.dtype)[:, None]
+            wn = tie_n.to(D.dtype) / tie_n.sum(1).clamp_min(1).to(D.dtype)[:, None]
         keep_ap = None
-        if zero_ap and bool((ap <= 0).any()):
+        if zero_ap:
             neg = labels[None, :] != labels[:, None]
             has_neg = neg.any(1)
             first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
             zero_wins = has_neg & ((ap < 0) | ((ap == 0) & (first_neg < m.p_inds)))
-            if bool(zero_wins.any()):
-                ap = ap.masked_fill(zero_wins, 0)
-                keep_ap = ~zero_wins
-        ctx.kind, ctx.all_valid = kind, bool(valid.all())
-        if kind != "euclidean":
+            ap = ap.masked_fill(zero_wins, 0)
+            keep_ap = ~zero_wins
+        ctx.kind = kind
+        if kind == "cosine":
             ctx.cos = clamped
             clamped = None
         ctx.save_for_backward(x, D, clamped, m.p_inds, m.n_inds, valid, wp, wn, keep_ap)
@@ -254,14 +333,14 @@ class _MinedDist(torch.autograd.Function):
             else:
                 G.scatter_add_(1, p_inds[:, None], g_ap[:, None])
         if g_an is not None:
-            if not ctx.all_valid:  # no gradient to anchors without negative (n_inds -1)
-                g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
-                n_inds = n_inds.clamp_min(0)
+            # no gradient to anchors without negative (n_inds -1)
+            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            n_inds = n_inds.clamp_min(0)
             if wn is not None:
                 G.addcmul_(wn, g_an[:, None])
             else:
                 G.scatter_add_(1, n_inds[:, None], g_an[:, None])
-        if ctx.kind == "euclidean":
+        if ctx.kind != "cosine":
             # d D / d d2 = 1 / (2 D), 0 where clamped; d d2 / dx brings the 2 back
             G.div_(D).masked_fill_(clamped, 0)
             S = G + G.t()
@@ -296,6 +375,7 @@ class _Normalize(torch.autograd.Function):
     temporary instead of the autograd chain's several)."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x):
         n = torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True)
         den = n + 1e-12
@@ -305,14 +385,23 @@ class _Normalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, n, den = ctx.saved_tensors
-        # d/dx [x / (||x|| + e)] = g / den - x (g . x) / (den^2 ||x||)   (0 at x = 0 as torch.norm)
+        # d/dx [x / (||x|| + e)] = g / den - x (g . x) / (den^2 ||x||)   (0 at x = 0 as torch.norm);
+        # in float32 for half inputs, one division at a time (den^2 ||x|| overflows float16)
+        dtype = g.dtype
+        g, x, n, den = _acc(g), _acc(x), _acc(n), _acc(den)
         gx_dot = torch.linalg.vecdot(g, x).unsqueeze(-1)
-        b = torch.where(n > 0, gx_dot / (den * den * n), torch.zeros((), dtype=n.dtype, device=n.device))
-        return (g / den).sub_(x * b)
+        b = torch.where(n > 0, gx_dot / den / den / n, torch.zeros((), dtype=n.dtype, device=n.device))
+        return (g / den).sub_(x * b).to(dtype)
 
 
 def normalize(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
-    """AlignedReID ``normalize``: ``x / (||x||_2 + 1e-12)`` along ``axis`` (same values)."""
+    """AlignedReID ``normalize``: ``x / (||x||_2 + 1e-12)`` along ``axis`` (same values).
+
+    float16 / bfloat16 ``x``: computed in float32 and rounded once to ``x``'s dtype (the
+    original rounds the norm, then the quotient; its backward overflows float16)."""
+    if _is_half(x):
+        xf = x.float()
+        return (xf / (torch.linalg.vector_norm(xf, 2, dim=axis, keepdim=True) + 1e-12)).to(x.dtype)
     if axis in (-1, x.dim() - 1) and torch.is_grad_enabled() and x.requires_grad:
         return _Normalize.apply(x)
     return x / (torch.linalg.vector_norm(x, 2, dim=axis, keepdim=True) + 1e-12)

@@ -27,9 +27,17 @@ Differences from the originals:
   ``view(N, -1)`` crashes), and so do anchors without a negative; such anchors get
   ``dist_an = 0`` / ``n_inds = -1`` from :func:`hard_example_mining` and are left out
   of the losses (0 with a zero gradient when no anchor is left).
-* Stripe distances inside the local distances are clamped at 0 instead of going
-  through ``sqrt(clamp(., 1e-12))``: a cell of two identical stripes costs 0 instead of
-  ``tanh(0.5e-6)``, i.e. at most ``(m + n - 1) * 5e-7`` on a local distance.
+* Stripe distances inside the local distances are ``sqrt(max(d2, 0))`` instead of
+  ``sqrt(clamp(d2, 1e-12))``, with ``d2`` the GEMM form ``|x|^2 + |y|^2 - 2 x.y``. The
+  two differ where ``d2`` is tiny: for (near-)identical stripes ``d2`` is a rounding
+  residue of order ``eps * |x|^2`` in both, so such a cell is not 0 but up to about
+  ``sqrt(eps) * |x| / 2`` (float32: ~2e-4 for unit stripes, ~5e-3 for stripes of norm
+  30), in the originals as here, and the two round differently there.
+* An anchor without negative (one identity in the batch) gets ``n_inds = -1`` from
+  :func:`hard_example_mining` / :func:`global_loss`. This module's :func:`local_loss`
+  leaves it out; the *original* ``local_loss`` would index ``local_feat[-1]`` (the last
+  image) with it, so do not mix this ``global_loss`` with the original ``local_loss`` on
+  batches where an identity has no negative (the original ``global_loss`` raises there).
 * The losses back-propagate through the chosen pairs only (the gradient the original
   formula gives there, from explicit differences): ``O(N C)`` instead of the
   ``N x N`` matrix's GEMMs. Equal to the originals up to rounding.
@@ -150,9 +158,12 @@ def batch_local_dist(x, y):
 def local_dist(x, y):
     """Local (DMLI) distance of all pairs: ``[M, m, d] x [N, n, d] -> [M, N]``.
 
-    Replaces huanghoujing ``loss.local_dist(x, y)``; also accepts the 2-D form of
-    michuanhaohao ``util/distance.local_dist`` (``[m, d] x [n, d] -> scalar``, there in
-    numpy). Computed tile by tile by :func:`partdist.local_dist`.
+    Replaces huanghoujing ``loss.local_dist(x, y)`` (torch tensors). Two 2-D tensors
+    ``[m, d] x [n, d]`` give the DMLI distance of that one pair (a 0-d tensor). The numpy
+    ``utils/distance.local_dist`` of both repositories (whose 2-D form computes something
+    else) is in :mod:`partdist.compat.alignedreid_repro_utils` and
+    :mod:`partdist.compat.alignedreid_util`. Computed tile by tile by
+    :func:`partdist.local_dist`.
     """
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dim() == 2 and y.dim() == 2:
         return _local_dist(x[None], y[None], True)[0, 0]
@@ -247,10 +258,31 @@ def _feature_triplet(op, inputs, targets, margin, with_dist=False):
     return ranking_loss_valid(m.dist_ap, m.dist_an, m.valid, margin), (dist if with_dist else None)
 
 
+def _original_margin(tri_loss):
+    """``(True, margin)`` for huanghoujing's ``TripletLoss`` (a ``ranking_loss`` that is a
+    ``MarginRankingLoss`` or, for ``margin=None``, a ``SoftMarginLoss``), else ``(False, None)``."""
+    rl = getattr(tri_loss, "ranking_loss", None)
+    if type(tri_loss).__name__ != "TripletLoss" or not hasattr(tri_loss, "margin"):
+        return False, None
+    if type(rl) is nn.MarginRankingLoss:
+        return True, rl.margin
+    if type(rl) is nn.SoftMarginLoss:
+        return True, None
+    return False, None
+
+
 def _tri(tri_loss, dist_ap, dist_an, valid):
-    """Apply a user's ``tri_loss(dist_ap, dist_an)`` to the valid anchors only."""
+    """Apply a user's ``tri_loss(dist_ap, dist_an)`` to the valid anchors only.
+
+    This module's :class:`TripletLoss` and huanghoujing's ``TripletLoss`` (recognized by
+    its ``ranking_loss``) are computed by :func:`ranking_loss_valid`, without a host
+    synchronization; any other callable is called on the valid anchors, which needs one
+    (``valid.all()``)."""
     if isinstance(tri_loss, TripletLoss):
         return tri_loss._dist_loss(dist_ap, dist_an, valid)
+    known, margin = _original_margin(tri_loss)
+    if known:
+        return ranking_loss_valid(dist_ap, dist_an, valid, margin)
     if bool(valid.all()):
         return tri_loss(dist_ap, dist_an)
     if not bool(valid.any()):

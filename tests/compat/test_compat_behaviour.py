@@ -323,6 +323,20 @@ def fake_fastreid(monkeypatch):
     mod("fastreid.evaluation")
     mod("fastreid.evaluation.rank", evaluate_rank=orig_eval)
     mod("fastreid.evaluation.rerank", re_ranking=orig_rerank)
+
+    def orig_roc(*a, **k):
+        return "orig roc"
+
+    def orig_jaccard(*a, **k):
+        return "orig jaccard"
+
+    def orig_build_dist(*a, **k):
+        return "orig build_dist"
+
+    mod("fastreid.evaluation.roc", evaluate_roc=orig_roc)
+    mod("fastreid.utils")
+    mod("fastreid.utils.compute_dist", build_dist=orig_build_dist, compute_jaccard_distance=orig_jaccard)
+    mod("fastreid.evaluation.reid_evaluation", build_dist=orig_build_dist)  # `from ...compute_dist import build_dist`
     project = types.ModuleType("my_project_losses")
     project.triplet_loss = orig_triplet
     project.unrelated = orig_eval
@@ -343,11 +357,22 @@ def test_install_rebinds_the_names_fastreid_bound(fake_fastreid):
     assert project.triplet_loss is FR.triplet_loss
     assert project.unrelated() == "orig eval"  # only names that hold a replaced function
     assert "fastreid.modeling.meta_arch.baseline.triplet_loss" in done
+    # the evaluator's re-ranking route (build_dist(metric="jaccard") -> compute_jaccard_distance)
+    assert mods["fastreid.evaluation.reid_evaluation"].build_dist is FR.build_dist
+    assert mods["fastreid.utils.compute_dist"].build_dist is FR.build_dist
+    assert mods["fastreid.utils.compute_dist"].compute_jaccard_distance is FR.compute_jaccard_distance
+    assert mods["fastreid.evaluation.roc"].evaluate_roc is FR.evaluate_roc
+    # the report: every replacement, and the module this fast-reid lacks (mgn) as absent, not failed
+    assert isinstance(done, FR.InstallReport)
+    assert done.failed == {} and done.missing == [] and done.not_replaced == []
+    assert done.absent == ["fastreid.modeling.meta_arch.mgn"]
+    assert "replaced fastreid.utils.compute_dist.compute_jaccard_distance" in str(done)
     # the evaluator's `from .rank import evaluate_rank` inside a method now gets ours
     from fastreid.evaluation.rank import evaluate_rank as ev  # noqa: E402 (the stand-in module)
 
     assert ev is FR.evaluate_rank
-    assert FR.install() == []  # idempotent
+    again = FR.install()
+    assert again == [] and again.not_replaced == []  # idempotent
     FR.uninstall()
     assert mods["fastreid.modeling.meta_arch.baseline"].triplet_loss() == "orig triplet"
     assert mods["fastreid.evaluation.rank"].evaluate_rank() == "orig eval"
@@ -358,3 +383,243 @@ def test_install_without_fastreid(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastreid", None)
     with pytest.raises(ImportError, match="fast-reid is not installed"):
         FR.install()
+
+
+# ------------------------------------------------------ host synchronization
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """Fail on reading a tensor's value on the host (``bool``, ``int``, ``float``,
+    ``.item()``, ``.tolist()``): the CPU stand-in for ``torch.cuda.set_sync_debug_mode``."""
+    def boom(self, *a, **k):
+        raise AssertionError("host synchronization: a tensor's value was read on the host")
+
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+
+
+@pytest.mark.parametrize("labels", [torch.arange(12) // 4, torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])],
+                         ids=["equal_k", "unequal_k_singleton"])
+def test_losses_do_not_synchronize(labels, no_host_sync):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(12, 16, generator=g, requires_grad=True)
+    lf = torch.randn(12, 4, 8, generator=g, requires_grad=True)
+    losses = [
+        T.TripletLoss()(x, labels),
+        A.TripletLoss(0.3)(x, labels),
+        A.TripletLoss(None)(x, labels),
+        *A.TripletLossAlignedReID()(x, labels, lf.transpose(1, 2)),
+        A.global_loss(A.TripletLoss(0.3), x, labels)[0],
+        A.global_loss(O.TripletLoss(None), x, labels)[0],  # the original's TripletLoss
+    ]
+    _, p, n, *_ = A.global_loss(A.TripletLoss(0.3), x, labels)
+    losses.append(A.local_loss(A.TripletLoss(0.3), lf, p, n)[0])
+    losses.append(A.local_loss(A.TripletLoss(None), lf, labels=labels)[0])
+    losses.append(A.TripletLoss(0.3)(torch.rand(12, requires_grad=True), torch.rand(12)))  # distance call
+    for norm_feat in (False, True):
+        for hard in (True, False):
+            for margin in (0.3, 0.0):
+                losses.append(FR.triplet_loss(x, labels, margin, norm_feat, hard))
+    sum(losses).backward()
+
+
+def test_install_reports_a_module_that_fails_to_import(fake_fastreid, monkeypatch):
+    """fast-reid's evaluation chain fails to import on Python >= 3.10 (``from collections
+    import Mapping``): install() names it, says why, warns, and replaces the rest."""
+    mods, _ = fake_fastreid
+    monkeypatch.delitem(sys.modules, "fastreid.evaluation.rank")
+
+    real_import = __import__("importlib").import_module
+
+    def fake_import(name, *a, **k):
+        if name == "fastreid.evaluation.rank":
+            raise ImportError("cannot import name 'Mapping' from 'collections'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(FR.importlib, "import_module", fake_import)
+    with pytest.warns(RuntimeWarning, match="FAILED to import fastreid.evaluation.rank"):
+        report = FR.install()
+    assert not report.ok
+    assert "collections.Mapping = collections.abc.Mapping" in report.failed["fastreid.evaluation.rank"]
+    assert "evaluate_rank" in report.not_replaced
+    assert mods["fastreid.modeling.losses"].triplet_loss is FR.triplet_loss
+    assert "FAILED to import fastreid.evaluation.rank" in str(report)
+
+
+# ------------------------------------------------ fast-reid: jaccard, build_dist, roc
+def _clustered(n=60, ids=12, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(ids, d, generator=g)
+    f = c[torch.arange(n) % ids] + 0.5 * torch.randn(n, d, generator=g)
+    return torch.nn.functional.normalize(f, dim=1)
+
+
+@pytest.mark.parametrize("k1,k2", [(20, 6), (6, 1), (5, 3)])
+def test_compute_jaccard_distance_as_fastreid(k1, k2):
+    f = _clustered()
+    out = FR.compute_jaccard_distance(f, k1=k1, k2=k2)
+    ref = O.fastreid_compute_jaccard_distance(f, k1=k1, k2=k2)
+    assert out.dtype == np.float32 and out.shape == (60, 60)
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+    assert FR.compute_jaccard_distance(f, k1, k2, fp16=True).dtype == np.float16
+
+
+def test_build_dist_as_fastreid():
+    f = _clustered(seed=1)
+    q, g = f[:20], f[20:]
+    np.testing.assert_allclose(FR.build_dist(q, g), (O.euclidean_dist(q, g) ** 2).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(FR.build_dist(q, g, "cosine"), (1 - q @ g.t()).numpy(), atol=1e-6)
+    jac = FR.build_dist(q, g, "jaccard", k1=6, k2=3)
+    np.testing.assert_allclose(jac, O.fastreid_compute_jaccard_distance(f, 6, 3)[:20, 20:], atol=2e-6)
+    with pytest.raises(ValueError, match="metric must be"):
+        FR.build_dist(q, g, "manhattan")
+    with pytest.raises(ValueError, match="needs k1="):
+        FR.build_dist(q, g, "jaccard")
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_evaluate_roc_as_fastreid(ties):
+    dist, qp, gp, qc, gc = _rank_case(12, Q=15, G=80, ties=ties)
+    scores, labels = FR.evaluate_roc(dist, qp, gp, qc, gc)
+    rs, rl = O.fastreid_evaluate_roc(dist, qp, gp, qc, gc, kind="stable")
+    np.testing.assert_array_equal(scores, rs)
+    np.testing.assert_array_equal(labels, rl)
+    # with numpy's default sort, only the order of tied entries can differ
+    rs, rl = O.fastreid_evaluate_roc(dist, qp, gp, qc, gc)
+    np.testing.assert_array_equal(np.sort(scores[labels == 0]), np.sort(rs[rl == 0]))
+    np.testing.assert_array_equal(labels, rl)
+
+
+# ------------------------------------------------------------ torchreid install()
+@pytest.fixture(params=["torchreid.reid", "torchreid"], ids=["pip_0.2.5_layout", "source_layout"])
+def fake_torchreid(request, monkeypatch):
+    """Stand-ins for torchreid's modules under either layout, bound as torchreid binds them."""
+    p = request.param
+
+    class OrigTripletLoss:
+        def __init__(self, margin=0.3):
+            self.margin = margin
+
+    def orig_eval(*a, **k):
+        return "orig eval"
+
+    def orig_dist(*a, **k):
+        return "orig dist"
+
+    def orig_rerank(*a, **k):
+        return "orig rerank"
+
+    mods = {}
+
+    def mod(name, **attrs):
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        mods[name] = m
+        monkeypatch.setitem(sys.modules, name, m)
+
+    mod("torchreid")
+    if p == "torchreid.reid":
+        mod("torchreid.reid")
+    else:
+        monkeypatch.setitem(sys.modules, "torchreid.reid", None)  # not importable
+    mod(f"{p}.losses.hard_mine_triplet_loss", TripletLoss=OrigTripletLoss)
+    mod(f"{p}.losses", TripletLoss=OrigTripletLoss)
+    mod(f"{p}.engine")
+    mod(f"{p}.engine.image")
+    mod(f"{p}.engine.image.triplet", TripletLoss=OrigTripletLoss)  # ImageTripletEngine builds it
+    mod(f"{p}.metrics.rank", evaluate_rank=orig_eval)
+    mod(f"{p}.metrics.distance", compute_distance_matrix=orig_dist)
+    mod(f"{p}.metrics", evaluate_rank=orig_eval, compute_distance_matrix=orig_dist)
+    mod(f"{p}.utils.rerank", re_ranking=orig_rerank)
+    mod(f"{p}.utils", re_ranking=orig_rerank)
+    mod(f"{p}.engine.engine", re_ranking=orig_rerank)  # Engine.test: metrics.* and re_ranking
+    yield p, mods
+    T.uninstall()
+
+
+def test_torchreid_install_reaches_the_engine(fake_torchreid):
+    p, mods = fake_torchreid
+    report = T.install()
+    assert report.ok, str(report)
+    assert mods[f"{p}.engine.image.triplet"].TripletLoss is T.TripletLoss
+    assert mods[f"{p}.losses"].TripletLoss is T.TripletLoss
+    assert mods[f"{p}.metrics"].evaluate_rank is T.evaluate_rank
+    assert mods[f"{p}.metrics"].compute_distance_matrix is T.compute_distance_matrix
+    assert mods[f"{p}.engine.engine"].re_ranking is T.re_ranking
+    assert f"{p}.engine.image.triplet.TripletLoss" in report
+    assert "torchreid" in str(report)
+    again = T.install()
+    assert again == [] and again.ok
+    T.uninstall()
+    assert mods[f"{p}.engine.image.triplet"].TripletLoss is not T.TripletLoss
+    assert mods[f"{p}.metrics"].evaluate_rank() == "orig eval"
+
+
+def test_torchreid_install_without_torchreid(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchreid", None)
+    with pytest.raises(ImportError, match="torchreid is not installed"):
+        T.install()
+
+
+def test_torchreid_float_labels_as_torchreid():
+    x = torch.randn(8, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    for flabels in (labels.double(), labels.float() * 0.5 + 0.25):
+        assert_same_grad(lambda t: T.TripletLoss()(t, flabels), lambda t: O.torchreid_triplet_loss(t, flabels, 0.3), x)
+    with pytest.raises(TypeError, match="targets must be integer"):
+        T.TripletLoss()(x, labels.bool())
+
+
+def test_torchreid_compute_distance_matrix():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(7, 16, generator=g), torch.randn(9, 16, generator=g)
+    torch.testing.assert_close(T.compute_distance_matrix(a, b), O.euclidean_dist(a, b) ** 2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(T.compute_distance_matrix(a, b, "cosine"),
+                               1 - torch.nn.functional.normalize(a) @ torch.nn.functional.normalize(b).t())
+    with pytest.raises(ValueError, match="unknown distance metric"):
+        T.compute_distance_matrix(a, b, "l1")
+    with pytest.raises(ValueError, match="same feature dim"):
+        T.compute_distance_matrix(a, b[:, :3])
+
+
+def test_torchreid_re_ranking_takes_what_engine_test_passes():
+    g = torch.Generator().manual_seed(6)
+    qf, gf = torch.randn(8, 6, generator=g), torch.randn(22, 6, generator=g)
+    qg = T.compute_distance_matrix(qf, gf).numpy()  # Engine.test: numpy q_g, tensor q_q / g_g
+    qq, gg = T.compute_distance_matrix(qf, qf), T.compute_distance_matrix(gf, gf)
+    out = T.re_ranking(qg, qq, gg, k1=6, k2=3)
+    assert isinstance(out, np.ndarray) and out.shape == (8, 22) and out.dtype == np.float32
+    np.testing.assert_allclose(out, R.re_ranking_dense(qg, qq.numpy(), gg.numpy(), k1=6, k2=3, lambda_value=0.3),
+                               atol=1e-5)
+
+
+# ------------------------------------------------------- the originals' exact orders
+def test_fastreid_euclidean_dist_in_fastreids_op_order():
+    """fast-reid rounds ``xx + yy - 2 * matmul`` (not AlignedReID's ``addmm_``): the same
+    operations give the same float32 values, with and without autograd, fused or not."""
+    g = torch.Generator().manual_seed(21)
+    for C in (9, 512):
+        x, y = torch.randn(64, C, generator=g), torch.randn(48, C, generator=g)
+        ref = O.fastreid_euclidean_dist(x, y)
+        with torch.no_grad():
+            assert torch.equal(FR.euclidean_dist(x, y), ref)
+        assert torch.equal(FR.euclidean_dist(x.requires_grad_(), y).detach(), ref)
+        assert torch.equal(FR.euclidean_dist(x, x).detach(), O.fastreid_euclidean_dist(x, x))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_evaluate_rank_offers_the_originals_tie_order(ties):
+    dist, qp, gp, qc, gc = _rank_case(22, G=300, ties=ties)
+    cmc_o, ap_o, inp_o = O.eval_market1501(dist, qp, gp, qc, gc, 50)  # numpy's default sort, as the originals
+    cmc, mAP = T.evaluate_rank(dist, qp, gp, qc, gc, kind="quicksort")
+    np.testing.assert_allclose(cmc, cmc_o, rtol=1e-6)
+    assert mAP == pytest.approx(np.mean(ap_o), rel=1e-12)
+    cmc2, aps, inps = FR.evaluate_rank(dist, qp, gp, qc, gc, kind="quicksort")
+    np.testing.assert_allclose(cmc2, cmc_o, rtol=1e-6)
+    np.testing.assert_allclose(aps, ap_o, rtol=1e-12)
+    np.testing.assert_allclose(inps, inp_o, rtol=1e-12)
+    # the default (gallery order for ties) through the sorted path equals the C++ operator
+    c3, a3, i3 = FR.evaluate_rank(dist, qp, gp, qc, gc)
+    c4, a4, i4 = FR.evaluate_rank(dist, qp, gp, qc, gc, kind="mergesort")  # also stable
+    np.testing.assert_allclose(c3, c4, rtol=1e-6)
+    np.testing.assert_allclose(a3, a4, rtol=1e-12)
+    np.testing.assert_allclose(i3, i4, rtol=1e-12)
