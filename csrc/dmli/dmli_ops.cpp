@@ -429,14 +429,18 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "_local_dist_tile_plan(str backend, int M, int N, int m, int n, int elem_size, "
       "int chunk_size=0) -> int[]",
       &partdist::dmli::local_dist_tile_plan);
-  m.def("_tf32_split_operands(Tensor a, Tensor b) -> (Tensor, Tensor)",
-        &partdist::dmli::tf32_split_operands_op);
+  m.def("_tf32_split_operands(Tensor a, Tensor b) -> (Tensor, Tensor)");
   m.def(
       "_batch_local_dist_fwd_cells(Tensor x, Tensor y, bool normalize, float gamma, float band) "
       "-> (Tensor, Tensor)");
   m.def(
       "_batch_local_dist_backward_cells(Tensor grad, Tensor x, Tensor y, Tensor cells, "
       "bool normalize, float gamma, float band) -> (Tensor, Tensor)");
+}
+
+// ATen ops on any device (and a fake kernel in Python)
+TORCH_LIBRARY_IMPL(partdist, CompositeExplicitAutograd, m) {
+  m.impl("_tf32_split_operands", &partdist::dmli::tf32_split_operands_op);
 }
 
 TORCH_LIBRARY_IMPL(partdist, CPU, m) {

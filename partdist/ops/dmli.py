@@ -107,6 +107,12 @@ def _(grad, x, y, normalize, chunk_size, gamma, band, unaligned):
     return contiguous_like(x), contiguous_like(y)
 
 
+@torch.library.register_fake("partdist::_tf32_split_operands")
+def _(a, b):
+    k = a.shape[-1]
+    return a.new_empty((*a.shape[:-1], 3 * k)), b.new_empty((*b.shape[:-2], 3 * k, b.shape[-1]))
+
+
 # under torch.autocast: float32 in and out (see autocast_to_float32)
 autocast_to_float32("local_dist_matrix", "dmli", "batch_local_dist", "local_dist")
 
