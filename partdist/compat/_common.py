@@ -309,9 +309,8 @@ class _MinedDist(torch.autograd.Function):
             # fast-reid's max(dist * is_pos, dim=1) itself: a non-positive column (0 after
             # the mask) wins where the positives are below 0 or tie at 0 later; the
             # gradient passes only where the winner is a positive column
-            pos = labels[:, None] == labels[None, :]
-            ap, p_inds = (D * pos).max(1)
-            keep_ap = pos.gather(1, p_inds[:, None]).squeeze(1)
+            ap, p_inds = (D * (labels[:, None] == labels[None, :])).max(1)
+            keep_ap = labels[p_inds] == labels
         ctx.kind = kind
         if kind == "cosine":
             ctx.cos = clamped
@@ -334,7 +333,7 @@ class _MinedDist(torch.autograd.Function):
                 G.scatter_add_(1, p_inds[:, None], g_ap[:, None])
         if g_an is not None:
             # no gradient to anchors without negative (n_inds -1)
-            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            g_an = torch.where(valid, g_an, 0.0)
             n_inds = n_inds.clamp_min(0)
             if wn is not None:
                 G.addcmul_(wn, g_an[:, None])
