@@ -105,11 +105,14 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
     elif hard_mining:
         # small float32 / float64 batches: fast-reid's masked max / min itself (fewer
         # operations than the fused mining's, which pays off from _common._SMALL on)
+        # (masked_fill gives the same values and gradient as fast-reid's products with
+        # 0 / 1 masks, in fewer operations)
+        # (under autocast the distance may come out half: fast-reid's float32 masks promote it)
         dist_mat = cosine_dist(embedding, embedding) if norm_feat else euclidean_dist(embedding, embedding)
-        N = dist_mat.size(0)
-        is_pos = targets.view(N, 1).eq(targets.view(1, N)).to(dtype)
-        dist_ap = torch.max(dist_mat * is_pos, dim=1)[0]
-        dist_an = torch.min(dist_mat * (1 - is_pos) + is_pos * 1e9, dim=1)[0]
+        dist_mat = dist_mat.to(torch.promote_types(dist_mat.dtype, dtype))
+        pos = targets[:, None] == targets[None, :]
+        dist_ap = torch.max(dist_mat.masked_fill(~pos, 0), dim=1)[0]
+        dist_an = torch.min(dist_mat.masked_fill(pos, 1e9), dim=1)[0]
     else:
         dist_mat = cosine_dist(embedding, embedding) if norm_feat else euclidean_dist(embedding, embedding)
         dist_mat = dist_mat.to(dtype)
