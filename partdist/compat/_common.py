@@ -284,7 +284,6 @@ class _MinedDist(torch.autograd.Function):
     @staticmethod
     @_autocast_off
     def forward(ctx, x, labels, kind, split_ties, zero_ap):
-        N = x.shape[0]
         if kind in ("euclidean", "euclidean_matmul"):
             d2 = _sq_dist_(x, x, "matmul" if kind == "euclidean_matmul" else "addmm")
             clamped = _clamped(d2)
@@ -305,21 +304,21 @@ class _MinedDist(torch.autograd.Function):
             wp = tie_p.to(D.dtype) / tie_p.sum(1).clamp_min(1).to(D.dtype)[:, None]
             wn = tie_n.to(D.dtype) / tie_n.sum(1).clamp_min(1).to(D.dtype)[:, None]
         keep_ap = None
+        p_inds = m.p_inds
         if zero_ap:
-            neg = labels[None, :] != labels[:, None]
-            has_neg = neg.any(1)
-            first_neg = torch.where(has_neg, neg.to(torch.uint8).argmax(1), N)
-            zero_wins = has_neg & ((ap < 0) | ((ap == 0) & (first_neg < m.p_inds)))
-            ap = ap.masked_fill(zero_wins, 0)
-            keep_ap = ~zero_wins
+            # fast-reid's max(dist * is_pos, dim=1) itself: a non-positive column (0 after
+            # the mask) wins where the positives are below 0 or tie at 0 later; the
+            # gradient passes only where the winner is a positive column
+            ap, p_inds = (D * (labels[:, None] == labels[None, :])).max(1)
+            keep_ap = labels[p_inds] == labels
         ctx.kind = kind
         if kind == "cosine":
             ctx.cos = clamped
             clamped = None
-        ctx.save_for_backward(x, D, clamped, m.p_inds, m.n_inds, valid, wp, wn, keep_ap)
-        ctx.mark_non_differentiable(m.p_inds, m.n_inds, valid)
+        ctx.save_for_backward(x, D, clamped, p_inds, m.n_inds, valid, wp, wn, keep_ap)
+        ctx.mark_non_differentiable(p_inds, m.n_inds, valid)
         ctx.set_materialize_grads(False)
-        return D, ap, an, m.p_inds, m.n_inds, valid
+        return D, ap, an, p_inds, m.n_inds, valid
 
     @staticmethod
     def backward(ctx, gD, g_ap, g_an, _gp, _gn, _gv):
@@ -334,7 +333,7 @@ class _MinedDist(torch.autograd.Function):
                 G.scatter_add_(1, p_inds[:, None], g_ap[:, None])
         if g_an is not None:
             # no gradient to anchors without negative (n_inds -1)
-            g_an = torch.where(valid, g_an, torch.zeros((), dtype=g_an.dtype, device=g_an.device))
+            g_an = torch.where(valid, g_an, 0.0)
             n_inds = n_inds.clamp_min(0)
             if wn is not None:
                 G.addcmul_(wn, g_an[:, None])

@@ -101,6 +101,10 @@ def cmc(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_cams
     query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)
     query_cams, gallery_cams = np.asarray(query_cams), np.asarray(gallery_cams)
     m = distmat.shape[0]
+    ids = (query_ids, gallery_ids, query_cams, gallery_cams)
+    if (first_match_break and not single_gallery_shot and not separate_camera_set and kind == "stable"
+            and all(np.issubdtype(a.dtype, np.integer) for a in ids)):
+        return _cmc_first_match(distmat, ids, topk, average)
     indices, matches, valid, gid, gcam = _valid(distmat, query_ids, gallery_ids, query_cams, gallery_cams, kind)
     if separate_camera_set:
         valid &= gcam != query_cams[:, None]
@@ -140,6 +144,27 @@ def cmc(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_cams
     if num_valid == 0:
         raise RuntimeError("No valid query")
     ret = ret.cumsum(axis=1)
+    if average:
+        return np.sum(ret, axis=0) / num_valid
+    return ret, is_valid_query
+
+
+def _cmc_first_match(distmat, ids, topk, average):
+    """:func:`cmc` with ``first_match_break`` from the rank of each query's first match,
+    counted by partdist's ranking operator (no sort of the rows; ties by gallery index)."""
+    import torch
+
+    from .. import _C  # noqa: F401  (registers torch.ops.partdist)
+
+    d = distmat if distmat.dtype in (np.float32, np.float64) else distmat.astype(np.float64)
+    t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in ids]
+    firsts = torch.ops.partdist.rank_metrics(torch.from_numpy(np.ascontiguousarray(d)), *t, False, False)[0].numpy()
+    is_valid_query = (firsts > 0).astype(np.float64)
+    num_valid = int(is_valid_query.sum())
+    if num_valid == 0:
+        raise RuntimeError("No valid query")
+    ret = (np.arange(1, topk + 1)[None, :] >= firsts[:, None]) & (firsts[:, None] > 0)
+    ret = ret.astype(np.float64)
     if average:
         return np.sum(ret, axis=0) / num_valid
     return ret, is_valid_query

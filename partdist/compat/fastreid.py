@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from .._checks import check_features, check_labels
+from ._common import _fused, mined_dist, ranking_loss
 from ._common import cosine_dist as _cosine_dist
 from ._common import euclidean_dist as _euclidean
-from ._common import mined_dist, ranking_loss
 
 __all__ = ["triplet_loss", "euclidean_dist", "cosine_dist", "evaluate_rank", "re_ranking", "evaluate_roc",
            "build_dist", "compute_jaccard_distance", "install", "uninstall", "InstallReport"]
@@ -78,9 +78,7 @@ def _hard_mined(embedding, targets, norm_feat, dtype):
         _, m = mined_dist(embedding, targets, "cosine", zero_ap=True)
     else:
         _, m = mined_dist(embedding, targets, "euclidean_matmul")
-    ap, an = m.dist_ap.to(dtype), m.dist_an.to(dtype)
-    big = torch.full((), 1e9, dtype=dtype, device=an.device)
-    return ap, torch.where(m.valid, an, big)
+    return m.dist_ap.to(dtype), torch.where(m.valid, m.dist_an.to(dtype), 1e9)
 
 
 def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
@@ -102,8 +100,19 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
     check_labels(op, "targets", targets, embedding.shape[0], "one label per row of embedding")
     # fast-reid's float32 masks promote half distances: the mining and the loss run in float32
     dtype = torch.promote_types(embedding.dtype, torch.float32)
-    if hard_mining:
+    if hard_mining and (_fused(embedding, embedding) or embedding.dtype in (torch.float16, torch.bfloat16)):
         dist_ap, dist_an = _hard_mined(embedding, targets, norm_feat, dtype)
+    elif hard_mining:
+        # small float32 / float64 batches: fast-reid's masked max / min itself (fewer
+        # operations than the fused mining's, which pays off from _common._SMALL on)
+        # (masked_fill gives the same values and gradient as fast-reid's products with
+        # 0 / 1 masks, in fewer operations)
+        # (under autocast the distance may come out half: fast-reid's float32 masks promote it)
+        dist_mat = cosine_dist(embedding, embedding) if norm_feat else euclidean_dist(embedding, embedding)
+        dist_mat = dist_mat.to(torch.promote_types(dist_mat.dtype, dtype))
+        pos = targets[:, None] == targets[None, :]
+        dist_ap = torch.max(dist_mat.masked_fill(~pos, 0), dim=1)[0]
+        dist_an = torch.min(dist_mat.masked_fill(pos, 1e9), dim=1)[0]
     else:
         dist_mat = cosine_dist(embedding, embedding) if norm_feat else euclidean_dist(embedding, embedding)
         dist_mat = dist_mat.to(dtype)

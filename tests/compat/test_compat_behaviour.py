@@ -92,7 +92,7 @@ def test_aligned_view_mining_gives_ties_to_the_first_index():
 
 @pytest.mark.parametrize("labels", [torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 3, 3]), torch.arange(6)],
                          ids=["unequal_k_and_singletons", "all_singletons"])
-def test_unequal_k_and_single_image_identities(labels):
+def test_unequal_k_and_single_image_identities(labels, fastreid_path):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(len(labels), 7, generator=g, dtype=torch.float64)
     assert_same_grad(lambda t: T.TripletLoss(0.3)(t, labels), lambda t: O.torchreid_triplet_loss(t, labels, 0.3), x)
@@ -128,17 +128,25 @@ def test_shortest_dist_more_than_128_stripes(shape):
 
 
 # ------------------------------------------------------------- fast-reid loss
+@pytest.fixture(params=["formula", "fused"])
+def fastreid_path(request, monkeypatch):
+    """fast-reid's hard mining runs its own formula below compat._common._SMALL and the
+    fused mining above: test both on the same small batches."""
+    monkeypatch.setattr(_common, "_SMALL", 1 << 62 if request.param == "formula" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("norm_feat", [False, True])
 @pytest.mark.parametrize("hard_mining", [True, False])
 @pytest.mark.parametrize("margin", [0.3, 0.0])
-def test_fastreid_triplet_loss(norm_feat, hard_mining, margin):
+def test_fastreid_triplet_loss(norm_feat, hard_mining, margin, fastreid_path):
     x, labels = _dup_batch(5)
     assert_same_grad(lambda t: FR.triplet_loss(t, labels, margin, norm_feat, hard_mining),
                      lambda t: O.fastreid_triplet_loss(t, labels, margin, norm_feat, hard_mining), x,
                      rtol=1e-6, atol=1e-7)
 
 
-def test_fastreid_no_negative_and_soft_margin_fallback():
+def test_fastreid_no_negative_and_soft_margin_fallback(fastreid_path):
     x = torch.randn(5, 3, dtype=torch.float64)
     one_id = torch.zeros(5, dtype=torch.long)
     assert_same_grad(lambda t: FR.triplet_loss(t, one_id, 0.3, False, True),
