@@ -63,10 +63,11 @@ rebuild:
 test: build
 	$(PY) -m pytest tests -q
 
-# one worker per core (pytest-xdist): the small tests spread over them; TEST_WORKERS=0 runs them in this process
+# one worker per core (pytest-xdist), each test file on one worker (its module fixtures made
+# once); TEST_WORKERS=0 runs them in this process
 TEST_WORKERS ?= auto
 test-fast: build
-	$(PY) -m pytest tests -q -m "not slow" -n $(TEST_WORKERS)
+	$(PY) -m pytest tests -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # make demo replaces its own earlier output in runs/demo (the command alone refuses to)
 DEMO_FLAGS ?= --overwrite

@@ -3,16 +3,18 @@ error: ...`` naming the flag, exit status 2, no traceback, and nothing on disk l
 overwritten; ``--debug`` shows the traceback. Plus what a run leaves behind (run.json, best.pt,
 results of ``eval --out``) and the package's API names.
 
-The mistakes run ``partdist.cli.main`` in this process (:func:`cli`: exit status, stdout and
-stderr as the interpreter would give them); the training run and the evaluation of what it left
-run the installed ``partdist`` command in a subprocess (:func:`run_command`)."""
+Every command runs ``partdist.cli.main`` in this process (:func:`cli`, :func:`run_command`: exit
+status, stdout and stderr as the interpreter would give them); the installed command in a fresh
+process is run by the tests about processes (tests/train/test_train_interrupt.py, torchrun in
+tests/search/test_search_cli.py)."""
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
 import re
-import subprocess
 import sys
 import traceback
 import types
@@ -25,13 +27,13 @@ TRAIN = ["--backbone", "compact", "--height", "64", "--width", "32", "--p", "2",
          "--seed", "0"]
 
 
-def run_command(*args, timeout=120):
-    """``partdist ARGS`` in a subprocess: the installed command (the console script beside this
-    Python), or ``python -m partdist.cli`` where the package is only built in place."""
-    script = os.path.join(os.path.dirname(sys.executable), "partdist")
-    cmd = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "partdist.cli"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+def run_command(*args):
+    """``partdist ARGS`` in this process, for fixtures wider than a test (no ``capfd``): exit
+    status and what Python wrote to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _exit_status([str(a) for a in args])
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _exit_status(argv):

@@ -166,7 +166,9 @@ def _flagify(msg: str) -> str:
 def _check_out(out: str, resume: bool, overwrite: bool, run_dir: str = None):
     """``--out`` holding a run needs ``--resume`` or ``--overwrite``; ``--resume`` needs a run.
     ``run_dir``: where the run's checkpoint is (default ``out`` itself)."""
-    ckpt = os.path.join(run_dir or out, "checkpoint.pt")
+    from ..runs import CHECKPOINT
+
+    ckpt = os.path.join(run_dir or out, CHECKPOINT)
     if resume and overwrite:
         raise CLIError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                        "--overwrite replaces it; give one")

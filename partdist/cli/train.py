@@ -164,7 +164,7 @@ def cmd_train(args):
     """Single process, or one process of a DDP run: under ``torchrun`` (or with
     ``--distributed``) the process group is initialized from the environment first."""
     from .. import distributed as pdist
-    from ..runs import CHECKPOINT, CheckpointError, check_checkpoint_matches, load_checkpoint
+    from ..runs import CHECKPOINT, RUN_JSON, CheckpointError, check_checkpoint_matches, load_checkpoint
     from ..train import Trainer, make_batches
 
     _resolve_resumed(args)
@@ -212,7 +212,7 @@ def cmd_train(args):
     if main_rank:
         _print_config(cfg)
         os.makedirs(cfg.out, exist_ok=True)
-        write_json(os.path.join(cfg.out, "run.json"), {
+        write_json(os.path.join(cfg.out, RUN_JSON), {
             "config": dataclasses.asdict(cfg), "data": os.path.abspath(args.data), "dataset": args.dataset,
             "dataset_stats": stats, "num_classes": num_classes, "partdist": _version(), "torch": torch.__version__,
             "command": sys.argv,

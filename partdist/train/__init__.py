@@ -25,6 +25,13 @@ exactly so only where BatchNorm does not use per-rank batch statistics: ``freeze
 resumes from the same checkpoint, and since the global batches are a function of
 ``(seed, epoch)`` a run may be resumed with another number of ranks.
 
+Mixed precision and compilation (``cfg.amp``, ``cfg.compile``; ``partdist train --amp``,
+``--compile``): the forward and the losses run under ``torch.autocast`` (bfloat16, or float16
+with a ``GradScaler`` whose state is checkpointed) and/or through ``torch.compile`` (default
+backend); the weights and the optimizer stay float32. Both are saved in the run's configuration,
+and ``partdist train --resume`` keeps the run's values unless the flags are given. A CUDA
+device ``cuda:N`` is made the current device (:func:`partdist.train.trainer.select_device`).
+
 The run's configuration and its checkpoint files live in :mod:`partdist.runs`; this package
 holds the :class:`Trainer` (:mod:`.trainer`), the P x K batches (:mod:`.batches`), the
 progress display (:mod:`.progress`) and a pair model's step on batches of pairs (:mod:`.pairs`).
