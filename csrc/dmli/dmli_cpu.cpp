@@ -397,7 +397,16 @@ void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
     std::fill(gyp, gyp + n * C, T(0));
     return;
   }
-  bool ydone[kMaxStripes] = {};
+  // rows of gy written so far (n may exceed kMaxStripes in the kCells mode)
+  bool small[kMaxStripes] = {};
+  std::vector<bool> large(n > kMaxStripes ? n : 0, false);
+  auto ydone = [&](int j) -> bool { return n > kMaxStripes ? bool(large[j]) : small[j]; };
+  auto set_ydone = [&](int j) {
+    if (n > kMaxStripes)
+      large[j] = true;
+    else
+      small[j] = true;
+  };
   for (int i = 0; i < m; ++i) {
     bool xdone = false;
     for (int j = 0; j < n; ++j) {
@@ -406,17 +415,18 @@ void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
       const T *a = xp + i * C, *b = yp + j * C;
       T *ga = gxp + i * C, *gb = gyp + j * C;
       if (!xdone)
-        ydone[j] ? cell_grad<T, true, false>(wij, a, b, C, ga, gb)
+        ydone(j) ? cell_grad<T, true, false>(wij, a, b, C, ga, gb)
                  : cell_grad<T, true, true>(wij, a, b, C, ga, gb);
       else
-        ydone[j] ? cell_grad<T, false, false>(wij, a, b, C, ga, gb)
+        ydone(j) ? cell_grad<T, false, false>(wij, a, b, C, ga, gb)
                  : cell_grad<T, false, true>(wij, a, b, C, ga, gb);
-      xdone = ydone[j] = true;
+      xdone = true;
+      set_ydone(j);
     }
     if (!xdone) std::fill(gxp + i * C, gxp + (i + 1) * C, T(0));
   }
   for (int j = 0; j < n; ++j)
-    if (!ydone[j]) std::fill(gyp + j * C, gyp + (j + 1) * C, T(0));
+    if (!ydone(j)) std::fill(gyp + j * C, gyp + (j + 1) * C, T(0));
 }
 
 // The raw stripe distances r and the cell values d (as FusedCells gives them) of one
