@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../common/ptr.h"
@@ -172,12 +173,17 @@ void simd_local_dist_forward(const Prepared& P, bool normalize, const DPRule& ru
                              allowed.empty() ? nullptr : allowed.data()};
   const int64_t qb = std::min(M, kQueries), gb = std::min(N, K.lanes * kGalleryBlocks);
   const int64_t tn = (N + gb - 1) / gb, tasks = ((M + qb - 1) / qb) * tn;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  // tasks handed out one at a time from a shared counter (not a static split): a thread
+  // that runs slower (a busy core, a descheduled thread) takes fewer of them
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(size_t(K.allpairs_scratch(qb, m, n, C)));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t a0 = (t / tn) * qb, b0 = (t % tn) * gb;
-      K.allpairs(A, a0, std::min(a0 + qb, M), b0, std::min(b0 + gb, N), scratch.data());
-    }
+    for (int64_t w = begin; w < end; ++w)
+      for (int64_t t = next++; t < tasks; t = next++) {
+        const int64_t a0 = (t / tn) * qb, b0 = (t % tn) * gb;
+        K.allpairs(A, a0, std::min(a0 + qb, M), b0, std::min(b0 + gb, N), scratch.data());
+      }
   });
 }
 }  // namespace
