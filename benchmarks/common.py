@@ -80,6 +80,10 @@ def peak_extra_memory(fn, device="cpu"):
     return max(0, peak - base)
 
 
+def _kind(target):
+    return "GPU" if target["device"] == "cuda" else target["device"].upper()
+
+
 def fmt_time(s):
     if s is None:
         return "-"
@@ -202,7 +206,7 @@ class Results:
                 t["value"] = float(value)
                 lim = t["limit"]
                 t["met"] = {"<": value < lim, "<=": value <= lim, ">=": value >= lim, ">": value > lim}[t["op"]]
-                print(f"GPU target {name}: {'met' if t['met'] else 'MISSED'} "
+                print(f"{_kind(t)} target {name}: {'met' if t['met'] else 'MISSED'} "
                       f"(measured {value:.4g}{t['unit']}, goal {t['op']} {lim}{t['unit']})")
                 self._write()
                 return t["met"]
@@ -211,7 +215,7 @@ class Results:
     def finish(self):
         for t in self.data["targets"]:
             if t["met"] is None:
-                print(f"GPU target {t['name']}: not measured (no {t['device']} run)")
+                print(f"{_kind(t)} target {t['name']}: not measured (no {t['device']} run at its size and setting)")
         self._write()
 
     def _write(self):

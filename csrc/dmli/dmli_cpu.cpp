@@ -18,10 +18,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../common/ptr.h"
 #include "dmli_kernels.h"
+#include "dmli_simd.h"
 
 namespace partdist {
 namespace dmli {
@@ -140,8 +142,58 @@ Tiling CpuKernels::local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n,
   return tiling_for(M, N, tile_pairs(chunk_size, kCpuThreadTileBytes, m * n * elem));
 }
 
+namespace {
+// float32, hard minimum (band or not): the kernels of dmli_simd.h for the CPU's
+// instruction set, the dot products computed in registers right where the DP needs
+// them (no GEMM output in memory). Tasks of kQueries first images x kGalleryBlocks
+// blocks of second images; per-thread scratch only (~4 KB per first image for C = 128,
+// m = 8).
+void simd_local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,
+                             const at::Tensor& out) {
+  constexpr int64_t kQueries = 64, kGalleryBlocks = 32;
+  const simd::Kernels& K = simd::kernels();
+  const int64_t M = P.x.size(0), N = P.y.size(0), C = P.x.size(2);
+  const int m = int(P.x.size(1)), n = int(P.y.size(1));
+  std::vector<unsigned char> allowed;
+  if (rule.band >= 0.0) {
+    allowed.resize(size_t(m) * n);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) allowed[size_t(i) * n + j] = rule.allowed(i, j, m, n) ? 1 : 0;
+  }
+  const simd::AllPairsArgs A{P.x.const_data_ptr<float>(),
+                             P.y.const_data_ptr<float>(),
+                             P.xx.const_data_ptr<float>(),
+                             P.yy.const_data_ptr<float>(),
+                             out.mutable_data_ptr<float>(),
+                             N,
+                             C,
+                             m,
+                             n,
+                             normalize,
+                             allowed.empty() ? nullptr : allowed.data()};
+  const int64_t qb = std::min(M, kQueries), gb = std::min(N, K.lanes * kGalleryBlocks);
+  const int64_t tn = (N + gb - 1) / gb, tasks = ((M + qb - 1) / qb) * tn;
+  // tasks handed out one at a time from a shared counter (not a static split): a thread
+  // that runs slower (a busy core, a descheduled thread) takes fewer of them
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(size_t(K.allpairs_scratch(qb, m, n, C)));
+    for (int64_t w = begin; w < end; ++w)
+      for (int64_t t = next++; t < tasks; t = next++) {
+        const int64_t a0 = (t / tn) * qb, b0 = (t % tn) * gb;
+        K.allpairs(A, a0, std::min(a0 + qb, M), b0, std::min(b0 + gb, N), scratch.data());
+      }
+  });
+}
+}  // namespace
+
 void CpuKernels::local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,
                                     int64_t chunk_size, const at::Tensor& out) {
+  if (P.x.scalar_type() == at::kFloat && !rule.diag && rule.gamma == 0.0) {
+    simd_local_dist_forward(P, normalize, rule, out);
+    return;
+  }
   const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
   const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size);
   const int64_t pad = kLanes;
@@ -317,9 +369,27 @@ Lanes<T, kLanes>* lane_cell_grads(AlignedScratch<T>& s, const AlignedPairs<T>& A
   return gcell;
 }
 
-// gx, gy of pair p (zeroed first) from its cell weights w (m*n, row-major; see
-// cell_weight), in row-major order of the cells with a nonzero weight; w == nullptr:
-// zeros only.
+// gx, gy of pair p from its cell weights w (m*n, row-major; see cell_weight): the cells
+// with a nonzero weight add their gradients in row-major order, the first one into a
+// row of gx or gy writes it instead (0 + d and 0 - d are d and -d exactly: the same
+// values as zeroing first, without the memset); rows without any get zeros.
+// w == nullptr: zeros only.
+template <typename T, bool kSetA, bool kSetB>
+inline void cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    T d = w * (a[c] - b[c]);
+    if (kSetA)
+      ga[c] = d;
+    else
+      ga[c] += d;
+    if (kSetB)
+      gb[c] = -d;
+    else
+      gb[c] -= d;
+  }
+}
+
 template <typename T>
 void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
   const int m = A.m, n = A.n;
@@ -328,13 +398,41 @@ void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
   const T* yp = A.y + p * n * C;
   T* gxp = gx + p * m * C;
   T* gyp = gy + p * n * C;
-  std::fill(gxp, gxp + m * C, T(0));
-  std::fill(gyp, gyp + n * C, T(0));
-  if (w == nullptr) return;
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < n; ++j)
-      if (w[i * n + j] != T(0))
-        add_cell_grad(w[i * n + j], xp + i * C, yp + j * C, C, gxp + i * C, gyp + j * C);
+  if (w == nullptr) {
+    std::fill(gxp, gxp + m * C, T(0));
+    std::fill(gyp, gyp + n * C, T(0));
+    return;
+  }
+  // rows of gy written so far (n may exceed kMaxStripes in the kCells mode)
+  bool small[kMaxStripes] = {};
+  std::vector<bool> large(n > kMaxStripes ? n : 0, false);
+  auto ydone = [&](int j) -> bool { return n > kMaxStripes ? bool(large[j]) : small[j]; };
+  auto set_ydone = [&](int j) {
+    if (n > kMaxStripes)
+      large[j] = true;
+    else
+      small[j] = true;
+  };
+  for (int i = 0; i < m; ++i) {
+    bool xdone = false;
+    for (int j = 0; j < n; ++j) {
+      const T wij = w[i * n + j];
+      if (wij == T(0)) continue;
+      const T *a = xp + i * C, *b = yp + j * C;
+      T *ga = gxp + i * C, *gb = gyp + j * C;
+      if (!xdone)
+        ydone(j) ? cell_grad<T, true, false>(wij, a, b, C, ga, gb)
+                 : cell_grad<T, true, true>(wij, a, b, C, ga, gb);
+      else
+        ydone(j) ? cell_grad<T, false, false>(wij, a, b, C, ga, gb)
+                 : cell_grad<T, false, true>(wij, a, b, C, ga, gb);
+      xdone = true;
+      set_ydone(j);
+    }
+    if (!xdone) std::fill(gxp + i * C, gxp + (i + 1) * C, T(0));
+  }
+  for (int j = 0; j < n; ++j)
+    if (!ydone(j)) std::fill(gyp + j * C, gyp + (j + 1) * C, T(0));
 }
 
 // The raw stripe distances r and the cell values d (as FusedCells gives them) of one

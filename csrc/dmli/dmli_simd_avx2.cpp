@@ -1,0 +1,40 @@
+// dmli_simd_body.h for AVX2 + FMA (8 float lanes), whatever the build's flags; run
+// only where the CPU has both (common/cpu_isa.h).
+#include "../common/cpu_isa.h"
+#include "dmli_simd.h"
+
+#if PARTDIST_X86_DISPATCH
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace partdist {
+namespace dmli {
+namespace simd {
+namespace avx2 {
+struct VT {
+  static constexpr int NV = 3, ROWS = 4;
+  static constexpr int W = 8;
+  typedef float V __attribute__((vector_size(4 * W)));
+  // rsqrt / rcp estimates (12 bits) and one Newton step: ~2 ulp, a fraction of the cost
+  // of vsqrtps / vdivps, whose throughput limits the cells otherwise
+  static inline V sqrt(V s) {
+    const V y = V(_mm256_rsqrt_ps(__m256(s)));
+    const V r = s * y;
+    return r * (1.5f - 0.5f * r * y);
+  }
+  static inline V div(V p, V q) {
+    V y = V(_mm256_rcp_ps(__m256(q)));
+    y = y * (2.0f - q * y);
+    return p * y;
+  }
+};
+#include "dmli_simd_body.h"
+}  // namespace avx2
+}  // namespace simd
+}  // namespace dmli
+}  // namespace partdist
+
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,58 @@
+// dmli_simd_body.h at the build's own flags: the fallback of every CPU (generic, 8
+// lanes), and the 16-lane code of the AVX-512 kernels for testing on any CPU
+// (generic16). Selected by common/cpu_isa.h; kernels() here picks among all levels.
+#include "../common/cpu_isa.h"
+#include "dmli_simd.h"
+
+namespace partdist {
+namespace dmli {
+namespace simd {
+
+namespace generic {
+struct VT {
+  static constexpr int NV = 3, ROWS = 4;
+  static constexpr int W = 8;
+  typedef float V __attribute__((vector_size(4 * W)));
+  static inline V sqrt(V v) {
+    V r;
+    for (int l = 0; l < W; ++l) r[l] = __builtin_sqrtf(v[l]);
+    return r;
+  }
+  static inline V div(V p, V q) { return p / q; }
+};
+#include "dmli_simd_body.h"
+}  // namespace generic
+
+namespace generic16 {
+struct VT {
+  static constexpr int NV = 2, ROWS = 8;
+  static constexpr int W = 16;
+  typedef float V __attribute__((vector_size(4 * W)));
+  static inline V sqrt(V v) {
+    V r;
+    for (int l = 0; l < W; ++l) r[l] = __builtin_sqrtf(v[l]);
+    return r;
+  }
+  static inline V div(V p, V q) { return p / q; }
+};
+#include "dmli_simd_body.h"
+}  // namespace generic16
+
+const Kernels& kernels() {
+  switch (cpu_isa()) {
+#if PARTDIST_X86_DISPATCH
+    case CpuIsa::kAvx512:
+      return avx512::kKernels;
+    case CpuIsa::kAvx2:
+      return avx2::kKernels;
+#endif
+    case CpuIsa::kGeneric16:
+      return generic16::kKernels;
+    default:
+      return generic::kKernels;
+  }
+}
+
+}  // namespace simd
+}  // namespace dmli
+}  // namespace partdist

@@ -1,0 +1,113 @@
+"""CPU kernels compiled per instruction set and picked at run time (csrc/common/cpu_isa.h):
+every level this CPU runs gives the values of the float64 kernels, at the sizes around its
+SIMD blocks, with every DP variant it serves, NaN and non-contiguous inputs."""
+
+import pytest
+import torch
+
+import partdist
+
+LEVELS = ["generic", "generic16", "avx2", "avx512"]
+
+
+def runnable_levels():
+    ops = torch.ops.partdist
+    current = ops._cpu_isa("")
+    out = []
+    for level in LEVELS:
+        try:
+            ops._cpu_isa(level)
+        except RuntimeError:
+            continue
+        out.append(level)
+    ops._cpu_isa(current)
+    return out
+
+
+RUNNABLE = runnable_levels()
+
+
+@pytest.fixture(params=RUNNABLE)
+def level(request):
+    ops = torch.ops.partdist
+    prev = ops._cpu_isa(request.param)
+    assert ops._cpu_isa("") == request.param
+    yield request.param
+    ops._cpu_isa(prev)
+
+
+def rand(M, N, m, n, C, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(M, m, C, generator=g), torch.randn(N, n, C, generator=g)
+
+
+def expected(x, y, **kw):
+    """float64 kernels (not the float32 SIMD path) on the float32 inputs."""
+    return partdist.local_dist(x.double(), y.double(), **kw).float()
+
+
+@pytest.mark.parametrize("M,N", [(1, 1), (3, 7), (2, 8), (5, 9), (4, 16), (3, 17), (33, 70)])
+@pytest.mark.parametrize("m,n", [(8, 8), (6, 5), (1, 4), (11, 3), (17, 9)])
+def test_local_dist_levels_match_float64(level, M, N, m, n):
+    x, y = rand(M, N, m, n, 24, seed=M * 100 + N)
+    for kw in ({}, {"normalize": False}, {"band": 1.0}):
+        out = partdist.local_dist(x, y, **kw)
+        assert out.shape == (M, N) and out.dtype == torch.float32
+        torch.testing.assert_close(out, expected(x, y, **kw), rtol=2e-5, atol=2e-5)
+
+
+def test_local_dist_levels_channel_counts(level):
+    for C in (1, 3, 128, 130):
+        x, y = rand(5, 19, 8, 8, C, seed=C)
+        torch.testing.assert_close(partdist.local_dist(x, y), expected(x, y), rtol=2e-5, atol=2e-5)
+
+
+def test_local_dist_levels_nan_stays_in_its_pair(level):
+    x, y = rand(4, 21, 8, 6, 16)
+    clean = partdist.local_dist(x, y)
+    xb, yb = x.clone(), y.clone()
+    xb[2, 5, 3] = float("nan")
+    yb[9, 0, 0] = float("nan")
+    out = partdist.local_dist(xb, yb)
+    assert out[2].isnan().all() and out[:, 9].isnan().all()
+    keep_a, keep_b = torch.arange(4) != 2, torch.arange(21) != 9
+    torch.testing.assert_close(out[keep_a][:, keep_b], clean[keep_a][:, keep_b], rtol=0, atol=0)
+
+
+def test_local_dist_levels_non_contiguous_and_identical(level):
+    x, y = rand(6, 13, 8, 8, 32)
+    xt = x.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not xt.is_contiguous()
+    torch.testing.assert_close(partdist.local_dist(xt, y[::2]), expected(x, y[::2]), rtol=2e-5, atol=2e-5)
+    # an image against itself: GEMM-form distances of identical stripes near 0, clamped
+    # (rounding can make |a|^2 + |b|^2 - 2 a.b negative), never NaN
+    same = partdist.local_dist(x, x)
+    assert torch.isfinite(same).all()
+    torch.testing.assert_close(same, expected(x, x), rtol=0, atol=5e-2)
+
+
+def test_levels_agree_with_each_other():
+    x, y = rand(7, 45, 8, 8, 64, seed=5)
+    ops = torch.ops.partdist
+    prev = ops._cpu_isa("")
+    try:
+        outs = {}
+        for lv in RUNNABLE:
+            ops._cpu_isa(lv)
+            outs[lv] = partdist.local_dist(x, y)
+    finally:
+        ops._cpu_isa(prev)
+    ref = outs[RUNNABLE[0]]
+    for lv, o in outs.items():
+        torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-5, msg=lambda s, lv=lv: f"level {lv}: {s}")
+
+
+def test_cpu_isa_bad_requests():
+    ops = torch.ops.partdist
+    with pytest.raises(RuntimeError, match="unknown level 'sse9'"):
+        ops._cpu_isa("sse9")
+    for lv in LEVELS:
+        if lv not in RUNNABLE:
+            with pytest.raises(RuntimeError, match="cannot run"):
+                ops._cpu_isa(lv)
+    assert ops._cpu_isa("") in RUNNABLE
