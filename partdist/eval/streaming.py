@@ -23,12 +23,13 @@ features given), not both.
 
 from __future__ import annotations
 
-import numbers
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .._checks import check_feature_tensor as _check_feat
+from .._checks import check_positive_int as _check_pos_int
 from .._memory import check_dense_fits, progress_bar
 from ..ops.dmli import local_dist
 from .distance import Distance
@@ -88,16 +89,6 @@ def _pairs(dist: Distance, a: _Side, b: _Side) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------
-
-
-def _check_feat(op, name, t, dims, what):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor {what}, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor {what}, got dtype {t.dtype}")
-    if t.dim() != dims:
-        raise ValueError(f"{op}: {name} must have shape {what}, got {list(t.shape)}")
-    return t
 
 
 def _check_pair(op, kind, q, g, q_shape, g_shape, last):
@@ -184,14 +175,6 @@ def _sides(op, q_local, g_local, q_global, g_global, distance, options, same_str
     if len(q) < 1 or len(g) < 1:
         raise ValueError(f"{op}: need at least one query and one gallery item, got {len(q)} and {len(g)}")
     return q, g, dist
-
-
-def _check_pos_int(op, name, v, allow_none=True):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{op}: {name} must be a positive int{' or None' if allow_none else ''}, got {v!r}")
-    return int(v)
 
 
 def _default_rows(width, bytes_per_entry=4):

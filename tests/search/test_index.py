@@ -57,7 +57,7 @@ def test_two_stage_equals_exact_when_shortlist_covers_gallery(dtype):
 def test_two_stage_short_shortlist_rescores_global_candidates():
     d = data()
     idx = build(d)
-    ts = idx.search(d["qg"], d["ql"], 5, mode="two-stage", shortlist=8)
+    ts = idx.search(d["qg"], d["ql"], 5, mode="two-stage", shortlist=8, pooled_weight=0)
     glob = idx.search(d["qg"], None, 8, lam=0)  # the shortlist: global distance only
     full = partdist.eval.global_distance(d["qg"], d["gg"]) + 0.7 * partdist.local_dist(d["ql"], d["gl"])
     for q in range(Q):
