@@ -148,7 +148,7 @@ class GalleryIndex(GalleryStore):
              max_shortlist: int = 2000, weights=_tune.WEIGHTS, lam: Optional[float] = None,
              metric: Optional[str] = None, distributed: Optional[bool] = None, group=None,
              block_queries: Optional[int] = None, chunk_rows: Optional[int] = None,
-             progress: bool = False) -> Tuning:
+             exact: Optional[bool] = None, progress: bool = False) -> Tuning:
         """Measure the two-stage search on the gallery itself and keep the result (saved with
         the index); :meth:`search` then takes the settings it leaves ``None`` from it.
 
@@ -156,8 +156,11 @@ class GalleryIndex(GalleryStore):
         serve as pseudo-queries: their exact fused top ``k`` without themselves, and their
         shortlists of up to ``max_shortlist`` by every score (the global distance; the pooled
         ``"mean"`` and ``"halves"`` stripes at each of ``weights``) give the recall@k of every
-        (score, K'). Costs ``sample`` exact queries and ``sample x (1 + 2 len(weights))``
-        shortlist queries. Collective under torch.distributed (every rank calls it).
+        (score, K'). The reference top ``k``: exact (``exact=True``; by default while
+        ``sample x gallery size <= 2**22``), else the fused top ``k`` within the union of the
+        measured shortlists (see :mod:`partdist.search.tune`). Costs ``sample x (1 + 2
+        len(weights))`` shortlist queries and ``sample`` exact queries or ``sample`` x the union
+        size fused pairs. Collective under torch.distributed (every rank calls it).
 
         Returns:
             the :class:`~partdist.search.tune.Tuning` for ``k`` and ``target_recall`` (also
@@ -182,16 +185,16 @@ class GalleryIndex(GalleryStore):
         self._consolidate()
         self._run_tuning(k, lam, metric, use_dist, group, sample=sample, seed=seed, max_shortlist=max_shortlist,
                          weights=ws, block_queries=block_queries, chunk_rows=self._chunk_rows(chunk_rows),
-                         show=progress and (not use_dist or dist.get_rank(group) == 0))
+                         exact=exact, show=progress and (not use_dist or dist.get_rank(group) == 0))
         if self._tuning_state is None:
             raise ValueError(f"{op}: the gallery needs at least 2 items to be tuned")
         return Tuning(self._tuning_state, min(k, self._tuning_state["k"]), p.target_recall)
 
     def _run_tuning(self, k, lam, metric, use_dist, group, *, sample=256, seed=0, max_shortlist=2000,
-                    weights=_tune.WEIGHTS, block_queries=None, chunk_rows=None, show=False):
+                    weights=_tune.WEIGHTS, block_queries=None, chunk_rows=None, exact=None, show=False):
         self._tuning_state = _tune.run(self, k=k, lam=lam, metric=metric, sample=sample, seed=seed,
                                        max_shortlist=max_shortlist, weights=weights, use_dist=use_dist, group=group,
-                                       block_queries=block_queries, chunk_rows=chunk_rows, show=show)
+                                       block_queries=block_queries, chunk_rows=chunk_rows, show=show, exact=exact)
 
     def _tuned(self, k, lam, metric, total, pooled_weight):
         return _tune.matches(self._tuning_state, k=k, lam=lam, metric=metric, normalize=self.normalize,
