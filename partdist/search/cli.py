@@ -398,7 +398,8 @@ def _used_settings(idx, k, params, tuned_before):
     used = {"shortlist": r.shortlist, "pooled_weight": r.pooled_weight, "pooling": r.pooling,
             "setting": f"K'={r.shortlist}, {score}"}
     if params.needs_tuning and idx.has_local and r.lam > 0:
-        fixed = dict(shortlist=params.shortlist, pooled_weight=params.pooled_weight, pooling=params.pooling)
+        fixed = dict(shortlist=params.shortlist, pooling=params.pooling,
+                     pooled_weight=0.0 if params.backend == "faiss" else params.pooled_weight)
         t = Tuning(idx._tuning_state, k, params.target_recall, **fixed)
         used["tuning"] = t.summary() + ("" if idx._tuning_state is tuned_before else
                                          f" [tuned for this search in {t.seconds:.1f} s; not saved in the index file]")

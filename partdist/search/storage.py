@@ -439,7 +439,12 @@ class GalleryStore:
         idx._cams = None if obj["camids"] is None else [obj["camids"]]
         idx._paths = paths
         tuning = obj.get("tuning")
-        if tuning is not None and not isinstance(tuning, dict):
+        need_t = ("version", "k", "lam", "metric", "gallery_size", "max_shortlist", "configs", "widths", "pair_cost",
+                  "positions")
+        if tuning is not None and (not isinstance(tuning, dict) or any(k not in tuning for k in need_t)
+                                   or not isinstance(tuning["positions"], torch.Tensor)
+                                   or tuning["positions"].dim() != 3
+                                   or tuning["positions"].shape[0] != len(tuning["configs"])):
             raise bad("tuning")
         idx._tuning_state = tuning
         idx._n, idx._sorted = n, True

@@ -147,6 +147,9 @@ def test_load_rejects_bad_files(tmp_path):
     torch.save({**state, "global": state["global"][:, :5]}, tmp_path / "shape.idx")
     with pytest.raises(ValueError, match="unexpected layout .global features"):
         GalleryIndex.load(tmp_path / "shape.idx")
+    torch.save({**state, "tuning": {"version": 1}}, tmp_path / "tuning.idx")
+    with pytest.raises(ValueError, match="unexpected layout .tuning"):
+        GalleryIndex.load(tmp_path / "tuning.idx")
     torch.save(torch.zeros(3), tmp_path / "tensor.idx")
     with pytest.raises(ValueError, match="not a partdist gallery index"):
         GalleryIndex.load(tmp_path / "tensor.idx")
