@@ -45,7 +45,7 @@ def locate(index, ids):
     if mine.numel() == 0:
         z = torch.zeros_like(ids)
         return z, torch.zeros_like(ids, dtype=torch.bool)
-    rows = torch.searchsorted(mine, ids).clamp_(max=mine.numel() - 1)
+    rows = torch.searchsorted(mine, ids.contiguous()).clamp_(max=mine.numel() - 1)
     return rows.to(index.device), (mine[rows] == ids).to(index.device)
 
 def shortlist_pairs(index, q, rows, own, local, metric, show):
