@@ -50,9 +50,10 @@ MARGIN = 2
 #: the fused top k within the union of every measured score's shortlist of ``max_shortlist``
 EXACT_PAIRS = 1 << 22
 #: cost of one second-stage pair relative to one multiply-add of the shortlist GEMM, per
-#: multiply-add of the DMLI stripe distances (H x H' x C) and of the global distance (D); measured
-#: on an AMD EPYC (Zen 3, 2 threads): batch_local_dist of gathered pairs vs the shortlist GEMM
-PAIR_FACTOR = 4.0
+#: multiply-add of the DMLI stripe distances (H x H' x C): the time of the gathered pairs'
+#: batch_local_dist over that of the shortlist GEMM, 13-15 on an AMD EPYC (Zen 3, 2 threads,
+#: float16 storage, 8 x 128 stripes, D = 512)
+PAIR_FACTOR = 14.0
 
 
 def wilson_lower(p: float, n: int, z: float = Z) -> float:
