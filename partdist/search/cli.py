@@ -394,9 +394,13 @@ def _used_settings(idx, k, params, tuned_before):
     from .tune import Tuning
 
     r = idx.resolve(k, params)
-    score = "global distance" if not r.pooled_weight else f"{r.pooling} pooled w={r.pooled_weight:g}"
-    used = {"shortlist": r.shortlist, "pooled_weight": r.pooled_weight, "pooling": r.pooling,
-            "setting": f"K'={r.shortlist}, {score}"}
+    if r.mode == "exact":
+        used = {"shortlist": None, "pooled_weight": None, "pooling": None,
+                "setting": "exact: no measured shortlist reaches the target recall"}
+    else:
+        score = "global distance" if not r.pooled_weight else f"{r.pooling} pooled w={r.pooled_weight:g}"
+        used = {"shortlist": r.shortlist, "pooled_weight": r.pooled_weight, "pooling": r.pooling,
+                "setting": f"K'={r.shortlist}, {score}"}
     if params.needs_tuning and idx.has_local and r.lam > 0:
         fixed = dict(shortlist=params.shortlist, pooling=params.pooling,
                      pooled_weight=0.0 if params.backend == "faiss" else params.pooled_weight)

@@ -214,6 +214,8 @@ class GalleryIndex(GalleryStore):
         use_local = self.has_local and lam > 0
         total = self._tuning_state["gallery_size"] if self._tuning_state else self._n
         kk, w, pooling = self._settings(p, k, use_local, total)
+        if kk is None:
+            return p.replace(mode="exact")
         return p.replace(shortlist=kk, pooled_weight=w, pooling=pooling)
 
     def _settings(self, p: SearchParams, k, use_local, total):
@@ -230,6 +232,10 @@ class GalleryIndex(GalleryStore):
         fixed = dict(shortlist=p.shortlist, pooled_weight=0.0 if p.backend == "faiss" else p.pooled_weight,
                      pooling=p.pooling)
         ch = Tuning(self._tuning_state, k, p.target_recall, **fixed)
+        if not ch.reached and p.shortlist is None and not p.rerank and p.backend == "torch":
+            # no measured shortlist reaches the target: the exact search (recall 1) rather than a
+            # silent loss of neighbours; fixing a setting or lowering target_recall overrides it
+            return None, None, None
         kk = ch.shortlist
         if p.rerank and p.shortlist is None:  # re-ranking needs neighbours of the neighbours in the list
             kk = max(kk, 5 * p.k1)
@@ -268,7 +274,8 @@ class GalleryIndex(GalleryStore):
 
         A two-stage search whose shortlist settings are left ``None`` takes them from the
         index's tuning (:attr:`tuning`), measured by :meth:`tune` at the first such search (and
-        again when the gallery, ``lam``, ``metric`` or a larger ``k`` make it stale).
+        again when the gallery, ``lam``, ``metric`` or a larger ``k`` make it stale). When no
+        measured shortlist reaches ``target_recall`` (and K' is not fixed), the search is exact.
 
         Returns:
             :class:`SearchResult` ``(distances [Q, k], ids [Q, k])``; equal ids in the order
@@ -346,13 +353,14 @@ class GalleryIndex(GalleryStore):
         if qg.shape[0] == 0:
             e = torch.empty((0, k), device=self.device)
             return SearchResult(e.to(cd), e.to(torch.int64))
-        if p.mode == "exact":
+        settings = self._settings(p, k, use_local, total) if p.mode == "two-stage" else (None,)
+        if settings[0] is None:  # exact, or two-stage whose tuning reaches the target with no shortlist
             v, i = exact_shard(self, qg, ql, k, lam=float(lam), metric=metric, use_local=use_local,
                                block_queries=p.block_queries, chunk_rows=chunk_rows, show=show)
             if use_dist:
                 v, i = _merge.merge_ranks(v, i, k, group)
             return SearchResult(v, i)
-        shortlist, pooled_weight, pooling = self._settings(p, k, use_local, total)
+        shortlist, pooled_weight, pooling = settings
         kk = min(shortlist, total)
         if p.rerank and kk <= p.k1:
             raise ValueError(f"{op}: rerank needs a shortlist longer than k1 = {p.k1}, got {kk} (raise shortlist, "

@@ -265,7 +265,8 @@ class Tuning:
         return f"K'={self.shortlist}, {score}"
 
     def summary(self) -> str:
-        ok = "" if self.reached else f" (target {self.target} NOT reached: the best measured setting)"
+        ok = "" if self.reached else (f" (target {self.target} NOT reached by any measured shortlist: a search "
+                                      "leaving K' to the tuning is exact)")
         ref = "" if self.reference == "exact" else f", reference: top {self.k} within the union of the shortlists"
         need = f" (needs K'={self.needed}, x{MARGIN} margin)" if self.needed and self.needed != self.shortlist else ""
         return (f"tuned two-stage search: {self.setting()}{need}; estimated recall@{self.k} {self.recall:.4f} "

@@ -239,3 +239,17 @@ def test_tuning_covers_tiny_gallery():
     idx = build(d)
     t = idx.tune(10)
     assert t.sample == G and t.reached and t.recall_lower <= 1
+
+
+def test_unreachable_target_falls_back_to_exact():
+    """No measured shortlist (here at most 12 long) reaches the target: a search leaving K' to the
+    tuning is the exact one; with K' fixed it stays two-stage."""
+    idx, src = _index("map-strong")
+    qg, ql = src.views(torch.arange(15), 9)
+    t = idx.tune(10, max_shortlist=12, target_recall=0.9999)
+    assert not t.reached and "NOT reached" in t.summary()
+    p = SearchParams(mode="two-stage", target_recall=0.9999)
+    assert idx.resolve(10, p).mode == "exact"
+    ex, ts = idx.search(qg, ql, 10), idx.search(qg, ql, 10, p)
+    assert torch.equal(ex.ids, ts.ids) and torch.equal(ex.distances, ts.distances)
+    assert idx.resolve(10, p, shortlist=12).mode == "two-stage"
