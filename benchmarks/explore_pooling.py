@@ -1,5 +1,8 @@
-"""Recall@10 at K' = 100 of shortlist scores built from pooled stripes: how the
-``pooling="halves"`` option of ``GalleryIndex.search`` was chosen (docs/benchmarks.md, gallery search).
+"""Recall@10 at K' = 100 of shortlist scores built from pooled stripes on bench_search.py's
+synthetic gallery: the experiment behind the ``pooling="halves"`` option of
+``GalleryIndex.search``. A score chosen on one generator does not carry over to other features
+(docs/search.md): the search now chooses its score, weight and K' on the gallery itself
+(``GalleryIndex.tune``); this script stays as the wider exploration of window kinds.
 
 Uses bench_search.py's synthetic gallery (same generator and seeds). For each score
 ``|dg|^2 + sum_kind w_kind * mean over the kind's windows of |d pooled window|^2`` (windows

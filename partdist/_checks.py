@@ -250,3 +250,15 @@ def check_features(op, name, t, layout, rank):
         raise ValueError(f"{op}: {name} must be a {rank}-D tensor {layout}, got shape {_shape(t)}")
     if t.shape[-1] < 1:
         raise ValueError(f"{op}: {name} must have at least one channel (last dim of {layout}), got shape {_shape(t)}")
+
+
+def check_feature_tensor(op, name, t, dims, what):
+    """A floating-point tensor of ``dims`` dimensions (``what``: its layout, e.g. ``"[Q, D]"``);
+    returns ``t``. Shared by the evaluation and search APIs."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor {what}, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor {what}, got dtype {t.dtype}")
+    if t.dim() != dims:
+        raise ValueError(f"{op}: {name} must have shape {what}, got {list(t.shape)}")
+    return t

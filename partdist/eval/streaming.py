@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from .._checks import check_feature_tensor as _check_feat
 from .._checks import check_pos_int
 from .._memory import check_dense_fits, progress_bar
 from ..ops.dmli import local_dist
@@ -88,16 +89,6 @@ def _pairs(dist: Distance, a: _Side, b: _Side) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------
-
-
-def _check_feat(op, name, t, dims, what):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor {what}, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor {what}, got dtype {t.dtype}")
-    if t.dim() != dims:
-        raise ValueError(f"{op}: {name} must have shape {what}, got {list(t.shape)}")
-    return t
 
 
 def _check_pair(op, kind, q, g, q_shape, g_shape, last):

@@ -109,11 +109,13 @@ def _load_share(files, rank, world, device):
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"--index: {e}") from None
     idx = parts[0]
+    tuning = idx._tuning_state  # every part file holds the tuning of the whole gallery
     for p in parts[1:]:
         if p.dim != idx.dim or (p.stripes, p.channels) != (idx.stripes, idx.channels) or p.dtype != idx.dtype:
             raise UsageError(f"--index: the shards {mine} hold features of different sizes or dtypes")
         if len(p):
             idx.add(p.global_features, p.local_features, ids=p.ids, pids=p.pids, camids=p.camids, paths=p.paths)
+    idx._tuning_state = tuning
     return idx
 
 
@@ -177,6 +179,10 @@ def add_index_parser(subparsers):
     p.add_argument("--lam", type=float, default=1.0, help="default weight of the local distance (saved)")
     p.add_argument("--metric", default="euclidean", choices=("euclidean", "sqeuclidean", "cosine"),
                    help="global-feature distance (saved in the index)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="do not tune the two-stage search on the gallery (it then tunes at the first search, "
+                        "without saving it)")
+    p.add_argument("--tune-k", type=int, default=10, help="the largest k the saved tuning serves")
     return _shared_flags(p, "gallery images", "existing index files", _index)
 
 
@@ -185,6 +191,8 @@ def _index(args):
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.tune_k < 1:
+        raise UsageError(f"--tune-k must be >= 1, got {args.tune_k}")
     items, labeled = _list_images(args.images, "--images")
     rank, world, dev, args._started_dist = _start_distributed(args.device)
     outs = _part_paths(args.out, world)
@@ -209,6 +217,9 @@ def _index(args):
     else:  # an empty shard still records the feature sizes
         probe = _features(model, cfg, items[:1], dev, args)
         idx.add(probe["global"][:0], None if probe["local"] is None else probe["local"][:0])
+    tuning = None
+    if not args.no_tune and idx.has_local and args.lam > 0 and len(items) >= 2:
+        tuning = idx.tune(args.tune_k, distributed=world > 1, progress=_progress(args))
     idx.save(outs[rank], overwrite=args.overwrite)
     if world > 1:
         torch.distributed.barrier()
@@ -216,6 +227,8 @@ def _index(args):
         loc = "none" if idx.local_features is None else f"{idx.stripes} x {idx.channels}"
         print(f"indexed {len(items)} images ({'labeled' if labeled else 'unlabeled'}): global D = {idx.dim}, "
               f"stripes {loc}, {args.dtype}; wrote {', '.join(outs)}")
+        if tuning is not None:
+            print(f"{tuning.summary()} ({tuning.seconds:.1f} s; saved in the index)")
     return 0
 
 
@@ -238,11 +251,16 @@ def add_search_parser(subparsers):
     p.add_argument("--k", type=int, default=10, help="results per query")
     p.add_argument("--mode", choices=("exact", "two-stage"), default="two-stage",
                    help="exact: the fused distance to every gallery item; two-stage: global shortlist, then DMLI")
-    p.add_argument("--shortlist", type=int, default=100, help="K': global-feature candidates (two-stage)")
-    p.add_argument("--pooled-weight", type=float, default=0.0,
-                   help="w >= 0: shortlist by |dg|^2 + w |d pooled stripes|^2 (0: global distance only)")
-    p.add_argument("--pooling", choices=("mean", "halves"), default="mean",
-                   help="stripes pooled for --pooled-weight: mean (all) or halves (two overlapping windows)")
+    p.add_argument("--shortlist", type=int, default=None,
+                   help="K': shortlist candidates per query (two-stage; default: tuned on the gallery)")
+    p.add_argument("--pooled-weight", type=float, default=None,
+                   help="w >= 0: shortlist by |dg|^2 + w |d pooled stripes|^2, 0: global distance only "
+                        "(default: tuned on the gallery)")
+    p.add_argument("--pooling", choices=("mean", "halves"), default=None,
+                   help="stripes pooled for --pooled-weight: mean (all) or halves (two overlapping windows) "
+                        "(default: tuned on the gallery)")
+    p.add_argument("--target-recall", type=float, default=0.99,
+                   help="recall@k vs the exact search that the tuned settings must reach (two-stage)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking within the shortlist")
     p.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="shortlist search")
     p.add_argument("--faiss-factory", default="Flat", help="FAISS index factory string (backend faiss)")
@@ -265,9 +283,10 @@ def _gather_rows(t, world):
 
 def _search(args):
     from .index import GalleryIndex, rank_metrics
+    from .params import SearchParams
 
     for flag, v in (("--k", args.k), ("--shortlist", args.shortlist), ("--batch-size", args.batch_size)):
-        if v < 1:
+        if v is not None and v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.out:
         _check_new(args.out, "--out", args.overwrite)
@@ -307,11 +326,13 @@ def _search(args):
         raise UsageError(f"the queries have no local (stripe) features but the index has and the local weight is "
                          f"{lam} > 0: pass --lam 0 for a global-only search, or queries from the index's model")
     try:
-        res = idx.search(qg, ql, args.k, mode=args.mode, shortlist=args.shortlist, rerank=args.rerank,
-                         pooled_weight=args.pooled_weight, pooling=args.pooling,
-                         backend=args.backend, faiss_factory=args.faiss_factory,
-                         faiss_params=args.faiss_params, lam=args.lam,
-                         distributed=world > 1, progress=_progress(args))
+        params = SearchParams(mode=args.mode, shortlist=args.shortlist, rerank=args.rerank,
+                              pooled_weight=args.pooled_weight, pooling=args.pooling, target_recall=args.target_recall,
+                              backend=args.backend, faiss_factory=args.faiss_factory, faiss_params=args.faiss_params,
+                              lam=args.lam, progress=_progress(args))
+        tuned_before = idx._tuning_state
+        res = idx.search(qg, ql, args.k, params, distributed=world > 1)
+        used = _used_settings(idx, args.k, params, tuned_before)
     except ValueError as e:
         raise UsageError(str(e)) from None
     except ImportError as e:
@@ -329,6 +350,8 @@ def _search(args):
         metrics = {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "mAP": float(mAP)}
     if rank == 0:
         out = {"index": args.index, "mode": args.mode, "k": args.k, "results": []}
+        if used:
+            out["settings"] = used
         if metrics:
             out["metrics"] = metrics
         for i in range(res.ids.shape[0]):
@@ -348,9 +371,38 @@ def _search(args):
         if metrics:
             print(f"rank-1 {100 * metrics['rank1']:.1f}  rank-5 {100 * metrics['rank5']:.1f}  "
                   f"mAP {100 * metrics['mAP']:.1f}  (over the top {args.k})")
-        print(f"searched {len(out['results'])} queries ({args.mode}, k = {args.k})"
+        if used and used.get("tuning"):
+            print(used["tuning"])
+        print(f"searched {len(out['results'])} queries ({args.mode}, k = {args.k}"
+              + (f", {used['setting']}" if used else "") + ")"
               + (f"; wrote {args.out}" if args.out else ""))
     return 0
+
+
+def _used_settings(idx, k, params, tuned_before):
+    """The two-stage settings the search used (``None`` for an exact search): ``{"shortlist",
+    "pooled_weight", "pooling", "setting"}``, with ``"tuning"`` (its one-line report) when the
+    tuning chose some; ``"tuned_now"`` when this search ran the tuning."""
+    if params.mode != "two-stage":
+        return None
+    from .tune import Tuning
+
+    r = idx.resolve(k, params)
+    if r.mode == "exact":
+        used = {"shortlist": None, "pooled_weight": None, "pooling": None,
+                "setting": "exact: no measured shortlist reaches the target recall"}
+    else:
+        score = "global distance" if not r.pooled_weight else f"{r.pooling} pooled w={r.pooled_weight:g}"
+        used = {"shortlist": r.shortlist, "pooled_weight": r.pooled_weight, "pooling": r.pooling,
+                "setting": f"K'={r.shortlist}, {score}"}
+    if params.needs_tuning and idx.has_local and r.lam > 0:
+        fixed = dict(shortlist=params.shortlist, pooling=params.pooling,
+                     pooled_weight=0.0 if params.backend == "faiss" else params.pooled_weight)
+        t = Tuning(idx._tuning_state, k, params.target_recall, **fixed)
+        used["tuning"] = t.summary() + ("" if idx._tuning_state is tuned_before else
+                                         f" [tuned for this search in {t.seconds:.1f} s; not saved in the index file]")
+        used.update(recall_estimate=t.recall, recall_lower_bound=t.recall_lower, tuning_sample=t.sample)
+    return used
 
 
 def _result_paths(idx, ids, world):

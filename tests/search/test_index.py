@@ -57,7 +57,7 @@ def test_two_stage_equals_exact_when_shortlist_covers_gallery(dtype):
 def test_two_stage_short_shortlist_rescores_global_candidates():
     d = data()
     idx = build(d)
-    ts = idx.search(d["qg"], d["ql"], 5, mode="two-stage", shortlist=8)
+    ts = idx.search(d["qg"], d["ql"], 5, mode="two-stage", shortlist=8, pooled_weight=0)
     glob = idx.search(d["qg"], None, 8, lam=0)  # the shortlist: global distance only
     full = partdist.eval.global_distance(d["qg"], d["gg"]) + 0.7 * partdist.local_dist(d["ql"], d["gl"])
     for q in range(Q):
@@ -147,6 +147,9 @@ def test_load_rejects_bad_files(tmp_path):
     torch.save({**state, "global": state["global"][:, :5]}, tmp_path / "shape.idx")
     with pytest.raises(ValueError, match="unexpected layout .global features"):
         GalleryIndex.load(tmp_path / "shape.idx")
+    torch.save({**state, "tuning": {"version": 1}}, tmp_path / "tuning.idx")
+    with pytest.raises(ValueError, match="unexpected layout .tuning"):
+        GalleryIndex.load(tmp_path / "tuning.idx")
     torch.save(torch.zeros(3), tmp_path / "tensor.idx")
     with pytest.raises(ValueError, match="not a partdist gallery index"):
         GalleryIndex.load(tmp_path / "tensor.idx")

@@ -202,3 +202,27 @@ def test_cli_pooled_shortlist_flags(setup, tmp_path):
     pytest.importorskip("faiss")
     assert main(common + ["--mode", "two-stage", "--backend", "faiss", "--faiss-factory", "Flat", "--faiss-params",
                           "nprobe=4"]) == 2
+
+
+def test_index_tunes_and_search_reports_the_tuning(setup, tmp_path, capsys):
+    """`partdist index` saves the tuning; `partdist search` (two-stage by default) uses it without
+    measuring again and reports the setting, its estimated recall and the sample in print and JSON;
+    a fixed --shortlist is kept; --no-tune leaves it to the first search."""
+    idx = GalleryIndex.load(setup["index"])
+    assert idx.tuning is not None and idx.tuning.k == min(10, len(idx) - 1)
+    out = tmp_path / "r.json"
+    argv = ["search", "--index", setup["index"], "--query-index", setup["index"], "--k", "3", "--no-progress"]
+    assert main(argv + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tuned two-stage search" in printed and "pseudo-queries" in printed and "not saved" not in printed
+    st = json.loads(out.read_text())["settings"]
+    assert st["tuning_sample"] == len(idx) and 0 < st["recall_estimate"] <= 1
+    assert main(argv + ["--shortlist", "4", "--out", str(tmp_path / "s.json"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["settings"]["shortlist"] == 4
+    capsys.readouterr()
+    fresh = tmp_path / "fresh.idx"
+    assert main(["index", "--images", setup["gallery"], "--checkpoint", setup["ckpt"], "--out", str(fresh),
+                 "--no-tune", "--no-progress"]) == 0
+    assert GalleryIndex.load(fresh).tuning is None
+    assert main(["search", "--index", str(fresh), "--query-index", setup["index"], "--k", "3", "--no-progress"]) == 0
+    assert "tuned for this search" in capsys.readouterr().out

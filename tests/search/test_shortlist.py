@@ -5,7 +5,7 @@ import torch
 from search_data import G, build, data
 
 from partdist.search import GalleryIndex
-from partdist.search.index import _RunningSmallest
+from partdist.search.shortlist import RunningSmallest as _RunningSmallest
 
 
 def _chunked(key, k, chunk):
@@ -100,7 +100,7 @@ def test_pooled_weight_bad_input():
 
 
 def test_pooling_windows():
-    from partdist.search.index import _windows
+    from partdist.search.shortlist import windows as _windows
 
     assert _windows(8, "mean") == [(0, 8)]
     assert _windows(8, "halves") == [(0, 5), (3, 8)]
