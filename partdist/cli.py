@@ -189,7 +189,7 @@ def _flagify(msg: str) -> str:
 
 def _add_train_args(ap):
     from .data import DATASETS
-    from .train import BACKBONES, HELP, MODELS, TrainConfig
+    from .train import HELP, MODELS, TrainConfig
 
     d = TrainConfig()
     ap.add_argument("--data", required=True,
@@ -197,7 +197,7 @@ def _add_train_args(ap):
     ap.add_argument("--dataset", default="market1501", choices=sorted(DATASETS), help="folder layout of --data")
     ap.add_argument("--config", help="JSON file of training settings (the fields of run.json's config); flags "
                     "given on the command line override it")
-    choices = {"model": list(MODELS), "backbone": list(BACKBONES), "optimizer": ["adam", "sgd"]}
+    choices = {"model": list(MODELS), "optimizer": ["adam", "sgd"]}  # --backbone: checked by validate()
     for f in dataclasses.fields(d):
         name, default = f.name, getattr(d, f.name)
         kw = dict(dest=name, default=default, help=HELP.get(name, name.replace("_", " ")))

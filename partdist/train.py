@@ -44,21 +44,21 @@ from torch import nn
 
 from . import distributed as pdist
 from .losses import AlignedTripletLoss, CrossEntropyLabelSmooth, TripletLoss
+from .models.backbones import BACKBONES, check_backbone_name
 from .models.zoo import MODEL_SPECS, model_spec
 
 __all__ = ["TrainConfig", "build_model", "Trainer", "train", "make_batches", "load_checkpoint", "CheckpointError", "MODELS"]
 
 #: every model of :data:`partdist.models.MODEL_SPECS` (the ``--model`` choices)
 MODELS = tuple(MODEL_SPECS)
-BACKBONES = ("resnet50", "resnet18", "compact")
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
 # One line of help per field: the CLI's flag help (``partdist train --help``).
 HELP = {
     "model": "model to train",
-    "backbone": "backbone network (resnet50 as in the published Market-1501 recipes; compact: a small CNN "
-    "for smoke tests and the CPU demo)",
-    "weights": "local torchvision-style ResNet state_dict to start the backbone from (ImageNet weights are "
+    "backbone": "backbone network: " + ", ".join(BACKBONES) + " or timm:NAME (timm installed); resnet50 as in "
+    "the published Market-1501 recipes; compact: a small CNN for smoke tests and the CPU demo",
+    "weights": "local state_dict file (torchvision's or timm's) to start the backbone from (ImageNet weights are "
     "never downloaded) (default: none: the backbone starts from random weights)",
     "last_stride": "stride of the backbone's last stage (default: 2 for aligned, 1 for the part models)",
     "height": "input image height in pixels",
@@ -150,8 +150,7 @@ class TrainConfig:
 
     def validate(self):
         model_spec(self.model)  # a clear error for an unknown name
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        check_backbone_name(self.backbone)
         for name in ("p", "k", "epochs", "height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -222,8 +221,8 @@ def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, wo
     ``parts`` (one row per training item: keypoints ``[M, 14, 3]``, boxes or masks, e.g. from
     :func:`partdist.data.part_annotations`) is required by the models that take parts
     (``needs`` in :data:`partdist.models.MODEL_SPECS`); the batches are then
-    ``(images, pids, parts)`` and the training transforms keep the geometry (resize and random
-    erasing only: no flip, no pad + crop, which the part locations would not follow).
+    ``(images, pids, parts)``; the parts follow the image through the training transforms
+    (flip, pad + crop, random erasing: :mod:`partdist.data.transforms`).
 
     With ``world_size`` W > 1 (default: that of the initialized process group) it yields this
     ``rank``'s share of each global P x K batch: the P / W identities (K images each) at
@@ -246,8 +245,7 @@ def make_batches(train_items, cfg: "TrainConfig", rank: Optional[int] = None, wo
     if parts is not None:
         from .data import PartImageDataset
 
-        tf = build_transforms(cfg.height, cfg.width, is_train=True, flip_p=0.0, pad=0)
-        ds = PartImageDataset(items, parts, tf, seed=cfg.seed)
+        ds = PartImageDataset(items, parts, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
     else:
         ds = ImageDataset(items, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
     sampler = RandomIdentitySampler(items, batch_size=cfg.p * cfg.k, num_instances=cfg.k, seed=cfg.seed)
