@@ -177,8 +177,15 @@ def _pool_boxes(fmap, boxes, mode, sampling_ratio, spatial_scale, image_size, op
         _check_pos_int(op, "sampling_ratio", sampling_ratio)
     if N * P == 0:
         return fmap.new_zeros(N, P, C), vis
+    dtype = fmap.dtype
+    if dtype == torch.bfloat16:  # roi_align has no bfloat16 kernels: pooled in float32, returned in bfloat16
+        fmap, x1, y1, x2, y2 = (t.float() for t in (fmap, x1, y1, x2, y2))
     idx = torch.arange(N, dtype=fmap.dtype, device=fmap.device)[:, None].expand(N, P)
-    rois = torch.stack([idx, x1, y1, x2, y2], -1).reshape(N * P, 5)
+    # invisible boxes (no area; possibly inverted, which roi_align's adaptive grid cannot take) are
+    # pooled as the unit box at the origin, then zeroed
+    unit = (torch.zeros_like(x1), torch.zeros_like(y1), torch.ones_like(x2), torch.ones_like(y2))
+    coords = [torch.where(vis, c, u) for c, u in zip((x1, y1, x2, y2), unit)]
+    rois = torch.stack([idx, *coords], -1).reshape(N * P, 5)
     if mode == "avg":
         # sampling_ratio <= 0: torchvision's adaptive grid, ceil(box extent) samples per axis per box
         out = roi_align(fmap, rois, 1, 1.0, -1 if sampling_ratio is None else sampling_ratio, True)
@@ -196,7 +203,7 @@ def _pool_boxes(fmap, boxes, mode, sampling_ratio, spatial_scale, image_size, op
             flat = flat.index_copy(0, sel, roi_align(fmap, rois[sel], (sh, sw), 1.0, 1, True).amax((2, 3)))
         feats = flat.reshape(N, P, C)
     feats = torch.where(vis[..., None], feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
-    return feats, vis
+    return feats.to(dtype), vis
 
 
 def _pool_masks(fmap, masks, mode, resize_masks, op):

