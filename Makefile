@@ -46,17 +46,16 @@ venv: $(VENV)/.stamp
 # leaves them out (PARTDIST_CUDA=0) unless PARTDIST_CUDA is set (`make rebuild PARTDIST_CUDA=1`);
 # make cuda-check compiles them out of tree.
 CSRC := $(shell find csrc -type f 2>/dev/null)
-PARTDIST_CUDA ?= 0
-export PARTDIST_CUDA
+BUILD_ENV = PARTDIST_CUDA=$${PARTDIST_CUDA:-0}
 
 $(VENV)/.editable: $(VENV)/.stamp setup.py pyproject.toml
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 # $? names .editable when pip has just compiled everything: nothing is left to build then.
 $(VENV)/.built: $(VENV)/.editable $(CSRC)
 	@case " $? " in *" $(VENV)/.editable "*) ;; *) \
-	  echo "$(PY) setup.py -q build_ext --inplace"; $(PY) setup.py -q build_ext --inplace || exit 1 ;; esac
+	  echo "$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace"; $(BUILD_ENV) $(PY) setup.py -q build_ext --inplace || exit 1 ;; esac
 	touch $@
 
 build: $(VENV)/.built
