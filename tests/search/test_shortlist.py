@@ -40,7 +40,9 @@ def test_pooled_shortlist_covering_gallery_equals_exact():
         ts = idx.search(d["qg"], d["ql"], 20, mode="two-stage", shortlist=G, pooled_weight=w, pooling=pooling,
                         chunk_rows=16)
         assert torch.equal(ts.ids, ex.ids)
-        assert torch.equal(ts.distances, ex.distances)
+        # exact: partdist.local_dist's all-pairs kernel (hardware square root / division estimates
+        # refined by a Newton step); two-stage: batch_local_dist on the gathered pairs: a few ulp apart
+        torch.testing.assert_close(ts.distances, ex.distances, rtol=4e-6, atol=1e-6)
 
 
 def _pooled_sq_dist(ql, gl, pooling):
