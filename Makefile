@@ -4,9 +4,9 @@
 # make test-fast : the same without the tests marked slow, on every core (pytest-xdist; under a minute on 2 cores)
 # make bench   : the microbenchmarks (DMLI, mining, neighborhood differences)
 # make bench-market : Market-1501-size local distances and re-ranking (long)
-# make cuda-check : compile the CUDA kernels in a second venv (no GPU needed) and smoke-test the import
+# make cuda-check : compile the CUDA kernels out of tree with .venv's CUDA torch (no GPU needed) and smoke-test the import
 # make sanitize : build the CPU kernels with ASan+UBSan and run the op tests under them
-# make build   : set up .venv and build partdist (does nothing when nothing changed; see below)
+# make build   : set up .venv and build partdist's CPU kernels (does nothing when nothing changed; see below)
 # make rebuild : a fresh editable install (after changing PARTDIST_* build variables)
 # make gpu-check : on a GPU machine (no venv, $(PYTHON) with a CUDA torch): build for the GPU present,
 #                  whole test suite (fails on any skipped CUDA test), compute-sanitizer, benchmarks on
@@ -18,19 +18,20 @@
 # make lint   : ruff check of the Python code and clang-format check of csrc/ (no changes made)
 # make lint-cpp : clang-format check of csrc/ (.clang-format), no changes made
 PYTHON ?= python3
+# One venv serves make test, cuda-check and sanitize: its torch is the CUDA 13.0 build
+# (requirements-dev.txt says why), which also runs on machines without a GPU.
 VENV := .venv
-CUDA_VENV := .venv-cuda
 PY := $(VENV)/bin/python
-CUDA_PY := $(CUDA_VENV)/bin/python
 
 .PHONY: all venv build rebuild test test-fast demo bench bench-market cuda-check sanitize gpu-check lint lint-py lint-cpp docs clean
 
 all: test
 
-$(VENV)/.stamp: requirements-dev.txt
+$(VENV)/.stamp: requirements-dev.txt requirements-engines.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-engines.txt
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -41,17 +42,21 @@ venv: $(VENV)/.stamp
 # alone, `setup.py build_ext --inplace` rebuilds the extension in place, its objects kept in
 # build/temp.*: ninja recompiles the changed files and those including a changed header (the
 # first such call compiles everything once). The build variables (PARTDIST_CUDA, ...) are
-# not seen by the stamps: `make rebuild` after changing them.
+# not seen by the stamps: `make rebuild` after changing them. The venv's torch is a CUDA build,
+# so setup.py would compile the CUDA kernels too when nvcc is found (minutes); the test build
+# leaves them out (PARTDIST_CUDA=0) unless PARTDIST_CUDA is set (`make rebuild PARTDIST_CUDA=1`);
+# make cuda-check compiles them out of tree.
 CSRC := $(shell find csrc -type f 2>/dev/null)
+BUILD_ENV = PARTDIST_CUDA=$${PARTDIST_CUDA:-0}
 
 $(VENV)/.editable: $(VENV)/.stamp setup.py pyproject.toml
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 # $? names .editable when pip has just compiled everything: nothing is left to build then.
 $(VENV)/.built: $(VENV)/.editable $(CSRC)
 	@case " $? " in *" $(VENV)/.editable "*) ;; *) \
-	  echo "$(PY) setup.py -q build_ext --inplace"; $(PY) setup.py -q build_ext --inplace || exit 1 ;; esac
+	  echo "$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace"; $(BUILD_ENV) $(PY) setup.py -q build_ext --inplace || exit 1 ;; esac
 	touch $@
 
 build: $(VENV)/.built
@@ -84,30 +89,27 @@ bench: build
 bench-market: build
 	$(PY) benchmarks/bench_market.py
 
-$(CUDA_VENV)/.stamp: requirements-cuda-check.txt
-	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
-	$(CUDA_PY) -m pip install -q -r requirements-cuda-check.txt
-	touch $@
-
 # Builds out of tree so the CPU build in the source tree is left alone, then imports the
 # CUDA build and runs the op tests on the CPU with it (CUDA tests skip without a GPU).
 # Architectures: CUDA_CHECK_ARCHS (two, one with PTX, to keep the CI compile time down; a
 # plain build without a GPU compiles setup.py's DEFAULT_CUDA_ARCHS, five of them).
 CUDA_CHECK_ARCHS ?= 8.0;9.0+PTX
-cuda-check: $(CUDA_VENV)/.stamp
+cuda-check: venv
 	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-$(CUDA_CHECK_ARCHS)}" \
-	  PARTDIST_CUDA=1 tools/build_out_of_tree.sh $(CUDA_PY) build/cuda-check
-	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -c \
+	  PARTDIST_CUDA=1 tools/build_out_of_tree.sh $(PY) build/cuda-check
+	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(PY) -c \
 	  "import torch, partdist; assert torch.version.cuda; print('partdist CUDA build imports; torch', torch.__version__, 'cuda', torch.version.cuda, 'CUDA kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('partdist::dmli', 'CUDA'))"
-	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(CUDA_PY) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/,$(OP_TESTS))
+	cd build/cuda-check/run && PYTHONPATH=$(CURDIR)/build/cuda-check/lib $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/,$(OP_TESTS))
 
 # CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (out of tree), the op
-# tests run under them; any report aborts the run (halt_on_error).
+# tests run under them; any report aborts the run (halt_on_error). The CUDA kernels are left
+# out (PARTDIST_CUDA=0): ASan checks host code; the venv's CUDA torch loads under it, and
+# without a GPU no CUDA driver is loaded.
 # the tests of the compiled ops (run with the CUDA build and under the sanitizers)
 OP_TESTS ?= $(addprefix tests/ops/,test_dmli.py test_dmli_variants.py test_neighborhood.py test_mining.py test_properties.py test_stability.py test_part_dist.py test_dsr.py test_cuda_emulation.py)
 SANITIZE_TESTS ?= $(OP_TESTS)
 sanitize: venv
-	PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize
+	PARTDIST_CUDA=0 PARTDIST_SANITIZE=1 tools/build_out_of_tree.sh $(PY) build/sanitize
 	cd build/sanitize/run && \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  PARTDIST_SANITIZED=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -1,15 +1,15 @@
 """Part features beyond stripes: pooling a feature map over arbitrary parts.
 
 * :func:`part_pool` - pool a map ``[N, C, H, W]`` over horizontal stripes, a grid, boxes
-  (RoIAlign-style bilinear sampling) or soft masks (SPReID-style weighted average) into
+  (``torchvision.ops.roi_align``) or soft masks (SPReID-style weighted average) into
   ``(feats [N, P, C], visibility [N, P] bool)``;
 * :func:`keypoints_to_parts` - 14-keypoint skeletons -> part boxes + visibility
   (Spindle Net 7 parts, GLAD 3, PDC 6);
 * :func:`bilinear_pool` - PABP-style bilinear pooling of an appearance map and a part map.
 
-All of it is plain PyTorch (no kernels, no torchvision), vectorized and differentiable with
-respect to the feature map (and the masks). ``partdist.reference`` holds loop versions that
-the tests compare against. Invisible parts get feature 0 and ``visibility = False``, never NaN;
+Boxes are pooled by torchvision's ``roi_align`` (CPU and CUDA kernels, autocast rules); the rest
+is plain PyTorch. All of it is differentiable with respect to the feature map (and the masks).
+``partdist.reference`` holds loop versions that the tests compare against. Invisible parts get feature 0 and ``visibility = False``, never NaN;
 a visibility-aware part distance can then skip them (see ``part_dist``).
 
 Keypoint order (LSP, as used by Spindle Net; AI Challenger's 14 points are the same joints in
@@ -118,21 +118,6 @@ def _stripes_or_grid(fmap, gh, gw, mode):
     return feats, vis
 
 
-def _box_axis_weights(lo, hi, size, samples):
-    """Mean bilinear weights ``[N, P, size]`` of ``samples`` points evenly spread in [lo, hi].
-
-    Coordinates are continuous with cell ``i`` covering ``[i, i+1]``; sample ``k`` sits at
-    ``lo + (k + 0.5) (hi - lo) / samples``, is moved to index space (``- 0.5``) and clamped to
-    ``[0, size - 1]``; its weight on cell ``i`` is the hat ``max(0, 1 - |pos - i|)``.
-    Returns per-sample weights ``[N, P, samples, size]``.
-    """
-    k = torch.arange(samples, dtype=lo.dtype, device=lo.device)
-    pos = lo[..., None] + (k + 0.5) * ((hi - lo) / samples)[..., None]  # [N, P, S]
-    pos = (pos - 0.5).clamp(0, size - 1)
-    cells = torch.arange(size, dtype=lo.dtype, device=lo.device)
-    return (1 - (pos[..., None] - cells).abs()).clamp_min(0)  # [N, P, S, size]
-
-
 def _boxes_to_map(op, boxes, fmap, spatial_scale, image_size):
     """Boxes in map coordinates, clipped to the map, and their visibility."""
     N, _, H, W = fmap.shape
@@ -168,34 +153,49 @@ def _boxes_to_map(op, boxes, fmap, spatial_scale, image_size):
     return x1, y1, x2, y2, vis
 
 
-def _adaptive_samples(lo, hi, vis):
-    """One sample per map cell of the largest visible box (at least one)."""
-    ext = torch.where(vis, hi - lo, torch.zeros_like(lo))
-    return max(1, int(math.ceil(float(ext.max()) - 1e-6))) if ext.numel() else 1
+def _grid_size(lo, hi):
+    """torchvision's adaptive sampling grid of ``roi_align(aligned=True)`` with one output bin:
+    ``ceil`` of the box extent (computed as torchvision does, from the half-pixel-shifted ends)."""
+    return torch.ceil((hi - 0.5) - (lo - 0.5)).clamp_min(1).to(torch.int64)
 
 
 def _pool_boxes(fmap, boxes, mode, sampling_ratio, spatial_scale, image_size, op):
+    from torchvision.ops import roi_align
+
     N, C, H, W = fmap.shape
     x1, y1, x2, y2, vis = _boxes_to_map(op, boxes, fmap, spatial_scale, image_size)
-    if sampling_ratio is None:
-        sh, sw = _adaptive_samples(y1, y2, vis), _adaptive_samples(x1, x2, vis)
-    else:
-        sh = sw = check_pos_int(op, "sampling_ratio", sampling_ratio)
-    wy = _box_axis_weights(y1, y2, H, sh) * vis[..., None, None]  # [N, P, sh, H]
-    wx = _box_axis_weights(x1, x2, W, sw) * vis[..., None, None]  # [N, P, sw, W]
+    P = boxes.shape[1]
+    if sampling_ratio is not None:
+        check_pos_int(op, "sampling_ratio", sampling_ratio)
+    if N * P == 0:
+        return fmap.new_zeros(N, P, C), vis
+    dtype = fmap.dtype
+    if dtype == torch.bfloat16:  # roi_align has no bfloat16 kernels: pooled in float32, returned in bfloat16
+        fmap, x1, y1, x2, y2 = (t.float() for t in (fmap, x1, y1, x2, y2))
+    idx = torch.arange(N, dtype=fmap.dtype, device=fmap.device)[:, None].expand(N, P)
+    # invisible boxes (no area; possibly inverted, which roi_align's adaptive grid cannot take) are
+    # pooled as the unit box at the origin, then zeroed
+    unit = (torch.zeros_like(x1), torch.zeros_like(y1), torch.ones_like(x2), torch.ones_like(y2))
+    coords = [torch.where(vis, c, u) for c, u in zip((x1, y1, x2, y2), unit)]
+    rois = torch.stack([idx, *coords], -1).reshape(N * P, 5)
     if mode == "avg":
-        # bilinear interpolation is separable: the mean over the sh x sw samples is
-        # sum_ij mean_s(wy) mean_t(wx) f_ij
-        feats = torch.einsum("nph,npw,nchw->npc", wy.mean(2), wx.mean(2), fmap)
+        # sampling_ratio <= 0: torchvision's adaptive grid, ceil(box extent) samples per axis per box
+        out = roi_align(fmap, rois, 1, 1.0, -1 if sampling_ratio is None else sampling_ratio, True)
+        feats = out.reshape(N, P, C)
+    elif sampling_ratio is not None:
+        # one sample per output bin at the bin centre: the sampling_ratio^2 grid, maximized
+        s = sampling_ratio
+        feats = roi_align(fmap, rois, (s, s), 1.0, 1, True).amax((2, 3)).reshape(N, P, C)
     else:
-        # one row of samples at a time: memory N P C (W + sw), not N P C sh sw
-        feats = None
-        for s in range(sh):
-            rows = torch.einsum("nph,nchw->npcw", wy[:, :, s], fmap)
-            best = torch.einsum("npcw,nptw->npct", rows, wx).amax(3)
-            feats = best if feats is None else torch.maximum(feats, best)
-        feats = feats * vis[..., None]
-    return feats, vis
+        # the adaptive grid differs per box: one roi_align call per grid size
+        gh, gw = _grid_size(rois[:, 2], rois[:, 4]), _grid_size(rois[:, 1], rois[:, 3])
+        flat = fmap.new_zeros(N * P, C)
+        for sh, sw in torch.unique(torch.stack([gh, gw], 1), dim=0).tolist():
+            sel = ((gh == sh) & (gw == sw)).nonzero().squeeze(1)
+            flat = flat.index_copy(0, sel, roi_align(fmap, rois[sel], (sh, sw), 1.0, 1, True).amax((2, 3)))
+        feats = flat.reshape(N, P, C)
+    feats = torch.where(vis[..., None], feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
+    return feats.to(dtype), vis
 
 
 def _pool_masks(fmap, masks, mode, resize_masks, op):
@@ -254,18 +254,18 @@ def part_pool(
       (and ``P > H`` repeats rows).
     * a pair ``(gh, gw)``: a grid of the same adaptive bins, ``P = gh * gw`` parts in row-major
       order (part ``r * gw + c`` is row ``r``, column ``c``).
-    * boxes ``[N, P, 4]`` ``(x1, y1, x2, y2)``, floating point, pooled RoIAlign-style (the
-      sampling of torchvision's ``roi_align(aligned=True)`` with one output bin and a fixed
-      ``sampling_ratio``, for boxes inside the map; torchvision does not clip): continuous coordinates in
-      which map cell ``(i, j)`` covers ``[j, j+1] x [i, i+1]``, an evenly spaced grid of
-      ``sh x sw`` bilinear samples inside the box, averaged (``"avg"``) or maximized
-      (``"max"``). Boxes are in map coordinates unless ``spatial_scale`` (one factor, as
+    * boxes ``[N, P, 4]`` ``(x1, y1, x2, y2)``, floating point, pooled by
+      ``torchvision.ops.roi_align(aligned=True)`` after clipping to the map: continuous coordinates
+      in which map cell ``(i, j)`` covers ``[j, j+1] x [i, i+1]``, an evenly spaced grid of
+      ``sh x sw`` bilinear samples inside the box, averaged (``"avg"``: one output bin) or
+      maximized (``"max"``: ``sh x sw`` output bins of one sample each, then their maximum). Boxes are in map coordinates unless ``spatial_scale`` (one factor, as
       torchvision: map = box * spatial_scale) or ``image_size=(H_img, W_img)`` (per-axis factors
       ``H / H_img``, ``W / W_img``: boxes in image pixels) is given. Boxes are **clipped** to the
       map; a box with no area left (zero or negative width or height, or entirely outside the
-      map) is invisible. ``sampling_ratio``: samples per axis; ``None`` (default) takes, for
-      the whole batch, one sample per map cell of the largest visible box
-      (``ceil(max height)``, ``ceil(max width)``). Not differentiable w.r.t. the boxes.
+      map) is invisible. ``sampling_ratio``: samples per axis; ``None`` (default) is
+      torchvision's adaptive grid, one sample per map cell of each box (``ceil(height)`` x
+      ``ceil(width)`` of the clipped box in map cells), so a box's feature does not depend on the
+      other boxes of the batch. Not differentiable w.r.t. the boxes.
     * soft masks ``[N, P, H, W]`` (floating point of fmap's dtype, or bool), ``>= 0``:
       SPReID's weighted average ``sum m f / sum m`` (``mode="avg"`` only); a part whose mask
       sums to 0 is invisible. Masks must have the map's spatial size; ``resize_masks=True``

@@ -30,6 +30,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from .models.backbones import BACKBONES, check_backbone_name
 from .models.zoo import MODEL_SPECS, model_spec
 
 __all__ = ["TrainConfig", "build_model", "resolved_last_stride", "CheckpointError", "load_checkpoint",
@@ -41,7 +42,6 @@ CHECKPOINT, BEST, METRICS, RUN_JSON = "checkpoint.pt", "best.pt", "metrics.jsonl
 
 #: every model of :data:`partdist.models.MODEL_SPECS` (the ``--model`` choices)
 MODELS = tuple(MODEL_SPECS)
-BACKBONES = ("resnet50", "resnet18", "compact")
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
 #: ``--amp``: no autocast, bfloat16 autocast, float16 autocast with a gradient scaler
 AMP_MODES = ("off", "bf16", "fp16")
@@ -49,9 +49,9 @@ AMP_MODES = ("off", "bf16", "fp16")
 # One line of help per field: the CLI's flag help (``partdist train --help``).
 HELP = {
     "model": "model to train",
-    "backbone": "backbone network (resnet50 as in the published Market-1501 recipes; compact: a small CNN "
-    "for smoke tests and the CPU demo)",
-    "weights": "local torchvision-style ResNet state_dict to start the backbone from (ImageNet weights are "
+    "backbone": "backbone network: " + ", ".join(BACKBONES) + " or timm:NAME (timm installed); resnet50 as in "
+    "the published Market-1501 recipes; compact: a small CNN for smoke tests and the CPU demo",
+    "weights": "local state_dict file (torchvision's or timm's) to start the backbone from (ImageNet weights are "
     "never downloaded) (default: none: the backbone starts from random weights)",
     "last_stride": "stride of the backbone's last stage (default: 2 for aligned, 1 for the part models)",
     "height": "input image height in pixels",
@@ -149,8 +149,7 @@ class TrainConfig:
 
     def validate(self):
         model_spec(self.model)  # a clear error for an unknown name
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        check_backbone_name(self.backbone)
         for name in ("p", "k", "epochs", "height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

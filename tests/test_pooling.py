@@ -411,3 +411,65 @@ def test_empty_batches_and_no_parts():
     assert feats.shape == (2, 0, 5) and vis.shape == (2, 0)
     boxes, vis = partdist.keypoints_to_parts(torch.zeros(0, 14, 3), "pdc", image_size=(8, 4))
     assert boxes.shape == (0, 6, 4) and vis.shape == (0, 6)
+
+
+# ------------------------------------------------------------------ boxes via torchvision
+def test_boxes_are_torchvision_roi_align_inside_the_map():
+    from torchvision.ops import roi_align
+
+    f = _fmap()
+    inside = torch.tensor([[[0.5, 1.0, 5.5, 6.0], [1.3, 2.2, 4.7, 5.9]], [[2, 0, 6, 7], [0, 3.5, 2.5, 4.0]]],
+                          dtype=torch.float64)
+    rois = [b for b in inside]
+    for sr in (1, 2, 3):
+        feats, vis = partdist.part_pool(f, inside, "avg", sampling_ratio=sr)
+        want = roi_align(f, rois, 1, 1.0, sr, aligned=True).reshape(2, 2, 5)
+        torch.testing.assert_close(feats, want, rtol=0, atol=1e-12)
+        assert bool(vis.all())
+    feats, _ = partdist.part_pool(f, inside, "avg")  # adaptive: torchvision's per-box grid
+    torch.testing.assert_close(feats, roi_align(f, rois, 1, 1.0, 0, aligned=True).reshape(2, 2, 5), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_a_box_feature_does_not_depend_on_the_other_boxes(mode):
+    f = _fmap()
+    small = BOXES[:, 1:2]
+    alone, _ = partdist.part_pool(f, small, mode)
+    with_big, _ = partdist.part_pool(f, torch.cat([BOXES[:, :1], small], 1), mode)
+    torch.testing.assert_close(with_big[:, 1:], alone, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_boxes_in_half_precision(dtype, mode):
+    f = _fmap(dtype=torch.float32)
+    want, wvis = R.part_pool_boxes_loop(f.double(), BOXES, mode, sampling_ratio=2)
+    feats, vis = partdist.part_pool(f.to(dtype), BOXES.to(dtype), mode, sampling_ratio=2)
+    assert feats.dtype == dtype and torch.equal(vis, wvis)
+    torch.testing.assert_close(feats.double(), want, rtol=2e-2, atol=3e-2)
+
+
+def test_boxes_non_contiguous_map_and_autocast():
+    f = _fmap(n=2, c=5, h=6, w=7).transpose(2, 3)  # [2, 5, 7, 6], not contiguous
+    assert not f.is_contiguous()
+    a, _ = partdist.part_pool(f, BOXES, "avg")
+    b, _ = partdist.part_pool(f.contiguous(), BOXES, "avg")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    f32 = f.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c, _ = partdist.part_pool(f32, BOXES.float(), "avg")
+    torch.testing.assert_close(c.double(), b, rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_boxes_under_torch_compile(mode):
+    f = _fmap(dtype=torch.float32).requires_grad_()
+    boxes = BOXES.float()
+    fn = torch.compile(lambda t, b: partdist.part_pool(t, b, mode, sampling_ratio=2)[0])
+    got = fn(f, boxes)
+    want = partdist.part_pool(f, boxes, mode, sampling_ratio=2)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    (g1,) = torch.autograd.grad(got.sum(), f)
+    (g2,) = torch.autograd.grad(want.sum(), f)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)

@@ -31,7 +31,7 @@ from ._common import (
 
 def _add_train_args(ap):
     from ..data import DATASETS
-    from ..runs import AMP_MODES, BACKBONES, HELP, MODELS, TrainConfig
+    from ..runs import AMP_MODES, HELP, MODELS, TrainConfig
 
     d = TrainConfig()
     ap.add_argument("--data", required=True,
@@ -39,7 +39,8 @@ def _add_train_args(ap):
     ap.add_argument("--dataset", default="market1501", choices=sorted(DATASETS), help="folder layout of --data")
     ap.add_argument("--config", help="JSON file of training settings (the fields of run.json's config); flags "
                     "given on the command line override it")
-    choices = {"model": list(MODELS), "backbone": list(BACKBONES), "optimizer": ["adam", "sgd"],
+    # --backbone: checked by TrainConfig.validate() (the torchvision names, or timm:NAME)
+    choices = {"model": list(MODELS), "optimizer": ["adam", "sgd"],
                "amp": list(AMP_MODES)}
     for f in dataclasses.fields(d):
         name, default = f.name, getattr(d, f.name)

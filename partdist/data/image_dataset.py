@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import Transform
+from .transforms import ReIDTransform, Transform
 
 __all__ = ["ImageDataset", "PartImageDataset", "read_image"]
 
@@ -86,11 +86,12 @@ class PartImageDataset(ImageDataset):
     ``SpindleNet``, ``SPReID``).
 
     ``parts`` (array or tensor, one row per item of ``data``): boxes ``[M, P, 4]`` or keypoints
-    ``[M, 14, 3]`` in pixels of the stored image, or masks ``[M, P, h, w]`` (any size). When the
-    transform returns an image tensor ``[3, h, w]`` of another size than the stored image, box
-    and keypoint coordinates are scaled to it (masks need not be: the models resize them onto
-    their feature map). Only resizing is followed: use transforms without flips or crops (the
-    test transforms of :func:`partdist.data.build_transforms`).
+    ``[M, 14, 3]`` in pixels of the stored image, or masks ``[M, P, h, w]`` (any size). With a
+    :class:`~partdist.data.transforms.ReIDTransform` (:func:`partdist.data.build_transforms`,
+    training or test) the parts follow the image through every step (resize, flip, pad + crop;
+    masks come out at the image's size). Another callable transform gets the image alone; then
+    only resizing is followed (box and keypoint coordinates are scaled to the returned image
+    tensor's size), so it must not flip or crop.
     """
 
     def __init__(self, data: Sequence, parts, transform: Optional[Callable] = None, seed: Optional[int] = None):
@@ -119,13 +120,16 @@ class PartImageDataset(ImageDataset):
     def __getitem__(self, index):
         path, pid, camid = self.data[index][:3]
         img = read_image(path)
+        parts = self.parts[index]
+        if isinstance(self.transform, ReIDTransform):
+            img, parts = self.transform(img, parts, self.kind, generator=self.generator(index))
+            return img, pid, camid, parts
         w0, h0 = img.size
         if self.transform is not None:
             if isinstance(self.transform, Transform):
                 img = self.transform(img, generator=self.generator(index))
             else:
                 img = self.transform(img)
-        parts = self.parts[index]
         if self.kind != "masks" and isinstance(img, torch.Tensor) and img.dim() == 3:
             sx, sy = img.shape[2] / w0, img.shape[1] / h0
             if (sx, sy) != (1.0, 1.0):

@@ -1,72 +1,75 @@
-"""Standard ReID image transforms, without torchvision.
-
-Each transform is called as ``t(img, generator=None)``: ``img`` is a PIL image or a
-``[C, H, W]`` tensor (``Resize``, ``RandomHorizontalFlip``, ``Pad``, ``RandomCrop``
-take either; ``ToTensor`` takes PIL images, ``H x W x C`` uint8 arrays or tensors;
-``Normalize`` and ``RandomErasing`` take float tensors). Random transforms draw from
-``generator`` (a ``torch.Generator``) when given, else from torch's global generator,
-so a seeded generator makes a pipeline reproducible. :class:`Compose` passes its
-generator to each transform.
+"""ReID image transforms on torchvision's ``transforms.v2``, with the part annotations as
+``tv_tensors`` so that they follow the image.
 
 :func:`build_transforms` gives the usual ReID pipelines (torchreid / AlignedReID):
-training = resize, random horizontal flip, pad 10 + random crop back to size,
-to-tensor, ImageNet normalization, random erasing (Zhong et al. 2020); test = resize,
-to-tensor, normalize.
+
+* training: resize, random horizontal flip, pad 10 + random crop back to size, to float,
+  ImageNet normalization, random erasing (Zhong et al. 2020; torchreid's area 0.02-0.4, aspect
+  0.3-3.33 and fill values);
+* test: resize, to float, normalize.
+
+The result, a :class:`ReIDTransform`, is called as ``t(img, generator=None)`` -> ``[3, H, W]``
+float tensor, or ``t(img, parts, kind, generator=None)`` -> ``(image, parts)`` where ``parts``
+are the image's part annotations in pixels of ``img``:
+
+* ``kind="boxes"``: ``[P, 4]`` ``(x1, y1, x2, y2)`` (``tv_tensors.BoundingBoxes``); boxes are
+  clipped to the image, a box cropped away becomes ``(0, 0, 0, 0)`` (invisible);
+* ``kind="keypoints"``: ``[14, 3]`` ``(x, y, score)`` (``tv_tensors.KeyPoints`` for x, y);
+  a keypoint moved out of the image gets score 0; a flip mirrors x and swaps the left and right
+  joints (:data:`KEYPOINT_FLIP`), as a pose estimator would name them on the mirrored image;
+* ``kind="masks"``: ``[P, h, w]`` bool or float (``tv_tensors.Mask``); masks of another size
+  than the image are first resized to it (nearest).
+
+Coordinates are continuous: pixel ``(i, j)`` covers ``[j, j+1] x [i, i+1]`` (a box around that one
+pixel is ``(j, i, j+1, i+1)``, its centre is ``(j + 0.5, i + 0.5)``), the convention of
+:func:`partdist.part_pool` and of the synthetic data set's annotations; a flip maps ``x`` to
+``W - x``. Random erasing changes pixels only: the annotations stay where they are.
+
+Random draws come from torch's global generator, or, when ``generator`` (a ``torch.Generator``)
+is given, from a seed drawn from it (the global generator is left as it was), so a seeded
+generator makes a pipeline reproducible (:class:`~partdist.data.ImageDataset` passes one per
+item and epoch).
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from .._checks import is_instance_of
+from ..pooling import KEYPOINT_NAMES
 
 __all__ = [
     "Transform",
-    "Compose",
-    "Resize",
+    "ReIDTransform",
     "RandomHorizontalFlip",
-    "Pad",
-    "RandomCrop",
-    "ToTensor",
-    "Normalize",
-    "RandomErasing",
     "build_transforms",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ERASE_VALUE",
+    "KEYPOINT_FLIP",
+    "PART_KINDS",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The fill of random erasing (torchreid's and the original implementation's constants, applied
+#: after normalization as there).
+ERASE_VALUE = (0.4914, 0.4822, 0.4465)
+PART_KINDS = ("boxes", "keypoints", "masks")
 
 
-def _is_pil(img):
-    return is_instance_of(img, "PIL.Image", "Image")
+def _mirror(name):
+    return name.replace("r_", "@").replace("l_", "r_").replace("@", "l_")
 
 
-def _size(op, img):
-    """(height, width) of a PIL image or a [C, H, W] tensor."""
-    if _is_pil(img):
-        return img.size[1], img.size[0]
-    if isinstance(img, torch.Tensor):
-        if img.dim() != 3:
-            raise ValueError(f"{op}: a tensor image must be [C, H, W], got shape {list(img.shape)}")
-        return img.shape[1], img.shape[2]
-    raise TypeError(f"{op}: img must be a PIL image or a [C, H, W] torch.Tensor, got {type(img).__name__}")
-
-
-def _rand(generator):
-    return float(torch.rand((), generator=generator))
-
-
-def _randint(lo, hi, generator):
-    """Uniform int in [lo, hi] (inclusive)."""
-    return int(torch.randint(lo, hi + 1, (), generator=generator))
+#: Keypoint order after a horizontal flip: entry ``i`` is the keypoint that takes the name
+#: ``KEYPOINT_NAMES[i]`` (left and right joints swap).
+KEYPOINT_FLIP = tuple(KEYPOINT_NAMES.index(_mirror(n)) for n in KEYPOINT_NAMES)
 
 
 def _pair(op, name, v):
@@ -88,202 +91,112 @@ def _prob(op, name, p):
 
 
 class Transform:
-    """Base class: ``t(img, generator=None)``."""
+    """Base class of partdist's transforms: called with a ``generator`` keyword (see
+    :class:`~partdist.data.ImageDataset`)."""
 
     def __call__(self, img, generator: Optional[torch.Generator] = None):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
 
+class RandomHorizontalFlip(v2.Transform):
+    """Mirror left-right with probability ``p``: images, boxes and masks by torchvision's
+    ``horizontal_flip``; keypoints (continuous coordinates, see the module docstring) to
+    ``W - x``, reordered by ``keypoint_flip`` (default :data:`KEYPOINT_FLIP`; ``None`` keeps the
+    order). Given a dict, its ``"keypoint_scores"`` entry is reordered with the keypoints."""
 
-class Compose(Transform):
-    """Apply ``transforms`` in order, passing ``generator`` to those that are :class:`Transform`."""
-
-    def __init__(self, transforms: Sequence):
-        transforms = list(transforms)
-        for i, t in enumerate(transforms):
-            if not callable(t):
-                raise TypeError(f"Compose: transforms[{i}] must be callable, got {type(t).__name__}")
-        self.transforms = transforms
-
-    def __call__(self, img, generator=None):
-        for t in self.transforms:
-            img = t(img, generator=generator) if isinstance(t, Transform) else t(img)
-        return img
-
-
-class Resize(Transform):
-    """Resize to ``size = (height, width)`` (bilinear; antialiased for tensors)."""
-
-    def __init__(self, size):
-        self.size = _pair("Resize", "size", size)
-
-    def __call__(self, img, generator=None):
-        h, w = self.size
-        if _size("Resize", img) == (h, w):
-            return img
-        if _is_pil(img):
-            from PIL import Image
-
-            return img.resize((w, h), Image.BILINEAR)
-        dtype = img.dtype
-        x = img[None].float() if not img.is_floating_point() else img[None]
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
-        if not dtype.is_floating_point:
-            x = x.round().clamp(0, 255).to(dtype)
-        return x
-
-
-class RandomHorizontalFlip(Transform):
-    """Mirror left-right with probability ``p``."""
-
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, keypoint_flip: Optional[Sequence[int]] = KEYPOINT_FLIP):
+        super().__init__()
         self.p = _prob("RandomHorizontalFlip", "p", p)
+        self.keypoint_flip = None if keypoint_flip is None else list(keypoint_flip)
 
-    def __call__(self, img, generator=None):
-        _size("RandomHorizontalFlip", img)
-        if _rand(generator) >= self.p:
-            return img
-        if _is_pil(img):
-            from PIL import Image
+    def _flip(self, x):
+        if isinstance(x, tv_tensors.KeyPoints):
+            out = x.as_subclass(torch.Tensor).clone()
+            out[..., 0] = x.canvas_size[1] - out[..., 0]
+            if self.keypoint_flip is not None:
+                out = out[..., self.keypoint_flip, :]
+            return tv_tensors.wrap(out, like=x)
+        return TF.horizontal_flip(x)
 
-            return img.transpose(Image.FLIP_LEFT_RIGHT)
-        return img.flip(-1)
-
-
-class Pad(Transform):
-    """Add ``padding`` pixels of value ``fill`` on every side."""
-
-    def __init__(self, padding: int, fill: int = 0):
-        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-            raise ValueError(f"Pad: padding must be an int >= 0, got {padding!r}")
-        self.padding = int(padding)
-        self.fill = fill
-
-    def __call__(self, img, generator=None):
-        _size("Pad", img)
-        p = self.padding
-        if p == 0:
-            return img
-        if _is_pil(img):
-            from PIL import ImageOps
-
-            return ImageOps.expand(img, border=p, fill=self.fill)
-        return F.pad(img, (p, p, p, p), mode="constant", value=self.fill)
+    def forward(self, *inputs):
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        if float(torch.rand(())) >= self.p:
+            return sample
+        if isinstance(sample, dict):
+            out = {k: (v if k == "keypoint_scores" else self._flip(v)) for k, v in sample.items()}
+            if "keypoint_scores" in sample and self.keypoint_flip is not None:
+                out["keypoint_scores"] = sample["keypoint_scores"][..., self.keypoint_flip]
+            return out
+        if isinstance(sample, tuple):
+            return tuple(self._flip(v) for v in sample)
+        return self._flip(sample)
 
 
-class RandomCrop(Transform):
-    """Crop a random ``size = (height, width)`` window, after padding by ``padding`` if given."""
-
-    def __init__(self, size, padding: int = 0, fill: int = 0):
-        self.size = _pair("RandomCrop", "size", size)
-        self.pad = Pad(padding, fill)
-
-    def __call__(self, img, generator=None):
-        img = self.pad(img)
-        H, W = _size("RandomCrop", img)
-        h, w = self.size
-        if h > H or w > W:
-            raise ValueError(f"RandomCrop: crop size {(h, w)} is larger than the (padded) image {(H, W)}")
-        top = _randint(0, H - h, generator)
-        left = _randint(0, W - w, generator)
-        if _is_pil(img):
-            return img.crop((left, top, left + w, top + h))
-        return img[:, top : top + h, left : left + w]
-
-
-class ToTensor(Transform):
-    """PIL image / ``H x W x C`` uint8 array -> float ``[C, H, W]`` tensor in [0, 1]."""
-
-    def __call__(self, img, generator=None):
-        if _is_pil(img):
-            img = np.asarray(img.convert("RGB") if img.mode not in ("RGB", "L") else img)
-        if isinstance(img, np.ndarray):
-            if img.ndim == 2:
-                img = img[:, :, None]
-            if img.ndim != 3:
-                raise ValueError(f"ToTensor: an array image must be H x W x C, got shape {list(img.shape)}")
-            t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        elif isinstance(img, torch.Tensor):
-            _size("ToTensor", img)
-            t = img
-        else:
-            raise TypeError(f"ToTensor: img must be a PIL image, a numpy array or a tensor, got {type(img).__name__}")
-        if t.dtype == torch.uint8:
-            return t.float().div_(255.0)
-        if not t.is_floating_point():
-            raise TypeError(f"ToTensor: expected uint8 or floating-point pixels, got {t.dtype}")
-        return t.float()
+def _wrap_parts(parts, kind, canvas):
+    """Part annotations of one image -> a dict of tv_tensors (and the keypoint scores)."""
+    parts = torch.as_tensor(parts)
+    if kind == "boxes":
+        if parts.dim() != 2 or parts.shape[-1] != 4:
+            raise ValueError(f"parts: boxes must be [P, 4] (x1, y1, x2, y2), got shape {list(parts.shape)}")
+        return {"parts": tv_tensors.BoundingBoxes(parts.float(), format="XYXY", canvas_size=canvas)}
+    if kind == "keypoints":
+        if parts.dim() != 2 or parts.shape[-1] != 3:
+            raise ValueError(f"parts: keypoints must be [K, 3] (x, y, score), got shape {list(parts.shape)}")
+        parts = parts.float()
+        return {"parts": tv_tensors.KeyPoints(parts[:, :2], canvas_size=canvas), "keypoint_scores": parts[:, 2]}
+    if kind == "masks":
+        if parts.dim() != 3:
+            raise ValueError(f"parts: masks must be [P, h, w], got shape {list(parts.shape)}")
+        mask = tv_tensors.Mask(parts)
+        if tuple(parts.shape[-2:]) != tuple(canvas):
+            mask = TF.resize(mask, list(canvas), interpolation=v2.InterpolationMode.NEAREST)
+        return {"parts": mask}
+    raise ValueError(f"kind: expected one of {', '.join(PART_KINDS)}, got {kind!r}")
 
 
-class Normalize(Transform):
-    """``(x - mean) / std`` per channel of a float ``[C, H, W]`` tensor."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"Normalize: mean and std must have the same length, got {self.mean} and {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"Normalize: std must be positive, got {self.std}")
-
-    def __call__(self, img, generator=None):
-        if not isinstance(img, torch.Tensor) or not img.is_floating_point() or img.dim() != 3:
-            raise TypeError("Normalize: img must be a float [C, H, W] tensor (apply ToTensor first)")
-        if img.shape[0] != len(self.mean):
-            raise ValueError(f"Normalize: img has {img.shape[0]} channels, mean/std have {len(self.mean)}")
-        mean = torch.tensor(self.mean, dtype=img.dtype, device=img.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=img.dtype, device=img.device)[:, None, None]
-        return (img - mean) / std
+def _unwrap_parts(sample, kind, size):
+    parts = sample["parts"].as_subclass(torch.Tensor)
+    if kind == "keypoints":
+        h, w = size
+        x, y = parts[:, 0], parts[:, 1]
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        scores = torch.where(inside, sample["keypoint_scores"], torch.zeros_like(sample["keypoint_scores"]))
+        return torch.cat([parts, scores[:, None]], 1)
+    return parts
 
 
-class RandomErasing(Transform):
-    """Random erasing (Zhong et al.), with torchreid's parameter names and defaults.
+class ReIDTransform(Transform):
+    """``geometry`` (applied to the image and its parts together), then ``pixels`` (applied to
+    the image alone), as ``t(img, parts=None, kind=None, generator=None)`` (module docstring).
 
-    With probability ``probability``, a rectangle of area ``uniform(sl, sh)`` times the
-    image area and aspect ratio ``uniform(r1, 1 / r1)`` is filled with ``mean`` (one
-    value per channel; the original implementation's constants, applied after
-    normalization as there), or with uniform noise if ``mean == "random"``. Up to 100
-    tries to place it; the image is returned unchanged if none fits. Returns a copy.
-    """
+    ``img``: a PIL image or a ``[C, H, W]`` tensor (uint8 or float in [0, 1])."""
 
-    def __init__(self, probability=0.5, sl=0.02, sh=0.4, r1=0.3, mean=(0.4914, 0.4822, 0.4465)):
-        self.probability = _prob("RandomErasing", "probability", probability)
-        if not 0.0 < sl <= sh <= 1.0:
-            raise ValueError(f"RandomErasing: need 0 < sl <= sh <= 1 (area fractions), got sl={sl}, sh={sh}")
-        if not 0.0 < r1 <= 1.0:
-            raise ValueError(f"RandomErasing: r1 (smallest aspect ratio) must be in (0, 1], got {r1}")
-        if mean != "random":
-            mean = tuple(float(m) for m in mean)
-        self.sl, self.sh, self.r1, self.mean = float(sl), float(sh), float(r1), mean
+    def __init__(self, geometry: Sequence, pixels: Sequence):
+        self.geometry = v2.Compose([v2.ToImage(), *geometry])
+        self.pixels = v2.Compose(list(pixels))
 
-    def __call__(self, img, generator=None):
-        if not isinstance(img, torch.Tensor) or not img.is_floating_point() or img.dim() != 3:
-            raise TypeError("RandomErasing: img must be a float [C, H, W] tensor (apply ToTensor first)")
-        if _rand(generator) >= self.probability:
-            return img
-        C, H, W = img.shape
-        if self.mean != "random" and len(self.mean) not in (1, C):
-            raise ValueError(f"RandomErasing: mean has {len(self.mean)} values, the image {C} channels")
-        area = H * W
-        for _ in range(100):
-            target = (self.sl + (self.sh - self.sl) * _rand(generator)) * area
-            aspect = self.r1 + (1.0 / self.r1 - self.r1) * _rand(generator)
-            h = int(round(math.sqrt(target * aspect)))
-            w = int(round(math.sqrt(target / aspect)))
-            if 0 < h < H and 0 < w < W:
-                y = _randint(0, H - h, generator)
-                x = _randint(0, W - w, generator)
-                out = img.clone()
-                if self.mean == "random":
-                    out[:, y : y + h, x : x + w] = torch.rand((C, h, w), generator=generator).to(img)
-                else:
-                    val = torch.tensor(self.mean, dtype=img.dtype, device=img.device)
-                    out[:, y : y + h, x : x + w] = val.expand(C)[:, None, None] if len(self.mean) == 1 else val[:, None, None]
-                return out
-        return img
+    def __repr__(self):
+        return f"ReIDTransform(geometry={self.geometry!r}, pixels={self.pixels!r})"
+
+    def _run(self, img, parts, kind):
+        if isinstance(img, torch.Tensor) and img.dim() != 3:
+            raise ValueError(f"ReIDTransform: a tensor image must be [C, H, W], got shape {list(img.shape)}")
+        if parts is None:
+            return self.pixels(self.geometry(img))
+        if kind is None:
+            raise ValueError(f"kind: parts were given without their kind ({', '.join(PART_KINDS)})")
+        canvas = TF.get_size(img)  # [H, W] of a PIL image or a tensor
+        sample = self.geometry({"image": img, **_wrap_parts(parts, kind, tuple(canvas))})
+        image = sample["image"]
+        return self.pixels(image), _unwrap_parts(sample, kind, tuple(image.shape[-2:]))
+
+    def __call__(self, img, parts=None, kind: Optional[str] = None, generator: Optional[torch.Generator] = None):
+        if generator is None:
+            return self._run(img, parts, kind)
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._run(img, parts, kind)
 
 
 def build_transforms(
@@ -296,15 +209,24 @@ def build_transforms(
     erase_p: float = 0.5,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
-) -> Compose:
-    """The usual ReID pipeline (see the module docstring)."""
+) -> ReIDTransform:
+    """The usual ReID pipeline (see the module docstring); ``pad=0`` leaves out the pad + crop,
+    ``flip_p=0`` the flip, ``random_erase=False`` the erasing."""
     size = _pair("build_transforms", "(height, width)", (height, width))
-    if not is_train:
-        return Compose([Resize(size), ToTensor(), Normalize(mean, std)])
-    ts = [Resize(size), RandomHorizontalFlip(flip_p)]
-    if pad:
-        ts.append(RandomCrop(size, padding=pad))
-    ts += [ToTensor(), Normalize(mean, std)]
-    if random_erase:
-        ts.append(RandomErasing(probability=erase_p))
-    return Compose(ts)
+    flip_p = _prob("build_transforms", "flip_p", flip_p)
+    erase_p = _prob("build_transforms", "erase_p", erase_p)
+    if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
+        raise ValueError(f"build_transforms: pad must be an int >= 0, got {pad!r}")
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ValueError(f"build_transforms: mean and std need one value per channel, std > 0; got {mean}, {std}")
+    pixels = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    geometry = [v2.Resize(size, antialias=True)]
+    if is_train:
+        if flip_p > 0:
+            geometry.append(RandomHorizontalFlip(flip_p))
+        if pad:
+            geometry.append(v2.RandomCrop(size, padding=int(pad), fill=0))
+        if random_erase and erase_p > 0:
+            pixels.append(v2.RandomErasing(p=erase_p, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=list(ERASE_VALUE)))
+    return ReIDTransform(geometry, pixels)

@@ -1,4 +1,4 @@
-"""Part pooling references (plain-PyTorch :mod:`partdist.pooling`).
+"""Part pooling references (loop versions of :mod:`partdist.pooling`).
 
 Loop versions of :func:`partdist.part_pool` / :func:`partdist.bilinear_pool`: one image,
 one part, one sample at a time, with the bin rule, the RoIAlign sampling and the bilinear
@@ -62,7 +62,8 @@ def _bilinear_loop(f: torch.Tensor, y: float, x: float) -> torch.Tensor:
 
 
 def part_pool_boxes_loop(fmap, boxes, mode="avg", sampling_ratio=None, spatial_scale=None, image_size=None):
-    """Boxes ``[N, P, 4]`` pooled RoIAlign-style, one sample at a time (see ``partdist.part_pool``)."""
+    """Boxes ``[N, P, 4]`` pooled as ``torchvision.ops.roi_align(aligned=True)`` after clipping, one
+    bilinear sample at a time (see ``partdist.part_pool``)."""
     N, C, H, W = fmap.shape
     if image_size is not None:
         sy, sx = H / image_size[0], W / image_size[1]
@@ -76,17 +77,17 @@ def part_pool_boxes_loop(fmap, boxes, mode="avg", sampling_ratio=None, spatial_s
             y1, y2 = min(max(by1 * sy, 0.0), H), min(max(by2 * sy, 0.0), H)
             clipped.append((x1, y1, x2, y2))
             vis.append(x2 > x1 and y2 > y1)
-    if sampling_ratio is None:  # one sample per cell of the largest visible box
-        sh = max([1] + [math.ceil(b[3] - b[1] - 1e-6) for b, v in zip(clipped, vis) if v])
-        sw = max([1] + [math.ceil(b[2] - b[0] - 1e-6) for b, v in zip(clipped, vis) if v])
-    else:
-        sh = sw = sampling_ratio
     feats = torch.zeros(N, boxes.shape[1], C, dtype=fmap.dtype)
     k = 0
     for n in range(N):
         for p in range(boxes.shape[1]):
             x1, y1, x2, y2 = clipped[k]
             if vis[k]:
+                if sampling_ratio is None:  # one sample per map cell of this box (torchvision's grid)
+                    sh = max(1, math.ceil((y2 - 0.5) - (y1 - 0.5)))
+                    sw = max(1, math.ceil((x2 - 0.5) - (x1 - 0.5)))
+                else:
+                    sh = sw = sampling_ratio
                 samples = []
                 for iy in range(sh):
                     y = y1 + (iy + 0.5) * (y2 - y1) / sh - 0.5

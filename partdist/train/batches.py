@@ -53,8 +53,8 @@ def make_batches(train_items, cfg: TrainConfig, rank: Optional[int] = None, worl
     ``parts`` (one row per training item: keypoints ``[M, 14, 3]``, boxes or masks, e.g. from
     :func:`partdist.data.part_annotations`) is required by the models that take parts
     (``needs`` in :data:`partdist.models.MODEL_SPECS`); the batches are then
-    ``(images, pids, parts)`` and the training transforms keep the geometry (resize and random
-    erasing only: no flip, no pad + crop, which the part locations would not follow).
+    ``(images, pids, parts)``; the parts follow the image through the training transforms
+    (flip, pad + crop, random erasing: :mod:`partdist.data.transforms`).
 
     With ``world_size`` W > 1 (default: that of the initialized process group) it yields this
     ``rank``'s share of each global P x K batch: the P / W identities (K images each) at
@@ -77,8 +77,7 @@ def make_batches(train_items, cfg: TrainConfig, rank: Optional[int] = None, worl
     if parts is not None:
         from ..data import PartImageDataset
 
-        tf = build_transforms(cfg.height, cfg.width, is_train=True, flip_p=0.0, pad=0)
-        ds = PartImageDataset(items, parts, tf, seed=cfg.seed)
+        ds = PartImageDataset(items, parts, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
     else:
         ds = ImageDataset(items, build_transforms(cfg.height, cfg.width, is_train=True), seed=cfg.seed)
     sampler = RandomIdentitySampler(items, batch_size=cfg.p * cfg.k, num_instances=cfg.k, seed=cfg.seed)

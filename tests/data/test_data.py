@@ -1,4 +1,5 @@
-"""partdist.data: parsers (on tiny fake trees), SyntheticReID, sampler, transforms, ImageDataset."""
+"""partdist.data: parsers (on tiny fake trees), SyntheticReID, sampler, ImageDataset (transforms:
+test_transforms.py)."""
 
 import dataclasses
 import os
@@ -24,7 +25,6 @@ from partdist.data import (
     msmt17,
     parse_image_folder,
 )
-from partdist.data import transforms as T
 
 
 def touch(path):
@@ -537,101 +537,6 @@ def test_sampler_bad_state():
         s.load_state_dict(dict(s.state_dict(), num_instances=2))
     with pytest.raises(ValueError, match="epoch must be an int >= 0"):
         s.set_epoch(-1)
-
-
-# ---------------------------------------------------------------------------------------
-# transforms
-# ---------------------------------------------------------------------------------------
-
-
-def pil_image(h=40, w=20, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
-
-
-def test_resize_flip_pad_crop_shapes():
-    im = pil_image()
-    assert T.Resize((32, 16))(im).size == (16, 32)
-    t = T.ToTensor()(im)
-    assert t.shape == (3, 40, 20) and t.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1
-    assert T.Resize((32, 16))(t).shape == (3, 32, 16)
-    u8 = torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())
-    r = T.Resize((20, 10))(u8)
-    assert r.dtype == torch.uint8 and r.shape == (3, 20, 10)
-    assert T.Pad(3)(im).size == (26, 46) and T.Pad(3)(t).shape == (3, 46, 26)
-    assert torch.equal(T.Pad(3)(t)[:, 3:-3, 3:-3], t) and T.Pad(3)(t)[:, :3].abs().sum() == 0
-
-
-def test_flip_and_crop_same_on_pil_and_tensor():
-    im = pil_image()
-    to = T.ToTensor()
-    for p in (0.0, 1.0):
-        assert torch.equal(to(T.RandomHorizontalFlip(p)(im)), T.RandomHorizontalFlip(p)(to(im)))
-    assert torch.equal(T.RandomHorizontalFlip(1.0)(to(im)), to(im).flip(-1))
-    crop = T.RandomCrop((40, 20), padding=5)
-    for seed in range(5):
-        a = to(crop(im, generator=torch.Generator().manual_seed(seed)))
-        b = crop(to(im), generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(a, b)
-        # the crop is a window of the padded image
-        padded = T.Pad(5)(to(im))
-        found = any(torch.equal(padded[:, y : y + 40, x : x + 20], b) for y in range(11) for x in range(11))
-        assert found
-
-
-def test_random_transforms_deterministic_with_generator():
-    tf = build_transforms(32, 16, is_train=True)
-    im = pil_image(seed=1)
-    outs = [tf(im, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
-    assert outs[0].shape == (3, 32, 16)
-    assert torch.equal(outs[0], outs[1])
-    several = [tf(im, generator=torch.Generator().manual_seed(s)) for s in range(2, 8)]
-    assert any(not torch.equal(outs[0], o) for o in several)
-    test_tf = build_transforms(32, 16, is_train=False)
-    x = test_tf(im)
-    ref = (T.ToTensor()(T.Resize((32, 16))(im)) - torch.tensor(T.IMAGENET_MEAN)[:, None, None]) / torch.tensor(
-        T.IMAGENET_STD)[:, None, None]
-    assert torch.allclose(x, ref)
-
-
-def test_random_erasing():
-    x = torch.rand(3, 64, 32) + 5.0  # erased values (< 1) are easy to spot
-    er = T.RandomErasing(probability=1.0, sl=0.02, sh=0.4, r1=0.3)
-    for seed in range(20):
-        y = er(x, generator=torch.Generator().manual_seed(seed))
-        mask = (y != x).any(0)
-        n = int(mask.sum())
-        assert 0.02 * 64 * 32 * 0.5 <= n <= 0.4 * 64 * 32 * 1.5
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-        assert int(box) == n  # a rectangle
-        assert torch.allclose(y[:, mask], torch.tensor([0.4914, 0.4822, 0.4465])[:, None])
-    assert torch.equal(T.RandomErasing(probability=0.0)(x), x)
-    assert x.min() >= 5.0  # input left alone
-
-
-def test_transform_bad_input():
-    im = pil_image()
-    with pytest.raises(ValueError, match=r"Resize: size must be a positive int or a \(height, width\) pair"):
-        T.Resize((0, 3))
-    with pytest.raises(TypeError, match="RandomErasing: img must be a float"):
-        T.RandomErasing()(im)
-    with pytest.raises(TypeError, match="Normalize: img must be a float"):
-        T.Normalize()(im)
-    with pytest.raises(ValueError, match=r"RandomCrop: crop size \(50, 20\) is larger than the \(padded\) image"):
-        T.RandomCrop((50, 20))(im)
-    with pytest.raises(TypeError, match="img must be a PIL image or a \\[C, H, W\\] torch.Tensor, got list"):
-        T.RandomHorizontalFlip()([1, 2])
-    with pytest.raises(ValueError, match="a tensor image must be \\[C, H, W\\]"):
-        T.Resize(4)(torch.zeros(4, 4))
-    with pytest.raises(ValueError, match="p must be a probability in \\[0, 1\\]"):
-        T.RandomHorizontalFlip(2)
-    with pytest.raises(ValueError, match="need 0 < sl <= sh <= 1"):
-        T.RandomErasing(sl=0.5, sh=0.1)
-    with pytest.raises(ValueError, match="Pad: padding must be an int >= 0"):
-        T.Pad(-1)
-    with pytest.raises(TypeError, match=r"Compose: transforms\[1\] must be callable"):
-        T.Compose([T.ToTensor(), 3])
 
 
 # ---------------------------------------------------------------------------------------

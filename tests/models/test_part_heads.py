@@ -18,6 +18,7 @@ from partdist.data import (
     load_synthetic_parts,
     market1501,
 )
+from partdist.data.transforms import KEYPOINT_FLIP
 from partdist.eval import evaluate_rank, extract_features, global_distance
 from partdist.losses import CrossEntropyLabelSmooth, TripletLoss
 from partdist.models import GLAD, SpindleNet, SPReID
@@ -217,3 +218,42 @@ def test_extract_features_needs_the_parts_in_the_batch(synth):
     plain = ImageDataset(splits.query[:2], build_transforms(H, W, is_train=False))
     with pytest.raises(ValueError, match=r"the loader must yield \(images, pids, camids, parts\)"):
         extract_features(GLAD(backbone="compact"), DataLoader(plain, batch_size=2))
+
+
+def test_part_models_train_with_flips_crops_and_erasing(synth):
+    """The training pipeline of a part model flips, pads + crops and erases, and the keypoints move
+    with the image: one flip (or none) and one crop shift map every keypoint left in it."""
+    from partdist.data import part_annotations
+    from partdist.data.transforms import ReIDTransform
+    from partdist.train import TrainConfig, make_batches
+
+    root, splits = synth
+    cfg = TrainConfig(model="glad", backbone="compact", height=H, width=W, p=2, k=2, seed=0, out="unused")
+    kp = part_annotations(root, splits.train, "keypoints")
+    batches = make_batches(splits.train, cfg, parts=kp)
+    images, pids, parts = next(iter(batches(0)))
+    assert images.shape == (4, 3, H, W) and parts.shape == (4, 14, 3)
+    ds = PartImageDataset(splits.train, kp, build_transforms(H, W, is_train=True), seed=0)
+    assert isinstance(ds.transform, ReIDTransform)
+    steps = [type(t).__name__ for t in ds.transform.geometry.transforms + ds.transform.pixels.transforms]
+    assert {"RandomHorizontalFlip", "RandomCrop", "RandomErasing"} <= set(steps)
+    plain = PartImageDataset(splits.train, kp, build_transforms(H, W, is_train=False))
+    flips = shifts = 0
+    for i in range(24):
+        p, ref = ds[i][3], plain[i][3]
+        # one flip (or none) and one crop shift (dx, dy) map every keypoint left in the image
+        fits = []
+        for flip in (False, True):
+            src = ref[list(KEYPOINT_FLIP)] if flip else ref
+            x = W - src[:, 0] if flip else src[:, 0]
+            seen = p[:, 2] > 0
+            assert bool((src[seen, 2] > 0).all())  # only keypoints visible before can be visible after
+            dx, dy = p[seen, 0] - x[seen], p[seen, 1] - src[seen, 1]
+            if seen.any() and float(dx.max() - dx.min()) < 1e-4 and float(dy.max() - dy.min()) < 1e-4:
+                if abs(float(dx[0])) <= 10 and abs(float(dy[0])) <= 10:  # pad 10 + crop
+                    fits.append((flip, round(float(dx[0])), round(float(dy[0]))))
+        assert fits, f"item {i}: the keypoints did not move with the image"
+        # (a figure centred in the image fits both ways: its skeleton is left-right symmetric)
+        flips += all(f[0] for f in fits)
+        shifts += all((f[1], f[2]) != (0, 0) for f in fits)
+    assert flips > 0 and shifts > 0

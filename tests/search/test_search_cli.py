@@ -77,7 +77,7 @@ def test_search_under_torchrun_equals_one_process(setup):
               "two-stage", "--shortlist", "4", "--no-progress"]
     assert main(common + ["--out", str(one)]) == 0
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node", "2",
-           "-m", "partdist.cli"] + common + ["--out", str(two)]
+           "-m", "--", "partdist.cli"] + common + ["--out", str(two)]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -125,7 +125,7 @@ def test_index_under_torchrun_equals_one_process(setup, tmp_path):
     (ids, labels, paths, features), and a search over the shard files equals one over that index."""
     out = tmp_path / "two.idx"
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node", "2",
-           "-m", "partdist.cli", "index", "--images", setup["gallery"], "--checkpoint", setup["ckpt"], "--out",
+           "-m", "--", "partdist.cli", "index", "--images", setup["gallery"], "--checkpoint", setup["ckpt"], "--out",
            str(out), "--dtype", "float32", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)

@@ -163,7 +163,9 @@ def test_cli_under_torchrun(data_root, ddp_results, tmp_path):
     equals the weights of the in-process 2-rank float32 run (itself checked, in float64,
     against the single-process run)."""
     out = tmp_path / "torchrun"
-    cmd = [os.path.join(VENV_BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "partdist.cli",
+    # "--" ends torchrun's options: from torch 2.14 on, torchrun's own --print-completion makes
+    # partdist's --p an ambiguous abbreviation to it
+    cmd = [os.path.join(VENV_BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "--", "partdist.cli",
            "train", "--data", data_root, "--backbone", "compact", "--height", "64", "--width", "32",
            "--p", "4", "--k", "2", "--epochs", "2", "--iters-per-epoch", "2", "--lr", "0.01",
            "--warmup-epochs", "0", "--seed", "0", "--freeze-bn", "--optimizer", "sgd", "--progress", "false", "--out", str(out)]
