@@ -226,6 +226,7 @@ def test_fixed_pooled_weight_loses_recall_on_the_template_source():
     assert halves < glob
 
 
+@pytest.mark.slow  # end to end: writes and reads 640 images, runs the CNN on them, tunes and searches
 def test_default_two_stage_recall_on_cnn_features(tmp_path):
     """Features of a compact AlignedReID CNN (random weights: the structure of a CNN's global
     and stripe pooling of one map, not a generator's) of synthetic person images."""
