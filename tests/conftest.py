@@ -9,6 +9,7 @@
 """
 
 import os
+import sys
 
 # Idle OpenMP workers sleep instead of spinning (a user's own setting is kept). Set before torch
 # loads its OpenMP runtime. The thread count is unchanged, so parallel kernels still run on every
@@ -16,6 +17,12 @@ import os
 # `make test-fast` on this 2-core machine (118 s spinning, 80 s sleeping); on a loaded machine it
 # made a 0.1 s op take seconds (the spinning worker competing with the thread that has the work).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The test modules (rewritten by pytest for its assertion messages) and the package's modules are
+# compiled once and cached in __pycache__ (git-ignored) even where PYTHONDONTWRITEBYTECODE is set:
+# every pytest-xdist worker collects every test file, and compiling them all again costs each
+# worker about 5 s of CPU per run (half its collection time).
+sys.dont_write_bytecode = False
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -109,29 +109,33 @@ def _check_pair(op, kind, q, g, q_shape, g_shape, last):
         raise ValueError(f"{op}: {qn} is on {q.device} but {gn} is on {g.device}")
 
 
-_OPTION_DEFAULTS = {"lam": 1.0, "metric": "euclidean", "normalize": True, "gamma": 0.0, "band": None}
+_OPTIONS = ("lam", "metric", "normalize", "gamma", "band")
 
 
-def _is_default(name, v):
-    d = _OPTION_DEFAULTS[name]
-    if v is d:
-        return True
-    if d is None or v is None or isinstance(v, torch.Tensor):
-        return False
-    return type(v) is type(d) and v == d
+class _Unset:
+    """The default of a separate distance option: not given. The option then comes from
+    ``distance=`` or, without it, from :class:`Distance`'s default for that field."""
+
+    def __repr__(self):
+        return "<Distance default>"
+
+
+_UNSET = _Unset()
 
 
 def _distance(op, distance, has_local, has_global, options):
     """The :class:`Distance` of a call: ``distance``, or one made of the separate keyword
-    ``options`` (a dict of the options the caller gave) and the features given."""
-    unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
+    ``options`` and the features given. ``options`` holds only the options the caller
+    passed (an option left at its default is absent, or :data:`_UNSET`), so giving one
+    together with ``distance`` is an error whatever its value."""
+    unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise TypeError(f"{op}() got an unexpected keyword argument {unknown[0]!r}")
+    given = [name for name in _OPTIONS if name in options and options[name] is not _UNSET]
     if distance is None:
-        return Distance.for_features(has_local, has_global, op, **options)
+        return Distance.for_features(has_local, has_global, op, **{name: options[name] for name in given})
     if not isinstance(distance, Distance):
         raise TypeError(f"{op}: distance must be a partdist.eval.Distance, got {type(distance).__name__}")
-    given = [k for k, v in options.items() if not _is_default(k, v)]
     if given:
         raise ValueError(
             f"{op}: give distance=Distance(...) or the separate options, not both (got distance and "
@@ -192,9 +196,13 @@ _COMMON_DOC = """
             ``global + lam * local``.
         distance: a :class:`partdist.eval.Distance` (kind, metric, ``lam``,
             ``normalize``, ``gamma``, ``band``) instead of the separate options below.
-        lam: weight of the local distance in the fusion.
+        lam: weight of the local distance in the fusion (default 1.0).
         metric: global metric, ``euclidean`` (default), ``sqeuclidean`` or ``cosine``.
-        normalize, gamma, band: of the local distance, as in :func:`partdist.local_dist`.
+        normalize, gamma, band: of the local distance, as in :func:`partdist.local_dist`
+            (defaults ``True``, ``0.0``, ``None``).
+            The separate options left out take :class:`partdist.eval.Distance`'s
+            defaults; giving any of them (even with its default value) together with
+            ``distance`` is an error naming it.
         block_rows: queries per block (default: a block of about 64 MiB).
         chunk_size: pairs per tile inside :func:`partdist.local_dist`.
         progress: show a progress bar (tqdm)."""
@@ -206,11 +214,11 @@ def distance_blocks(
     q_global=None,
     g_global=None,
     *,
-    lam: float = 1.0,
-    metric: str = "euclidean",
-    normalize: bool = True,
-    gamma: float = 0.0,
-    band: Optional[float] = None,
+    lam: float = _UNSET,
+    metric: str = _UNSET,
+    normalize: bool = _UNSET,
+    gamma: float = _UNSET,
+    band: Optional[float] = _UNSET,
     block_rows: Optional[int] = None,
     chunk_size: Optional[int] = None,
     progress: bool = False,

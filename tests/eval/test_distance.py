@@ -116,6 +116,37 @@ def test_bad_descriptions_and_conflicts():
         query_gallery_distance(ql, gl, lamda=0.5)
 
 
+@pytest.mark.parametrize("name,value", [("lam", 1.0), ("metric", "euclidean"), ("normalize", True),
+                                        ("gamma", 0.0), ("band", None)])
+def test_an_option_given_beside_distance_is_a_conflict_even_at_its_default(name, value):
+    """Whether an option was given is known from the call, not guessed by comparing it with
+    its default: the default value given explicitly next to ``distance`` is still named."""
+    ql, gl, qg, gg = feats()
+    for call in (
+        lambda **kw: query_gallery_distance(ql, gl, qg, gg, **kw),
+        lambda **kw: list(distance_blocks(ql, gl, qg, gg, **kw)),
+        lambda **kw: topk_distance(ql, gl, qg, gg, k=2, **kw),
+        lambda **kw: re_ranking_features(ql, gl, qg, gg, k1=4, k2=2, **kw),
+    ):
+        with pytest.raises(ValueError, match=f"not both \\(got distance and {name}\\); put {name}= into"):
+            call(distance=Distance(), **{name: value})
+
+
+def test_options_left_out_take_the_distance_defaults():
+    ql, gl, qg, gg = feats()
+    want = query_gallery_distance(ql, gl, qg, gg, distance=Distance())
+    assert torch.equal(query_gallery_distance(ql, gl, qg, gg), want)
+    assert torch.equal(torch.cat([b for _, _, b in distance_blocks(ql, gl, qg, gg, block_rows=4)]), want)
+    # each option alone is applied, the others keep the Distance defaults
+    for name, value in (("lam", 0.3), ("metric", "cosine"), ("normalize", False), ("gamma", 0.2), ("band", 2.0)):
+        want = query_gallery_distance(ql, gl, qg, gg, distance=Distance(**{name: value}))
+        got = torch.cat([b for _, _, b in distance_blocks(ql, gl, qg, gg, block_rows=4, **{name: value})])
+        assert torch.equal(got, want), name
+        assert torch.equal(query_gallery_distance(ql, gl, qg, gg, **{name: value}), want), name
+    # with one kind of features the kind follows from them
+    assert torch.equal(query_gallery_distance(ql, gl), query_gallery_distance(ql, gl, distance=Distance("local")))
+
+
 def test_a_global_distance_ignores_local_features_of_another_stripe_count():
     ql, gl, qg, gg = feats()
     got = re_ranking_features(ql, gl[:, :3], qg, gg, k1=5, k2=2, distance=Distance("global"))
