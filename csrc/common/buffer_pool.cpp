@@ -24,7 +24,7 @@ class Pool {
   void* get(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (size_t k = 0; k < free_.size(); ++k)
+      for (size_t k = free_.size(); k-- > 0;)  // the newest first
         if (free_[k].bytes == bytes) {
           void* p = free_[k].ptr;
           held_ -= bytes;
@@ -36,16 +36,25 @@ class Pool {
     TORCH_CHECK(p != nullptr, "partdist: out of memory allocating ", bytes, " bytes");
     return p;
   }
+  // Keeps the newest blocks: the oldest ones are freed to make room.
   void put(void* p, size_t bytes) {
+    std::vector<void*> evict;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (int(free_.size()) < kPoolMaxBlocks && held_ + int64_t(bytes) <= kPoolMaxBytes) {
+      if (int64_t(bytes) > kPoolMaxBytes) {
+        evict.push_back(p);
+      } else {
+        while (!free_.empty() &&
+               (int(free_.size()) >= kPoolMaxBlocks || held_ + int64_t(bytes) > kPoolMaxBytes)) {
+          evict.push_back(free_.front().ptr);
+          held_ -= int64_t(free_.front().bytes);
+          free_.erase(free_.begin());
+        }
         free_.push_back({p, bytes});
         held_ += int64_t(bytes);
-        return;
       }
     }
-    std::free(p);
+    for (void* q : evict) std::free(q);
   }
   std::pair<int64_t, int64_t> stats() {
     std::lock_guard<std::mutex> lock(mu_);

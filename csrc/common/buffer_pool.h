@@ -6,8 +6,9 @@
 // come back as freshly mapped pages every step: the first write to each page faults and
 // clears it, which can cost more than the kernel that fills the buffer. pooled_empty
 // returns memory that a previous tensor of the same size already touched, when one has
-// been freed since. The cache keeps at most kPoolMaxBlocks blocks and kPoolMaxBytes
-// bytes; the tensors are ordinary CPU tensors (their storage cannot be resized).
+// been freed since. The cache keeps the most recently freed blocks, at most
+// kPoolMaxBlocks of them and kPoolMaxBytes bytes; the tensors are ordinary CPU tensors
+// (their storage cannot be resized).
 #pragma once
 
 #include <ATen/core/Tensor.h>
