@@ -48,25 +48,16 @@ __attribute__((always_inline)) inline V splat(float s) {
 // pd_min lane by lane (torch.minimum: NaN propagates).
 __attribute__((always_inline)) inline V vmin(V a, V b) { return ((b < a) | (b != b)) ? b : a; }
 
-// pd_tanh of dmli_common.h, lane by lane (same coefficients, same clamp).
-__attribute__((always_inline)) inline V vtanh(V x) {
-  const V c = splat(7.90531110763549805f), nc = splat(-7.90531110763549805f);
-  x = x > c ? c : (x < nc ? nc : x);
-  const V x2 = x * x;
-  V p = splat(-2.76076847742355e-16f);
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  V q = splat(1.19825839466702e-06f);
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return VT::div(p, q);
-}
+// pd_tanh of dmli_common.h lane by lane: dmli_tanh.h's function with the level's
+// division.
+struct VecTanhOps {
+  static V clamp(V x, float c) {
+    const V hi = splat(c), lo = splat(-c);
+    return x > hi ? hi : (x < lo ? lo : x);
+  }
+  static V div(V p, V q) { return VT::div(p, q); }
+};
+__attribute__((always_inline)) inline V vtanh(V x) { return tanh_rational<VecTanhOps>(x); }
 
 // Cell value from |a|^2 (aa), |b|^2 (bb) and a.b (ab): cell_value of dmli_common.h.
 __attribute__((always_inline)) inline V vcell(float aa, V bb, V ab, bool normalize) {
