@@ -27,6 +27,7 @@
 #include "../common/hd.h"
 #include "../common/launch.h"
 #include "../common/math.h"
+#include "dmli_tanh.h"
 
 namespace partdist {
 namespace dmli {
@@ -37,27 +38,8 @@ namespace dmli {
 constexpr int kMaxStripes = 128;
 
 // ---------------------------------------------------------------- primitives
-// float tanh as a clamped rational function (the coefficients of Eigen's
-// generic_fast_tanh_float): max abs error 4e-7 (a few ulp), branch-free so that
-// the compiler vectorizes loops over cells; NaN propagates.
-PD_HD float pd_tanh(float x) {
-  const float c = 7.90531110763549805f;
-  x = x > c ? c : (x < -c ? -c : x);
-  const float x2 = x * x;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
-}
+// float tanh: dmli_tanh.h's clamped rational function.
+PD_HD float pd_tanh(float x) { return tanh_rational<ScalarTanhOps>(x); }
 PD_HD double pd_tanh(double x) { return tanh(x); }
 
 // torch.minimum semantics: NaN propagates.

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "../common/ptr.h"
@@ -269,6 +270,7 @@ struct AlignedPairs {
   int m, n;
   int64_t mn;
   bool normalize;
+  const simd::Kernels& K;  // float32: the dots and the chain rule of the CPU's level
   AlignedPairs(const at::Tensor& xt, const at::Tensor& yt, bool norm)
       : x(xt.const_data_ptr<T>()),
         y(yt.const_data_ptr<T>()),
@@ -277,7 +279,18 @@ struct AlignedPairs {
         m(int(xt.size(1))),
         n(int(yt.size(1))),
         mn(int64_t(m) * n),
-        normalize(norm) {}
+        normalize(norm),
+        K(simd::kernels()) {}
+  // Stripe dot products and squared norms of pair p (dmli_simd.h's pair_dots for float32,
+  // dmli_common.h's otherwise).
+  void dots(int64_t p, T* xy, T* xx, T* yy) const {
+    const T* xp = x + p * m * C;
+    const T* yp = y + p * n * C;
+    if constexpr (std::is_same_v<T, float>)
+      K.pair_dots(xp, yp, m, n, C, xy, xx, yy);
+    else
+      pair_dots(xp, yp, m, n, C, xy, xx, yy);
+  }
 };
 
 // Per-thread scratch of one block: the dot products, squared norms and cells of its
@@ -289,6 +302,8 @@ struct AlignedScratch {
   using V = Lanes<T, kLanes>;
   std::vector<T> xy, xx, yy, cells, table, grow, w;
   std::vector<V> dp;
+  std::vector<int> idx;    // pair_grads' scratch
+  std::vector<float> ldp;  // lanes_dp's scratch, then its cell gradients ([m*n][width])
   AlignedScratch(const AlignedPairs<T>& A, bool full_table)
       : xy(kLanes * A.mn),
         xx(kLanes * A.m),
@@ -297,7 +312,9 @@ struct AlignedScratch {
         table(A.mn),
         grow(A.n),
         w(A.mn),
-        dp(full_table ? 2 * A.mn + A.n : A.n) {}
+        dp(full_table ? 2 * A.mn + A.n : A.n),
+        idx(std::is_same_v<T, float> ? simd::pair_grads_scratch(A.m, A.n) : 0),
+        ldp(std::is_same_v<T, float> ? A.K.lanes_dp_scratch(A.m, A.n) + A.mn * A.K.width : 0) {}
   // Cell accessor of lane l (from its dot products and norms).
   FusedCells<T> fused(const AlignedPairs<T>& A, int l) const {
     return FusedCells<T>{xy.data() + l * A.mn, int64_t(A.n), xx.data() + l * A.m,
@@ -343,8 +360,7 @@ void for_aligned_blocks(const AlignedPairs<T>& A, bool full_table, bool dots, co
         const int64_t p = p0 + l;
         live[l] = p < A.N && need(p);
         if (live[l] && dots)
-          pair_dots(A.x + p * A.m * A.C, A.y + p * A.n * A.C, A.m, A.n, A.C, s.xy.data() + l * A.mn,
-                    s.xx.data() + l * A.m, s.yy.data() + l * A.n);
+          A.dots(p, s.xy.data() + l * A.mn, s.xx.data() + l * A.m, s.yy.data() + l * A.n);
       }
       body(s, p0, live);
     }
@@ -390,8 +406,9 @@ inline void cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
   }
 }
 
+// float32: dmli_simd.h's pair_grads (the same sums, in registers, for the CPU's level).
 template <typename T>
-void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
+void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy, int* idx) {
   const int m = A.m, n = A.n;
   const int64_t C = A.C;
   const T* xp = A.x + p * m * C;
@@ -401,6 +418,10 @@ void pair_grads(const AlignedPairs<T>& A, int64_t p, const T* w, T* gx, T* gy) {
   if (w == nullptr) {
     std::fill(gxp, gxp + m * C, T(0));
     std::fill(gyp, gyp + n * C, T(0));
+    return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    A.K.pair_grads(xp, yp, m, n, C, w, gxp, gyp, idx);
     return;
   }
   // rows of gy written so far (n may exceed kMaxStripes in the kCells mode)
@@ -493,7 +514,7 @@ void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
           for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
             const int64_t p = p0 + l;
             if (!live[l]) {
-              pair_grads<T>(A, p, nullptr, pgx, pgy);
+              pair_grads<T>(A, p, nullptr, pgx, pgy, nullptr);
               continue;
             }
             const FusedCells<T> c = s.fused(A, l);
@@ -511,11 +532,32 @@ void CpuKernels::aligned_backward(Mode mode, bool normalize, const DPRule& rule,
                                EmitGrad<T>{w, int64_t(n)}, rule);
               fill_weights(c, m, n, w, int64_t(n), w, int64_t(n));
             }
-            pair_grads<T>(A, p, w, pgx, pgy);
+            pair_grads<T>(A, p, w, pgx, pgy, s.idx.data());
           }
         });
   });
 }
+
+namespace {
+// The band's allowed cells (m*n flags, row-major), empty without a band.
+std::vector<unsigned char> band_flags(const DPRule& rule, int m, int n) {
+  std::vector<unsigned char> f;
+  if (rule.band < 0.0) return f;
+  f.resize(size_t(m) * n);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) f[size_t(i) * n + j] = rule.allowed(i, j, m, n) ? 1 : 0;
+  return f;
+}
+
+// dmli_simd.h's lanes_dp on `lanes` consecutive pairs of A (float32 only; the callers'
+// lambdas are no templates, so their `if constexpr` keeps both branches).
+template <typename T>
+void lanes_dp(const AlignedPairs<T>& A, const T* d, int lanes, const unsigned char* allowed,
+              const T* gout, T* out, float* gcell, float* scratch) {
+  if constexpr (std::is_same_v<T, float>)
+    A.K.lanes_dp(d, A.mn, lanes, A.m, A.n, allowed, gout, out, gcell, scratch);
+}
+}  // namespace
 
 // Training pair of ops (kFused, not diag): the forward as aligned_forward, its DP
 // reading the cell values it writes into cells (pair p: raw distances at
@@ -532,6 +574,9 @@ void CpuKernels::aligned_forward_cells(bool normalize, const DPRule& rule, const
     const AlignedPairs<T> A(x, y, normalize);
     T* pout = out.mutable_data_ptr<T>();
     T* pc = cells.mutable_data_ptr<T>();
+    const std::vector<unsigned char> band = band_flags(rule, A.m, A.n);
+    const unsigned char* allowed = band.empty() ? nullptr : band.data();
+    const bool hard = !(rule.gamma > 0.0) && !rule.diag;
     for_aligned_blocks<T>(
         A, false, true, [](int64_t) { return true; },
         [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
@@ -541,6 +586,16 @@ void CpuKernels::aligned_forward_cells(bool normalize, const DPRule& rule, const
             T* r = pc + (p0 + l) * A.mn;
             if (live[l]) fill_raw_cells(s.fused(A, l), A.m, A.n, r, r + A.N * A.mn);
             c.base[l] = live[l] ? r + A.N * A.mn : s.cells.data() + l * A.mn;
+          }
+          if constexpr (std::is_same_v<T, float>) {
+            if (hard) {  // the DP in the level's SIMD lanes (dmli_simd.h)
+              const int cnt = int(std::min<int64_t>(kLanes, A.N - p0));
+              const int w = A.K.width;
+              for (int l0 = 0; l0 < cnt; l0 += w)
+                lanes_dp<T>(A, pc + (A.N + p0 + l0) * A.mn, std::min(w, cnt - l0), allowed, nullptr,
+                            pout + p0 + l0, nullptr, s.ldp.data());
+              return;
+            }
           }
           const V v = dmli_forward<V>(c, A.m, A.n, RowStore<V>{s.dp.data()}, rule);
           for (int l = 0; l < kLanes && live[l]; ++l) pout[p0 + l] = v.v[l];
@@ -560,6 +615,9 @@ void CpuKernels::aligned_backward_cells(bool normalize, const DPRule& rule, cons
     const T* pc = cells.const_data_ptr<T>();
     T* pgx = gx.mutable_data_ptr<T>();
     T* pgy = gy.mutable_data_ptr<T>();
+    const std::vector<unsigned char> band = band_flags(rule, A.m, A.n);
+    const unsigned char* allowed = band.empty() ? nullptr : band.data();
+    const bool hard = !(rule.gamma > 0.0) && !rule.diag;
     auto need = [&](int64_t p) { return pg[p] != T(0); };
     for_aligned_blocks<T>(
         A, true, false, need, [&](AlignedScratch<T>& s, int64_t p0, const bool* live) {
@@ -567,20 +625,37 @@ void CpuKernels::aligned_backward_cells(bool normalize, const DPRule& rule, cons
           c.si = A.n;
           for (int l = 0; l < kLanes; ++l)
             c.base[l] = live[l] ? pc + (A.N + p0 + l) * A.mn : s.cells.data() + l * A.mn;
-          const V* gcell = lane_cell_grads(s, A, c, pg, p0, live, rule);
-          for (int l = 0; l < kLanes && p0 + l < A.N; ++l) {
+          // pair p0 + l from its cell gradients gcell(k), k < m*n
+          auto lane_grads = [&](int l, const auto& gcell) {
             const int64_t p = p0 + l;
             if (!live[l]) {
-              pair_grads<T>(A, p, nullptr, pgx, pgy);
-              continue;
+              pair_grads<T>(A, p, nullptr, pgx, pgy, nullptr);
+              return;
             }
             const T* r = pc + p * A.mn;
             const T* d = r + A.N * A.mn;
             T* w = s.w.data();
             for (int64_t k = 0; k < A.mn; ++k)
-              w[k] = cell_weight_raw(gcell[k].v[l], r[k], d[k], normalize);
-            pair_grads<T>(A, p, w, pgx, pgy);
+              w[k] = cell_weight_raw(T(gcell(k)), r[k], d[k], normalize);
+            pair_grads<T>(A, p, w, pgx, pgy, s.idx.data());
+          };
+          const int cnt = int(std::min<int64_t>(kLanes, A.N - p0));
+          if constexpr (std::is_same_v<T, float>) {
+            if (hard) {  // the DPs in the level's SIMD lanes (dmli_simd.h), width at a time
+              const int w = A.K.width;
+              float* gc = s.ldp.data() + A.K.lanes_dp_scratch(A.m, A.n);  // [mn][w]
+              for (int l0 = 0; l0 < cnt; l0 += w) {
+                const int lanes = std::min(w, cnt - l0);
+                lanes_dp<T>(A, pc + (A.N + p0 + l0) * A.mn, lanes, allowed, pg + p0 + l0, nullptr,
+                            gc, s.ldp.data());
+                for (int l = l0; l < l0 + lanes; ++l)
+                  lane_grads(l, [&](int64_t k) { return gc[k * w + (l - l0)]; });
+              }
+              return;
+            }
           }
+          const V* gcell = lane_cell_grads(s, A, c, pg, p0, live, rule);
+          for (int l = 0; l < cnt; ++l) lane_grads(l, [&](int64_t k) { return gcell[k].v[l]; });
         });
   });
 }

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/buffer_pool.h"
 #include "../common/checks.h"
 #include "../common/gemm_grads.h"
 #include "../common/matmul.h"
@@ -223,7 +224,7 @@ std::tuple<Tensor, Tensor> batch_local_dist_fwd_cells_impl(const Tensor& x, cons
   auto ct = compute_type(x);
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor out = at::empty({N}, xc.options());
-  Tensor cells = at::empty({2, N, m, n}, xc.options());
+  Tensor cells = pooled_empty({2, N, m, n}, xc.options());
   if (N > 0) CpuKernels::aligned_forward_cells(normalize, rule, xc, yc, out, cells);
   return {out.to(x.scalar_type()), cells};
 }
@@ -245,7 +246,8 @@ std::tuple<Tensor, Tensor> batch_local_dist_backward_cells_impl(const Tensor& gr
               shape_str(cells), " ", cells.scalar_type());
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor g = grad.to(ct).contiguous(), c = cells.contiguous();
-  Tensor gx = at::empty_like(xc), gy = at::empty_like(yc);
+  // every element is written; pooled: a training step's gradients reuse mapped memory
+  Tensor gx = pooled_empty(xc.sizes(), xc.options()), gy = pooled_empty(yc.sizes(), yc.options());
   if (N > 0) CpuKernels::aligned_backward_cells(normalize, rule, g, xc, yc, c, gx, gy);
   return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 namespace partdist {
 namespace dmli {
@@ -36,7 +37,32 @@ struct Kernels {
   // Pairs (a, b), a in [a0, a1), b in [b0, b1); single-threaded.
   void (*allpairs)(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
                    float* scratch);
+  // One aligned pair, x [m, C] and y [n, C] contiguous: xy[i * n + j] = x_i . y_j,
+  // xx[i] = |x_i|^2, yy[j] = |y_j|^2.
+  void (*pair_dots)(const float* x, const float* y, int m, int n, int64_t C, float* xy, float* xx,
+                    float* yy);
+  // Chain rule of one aligned pair from its cell weights w (m*n, row-major):
+  //   gx_i = sum_j w_ij (x_i - y_j) (j ascending), gy_j = -sum_i w_ij (x_i - y_j)
+  //   (i ascending), over the cells with a nonzero weight; every row of gx [m, C] and
+  //   gy [n, C] is written (zeros where no cell contributes). idx: pair_grads_scratch
+  //   ints.
+  void (*pair_grads)(const float* x, const float* y, int m, int n, int64_t C, const float* w,
+                     float* gx, float* gy, int* idx);
+  // The hard-minimum DP of `lanes` aligned pairs at once (one per SIMD lane, lanes <= W;
+  // the other lanes compute garbage that is not written): the cells of pair l are
+  // d[l * ds + i * n + j]; allowed: m*n band flags or null. Writes the distance of pair l
+  // to out[l] (out may be null); with gout non-null (dL/d(distance) of each pair) also
+  // dL/dd(i, j) of pair l to gcell[(i * n + j) * W + l] (the ties split in half, as
+  // dmli_common.h's dmli_reverse). scratch: lanes_dp_scratch floats.
+  void (*lanes_dp)(const float* d, int64_t ds, int lanes, int m, int n,
+                   const unsigned char* allowed, const float* gout, float* out, float* gcell,
+                   float* scratch);
+  int64_t (*lanes_dp_scratch)(int m, int n);
+  int width;  // float lanes of a vector (W of lanes_dp)
 };
+
+// Ints of scratch that pair_grads needs for an m x n pair.
+inline int64_t pair_grads_scratch(int m, int n) { return 2 * int64_t(m) * n + m + n + 2; }
 
 #define PARTDIST_SIMD_DECLARE(NS) \
   namespace NS {                  \

@@ -2,6 +2,7 @@
 // flags; run only where the CPU has them (common/cpu_isa.h).
 #include "../common/cpu_isa.h"
 #include "dmli_simd.h"
+#include "dmli_tanh.h"
 
 #if PARTDIST_X86_DISPATCH
 #include <immintrin.h>

@@ -48,25 +48,16 @@ __attribute__((always_inline)) inline V splat(float s) {
 // pd_min lane by lane (torch.minimum: NaN propagates).
 __attribute__((always_inline)) inline V vmin(V a, V b) { return ((b < a) | (b != b)) ? b : a; }
 
-// pd_tanh of dmli_common.h, lane by lane (same coefficients, same clamp).
-__attribute__((always_inline)) inline V vtanh(V x) {
-  const V c = splat(7.90531110763549805f), nc = splat(-7.90531110763549805f);
-  x = x > c ? c : (x < nc ? nc : x);
-  const V x2 = x * x;
-  V p = splat(-2.76076847742355e-16f);
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  V q = splat(1.19825839466702e-06f);
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return VT::div(p, q);
-}
+// pd_tanh of dmli_common.h lane by lane: dmli_tanh.h's function with the level's
+// division.
+struct VecTanhOps {
+  static V clamp(V x, float c) {
+    const V hi = splat(c), lo = splat(-c);
+    return x > hi ? hi : (x < lo ? lo : x);
+  }
+  static V div(V p, V q) { return VT::div(p, q); }
+};
+__attribute__((always_inline)) inline V vtanh(V x) { return tanh_rational<VecTanhOps>(x); }
 
 // Cell value from |a|^2 (aa), |b|^2 (bb) and a.b (ab): cell_value of dmli_common.h.
 __attribute__((always_inline)) inline V vcell(float aa, V bb, V ab, bool normalize) {
@@ -202,8 +193,319 @@ void allpairs(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t
          : allpairs_impl<false, false>(P, a0, a1, b0, b1, scratch);
 }
 
+// ------------------------------------------------------------- aligned pairs
+// The per-pair dot products and chain rule of the aligned ops (batch_local_dist,
+// local_dist_matrix and their backward): stripes of C channels, W channels per
+// vector, the last vector of a stripe partial when W does not divide C.
+
+typedef int VI __attribute__((vector_size(4 * W)));
+
+// The first `cnt` floats at p, zeros after (cnt <= W).
+__attribute__((always_inline)) inline V load_part(const float* p, int cnt) {
+  V v = {};
+  __builtin_memcpy(&v, p, 4 * (unsigned long)(cnt));
+  return v;
+}
+__attribute__((always_inline)) inline void store_part(float* p, V v, int cnt) {
+  __builtin_memcpy(p, &v, 4 * (unsigned long)(cnt));
+}
+
+// One step of the transposing sum (hsum_lanes): blocks of Bk lanes of p and q
+// interleaved, lo takes the first half of each 2 Bk lanes of both, hi the second.
+constexpr int lo_lane(int b, int i) {
+  return (i % (2 * b)) < b ? i / (2 * b) * (2 * b) + i % (2 * b)
+                           : W + i / (2 * b) * (2 * b) + i % (2 * b) - b;
+}
+constexpr int hi_lane(int b, int i) { return lo_lane(b, i) + b; }
+template <int Bk, int... I>
+__attribute__((always_inline)) inline V pair_sum(V p, V q, std::integer_sequence<int, I...>) {
+  return __builtin_shuffle(p, q, VI{lo_lane(Bk, I)...}) +
+         __builtin_shuffle(p, q, VI{hi_lane(Bk, I)...});
+}
+template <int Bk>
+__attribute__((always_inline)) inline void hsum_step(V* v, int cnt) {
+  for (int k = 0; k < cnt / 2; ++k)
+    v[k] = pair_sum<Bk>(v[2 * k], v[2 * k + 1], std::make_integer_sequence<int, W>());
+  if constexpr (2 * Bk < W) hsum_step<2 * Bk>(v, cnt / 2);
+}
+// v[0] receives in lane l the sum of the lanes of v[l], for the W vectors of v
+// (log2(W) steps of shuffles and adds; v is overwritten).
+__attribute__((always_inline)) inline V hsum_lanes(V* v) {
+  hsum_step<1>(v, W);
+  return v[0];
+}
+
+// acc[r * RB + s] (r < RA, s < RB) = lane-wise products of rows a + r*C and b + s*C,
+// summed over the C channels (nfull full vectors, then `tail` channels).
+template <int RA, int RB>
+__attribute__((always_inline)) inline void dot_tile(const float* a, const float* b, int64_t C,
+                                                    int64_t nfull, int tail, V* acc) {
+  V c[RA * RB];
+  for (int k = 0; k < RA * RB; ++k) c[k] = V{};
+  for (int64_t v = 0; v < nfull; ++v) {
+    V xa[RA], yb[RB];
+    for (int r = 0; r < RA; ++r) xa[r] = load(a + r * C + v * W);
+    for (int s = 0; s < RB; ++s) yb[s] = load(b + s * C + v * W);
+    for (int r = 0; r < RA; ++r)
+      for (int s = 0; s < RB; ++s) c[r * RB + s] += xa[r] * yb[s];
+  }
+  if (tail) {
+    V xa[RA], yb[RB];
+    for (int r = 0; r < RA; ++r) xa[r] = load_part(a + r * C + nfull * W, tail);
+    for (int s = 0; s < RB; ++s) yb[s] = load_part(b + s * C + nfull * W, tail);
+    for (int r = 0; r < RA; ++r)
+      for (int s = 0; s < RB; ++s) c[r * RB + s] += xa[r] * yb[s];
+  }
+  for (int k = 0; k < RA * RB; ++k) acc[k] = c[k];
+  for (int k = RA * RB; k < W; ++k) acc[k] = V{};
+}
+
+// The RA x RB dot products of rows a.. (RA of them) and b.. (RB) into out[r * so + s].
+template <int RA, int RB>
+void dot_block(const float* a, const float* b, int64_t C, float* out, int64_t so) {
+  static_assert(RA * RB <= W, "a tile's sums must fit one vector");
+  const int64_t nfull = C / W;
+  const int tail = int(C - nfull * W);
+  V acc[W];
+  dot_tile<RA, RB>(a, b, C, nfull, tail, acc);
+  float s[W];
+  store(s, hsum_lanes(acc));
+  for (int r = 0; r < RA; ++r)
+    for (int q = 0; q < RB; ++q) out[r * so + q] = s[r * RB + q];
+}
+
+// Squared norms of R rows (stride C) into out.
+template <int R>
+void norm_block(const float* a, int64_t C, float* out) {
+  const int64_t nfull = C / W;
+  const int tail = int(C - nfull * W);
+  V c[W];
+  for (int k = 0; k < W; ++k) c[k] = V{};
+  for (int64_t v = 0; v < nfull; ++v)
+    for (int r = 0; r < R; ++r) {
+      const V x = load(a + r * C + v * W);
+      c[r] += x * x;
+    }
+  if (tail)
+    for (int r = 0; r < R; ++r) {
+      const V x = load_part(a + r * C + nfull * W, tail);
+      c[r] += x * x;
+    }
+  float s[W];
+  store(s, hsum_lanes(c));
+  for (int r = 0; r < R; ++r) out[r] = s[r];
+}
+template <int R>
+void norm_upto(int rows, const float* a, int64_t C, float* out) {
+  if constexpr (R > 1) {
+    if (rows < R) return norm_upto<R - 1>(rows, a, C, out);
+  }
+  norm_block<R>(a, C, out);
+}
+void row_norms(const float* a, int rows, int64_t C, float* out) {
+  constexpr int R = W < 8 ? W : 8;
+  for (int r0 = 0; r0 < rows; r0 += R) norm_upto<R>(rows - r0, a + r0 * C, C, out + r0);
+}
+
+// Tiles of 4 rows of x by 2 rows of y (8 accumulators: 6 loads per 8 FMAs); the
+// edges in smaller tiles.
+template <int RA>
+void dot_rows(const float* x, const float* y, int n, int64_t C, float* xy) {
+  int j = 0;
+  for (; j + 2 <= n; j += 2) dot_block<RA, 2>(x, y + j * C, C, xy + j, n);
+  if (j < n) dot_block<RA, 1>(x, y + j * C, C, xy + j, n);
+}
+
+void pair_dots(const float* x, const float* y, int m, int n, int64_t C, float* xy, float* xx,
+               float* yy) {
+  row_norms(x, m, C, xx);
+  row_norms(y, n, C, yy);
+  int i = 0;
+  for (; i + 4 <= m; i += 4) dot_rows<4>(x + i * C, y, n, C, xy + i * n);
+  switch (m - i) {
+    case 3:
+      dot_rows<3>(x + i * C, y, n, C, xy + i * n);
+      break;
+    case 2:
+      dot_rows<2>(x + i * C, y, n, C, xy + i * n);
+      break;
+    case 1:
+      dot_rows<1>(x + i * C, y, n, C, xy + i * n);
+      break;
+    default:
+      break;
+  }
+}
+
+// Channels [c0, c0 + K*W) of one gradient row (of the last vector only `tail`
+// channels when tail > 0): own is the row's stripe, the cells are the stripes
+// other + idx[e] * C with weights w[idx[e] * ws], e < cnt, in that order.
+//   gx row i (kGy false): sum_e w_e (own - other_e)
+//   gy row j (kGy true):  -sum_e w_e (other_e - own)
+template <int K, bool kGy>
+__attribute__((always_inline)) inline void grad_block(const float* own, const float* other,
+                                                      int64_t C, const int* idx, int cnt,
+                                                      const float* w, int64_t ws, float* dst,
+                                                      int64_t c0, int tail) {
+  auto ld = [&](const float* p, V* v) {
+    for (int k = 0; k < K; ++k)
+      v[k] = (tail && k == K - 1) ? load_part(p + c0 + k * W, tail) : load(p + c0 + k * W);
+  };
+  V a[K], acc[K];
+  ld(own, a);
+  for (int k = 0; k < K; ++k) acc[k] = V{};
+  for (int e = 0; e < cnt; ++e) {
+    V b[K];
+    ld(other + idx[e] * C, b);
+    const float we = w[idx[e] * ws];  // (a scalar operand broadcasts)
+    for (int k = 0; k < K; ++k) {
+      if (kGy)
+        acc[k] -= (b[k] - a[k]) * we;
+      else
+        acc[k] += (a[k] - b[k]) * we;
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    if (tail && k == K - 1)
+      store_part(dst + c0 + k * W, acc[k], tail);
+    else
+      store(dst + c0 + k * W, acc[k]);
+  }
+}
+
+// One gradient row, all its channels: blocks of 4 vectors (the accumulators and the
+// row's stripe in registers), then what is left.
+template <bool kGy>
+void grad_row(const float* own, const float* other, int64_t C, const int* idx, int cnt,
+              const float* w, int64_t ws, float* dst) {
+  constexpr int K = 4;
+  const int64_t nfull = C / W;
+  const int tail = int(C - nfull * W);
+  int64_t v = 0;
+  for (; v + K <= nfull; v += K) grad_block<K, kGy>(own, other, C, idx, cnt, w, ws, dst, v * W, 0);
+  switch (int(nfull - v) + (tail ? 1 : 0)) {  // vectors left, the last one partial
+    case 4:
+      grad_block<4, kGy>(own, other, C, idx, cnt, w, ws, dst, v * W, tail);
+      break;
+    case 3:
+      grad_block<3, kGy>(own, other, C, idx, cnt, w, ws, dst, v * W, tail);
+      break;
+    case 2:
+      grad_block<2, kGy>(own, other, C, idx, cnt, w, ws, dst, v * W, tail);
+      break;
+    case 1:
+      grad_block<1, kGy>(own, other, C, idx, cnt, w, ws, dst, v * W, tail);
+      break;
+    default:
+      break;
+  }
+}
+
+void pair_grads(const float* x, const float* y, int m, int n, int64_t C, const float* w, float* gx,
+                float* gy, int* idx) {
+  const int64_t mn = int64_t(m) * n;
+  int* rp = idx;         // m + 1
+  int* cp = rp + m + 1;  // n + 1
+  int* rj = cp + n + 1;  // at most m n
+  int* ci = rj + mn;     // at most m n
+  // branch-free: each index is written, and kept where its weight is nonzero
+  int e = 0;
+  for (int i = 0; i < m; ++i) {
+    rp[i] = e;
+    for (int j = 0; j < n; ++j) {
+      rj[e] = j;
+      e += w[i * n + j] != 0.0f;
+    }
+  }
+  rp[m] = e;
+  e = 0;
+  for (int j = 0; j < n; ++j) {
+    cp[j] = e;
+    for (int i = 0; i < m; ++i) {
+      ci[e] = i;
+      e += w[i * n + j] != 0.0f;
+    }
+  }
+  cp[n] = e;
+  for (int i = 0; i < m; ++i)
+    grad_row<false>(x + i * C, y, C, rj + rp[i], rp[i + 1] - rp[i], w + i * n, 1, gx + i * C);
+  for (int j = 0; j < n; ++j)
+    grad_row<true>(y + j * C, x, C, ci + cp[j], cp[j + 1] - cp[j], w + j, n, gy + j * C);
+}
+
+// ------------------------------------------------------- DP of aligned pairs
+// dmli_common.h's dmli_forward and dmli_reverse for the hard minimum, W pairs in the
+// lanes, the table and the gradients in lane-major scratch ([m * n][W] floats).
+int64_t lanes_dp_scratch(int m, int n) { return (int64_t(m) * n + n) * W; }
+
+void lanes_dp(const float* d, int64_t ds, int lanes, int m, int n, const unsigned char* allowed,
+              const float* gout, float* out, float* gcell, float* scratch) {
+  const int64_t mn = int64_t(m) * n;
+  float* S = scratch;        // [mn][W]
+  float* grow = S + mn * W;  // [n][W]
+  int64_t off[W];            // lanes past `lanes` repeat the last one
+  for (int l = 0; l < W; ++l) off[l] = (l < lanes ? l : lanes - 1) * ds;
+  const V inf = splat(__builtin_inff());
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      const int64_t k = int64_t(i) * n + j;
+      V s;
+      if (allowed && !allowed[k]) {
+        s = inf;
+      } else {
+        V c;
+        for (int l = 0; l < W; ++l) c[l] = d[off[l] + k];
+        if (i == 0)
+          s = j == 0 ? c : load(S + (k - 1) * W) + c;
+        else if (j == 0)
+          s = load(S + (k - n) * W) + c;
+        else
+          s = vmin(load(S + (k - n) * W), load(S + (k - 1) * W)) + c;
+      }
+      store(S + k * W, s);
+    }
+  }
+  if (out) {
+    float r[W];
+    store(r, load(S + (mn - 1) * W));
+    for (int l = 0; l < lanes; ++l) out[l] = r[l];
+  }
+  if (!gout) return;
+  V go = {};
+  for (int l = 0; l < lanes; ++l) go[l] = gout[l];
+  const V zero = {};
+  for (int j = 0; j < n; ++j) store(grow + j * W, zero);
+  for (int i = m - 1; i >= 0; --i) {
+    V carry = zero;  // gradient flowing into (i, j) from (i, j + 1)
+    for (int j = n - 1; j >= 0; --j) {
+      const int64_t k = int64_t(i) * n + j;
+      V g = load(grow + j * W) + carry;
+      if (i == m - 1 && j == n - 1) g = g + go;
+      store(gcell + k * W, g);
+      if (i == 0) {
+        carry = g;  // first row: S(0, j) = S(0, j - 1) + d
+        store(grow + j * W, zero);
+      } else if (j == 0) {
+        store(grow + j * W, g);  // first column: S(i, 0) = S(i - 1, 0) + d
+        carry = zero;
+      } else {  // min_grad_split: the smaller predecessor, a tie split in half
+        const V up = load(S + (k - n) * W), left = load(S + (k - 1) * W);
+        V u = up == left ? g * 0.5f : g;
+        V lf = u;
+        u = up > left ? zero : u;
+        lf = up < left ? zero : lf;
+        const auto gz = g == zero;
+        store(grow + j * W, gz ? zero : u);
+        carry = gz ? zero : lf;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace body
 
 extern const Kernels kKernels;
-const Kernels kKernels{body::B, &body::allpairs_scratch, &body::allpairs};
+const Kernels kKernels{
+    body::B,           &body::allpairs_scratch, &body::allpairs,         &body::pair_dots,
+    &body::pair_grads, &body::lanes_dp,         &body::lanes_dp_scratch, body::W};

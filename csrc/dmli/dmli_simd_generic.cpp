@@ -3,6 +3,7 @@
 // (generic16). Selected by common/cpu_isa.h; kernels() here picks among all levels.
 #include "../common/cpu_isa.h"
 #include "dmli_simd.h"
+#include "dmli_tanh.h"
 
 namespace partdist {
 namespace dmli {

@@ -111,3 +111,44 @@ def test_cpu_isa_bad_requests():
             with pytest.raises(RuntimeError, match="cannot run"):
                 ops._cpu_isa(lv)
     assert ops._cpu_isa("") in RUNNABLE
+
+
+def grads_of(fn, x, y, gout):
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    out = fn(a, b)
+    (out * gout).sum().backward()
+    return out.detach(), a.grad, b.grad
+
+
+@pytest.mark.parametrize("m,n", [(8, 8), (6, 5), (1, 4), (11, 3), (17, 9)])
+@pytest.mark.parametrize("C", [5, 8, 13, 24, 130])
+def test_training_ops_levels_match_float64(level, m, n, C):
+    # The float32 aligned ops (batch_local_dist and local_dist_matrix, forward and
+    # backward) take their dot products, their hard-minimum DP and their chain rule from
+    # the level's kernels: channel counts around the vector widths (8, 16), pairs around
+    # the DP's lanes (37: two blocks of 16 and part of a third), a zero in the incoming
+    # gradient (a pair without gradient). The hard minimum's path may flip between
+    # float32 and float64 at a near tie, so the reference gradient follows the float32
+    # path: dL/dd from dmli (one pair at a time) on the level's float32 cells, then the
+    # float64 chain rule through local_dist_matrix.
+    x, y = rand(37, 37, m, n, C, seed=m * 1000 + n * 10 + C)
+    gout = torch.rand(37, generator=torch.Generator().manual_seed(C)) * (torch.arange(37) % 7 != 3)
+    x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+    for kw in ({}, {"normalize": False}, {"band": 1.0}, {"gamma": 0.2}):
+        normalize = kw.get("normalize", True)
+        dp = {k: v for k, v in kw.items() if k != "normalize"}
+        out, gx, gy = grads_of(lambda a, b: partdist.batch_local_dist(a, b, **kw), x, y, gout)
+        torch.testing.assert_close(out, partdist.batch_local_dist(x64, y64, **kw).detach().float(),
+                                   rtol=2e-5, atol=2e-5)
+        d32 = partdist.local_dist_matrix(x, y, normalize).requires_grad_()
+        (partdist.dmli(d32, **dp) * gout).sum().backward()
+        rx, ry = torch.autograd.grad(partdist.local_dist_matrix(x64, y64, normalize), (x64, y64), d32.grad.double())
+        torch.testing.assert_close(gx, rx.float(), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(gy, ry.float(), rtol=1e-3, atol=1e-4)
+        assert torch.equal(gx[3], torch.zeros_like(gx[3]))  # the pair without gradient
+    gc = torch.randn(37, m, n, generator=torch.Generator().manual_seed(1))
+    cells, gx, gy = grads_of(lambda a, b: partdist.local_dist_matrix(a, b), x, y, gc)
+    ref = grads_of(lambda a, b: partdist.local_dist_matrix(a, b), x.double(), y.double(), gc.double())
+    torch.testing.assert_close(cells, ref[0].float(), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(gx, ref[1].float(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(gy, ref[2].float(), rtol=1e-3, atol=1e-4)

@@ -501,3 +501,28 @@ def test_cuda_mixed_devices_rejected():
     x, y = rand_xy(3, 4, 5)
     with pytest.raises(ValueError, match="same device"):
         partdist.batch_local_dist(x.cuda(), y)
+
+
+def test_training_gradients_reuse_freed_memory_only():
+    # The CPU training pair allocates its gradients (and saved cells) from a small cache
+    # of freed blocks (common/buffer_pool.h): a gradient still referenced is never handed
+    # out again, a freed one is, and reused memory is fully overwritten.
+    ops = torch.ops.partdist
+
+    def step(seed):
+        x, y = rand_xy(40, 6, 5, C=12, seed=seed, dtype=torch.float32)
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        partdist.batch_local_dist(a, b).sum().backward()
+        gx, gy = ops.batch_local_dist_backward(torch.ones(40), x, y, True, 0.0, -1.0, False)
+        assert torch.equal(a.grad, gx) and torch.equal(b.grad, gy)
+        return a.grad, b.grad
+
+    kept = step(0)
+    kept_copy = [g.clone() for g in kept]
+    freed_ptrs = {g.data_ptr() for g in step(1)}  # these gradients are dropped here
+    assert ops._pool_stats()[0] >= 2
+    again = step(2)
+    assert {g.data_ptr() for g in again} & freed_ptrs  # a freed block was reused
+    assert not {g.data_ptr() for g in again} & {g.data_ptr() for g in kept}
+    for g, c in zip(kept, kept_copy):
+        assert torch.equal(g, c)
