@@ -3,9 +3,11 @@
 * ``@pytest.mark.cuda``: needs a CUDA device; skipped here when there is none (the one
   place that decides it, so the CUDA build run with ``make cuda-check`` on a GPU machine
   runs exactly these).
-* ``@pytest.mark.slow``: the long tests (multi-process, training runs, thread checks, big
-  hypothesis sweeps, torch.compile, the larger gradcheck / opcheck cases, the memory check's
-  planted-leak self-tests but one); ``make test-fast`` deselects them, ``make test`` runs all.
+* ``@pytest.mark.slow``: the long tests (multi-process and fresh-interpreter runs, training
+  runs and the engines' trainers, thread checks, big hypothesis sweeps, torch.compile, the
+  larger gradcheck / opcheck cases, the memory checks, the torchvision architectures larger
+  than resnet18, most warp-kernel emulation cases, three of the search's four feature sources);
+  ``make test-fast`` deselects them, ``make test`` runs all.
 """
 
 import os
@@ -25,10 +27,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.dont_write_bytecode = False
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # torch is imported here, not at the top: pytest-xdist's controller loads this file
+    # but collects nothing, and would otherwise spend seconds importing torch before it
+    # starts its workers
+    import torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -71,6 +71,7 @@ def test_pos_int_check_has_one_definition():
     assert defs == ["_checks.py"]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_partdist_warns_nothing_and_has_no_cycle():
     # a fresh interpreter: importing the package (and eval first) raises no warning and no ImportError
     code = (

@@ -53,6 +53,7 @@ def _dataset(tmp_path, train_ids=4, train_per_id=4):
 
 
 # ------------------------------------------------------------------- torchreid
+@pytest.mark.slow  # a whole engine epoch
 def test_torchreid_image_triplet_engine(tmp_path):
     torchreid = _import_or_skip("torchreid")
     from partdist.compat import torchreid as pdtr
@@ -110,6 +111,7 @@ def test_torchreid_image_triplet_engine(tmp_path):
 
 
 # -------------------------------------------------------------------- fast-reid
+@pytest.mark.slow  # a whole trainer run
 def test_fastreid_default_trainer(tmp_path, monkeypatch):
     # fast-reid 1.4 imports collections.Mapping, removed in Python 3.10 (a user on 3.10+
     # applies the same fix; install() reports the failure otherwise)

@@ -18,7 +18,11 @@ def _tv_state(arch, seed=0):
     return get_model(arch, weights=None).state_dict()
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+# resnet18 in test-fast; the larger architectures (seconds each to initialise) in make test
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("arch", ["resnet18", *(pytest.param(a, marks=_SLOW) for a in ("resnet50", "resnext50_32x4d", "wide_resnet50_2"))])
 def test_torchvision_trunk_matches_the_torchvision_model(arch, tmp_path):
     """A torchvision state_dict file loads as it is, and the trunk + torchvision's avgpool/fc
     is torchvision's model."""
@@ -35,7 +39,7 @@ def test_torchvision_trunk_matches_the_torchvision_model(arch, tmp_path):
         torch.testing.assert_close(ref.fc(torch.flatten(ref.avgpool(fmap), 1)), ref(x))
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=_SLOW)])
 def test_last_stride_one_halves_the_stride_and_keeps_the_weights(arch, tmp_path):
     torch.save(_tv_state(arch), tmp_path / "w.pth")
     s2 = build_backbone(arch, 2, str(tmp_path / "w.pth")).eval()
@@ -48,6 +52,7 @@ def test_last_stride_one_halves_the_stride_and_keeps_the_weights(arch, tmp_path)
     assert not torch.allclose(a, b[..., ::2, ::2])  # stride 1 is not a subsampled stride 2
 
 
+@pytest.mark.slow  # builds resnext101_64x4d
 def test_every_offered_name_builds():
     assert set(BACKBONES) == set(TORCHVISION_BACKBONES) | {"compact"}
     for name in ("resnet34", "resnext101_64x4d", "compact"):
@@ -115,6 +120,7 @@ def test_torchvision_ops_load_with_this_torch():
 
 
 # ---------------------------------------------------------------------------------- timm
+@pytest.mark.slow  # four networks
 def test_timm_backbone(tmp_path):
     timm = pytest.importorskip("timm")
     m = build_backbone("timm:resnet18", last_stride=2).eval()

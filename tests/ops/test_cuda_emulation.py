@@ -110,16 +110,18 @@ def test_local_dist_all_pairs(gamma, band, unaligned, chunk):
 
 # --------------------------------------------------------------------- mining
 def _mining_cases():
-    # the warp kernel's emulation (32 lanes in lockstep, one OS thread each) takes seconds per
-    # case: one warp case and the column-major cases run in test-fast, the rest are marked slow
+    # the warp kernel's emulation (32 lanes in lockstep, one OS thread each) takes about a second
+    # per call pattern: one warp case and the column-major cases run in test-fast, the rest are
+    # marked slow. `which`: one of the three call patterns of the test
     for dtype in (torch.float32, torch.float64, torch.float16):
         for layout in ("row", "column", "strided"):
-            fast = layout == "column" or (layout == "row" and dtype == torch.float32)
-            yield pytest.param(layout, dtype, marks=() if fast else pytest.mark.slow)
+            for which in (0, 1, 2):
+                fast = layout == "column" or (layout == "row" and dtype == torch.float32 and which == 0)
+                yield pytest.param(layout, dtype, which, marks=() if fast else pytest.mark.slow)
 
 
-@pytest.mark.parametrize("layout,dtype", list(_mining_cases()))
-def test_mining(layout, dtype):
+@pytest.mark.parametrize("layout,dtype,which", list(_mining_cases()))
+def test_mining(layout, dtype, which):
     # 36 x 45 (and 36 x 36 for the square cases): rows over five blocks of 8 warps, the last one
     # partial; columns not a multiple of 32, so lanes 0-12 (0-3 when square) read a second column,
     # and the square cases' own column of rows 32-35 is one of those
@@ -133,7 +135,7 @@ def test_mining(layout, dtype):
         d = torch.cat([d, d], 1)[:, ::2]
     labels = torch.randint(0, 6, (N,), generator=torch.Generator().manual_seed(1))
     other = torch.randint(0, 6, (M,), generator=torch.Generator().manual_seed(2))
-    for args in [(labels, other, False), (labels, None, True), (labels, None, False)]:
+    for args in [[(labels, other, False), (labels, None, True), (labels, None, False)][which]]:
         dist = d if args[1] is not None else d[:, :N]
         e = EMU.hard_example_mining(dist, *args)
         c = CPU.hard_example_mining(dist, *args)

@@ -127,6 +127,7 @@ _needs_mallinfo = pytest.mark.skipif(_LIBC is None, reason="needs glibc's mallin
 _not_sanitized = pytest.mark.skipif(bool(os.environ.get("PARTDIST_SANITIZED")), reason="ASan replaces malloc")
 
 
+@pytest.mark.slow
 @_needs_mallinfo
 @_not_sanitized
 def test_memory_flat_over_many_calls():
@@ -137,7 +138,7 @@ def test_memory_flat_over_many_calls():
 
 @pytest.mark.parametrize(
     "where",
-    ["native malloc", pytest.param("torch tensor", marks=pytest.mark.slow), pytest.param("python bytes", marks=pytest.mark.slow)],
+    [pytest.param(w, marks=pytest.mark.slow) for w in ("native malloc", "torch tensor", "python bytes")],
 )
 @_needs_mallinfo
 @_not_sanitized

@@ -186,7 +186,8 @@ def test_select_cheapest_reaching_target():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", SOURCES)
+# one source in test-fast (the one built against a fixed proxy weight), all four in make test
+@pytest.mark.parametrize("kind", [k if k == "template" else pytest.param(k, marks=pytest.mark.slow) for k in SOURCES])
 def test_default_two_stage_recall_on_every_source(kind):
     """With default options (settings from the tuning), recall@10 >= 0.99 against the exact search."""
     src = FeatureSource(kind, 200, 3)

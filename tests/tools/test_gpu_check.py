@@ -263,6 +263,7 @@ def test_bad_stage_and_bench_names_are_clear_errors(capsys):
     assert G.parse_args(["--stage", "test,bench"]).stages == ["test", "bench"]
 
 
+@pytest.mark.slow  # collects the environment in a fresh interpreter
 def test_main_without_gpu_fails_the_stage_and_writes_the_report(tmp_path, monkeypatch):
     """No --allow-cpu and no GPU (hidden with CUDA_VISIBLE_DEVICES where there is one): the
     sanitize stage fails at once, and the report says why."""
