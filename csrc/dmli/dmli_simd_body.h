@@ -401,32 +401,30 @@ void grad_row(const float* own, const float* other, int64_t C, const int* idx, i
   }
 }
 
+// The nonzero entries of w[r * rs + c * cs] (rows x cols) as compressed rows: row r's columns are
+// ind[ptr[r]] .. ind[ptr[r + 1] - 1]. Branch-free: each index is written, and kept where its
+// weight is nonzero.
+void nonzero_index(const float* w, int rows, int cols, int rs, int cs, int* ptr, int* ind) {
+  int e = 0;
+  for (int r = 0; r < rows; ++r) {
+    ptr[r] = e;
+    for (int c = 0; c < cols; ++c) {
+      ind[e] = c;
+      e += w[r * rs + c * cs] != 0.0f;
+    }
+  }
+  ptr[rows] = e;
+}
+
 void pair_grads(const float* x, const float* y, int m, int n, int64_t C, const float* w, float* gx,
                 float* gy, int* idx) {
   const int64_t mn = int64_t(m) * n;
-  int* rp = idx;         // m + 1
-  int* cp = rp + m + 1;  // n + 1
-  int* rj = cp + n + 1;  // at most m n
-  int* ci = rj + mn;     // at most m n
-  // branch-free: each index is written, and kept where its weight is nonzero
-  int e = 0;
-  for (int i = 0; i < m; ++i) {
-    rp[i] = e;
-    for (int j = 0; j < n; ++j) {
-      rj[e] = j;
-      e += w[i * n + j] != 0.0f;
-    }
-  }
-  rp[m] = e;
-  e = 0;
-  for (int j = 0; j < n; ++j) {
-    cp[j] = e;
-    for (int i = 0; i < m; ++i) {
-      ci[e] = i;
-      e += w[i * n + j] != 0.0f;
-    }
-  }
-  cp[n] = e;
+  int* rp = idx;                         // m + 1
+  int* cp = rp + m + 1;                  // n + 1
+  int* rj = cp + n + 1;                  // at most m n
+  int* ci = rj + mn;                     // at most m n
+  nonzero_index(w, m, n, n, 1, rp, rj);  // by row of w
+  nonzero_index(w, n, m, 1, n, cp, ci);  // by column
   for (int i = 0; i < m; ++i)
     grad_row<false>(x + i * C, y, C, rj + rp[i], rp[i + 1] - rp[i], w + i * n, 1, gx + i * C);
   for (int j = 0; j < n; ++j)
