@@ -19,10 +19,8 @@ def _tv_state(arch, seed=0):
 
 
 # resnet18 in test-fast; the larger architectures (seconds each to initialise) in make test
-_SLOW = pytest.mark.slow
-
-
-@pytest.mark.parametrize("arch", ["resnet18", *(pytest.param(a, marks=_SLOW) for a in ("resnet50", "resnext50_32x4d", "wide_resnet50_2"))])
+@pytest.mark.parametrize("arch", ["resnet18"] + [pytest.param(a, marks=pytest.mark.slow)
+                                                for a in ("resnet50", "resnext50_32x4d", "wide_resnet50_2")])
 def test_torchvision_trunk_matches_the_torchvision_model(arch, tmp_path):
     """A torchvision state_dict file loads as it is, and the trunk + torchvision's avgpool/fc
     is torchvision's model."""
@@ -39,7 +37,7 @@ def test_torchvision_trunk_matches_the_torchvision_model(arch, tmp_path):
         torch.testing.assert_close(ref.fc(torch.flatten(ref.avgpool(fmap), 1)), ref(x))
 
 
-@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=_SLOW)])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_last_stride_one_halves_the_stride_and_keeps_the_weights(arch, tmp_path):
     torch.save(_tv_state(arch), tmp_path / "w.pth")
     s2 = build_backbone(arch, 2, str(tmp_path / "w.pth")).eval()

@@ -135,23 +135,23 @@ def test_mining(layout, dtype, which):
         d = torch.cat([d, d], 1)[:, ::2]
     labels = torch.randint(0, 6, (N,), generator=torch.Generator().manual_seed(1))
     other = torch.randint(0, 6, (M,), generator=torch.Generator().manual_seed(2))
-    for args in [[(labels, other, False), (labels, None, True), (labels, None, False)][which]]:
-        dist = d if args[1] is not None else d[:, :N]
-        e = EMU.hard_example_mining(dist, *args)
-        c = CPU.hard_example_mining(dist, *args)
-        close(e, c)
-        for margin in (0.3, None):
-            e = EMU.triplet_hard_loss(dist, *args[:2], margin, args[2])
-            c = CPU.triplet_hard_loss(dist, *args[:2], margin, args[2])
-            close(e, c, 1e-6)  # the loss is NaN (the NaN row)
-            _, ap, an, p, n, valid = c
-            gl = torch.tensor(1.5, dtype=dtype)
-            gap, gan = rand(len(ap), seed=4, dtype=dtype), rand(len(ap), seed=5, dtype=dtype)
-            ncol = dist.shape[1]
-            close(EMU.hard_example_mining_backward(gl, gap, gan, ap, an, p, n, valid, margin, ncol),
-                  CPU.hard_example_mining_backward(gl, gap, gan, ap, an, p, n, valid, margin, ncol))
-            close(EMU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol),
-                  CPU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol))
+    args = [(labels, other, False), (labels, None, True), (labels, None, False)][which]
+    dist = d if args[1] is not None else d[:, :N]
+    e = EMU.hard_example_mining(dist, *args)
+    c = CPU.hard_example_mining(dist, *args)
+    close(e, c)
+    for margin in (0.3, None):
+        e = EMU.triplet_hard_loss(dist, *args[:2], margin, args[2])
+        c = CPU.triplet_hard_loss(dist, *args[:2], margin, args[2])
+        close(e, c, 1e-6)  # the loss is NaN (the NaN row)
+        _, ap, an, p, n, valid = c
+        gl = torch.tensor(1.5, dtype=dtype)
+        gap, gan = rand(len(ap), seed=4, dtype=dtype), rand(len(ap), seed=5, dtype=dtype)
+        ncol = dist.shape[1]
+        close(EMU.hard_example_mining_backward(gl, gap, gan, ap, an, p, n, valid, margin, ncol),
+              CPU.hard_example_mining_backward(gl, gap, gan, ap, an, p, n, valid, margin, ncol))
+        close(EMU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol),
+              CPU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol))
 
 
 # --------------------------------------------------------------- neighborhood
