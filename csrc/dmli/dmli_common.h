@@ -358,10 +358,22 @@ struct DPRule {
   double band = -1.0;
   bool diag = false;
 
+  // The allowed cells of row i are the j in [lo, hi] (empty when lo > hi): the integers
+  // within band (+ 1e-9 for the rounding of the centre) of i (n-1)/(m-1). Computed once
+  // per row, in double; the DP loops compare integers per cell.
+  PD_HD void row_range(int i, int m, int n, int& lo, int& hi) const {
+    lo = 0;
+    hi = n - 1;
+    if (band < 0.0 || m == 1) return;
+    const double c = double(i) * double(n - 1) / double(m - 1), b = band + 1e-9;
+    const double l = ceil(c - b), h = floor(c + b);
+    lo = l > 0.0 ? int(l) : 0;
+    hi = h < double(n - 1) ? int(h) : n - 1;
+  }
   PD_HD bool allowed(int i, int j, int m, int n) const {
-    if (band < 0.0 || m == 1) return true;
-    double c = double(i) * double(n - 1) / double(m - 1) - double(j);
-    return (c < 0.0 ? -c : c) <= band + 1e-9;
+    int lo, hi;
+    row_range(i, m, n, lo, hi);
+    return lo <= j && j <= hi;
   }
 };
 
@@ -408,8 +420,10 @@ struct ScalarOf<Lanes<T, L>> {
 };
 
 // Forward of one pair (V: a scalar, or Lanes of several pairs): returns the
-// distance, filling `st` with S where the rule has a DP.
-template <typename V, typename Cells, typename Store>
+// distance, filling `st` with S where the rule has a DP. kN > 0: n <= kN, known at
+// compile time, so that the column loop unrolls and a RowStore row of kN entries
+// stays in registers (the CUDA kernels for small n); kN == 0: any n.
+template <typename V, int kN = 0, typename Cells, typename Store>
 PD_HD V dmli_forward(const Cells& cell, int m, int n, const Store& st,
                      const DPRule& rule = DPRule()) {
   using T = typename ScalarOf<V>::type;
@@ -421,8 +435,14 @@ PD_HD V dmli_forward(const Cells& cell, int m, int n, const Store& st,
   const V inf = broadcast(double(pd_inf<T>()), (V*)nullptr);
   const T gamma = T(rule.gamma);
   for (int i = 0; i < m; ++i) {
-    for (int j = 0; j < n; ++j) {
-      if (!rule.allowed(i, j, m, n)) {
+    int lo, hi;
+    rule.row_range(i, m, n, lo, hi);
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int j = 0; j < (kN > 0 ? kN : n); ++j) {
+      if (kN > 0 && j >= n) break;
+      if (j < lo || j > hi) {
         st.set(i, j, inf);
         continue;
       }
@@ -593,7 +613,7 @@ enum class Mode : int {
 
 // --------------------------------------------------------- per-pair kernels
 // Forward of pair p. `row` is n scratch entries.
-template <typename T>
+template <typename T, int kN = 0>
 PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normalize, const T* xy,
                         const T* xx, const T* yy, T* out, T* row) {
   int64_t a, b;
@@ -607,10 +627,11 @@ PD_HD void pair_forward(const PairLayout& L, int64_t p, Mode mode, bool normaliz
   RowStore<T> st{row};
   T r;
   if (mode == Mode::kDmli) {
-    r = dmli_forward<T>(RawCells<T>{t, L.xy_si}, L.m, L.n, st, L.rule);
+    r = dmli_forward<T, kN>(RawCells<T>{t, L.xy_si}, L.m, L.n, st, L.rule);
   } else {
-    r = dmli_forward<T>(FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize},
-                        L.m, L.n, st, L.rule);
+    r = dmli_forward<T, kN>(
+        FusedCells<T>{t, L.xy_si, xx + a * L.xx_sa, yy + b * L.yy_sb, normalize}, L.m, L.n, st,
+        L.rule);
   }
   out[L.out_off(a, b)] = r;
 }
@@ -671,13 +692,27 @@ PD_HD void pair_backward(const PairLayout& L, int64_t p, Mode mode, bool normali
 constexpr int kCudaThreads = 128;  // threads per block
 
 // out: per-pair results (kDmli, kFused) or the cells (kCells, layout of xy).
+// The DP row lives in a local array of kN entries, kN the smallest of 8, 16, 32 and
+// kMaxStripes that holds n: for n <= 32 the row stays in registers.
 struct ForwardKernel {
   template <typename T>
   PD_HD static void run(ThreadPos t, PairLayout L, Mode mode, bool normalize, const T* xy,
                         const T* xx, const T* yy, T* out) {
     if (t.index >= L.num_pairs) return;
-    T row[kMaxStripes];
-    pair_forward<T>(L, t.index, mode, normalize, xy, xx, yy, out, row);
+    if (L.n <= 8)
+      run_n<8>(t.index, L, mode, normalize, xy, xx, yy, out);
+    else if (L.n <= 16)
+      run_n<16>(t.index, L, mode, normalize, xy, xx, yy, out);
+    else if (L.n <= 32)
+      run_n<32>(t.index, L, mode, normalize, xy, xx, yy, out);
+    else
+      run_n<0>(t.index, L, mode, normalize, xy, xx, yy, out);
+  }
+  template <int kN, typename T>
+  PD_HD static void run_n(int64_t p, const PairLayout& L, Mode mode, bool normalize, const T* xy,
+                          const T* xx, const T* yy, T* out) {
+    T row[kN > 0 ? kN : kMaxStripes];
+    pair_forward<T, kN>(L, p, mode, normalize, xy, xx, yy, out, row);
   }
 };
 

@@ -84,6 +84,43 @@ def test_batch_local_dist(gamma, band, unaligned, dtype):
               CPU.batch_local_dist_backward(g, x, y, normalize, gamma, band, unaligned), tol)
 
 
+@pytest.mark.parametrize("m,n", [(3, 8), (5, 9), (4, 16), (3, 17), (2, 32), (2, 33), (3, 60)])
+@pytest.mark.parametrize("gamma,band", [(0.0, -1.0), (0.4, 2.5)])
+def test_forward_row_sizes(m, n, gamma, band):
+    """The forward kernel keeps its DP row in an array of 8, 16, 32 or kMaxStripes entries
+    (the smallest that holds n): each size and its bounds against the CPU."""
+    x, y = rand(40, m, 5), rand(40, n, 5, seed=1)
+    if band >= 0:  # wide enough for a monotone path: the band steps (n-1)/(m-1) per row
+        band += (n - 1) / max(m - 1, 1)
+    close(EMU.batch_local_dist(x, y, True, gamma, band, False),
+          CPU.batch_local_dist(x, y, True, gamma, band, False))
+    close(EMU.local_dist(x[:6], y[:9], True, 0, gamma, band, False),
+          CPU.local_dist(x[:6], y[:9], True, 0, gamma, band, False))
+
+
+@pytest.mark.parametrize("m,n,band", [(7, 9, 1.0), (7, 9, 1.5), (9, 4, 0.75), (5, 5, 1.25),
+                                      (4, 13, 3.999999), (13, 4, 2.0), (1, 6, 0.0)])
+def test_band_cells(m, n, band):
+    """The DP's allowed cells are those with |i (n-1)/(m-1) - j| <= band, on both backends:
+    a huge value in a cell outside the band changes nothing; in the two end cells, which
+    every path takes, it changes the distance."""
+    def allowed(i, j):
+        return m == 1 or abs(i * (n - 1) / (m - 1) - j) <= band + 1e-9
+
+    d = torch.rand(1, m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for ops in (CPU, EMU):
+        base = ops.dmli(d, 0.0, band)
+        for i in range(m):
+            for j in range(n):
+                e = d.clone()
+                e[0, i, j] += 1e6
+                changed = not torch.equal(ops.dmli(e, 0.0, band), base)
+                if not allowed(i, j):
+                    assert not changed, (i, j)
+                elif (i, j) in ((0, 0), (m - 1, n - 1)):
+                    assert changed, (i, j)
+
+
 @pytest.mark.parametrize("gamma,band", [(0.0, -1.0), (0.7, -1.0), (0.0, 1.5)])
 def test_dmli_and_path(gamma, band):
     d = torch.rand(200, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
