@@ -66,6 +66,27 @@ inline at::Tensor fp32_bmm(const at::Tensor& a, const at::Tensor& b) {
   return at::bmm(A, B);
 }
 
+// Stripe GEMMs whose operands may be float16 / bfloat16 (both of one dtype), with float32
+// accumulation and a float32 result: the product of two halves is exact in float32, so
+// this equals the float32 GEMM of the upcast operands up to the order of the sums. On
+// CUDA the half operands go to cuBLAS as they are (tensor cores); elsewhere (the CPU
+// emulation of the CUDA path) they are upcast first. float32 / float64 operands: fp32_mm.
+inline bool is_half(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+inline at::Tensor& stripe_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (!is_half(a)) return fp32_mm_out(out, a, b);
+  if (a.is_cuda()) return at::mm_out(out, a, b, at::kFloat);
+  return at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+}
+
+inline at::Tensor stripe_bmm(const at::Tensor& a, const at::Tensor& b) {
+  if (!is_half(a)) return fp32_bmm(a, b);
+  if (a.is_cuda()) return at::bmm(a, b, at::kFloat);
+  return at::bmm(a.to(at::kFloat), b.to(at::kFloat));
+}
+
 inline at::Tensor fp32_matmul(const at::Tensor& a, const at::Tensor& b) {
   if (!tf32_may_round(a)) return at::matmul(a, b);
   auto [A, B] = tf32_split_operands(a, b);

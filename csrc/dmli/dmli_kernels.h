@@ -30,9 +30,11 @@ namespace partdist {
 namespace dmli {
 
 // Inputs of the all-pairs ops in the compute dtype, contiguous: x [M, m, C], y [N, n, C],
-// and their squared stripe norms xx [M, m], yy [N, n].
+// and their squared stripe norms xx [M, m], yy [N, n]. xg, yg: the operands of the stripe
+// GEMMs (common/matmul.h stripe_mm_out): float16 / bfloat16 inputs as they are on a
+// backend with half GEMMs (kHalfGemm), x and y otherwise.
 struct Prepared {
-  at::Tensor x, y, xx, yy;
+  at::Tensor x, y, xx, yy, xg, yg;
 };
 
 #define PARTDIST_DMLI_BACKEND_MEMBERS                                                             \
@@ -53,6 +55,7 @@ struct Prepared {
 
 struct CpuKernels {
   static constexpr int64_t kTileBytes = kCpuTileBytes;
+  static constexpr bool kHalfGemm = false;
   static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
   PARTDIST_DMLI_BACKEND_MEMBERS
   // The DP of aligned pairs (kFused, not diag) for training (CPU only): the forward
@@ -70,6 +73,7 @@ struct CpuKernels {
 template <typename Exec>
 struct DeviceKernels {
   static constexpr int64_t kTileBytes = kDeviceTileBytes;
+  static constexpr bool kHalfGemm = true;       // half features on tensor cores (CUDA)
   static constexpr int64_t kTablesPerPair = 1;  // BackwardKernel's interleaved table
   PARTDIST_DMLI_BACKEND_MEMBERS
 };

@@ -104,12 +104,12 @@ void DeviceKernels<Exec>::local_dist_forward(const Prepared& P, bool normalize, 
   const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
   const int64_t C = P.x.size(2);
   const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size);
-  const at::Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
+  const at::Tensor x2 = P.xg.view({M * m, C}), y2 = P.yg.view({N * n, C});
   const at::Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
   at::Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
   for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
     at::Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
-    fp32_mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
+    stripe_mm_out(xy, x2.narrow(0, a0 * m, mc * m), y2.narrow(0, b0 * n, nc * n).t());
     PairLayout L = tile_layout(mc, nc, m, n, N);
     L.rule = rule;
     forward(L, Mode::kFused, normalize, xy, xx.narrow(0, a0 * m, mc * m),

@@ -95,7 +95,8 @@ void check_grad(const char* op, const Tensor& g, at::IntArrayRef expected, const
   TORCH_CHECK(g.device() == ref.device(), op, ": grad must be on ", ref.device());
 }
 
-Prepared prepare(const Tensor& x, const Tensor& y) {
+// half_gemm: keep float16 / bfloat16 inputs of one dtype as the GEMM operands.
+Prepared prepare(const Tensor& x, const Tensor& y, bool half_gemm) {
   Prepared p;
   auto ct = compute_type(x);
   // detached: the GEMMs may run on worker threads, which do not inherit the
@@ -104,6 +105,9 @@ Prepared prepare(const Tensor& x, const Tensor& y) {
   p.y = y.detach().to(ct).contiguous();
   p.xx = p.x.pow(2).sum(-1).contiguous();
   p.yy = p.y.pow(2).sum(-1).contiguous();
+  const bool half = half_gemm && is_half(x) && y.scalar_type() == x.scalar_type();
+  p.xg = half ? x.detach().contiguous() : p.x;
+  p.yg = half ? y.detach().contiguous() : p.y;
   return p;
 }
 
@@ -310,7 +314,7 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
   check_chunk(op, chunk_size);
   const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1);
   const DPRule rule = make_rule(op, m, n, gamma, band, unaligned);
-  auto P = prepare(x, y);
+  auto P = prepare(x, y, K::kHalfGemm);
   Tensor out = at::empty({M, N}, P.x.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   K::local_dist_forward(P, normalize, rule, chunk_size, out);
@@ -337,11 +341,12 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
   const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1), C = x.size(2);
   const DPRule rule = make_rule(op, m, n, gamma, band, unaligned);
   check_grad(op, grad, {M, N}, x);
-  auto P = prepare(x, y);
+  auto P = prepare(x, y, K::kHalfGemm);
   Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
   if (M > 0 && N > 0) {
     Tensor g = grad.to(P.x.scalar_type()).contiguous();
     Tensor x2 = P.x.view({M * m, C}), y2 = P.y.view({N * n, C});
+    Tensor xg2 = P.xg.view({M * m, C}), yg2 = P.yg.view({N * n, C});
     Tensor gx2 = gx.view({M * m, C}), gy2 = gy.view({N * n, C});
     Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
     // Tiles in sequence (tiles of one query block write the same rows of gx).
@@ -352,7 +357,7 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
       Tensor xt = x2.narrow(0, a0 * m, mc * m), yt = y2.narrow(0, b0 * n, nc * n);
       Tensor xy = buf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
       Tensor W = wbuf.narrow(0, 0, mc * m * nc * n).view({mc * m, nc * n});
-      fp32_mm_out(xy, xt, yt.t());
+      stripe_mm_out(xy, xg2.narrow(0, a0 * m, mc * m), yg2.narrow(0, b0 * n, nc * n).t());
       PairLayout L = tile_layout(mc, nc, m, n, N);
       L.rule = rule;
       K::backward(L, Mode::kFused, normalize, g.narrow(0, a0, mc).narrow(1, b0, nc), xy,

@@ -54,12 +54,15 @@ void check_empty_value(const char* op, double v) {
 }
 
 // Inputs in the compute type: features part-major [P, M, C], squared norms and
-// visibilities [M, P] (contiguous).
+// visibilities [M, P] (contiguous). xg, yg: the operands of the part GEMMs
+// (common/matmul.h stripe_bmm), part-major: float16 / bfloat16 inputs as they are when
+// half_gemm (the CUDA backend), xp and yp otherwise.
 struct PartPrep {
-  Tensor xp, yp, xx, yy, vx, vy;
+  Tensor xp, yp, xx, yy, vx, vy, xg, yg;
 };
 
-PartPrep prepare_parts(const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy) {
+PartPrep prepare_parts(const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
+                       bool half_gemm) {
   // detached: the GEMMs may run on worker threads, which do not inherit the
   // dispatcher state that keeps this op below autograd
   auto ct = compute_type(x);
@@ -71,6 +74,9 @@ PartPrep prepare_parts(const Tensor& x, const Tensor& y, const Tensor& vx, const
   p.yy = yc.pow(2).sum(-1).contiguous();
   p.vx = vx.detach().to(ct).contiguous();
   p.vy = vy.detach().to(ct).contiguous();
+  const bool half = half_gemm && is_half(x) && y.scalar_type() == x.scalar_type();
+  p.xg = half ? x.detach().transpose(0, 1).contiguous() : p.xp;
+  p.yg = half ? y.detach().transpose(0, 1).contiguous() : p.yp;
   return p;
 }
 
@@ -111,13 +117,13 @@ Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const 
   check_chunk(op, chunk_size);
   check_empty_value(op, empty_value);
   const int64_t M = x.size(0), N = y.size(0), P = x.size(1);
-  PartPrep p = prepare_parts(x, y, vx, vy);
+  PartPrep p = prepare_parts(x, y, vx, vy, K::kOnDevice);
   Tensor out = at::empty({M, N}, p.xx.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), false, chunk_size);
   // Tiles in sequence; the GEMM and the backend are parallel inside.
   for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
-    Tensor xy = fp32_bmm(p.xp.narrow(1, a0, mc), p.yp.narrow(1, b0, nc).transpose(1, 2));
+    Tensor xy = stripe_bmm(p.xg.narrow(1, a0, mc), p.yg.narrow(1, b0, nc).transpose(1, 2));
     K::part_forward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),
                     out.narrow(0, a0, mc).narrow(1, b0, nc));
   });
@@ -137,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == M && grad.size(1) == N, op,
               ": grad must have shape [M, N] = [", M, ", ", N, "], got ", shape_str(grad));
   TORCH_CHECK(grad.device() == x.device(), op, ": grad must be on ", x.device());
-  PartPrep p = prepare_parts(x, y, vx, vy);
+  PartPrep p = prepare_parts(x, y, vx, vy, K::kOnDevice);
   Tensor gxp = at::zeros_like(p.xp), gyp = at::zeros_like(p.yp);
   Tensor gvx = at::zeros_like(p.vx), gvy = at::zeros_like(p.vy);
   if (M > 0 && N > 0) {
@@ -147,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
     const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), true, chunk_size);
     for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
       Tensor xt = p.xp.narrow(1, a0, mc), yt = p.yp.narrow(1, b0, nc);  // [P, mc|nc, C]
-      Tensor xy = fp32_bmm(xt, yt.transpose(1, 2));                     // [P, mc, nc]
+      Tensor xy = stripe_bmm(p.xg.narrow(1, a0, mc), p.yg.narrow(1, b0, nc).transpose(1, 2));
       Tensor cw = at::empty_like(xy);
       Tensor ce = vis_grad ? at::empty_like(xy) : Tensor();
       K::part_backward(part_args(p, a0, mc, b0, nc, xy, N, empty_value),

@@ -121,6 +121,32 @@ def test_band_cells(m, n, band):
                     assert changed, (i, j)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_features_all_pairs(dtype):
+    """float16 / bfloat16 features: the CUDA path multiplies them as they are (half GEMM,
+    float32 accumulation and result; upcast in the emulation) and takes the norms in
+    float32. Same values and gradients as the CPU's float32 computation, to the output's
+    rounding."""
+    x, y = rand(9, 4, 40, dtype=dtype), rand(11, 5, 40, seed=1, dtype=dtype)
+    tol = 2e-3 if dtype == torch.float16 else 1.6e-2
+    out = EMU.local_dist(x, y, True, 0, 0.0, -1.0, False)
+    assert out.dtype == dtype
+    close(out.float(), CPU.local_dist(x, y, True, 0, 0.0, -1.0, False).float(), tol)
+    g = rand(9, 11, seed=2, dtype=dtype)
+    for e, c in zip(EMU.local_dist_backward(g, x, y, True, 0, 0.0, -1.0, False),
+                    CPU.local_dist_backward(g, x, y, True, 0, 0.0, -1.0, False)):
+        assert e.dtype == dtype
+        close(e.float(), c.float(), tol * 4)
+    vx = torch.rand(9, 4, generator=torch.Generator().manual_seed(4)).to(dtype)
+    vy = torch.rand(11, 4, generator=torch.Generator().manual_seed(5)).to(dtype)
+    y4 = rand(11, 4, 40, seed=1, dtype=dtype)
+    close(EMU.part_dist(x, y4, vx, vy, 0.0, 0).float(), CPU.part_dist(x, y4, vx, vy, 0.0, 0).float(),
+          tol * 4)
+    for e, c in zip(EMU.part_dist_backward(g, x, y4, vx, vy, 0.0, 0, True),
+                    CPU.part_dist_backward(g, x, y4, vx, vy, 0.0, 0, True)):
+        close(e.float(), c.float(), tol * 8)
+
+
 @pytest.mark.parametrize("gamma,band", [(0.0, -1.0), (0.7, -1.0), (0.0, 1.5)])
 def test_dmli_and_path(gamma, band):
     d = torch.rand(200, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
