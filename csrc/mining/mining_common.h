@@ -249,17 +249,26 @@ PD_HD void mine_row(int64_t i, const Shape& S, const LossArgs<A>& L, const T* di
   finish_row<T, A>(i, pos, neg, L, o);
 }
 
-// Row i of the backward into g ([N, M] contiguous, zero except what this writes):
-// entry p_inds[i] gets g_ap, entry n_inds[i] gets g_an (added: both may be one
-// entry); an index outside [0, M) (-1: no positive / negative) gets nothing.
+// Entry j of a row's gradient: g_ap at column p, g_an at column n (added in that order
+// where p == n), 0 elsewhere; p or n = -1 (no positive / negative) matches no column.
+template <typename T, typename A>
+PD_HD T entry_grad(int64_t j, int64_t p, int64_t n, A g_ap, A g_an) {
+  T v = T(0);
+  if (j == p) v = static_cast<T>(static_cast<A>(v) + g_ap);
+  if (j == n) v = static_cast<T>(static_cast<A>(v) + g_an);
+  return v;
+}
+
+// Row i of the backward into g ([N, M] contiguous, zero except what this writes): the
+// entries p_inds[i] and n_inds[i] (entry_grad); an index outside [0, M) gets nothing.
 template <typename T, typename A>
 PD_HD void scatter_row(int64_t i, int64_t M, const BackwardIn<T, A>& b, const LossArgs<A>& L,
                        T* g) {
   A g_ap, g_an;
   row_grads<T, A>(i, b, L, g_ap, g_an);
   const int64_t p = b.p_inds[i], n = b.n_inds[i];
-  if (p >= 0 && p < M) g[i * M + p] = static_cast<T>(static_cast<A>(g[i * M + p]) + g_ap);
-  if (n >= 0 && n < M) g[i * M + n] = static_cast<T>(static_cast<A>(g[i * M + n]) + g_an);
+  if (p >= 0 && p < M) g[i * M + p] = entry_grad<T, A>(p, p, n, g_ap, g_an);
+  if (n >= 0 && n < M && n != p) g[i * M + n] = entry_grad<T, A>(n, p, n, g_ap, g_an);
 }
 
 // ------------------------------------------------------------- CUDA kernels
@@ -312,12 +321,16 @@ struct ThreadRowKernel {
   }
 };
 
-// Backward, one thread per row (g zeroed before the launch).
-struct ScatterKernel {
+// Backward, one thread per entry of g [N, M] (contiguous): every entry is written, so
+// g needs no zeroing before the launch; adjacent threads write adjacent entries.
+struct DenseGradKernel {
   template <typename T, typename A>
   PD_HD static void run(ThreadPos t, Shape S, LossArgs<A> L, BackwardIn<T, A> b, T* g) {
-    if (t.index >= S.N) return;
-    scatter_row<T, A>(t.index, S.M, b, L, g);
+    if (t.index >= S.N * S.M) return;
+    const int64_t i = t.index / S.M, j = t.index - i * S.M;
+    A g_ap, g_an;
+    row_grads<T, A>(i, b, L, g_ap, g_an);
+    g[t.index] = entry_grad<T, A>(j, b.p_inds[i], b.n_inds[i], g_ap, g_an);
   }
 };
 

@@ -40,13 +40,13 @@ template <typename Exec>
 void DeviceKernels<Exec>::backward(const Shape& S, const LossSpec& L, const BackwardTensors& t) {
   if (S.N == 0 || S.M == 0) return;
   Exec::output(t.out);
-  t.out.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, t.dist_ap.scalar_type(), "partdist_mining_backward_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
         const auto b = backward_in<scalar_t, A>(t);
-        Exec().template run<ScatterKernel>(blocks_for(S.N, kCudaThreads), kCudaThreads, S,
-                                           loss_args<A>(L), b, t.out.mutable_data_ptr<scalar_t>());
+        Exec().template run<DenseGradKernel>(blocks_for(S.N * S.M, kCudaThreads), kCudaThreads, S,
+                                             loss_args<A>(L), b,
+                                             t.out.mutable_data_ptr<scalar_t>());
       });
 }
 

@@ -292,9 +292,21 @@ def test_fault_injection_in_backward(fault):
     g = rand(6, seed=2)
     ref = CPU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False)
     close(EMU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False), ref)
+    # the mining backward writes every entry of its [N, M] output (no zeroing first)
+    d = torch.rand(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(12) % 3
+    mined = CPU.triplet_hard_loss(d, labels, None, 0.3, False)[1:]
+    gl, gap = torch.tensor(1.0, dtype=torch.float64), rand(12, seed=4)
+
+    def mining_backward(ops):
+        return ops.hard_example_mining_backward(gl, gap, None, *mined, 0.3, 12)
+
+    close(mining_backward(EMU), mining_backward(CPU))
     fault(1)
     with pytest.raises(AssertionError):
         close(EMU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False), ref)
+    with pytest.raises(AssertionError):
+        close(mining_backward(EMU), mining_backward(CPU))
 
 
 # ---------------------------------------------------------- tile planning
