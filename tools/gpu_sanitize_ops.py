@@ -58,6 +58,14 @@ def _fwd_case(fn, inputs):
     return run
 
 
+def _cells_pair(x, y, g, normalize=True, gamma=0.0, band=-1.0):
+    """The training pair of batch_local_dist called directly: its outputs and the gradients
+    for the incoming gradient g[::2] (strided)."""
+    ops = torch.ops.partdist
+    out, cells = ops._batch_local_dist_fwd_cells(x, y, normalize, gamma, band)
+    return [out, cells, *ops._batch_local_dist_backward_cells(g[::2], x, y, cells, normalize, gamma, band)]
+
+
 def cases():
     """(name, runner, dtypes) for every CUDA op and the main variants of each."""
     import partdist
@@ -75,6 +83,9 @@ def cases():
     vx, vy = torch.rand(4, 3, generator=_gen(14)), torch.rand(5, 3, generator=_gen(15))
     bvx, bvy = vx > 0.3, vy > 0.3
     dx, dy = _rand(3, 6, 8, seed=16), _rand(4, 5, 8, seed=17)
+    gpair = _rand(N, seed=20)
+    g2pair = _rand(2 * N, seed=21)
+    g2pair[::4] = 0  # pairs 0, 2, 4 get no gradient
     both = (torch.float32, torch.float64)
     f32 = (torch.float32,)
     # the ops' float16 / bfloat16 paths (compute in float32, cast back) under the sanitizers too
@@ -91,6 +102,16 @@ def cases():
         ("batch_local_dist, band=2", _grad_case(lambda a, b: partdist.batch_local_dist(a, b, band=2.0), [x, y]), f32),
         ("batch_local_dist, normalize=False",
          _grad_case(lambda a, b: partdist.batch_local_dist(a, b, normalize=False), [x, y]), f32),
+        # batch_local_dist's autograd runs the cells pair below on CUDA at these shapes; the ops
+        # of the GEMM path (larger m * n) called directly
+        ("batch_local_dist, GEMM path ops",
+         _fwd_case(lambda a, b, g: [torch.ops.partdist.batch_local_dist(a, b, True, 0.0, -1.0, False),
+                                    *torch.ops.partdist.batch_local_dist_backward(g, a, b, True, 0.0, -1.0, False)],
+                   [x, y, gpair]), both),
+        ("_batch_local_dist_fwd_cells, _backward_cells (warp kernels), strided grad with zeros",
+         _fwd_case(_cells_pair, [x, y, g2pair]), both),
+        ("_batch_local_dist_fwd_cells, gamma=0.1, band=2, normalize=False",
+         _fwd_case(lambda a, b, g: _cells_pair(a, b, g, False, 0.1, 2.0), [x, y, g2pair]), f32),
         ("local_dist", _grad_case(partdist.local_dist, [qx, gy]), every),
         ("local_dist, chunk_size=4", _grad_case(lambda a, b: partdist.local_dist(a, b, chunk_size=4), [qx, gy]), f32),
         ("local_dist, gamma=0.1", _grad_case(lambda a, b: partdist.local_dist(a, b, gamma=0.1), [qx, gy]), f32),

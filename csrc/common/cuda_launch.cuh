@@ -21,6 +21,11 @@ struct DeviceWarp {
   __device__ __forceinline__ V shfl_down(V v, unsigned off) const {
     return __shfl_down_sync(0xffffffffu, v, off);
   }
+  template <typename V>
+  __device__ __forceinline__ V shfl_xor(V v, unsigned mask) const {
+    return __shfl_xor_sync(0xffffffffu, v, mask);
+  }
+  __device__ __forceinline__ void sync() const { __syncwarp(); }
 };
 
 // K::run(pos, args...), or K::run(DeviceWarp{}, pos, args...) for kernels that use

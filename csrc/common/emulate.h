@@ -44,11 +44,13 @@ inline ThreadPos thread_pos(int64_t index, int64_t count) {
   return ThreadPos{index, count};
 }
 
-// One warp's lanes in lockstep: each lane is an OS thread; shfl_down deposits the
+// One warp's lanes in lockstep: each lane is an OS thread; a shuffle deposits the
 // lane's value and waits until every live lane has deposited (a full-warp shuffle),
-// then reads lane + off (its own value past the last lane, as __shfl_down_sync).
-// A lane that leaves the kernel while the others shuffle is a divergent full-mask
-// shuffle (undefined on the device): reported as an error.
+// then reads its source lane: lane + off for shfl_down (its own value past the last
+// lane, as __shfl_down_sync), lane ^ mask for shfl_xor (__shfl_xor_sync). sync waits
+// until every live lane has reached it (__syncwarp). A lane that leaves the kernel
+// while the others shuffle or sync is a divergent full-mask shuffle / __syncwarp
+// (undefined on the device): reported as an error.
 class EmulatedWarp {
  public:
   struct Lane {
@@ -56,8 +58,14 @@ class EmulatedWarp {
     int lane;
     template <typename V>
     V shfl_down(V v, unsigned off) const {
-      return w->shfl_down(lane, v, off);
+      const int src = lane + int(off);
+      return w->shuffle(lane, v, src < kWarpSize ? src : lane);
     }
+    template <typename V>
+    V shfl_xor(V v, unsigned mask) const {
+      return w->shuffle(lane, v, lane ^ int(mask & (kWarpSize - 1)));
+    }
+    void sync() const { w->sync(); }
   };
 
   // fn(const Lane&) for lanes 0..31, in lockstep at the shuffles.
@@ -81,12 +89,13 @@ class EmulatedWarp {
       if (e) std::rethrow_exception(e);
     TORCH_CHECK(!diverged_,
                 "CUDA emulation: a lane left the kernel while the other lanes of its "
-                "warp were in a full-warp shuffle (divergent __shfl_down_sync)");
+                "warp were in a full-warp shuffle or __syncwarp (divergent warp)");
   }
 
  private:
+  // The value of lane src after every live lane has deposited its own.
   template <typename V>
-  V shfl_down(int lane, V v, unsigned off) {
+  V shuffle(int lane, V v, int src) {
     static_assert(sizeof(V) <= sizeof(uint64_t), "shuffle of a value wider than 64 bits");
     std::unique_lock<std::mutex> lk(mu_);
     if (left_ > 0) diverged_ = true;
@@ -94,11 +103,16 @@ class EmulatedWarp {
     std::memcpy(&bits, &v, sizeof(V));
     slot_[lane] = bits;
     barrier(lk);
-    const int src = lane + int(off) < kWarpSize ? lane + int(off) : lane;
     V r;
     std::memcpy(&r, &slot_[src], sizeof(V));
     barrier(lk);
     return r;
+  }
+
+  void sync() {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (left_ > 0) diverged_ = true;
+    barrier(lk);
   }
 
   void barrier(std::unique_lock<std::mutex>& lk) {

@@ -13,6 +13,8 @@
 
 #include <tuple>
 
+#include "dmli_common.h"
+
 namespace partdist {
 namespace dmli {
 namespace {
@@ -126,9 +128,11 @@ SavedXY load_xy(AutogradContext* ctx) {
           d["unaligned"].toBool()};
 }
 
-// With save_cells (a gradient will be needed, CPU, not unaligned) the forward is
+// With save_cells (a gradient will be needed, not unaligned, on the CPU or on CUDA with
+// at most kWarpPathMaxCells cells per pair: dmli_common.h) the forward is
 // _batch_local_dist_fwd_cells, whose cells (2 x N x m x n values) are saved for
-// _batch_local_dist_backward_cells: the backward then computes no dot products.
+// _batch_local_dist_backward_cells: the backward then computes no stripe distances
+// and reads the incoming gradient through its stride.
 class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize,
@@ -146,10 +150,10 @@ class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     const SavedXY s = load_xy(ctx);
-    auto [gx, gy] = s.cells.defined() ? op_bld_bc().call(g[0].contiguous(), s.x, s.y, s.cells,
-                                                         s.normalize, s.gamma, s.band)
-                                      : op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize,
-                                                         s.gamma, s.band, s.unaligned);
+    auto [gx, gy] = s.cells.defined()
+                        ? op_bld_bc().call(g[0], s.x, s.y, s.cells, s.normalize, s.gamma, s.band)
+                        : op_bld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize, s.gamma,
+                                           s.band, s.unaligned);
     return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -183,8 +187,10 @@ Tensor dmli_autograd(const Tensor& d, double gamma, double band) {
 }
 Tensor batch_local_dist_autograd(const Tensor& x, const Tensor& y, bool normalize, double gamma,
                                  double band, bool unaligned) {
-  const bool save_cells = !unaligned && x.device().is_cpu() && at::GradMode::is_enabled() &&
-                          (x.requires_grad() || y.requires_grad());
+  const bool warp_shape =
+      x.dim() == 3 && y.dim() == 3 && x.size(1) * y.size(1) <= kWarpPathMaxCells;
+  const bool save_cells = !unaligned && (x.device().is_cpu() || (x.is_cuda() && warp_shape)) &&
+                          at::GradMode::is_enabled() && (x.requires_grad() || y.requires_grad());
   return BatchLocalDistFn::apply(x, y, normalize, gamma, band, unaligned, save_cells);
 }
 Tensor local_dist_autograd(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk,

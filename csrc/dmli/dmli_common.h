@@ -2,16 +2,19 @@
 //
 // Everything here is an inline host+device function: the CPU backend
 // (dmli_cpu.cpp, at::parallel_for over pairs) and the CUDA kernels (the bodies
-// ForwardKernel / BackwardKernel at the end, one thread per pair, launched by
-// dmli_launch.h on the GPU or in its CPU emulation) both call these and nothing
-// else does any of this math.
+// ForwardKernel / BackwardKernel at the end, one thread per pair, and the warp
+// kernels WarpForwardCellsKernel / WarpBackwardCellsKernel, one warp per aligned
+// pair, launched by dmli_launch.h on the GPU or in its CPU emulation) both call
+// these and nothing else does any of this math.
 //
 // Conventions
 //   * A "pair" is one (query, gallery) couple of images with m and n stripes.
 //   * A "cell" (i, j) of a pair is stripe i of the first image against stripe j
 //     of the second one.
 //   * Stripe distances come from squared norms and a dot product produced by a
-//     GEMM on the host:  raw = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)).
+//     GEMM on the host:  raw = sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)); the warp
+//     kernels compute them directly: raw = sqrt(sum_c (a_c - b_c)^2) (identical
+//     stripes give exactly 0).
 //   * Normalization: d = (e^raw - 1) / (e^raw + 1) = tanh(raw / 2), evaluated as
 //     tanh so that a large raw gives 1 instead of inf/inf = NaN.
 //   * DMLI: S(0,0) = d(0,0), first row / column cumulative,
@@ -98,13 +101,19 @@ PD_HD T cell_weight(T g, T aa, T bb, T ab, bool normalize) {
 // Chain rule of one cell with weight w (see cell_weight) to its two stripes a, b of
 // C channels: dL/da += w (a - b), dL/db -= w (a - b). (accumulate_grads in
 // common/gemm_grads.h is the same sum over many cells as matrix products.)
+// channel_grad: the term of one channel, w (a_c - b_c).
+template <typename T>
+PD_HD T channel_grad(T w, T a, T b) {
+  return w * (a - b);
+}
+
 template <typename T>
 PD_HD void add_cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
 #if !defined(__CUDACC__)
 #pragma omp simd
 #endif
   for (int64_t c = 0; c < C; ++c) {
-    T d = w * (a[c] - b[c]);
+    T d = channel_grad(w, a[c], b[c]);
     ga[c] += d;
     gb[c] -= d;
   }
@@ -729,6 +738,150 @@ struct BackwardKernel {
                      table ? table + t.index : nullptr, L.num_pairs, grow);
   }
 };
+
+// ------------------------------------------------------- CUDA warp kernels
+// The training pair of batch_local_dist on aligned pairs (x [N, m, C], y [N, n, C],
+// contiguous), one warp per pair p = t.warp(), one launch per direction: lane l
+// takes the channels c = l, l + 32, ... (adjacent lanes read adjacent words). Written
+// against a Warp type (DeviceWarp on the GPU, the emulation's lockstep lanes on the
+// CPU) with shfl_xor and sync (__syncwarp). cells [2, N, m, n]: the raw stripe
+// distances of pair p at cells + p*m*n, its cell values at cells + (N + p)*m*n.
+constexpr int kWarpsPerBlock = kCudaThreads / kWarpSize;
+
+// The sum of v over the warp's lanes, in every lane (xor butterfly: lanes l and
+// l ^ off add the same two values, so every lane ends with the same bits).
+PD_NO_EXEC_CHECK
+template <typename T, typename Warp>
+PD_HD T warp_sum(const Warp& w, T v) {
+  for (int off = kWarpSize / 2; off > 0; off /= 2) v += w.shfl_xor(v, unsigned(off));
+  return v;
+}
+
+// This lane's part of |a - b|^2 for two stripes of C channels.
+template <typename T>
+PD_HD T lane_sq_dist(const T* a, const T* b, int64_t C, int lane) {
+  T s = T(0);
+  for (int64_t c = lane; c < C; c += kWarpSize) {
+    const T d = a[c] - b[c];
+    s += d * d;
+  }
+  return s;
+}
+
+// Forward: the cells of pair p (cell k = i*n + j: the warp's sum, written by lane
+// k % 32), then lane 0 runs the DP over the saved cell values and writes out[p].
+struct WarpForwardCellsKernel {
+  PD_NO_EXEC_CHECK
+  template <typename Warp, typename T>
+  PD_HD static void run(const Warp& w, ThreadPos t, int64_t N, int m, int n, int64_t C,
+                        bool normalize, DPRule rule, const T* x, const T* y, T* out, T* cells) {
+    const int64_t p = t.warp();
+    if (p >= N) return;  // whole warps leave together
+    const int lane = t.lane();
+    const int64_t mn = int64_t(m) * n;
+    const T* xp = x + p * m * C;
+    const T* yp = y + p * n * C;
+    T* raw = cells + p * mn;
+    T* val = cells + (N + p) * mn;
+    for (int64_t k = 0; k < mn; ++k) {
+      const int i = int(k / n), j = int(k % n);
+      const T r = pd_sqrt(warp_sum(w, lane_sq_dist(xp + i * C, yp + j * C, C, lane)));
+      if (lane == int(k % kWarpSize)) {
+        raw[k] = r;
+        val[k] = cell_of_raw(r, normalize);
+      }
+    }
+    w.sync();  // the cell values of every lane, visible to lane 0
+    if (lane == 0) {
+      T row[kMaxStripes];
+      out[p] = dmli_forward<T>(RawCells<T>{val, n}, m, n, RowStore<T>{row}, rule);
+    }
+  }
+};
+
+// Writes the weight cell_weight_raw of each cell from its saved raw distance and value.
+template <typename T>
+struct EmitRawWeight {
+  T* w;
+  const T* raw;
+  const T* val;
+  int n;
+  bool normalize;
+  PD_HD void operator()(int i, int j, T g) const {
+    const int64_t k = int64_t(i) * n + j;
+    w[k] = cell_weight_raw(g, raw[k], val[k], normalize);
+  }
+};
+
+// Backward: g = grad[p * grad_stride]; g == 0: gx[p], gy[p] are zero. Otherwise lane
+// 0 runs the DP backward over the saved cell values (dmli_backward, S table in
+// table + p*m*n) and writes the cell weights into the same table: dmli_reverse emits
+// cell (i, j) after every cell that reads S(i, j) ((i + 1, j) and (i, j + 1)) and
+// before reading S(i - 1, j), S(i, j - 1), so each S entry is read before its weight
+// replaces it. Then each lane writes its channels of gx[p] and gy[p] (every element,
+// no accumulation into existing values):
+//   gx[i, c] = sum_j w_ij (x_ic - y_jc),   gy[j, c] = -sum_i w_ij (x_ic - y_jc).
+struct WarpBackwardCellsKernel {
+  PD_NO_EXEC_CHECK
+  template <typename Warp, typename T>
+  PD_HD static void run(const Warp& w, ThreadPos t, int64_t N, int m, int n, int64_t C,
+                        bool normalize, DPRule rule, const T* grad, int64_t grad_stride, const T* x,
+                        const T* y, const T* cells, T* table, T* gx, T* gy) {
+    const int64_t p = t.warp();
+    if (p >= N) return;  // whole warps leave together
+    const int lane = t.lane();
+    const int64_t mn = int64_t(m) * n;
+    const T* xp = x + p * m * C;
+    const T* yp = y + p * n * C;
+    T* gxp = gx + p * m * C;
+    T* gyp = gy + p * n * C;
+    const T g = grad[p * grad_stride];
+    if (g == T(0)) {  // no gradient (e.g. an inactive hinge): no DP to run
+      for (int64_t c = lane; c < C; c += kWarpSize) {
+        for (int i = 0; i < m; ++i) gxp[i * C + c] = T(0);
+        for (int j = 0; j < n; ++j) gyp[j * C + c] = T(0);
+      }
+      return;
+    }
+    T* wt = table + p * mn;
+    if (lane == 0) {
+      const T* raw = cells + p * mn;
+      const T* val = cells + (N + p) * mn;
+      T grow[kMaxStripes];
+      dmli_backward<T>(RawCells<T>{val, n}, m, n, g, TableStore<T>{wt, 1, n}, grow,
+                       EmitRawWeight<T>{wt, raw, val, n, normalize}, rule);
+    }
+    w.sync();  // the weights, visible to every lane
+    for (int64_t c = lane; c < C; c += kWarpSize) {
+      for (int i = 0; i < m; ++i) {
+        const T a = xp[i * C + c];
+        T s = T(0);
+        for (int j = 0; j < n; ++j) {
+          const T wij = wt[i * n + j];
+          if (wij != T(0)) s += channel_grad(wij, a, yp[j * C + c]);
+        }
+        gxp[i * C + c] = s;
+      }
+      for (int j = 0; j < n; ++j) {
+        const T b = yp[j * C + c];
+        T s = T(0);
+        for (int i = 0; i < m; ++i) {
+          const T wij = wt[i * n + j];
+          if (wij != T(0)) s += channel_grad(wij, xp[i * C + c], b);
+        }
+        gyp[j * C + c] = -s;
+      }
+    }
+  }
+};
+
+// The CUDA path of batch_local_dist's autograd runs the warp kernels (the cells pair of
+// ops) for aligned pairs of at most kWarpPathMaxCells cells (m * n) with a DP (not
+// unaligned), and batch_local_dist / batch_local_dist_backward (batched GEMM + one
+// thread per pair) otherwise: the warp kernels compute each cell's distance by a warp
+// reduction over C and lane 0 runs the whole DP of its pair serially, which suits small
+// m * n. (A bound chosen, not yet measured on a GPU.)
+constexpr int64_t kWarpPathMaxCells = 32 * 32;
 
 // Entries of the backward's DP table for a launch over L (see BackwardKernel).
 PD_HD int64_t backward_table_entries(const PairLayout& L, Mode mode) {

@@ -394,7 +394,7 @@ template <typename T, bool kSetA, bool kSetB>
 inline void cell_grad(T w, const T* a, const T* b, int64_t C, T* ga, T* gb) {
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) {
-    T d = w * (a[c] - b[c]);
+    T d = channel_grad(w, a[c], b[c]);
     if (kSetA)
       ga[c] = d;
     else
@@ -564,7 +564,8 @@ void lanes_dp(const AlignedPairs<T>& A, const T* d, int lanes, const unsigned ch
 // cells[0][p], cell values at cells[1][p]: the lanes of a block read consecutive
 // matrices); the backward as aligned_backward's lanes,
 // with the cells and the cell weights (cell_weight_raw) from cells instead of the dot
-// products, which it never computes.
+// products, which it never computes (grad made contiguous first: the lanes read
+// consecutive entries).
 void CpuKernels::aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,
                                        const at::Tensor& y, const at::Tensor& out,
                                        const at::Tensor& cells) {
@@ -607,11 +608,12 @@ void CpuKernels::aligned_backward_cells(bool normalize, const DPRule& rule, cons
                                         const at::Tensor& x, const at::Tensor& y,
                                         const at::Tensor& cells, const at::Tensor& gx,
                                         const at::Tensor& gy) {
+  const at::Tensor gc = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_backward_cells_cpu", [&] {
     using T = scalar_t;
     using V = Lanes<T, kLanes>;
     const AlignedPairs<T> A(x, y, normalize);
-    const T* pg = grad.const_data_ptr<T>();
+    const T* pg = gc.const_data_ptr<T>();
     const T* pc = cells.const_data_ptr<T>();
     T* pgx = gx.mutable_data_ptr<T>();
     T* pgy = gy.mutable_data_ptr<T>();

@@ -10,6 +10,15 @@
 //                              aligned pairs end to end: x [N, m, C], y [N, n, C]
 //                              (contiguous); out [N] (kFused) or [N, m, n] (kCells);
 //                              the backward writes gx and gy entirely.
+//   aligned_forward_cells / aligned_backward_cells
+//                              the training pair of batch_local_dist (kFused, not diag):
+//                              as aligned_forward / aligned_backward, the forward also
+//                              writing cells [2, N, m, n] (the raw stripe distances, then
+//                              the cell values), which the backward reads instead of
+//                              computing the stripe distances again. grad [N] may have
+//                              any stride. The CPU's DP runs in SIMD lanes over blocks of
+//                              pairs; the device's is the warp kernels of dmli_common.h
+//                              (one warp per pair, one launch per direction).
 //   local_dist_tiling / local_dist_forward
 //                              all pairs of the prepared inputs, tile by tile.
 //   kTileBytes, kTablesPerPair the budget of the backward's tiles and the DP tables
@@ -48,6 +57,12 @@ struct Prepared {
   static void aligned_backward(Mode mode, bool normalize, const DPRule& rule,                     \
                                const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,  \
                                const at::Tensor& gx, const at::Tensor& gy);                       \
+  static void aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,      \
+                                    const at::Tensor& y, const at::Tensor& out,                   \
+                                    const at::Tensor& cells);                                     \
+  static void aligned_backward_cells(                                                             \
+      bool normalize, const DPRule& rule, const at::Tensor& grad, const at::Tensor& x,            \
+      const at::Tensor& y, const at::Tensor& cells, const at::Tensor& gx, const at::Tensor& gy);  \
   static Tiling local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,       \
                                   int64_t chunk_size);                                            \
   static void local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,           \
@@ -58,16 +73,6 @@ struct CpuKernels {
   static constexpr bool kHalfGemm = false;
   static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
   PARTDIST_DMLI_BACKEND_MEMBERS
-  // The DP of aligned pairs (kFused, not diag) for training (CPU only): the forward
-  // also writes cells [2, N, m, n] (the raw stripe distances, then the cell
-  // values), which the backward reads instead of recomputing the dot products.
-  static void aligned_forward_cells(bool normalize, const DPRule& rule, const at::Tensor& x,
-                                    const at::Tensor& y, const at::Tensor& out,
-                                    const at::Tensor& cells);
-  static void aligned_backward_cells(bool normalize, const DPRule& rule, const at::Tensor& grad,
-                                     const at::Tensor& x, const at::Tensor& y,
-                                     const at::Tensor& cells, const at::Tensor& gx,
-                                     const at::Tensor& gy);
 };
 
 template <typename Exec>

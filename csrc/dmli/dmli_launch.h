@@ -89,6 +89,48 @@ void DeviceKernels<Exec>::aligned_backward(Mode mode, bool normalize, const DPRu
   accumulate_grads(W, x, y, gx, gy);
 }
 
+// Training pair of aligned pairs: one warp kernel per direction (dmli_common.h), no
+// GEMM. The backward's weights go into a scratch table of m*n values per pair.
+template <typename Exec>
+void DeviceKernels<Exec>::aligned_forward_cells(bool normalize, const DPRule& rule,
+                                                const at::Tensor& x, const at::Tensor& y,
+                                                const at::Tensor& out, const at::Tensor& cells) {
+  const int64_t N = x.size(0), C = x.size(2);
+  const int m = int(x.size(1)), n = int(y.size(1));
+  if (N == 0) return;
+  TORCH_CHECK(m <= kMaxStripes && n <= kMaxStripes, "partdist: at most ", kMaxStripes,
+              " stripes per image in the DP, got m=", m, ", n=", n);
+  Exec::output(out, cells);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_forward_cells_cuda", [&] {
+    Exec().template run_warps<WarpForwardCellsKernel>(
+        blocks_for(N, kWarpsPerBlock), kCudaThreads, N, m, n, C, normalize, rule,
+        x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+        out.mutable_data_ptr<scalar_t>(), cells.mutable_data_ptr<scalar_t>());
+  });
+}
+
+template <typename Exec>
+void DeviceKernels<Exec>::aligned_backward_cells(bool normalize, const DPRule& rule,
+                                                 const at::Tensor& grad, const at::Tensor& x,
+                                                 const at::Tensor& y, const at::Tensor& cells,
+                                                 const at::Tensor& gx, const at::Tensor& gy) {
+  const int64_t N = x.size(0), C = x.size(2);
+  const int m = int(x.size(1)), n = int(y.size(1));
+  if (N == 0) return;
+  TORCH_CHECK(m <= kMaxStripes && n <= kMaxStripes, "partdist: at most ", kMaxStripes,
+              " stripes per image in the DP, got m=", m, ", n=", n);
+  at::Tensor table = at::empty({N * m * n}, x.options());
+  Exec::output(gx, gy, table);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_backward_cells_cuda", [&] {
+    Exec().template run_warps<WarpBackwardCellsKernel>(
+        blocks_for(N, kWarpsPerBlock), kCudaThreads, N, m, n, C, normalize, rule,
+        grad.const_data_ptr<scalar_t>(), grad.stride(0), x.const_data_ptr<scalar_t>(),
+        y.const_data_ptr<scalar_t>(), cells.const_data_ptr<scalar_t>(),
+        table.mutable_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+        gy.mutable_data_ptr<scalar_t>());
+  });
+}
+
 // All pairs: tiles in sequence on the stream, each one GEMM of mc*m query stripes
 // against nc*n gallery stripes ([mc*m, nc*n], m*n values per pair) and the fused
 // normalize + DP kernel over its pairs.

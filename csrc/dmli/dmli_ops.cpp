@@ -213,11 +213,19 @@ std::tuple<Tensor, Tensor> batch_local_dist_backward_impl(const Tensor& grad, co
                                   Mode::kFused, rule_of(gamma, band, unaligned));
 }
 
-// Training pair of batch_local_dist on the CPU (hard or soft minimum, band; not
-// unaligned), used by its autograd when a gradient is needed: the forward also returns
-// cells [2, N, m, n] (compute dtype; raw stripe distances, then cell values), which the
-// backward reads instead of recomputing the dot products. Same values and gradients
-// as batch_local_dist and batch_local_dist_backward.
+// An uninitialized output; pooled on the CPU (a training step's cells and gradients
+// reuse mapped memory, common/buffer_pool.h).
+Tensor empty_out(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return options.device().is_cpu() ? pooled_empty(sizes, options) : at::empty(sizes, options);
+}
+
+// Training pair of batch_local_dist (hard or soft minimum, band; not unaligned), used by
+// its autograd when a gradient is needed (on CUDA for the shapes of kWarpPathMaxCells):
+// the forward also returns cells [2, N, m, n] (compute dtype; raw stripe distances, then
+// cell values), which the backward reads instead of computing the stripe distances
+// again. Same values and gradients as batch_local_dist and batch_local_dist_backward.
+// grad reaches the backend with its own stride.
+template <typename K>
 std::tuple<Tensor, Tensor> batch_local_dist_fwd_cells_impl(const Tensor& x, const Tensor& y,
                                                            bool normalize, double gamma,
                                                            double band) {
@@ -228,11 +236,12 @@ std::tuple<Tensor, Tensor> batch_local_dist_fwd_cells_impl(const Tensor& x, cons
   auto ct = compute_type(x);
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
   Tensor out = at::empty({N}, xc.options());
-  Tensor cells = pooled_empty({2, N, m, n}, xc.options());
-  if (N > 0) CpuKernels::aligned_forward_cells(normalize, rule, xc, yc, out, cells);
+  Tensor cells = empty_out({2, N, m, n}, xc.options());
+  if (N > 0) K::aligned_forward_cells(normalize, rule, xc, yc, out, cells);
   return {out.to(x.scalar_type()), cells};
 }
 
+template <typename K>
 std::tuple<Tensor, Tensor> batch_local_dist_backward_cells_impl(const Tensor& grad, const Tensor& x,
                                                                 const Tensor& y,
                                                                 const Tensor& cells, bool normalize,
@@ -249,10 +258,10 @@ std::tuple<Tensor, Tensor> batch_local_dist_backward_cells_impl(const Tensor& gr
               " tensor that _batch_local_dist_fwd_cells returned for x and y, got ",
               shape_str(cells), " ", cells.scalar_type());
   Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
-  Tensor g = grad.to(ct).contiguous(), c = cells.contiguous();
-  // every element is written; pooled: a training step's gradients reuse mapped memory
-  Tensor gx = pooled_empty(xc.sizes(), xc.options()), gy = pooled_empty(yc.sizes(), yc.options());
-  if (N > 0) CpuKernels::aligned_backward_cells(normalize, rule, g, xc, yc, c, gx, gy);
+  Tensor g = grad.to(ct), c = cells.contiguous();
+  // every element is written
+  Tensor gx = empty_out(xc.sizes(), xc.options()), gy = empty_out(yc.sizes(), yc.options());
+  if (N > 0) K::aligned_backward_cells(normalize, rule, g, xc, yc, c, gx, gy);
   return {gx.to(x.scalar_type()), gy.to(y.scalar_type())};
 }
 
@@ -409,7 +418,13 @@ auto ops() {
          &local_dist_impl<K>),
       op("local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size, "
          "float gamma, float band, bool unaligned) -> (Tensor, Tensor)",
-         &local_dist_backward_impl<K>));
+         &local_dist_backward_impl<K>),
+      op("_batch_local_dist_fwd_cells(Tensor x, Tensor y, bool normalize, float gamma, "
+         "float band) -> (Tensor, Tensor)",
+         &batch_local_dist_fwd_cells_impl<K>),
+      op("_batch_local_dist_backward_cells(Tensor grad, Tensor x, Tensor y, Tensor cells, "
+         "bool normalize, float gamma, float band) -> (Tensor, Tensor)",
+         &batch_local_dist_backward_cells_impl<K>));
 }
 
 }  // namespace
@@ -437,20 +452,9 @@ TORCH_LIBRARY_FRAGMENT(partdist, m) {
       "int chunk_size=0) -> int[]",
       &partdist::dmli::local_dist_tile_plan);
   m.def("_tf32_split_operands(Tensor a, Tensor b) -> (Tensor, Tensor)");
-  m.def(
-      "_batch_local_dist_fwd_cells(Tensor x, Tensor y, bool normalize, float gamma, float band) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "_batch_local_dist_backward_cells(Tensor grad, Tensor x, Tensor y, Tensor cells, "
-      "bool normalize, float gamma, float band) -> (Tensor, Tensor)");
 }
 
 // ATen ops on any device (and a fake kernel in Python)
 TORCH_LIBRARY_IMPL(partdist, CompositeExplicitAutograd, m) {
   m.impl("_tf32_split_operands", &partdist::dmli::tf32_split_operands_op);
-}
-
-TORCH_LIBRARY_IMPL(partdist, CPU, m) {
-  m.impl("_batch_local_dist_fwd_cells", &partdist::dmli::batch_local_dist_fwd_cells_impl);
-  m.impl("_batch_local_dist_backward_cells", &partdist::dmli::batch_local_dist_backward_cells_impl);
 }

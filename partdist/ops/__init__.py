@@ -17,8 +17,4 @@ kernels registered in C++ as ``torch.ops.partdist.*`` (where each piece lives: C
 CPU_ONLY_OPS = {
     "partdist::rank_metrics": "ranking metrics of a distance matrix on the host: "
     "partdist.eval.evaluate_rank moves a CUDA matrix to the CPU (one sort per query, no GPU gain)",
-    "partdist::_batch_local_dist_fwd_cells": "the CPU training pair of batch_local_dist "
-    "(forward saving its cells); on CUDA the autograd runs batch_local_dist / batch_local_dist_backward",
-    "partdist::_batch_local_dist_backward_cells": "the backward of the CPU training pair "
-    "_batch_local_dist_fwd_cells",
 }

@@ -122,9 +122,11 @@ autocast_to_float32("local_dist_matrix", "dmli", "batch_local_dist", "local_dist
 # (csrc/dmli/dmli_autograd.cpp, at the Autograd dispatch key): the forward saves x, y
 # (or dist) and the options, the backward calls the compiled *_backward op. No Python
 # runs per call. The backward ops themselves have no autograd (no double backward).
-# batch_local_dist on the CPU (not unaligned), when a gradient is needed, runs
+# batch_local_dist (not unaligned; on the CPU, or on CUDA with at most kWarpPathMaxCells
+# cells per pair, csrc/dmli/dmli_common.h), when a gradient is needed, runs
 # _batch_local_dist_fwd_cells instead, saves its cells and calls
-# _batch_local_dist_backward_cells (no dot products recomputed).
+# _batch_local_dist_backward_cells (no stripe distances recomputed; on CUDA one warp
+# kernel per direction).
 
 
 # -------------------------------------------------------------------- public API

@@ -171,6 +171,55 @@ def test_local_dist_all_pairs(gamma, band, unaligned, chunk):
           CPU.local_dist_backward(g, x, y, True, chunk, gamma, band, unaligned))
 
 
+# The training pair of batch_local_dist: one warp per pair (32 lanes in lockstep, one OS
+# thread each), so few pairs. C = 7 (lanes 7-31 hold no channel) and 40 (lanes 0-7 hold two).
+@pytest.mark.parametrize("gamma,band", [(0.0, -1.0), (0.5, -1.0), (0.0, 1.0), (0.3, 2.0)])
+@pytest.mark.parametrize("C", [7, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_local_dist_cells(gamma, band, C, dtype):
+    N, m, n = 3, 5, 4
+    x, y = rand(N, m, C, dtype=dtype), rand(N, n, C, seed=1, dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    g = rand(N, seed=3, dtype=dtype)
+    g[1] = 0  # a pair without gradient: zeros, no DP
+    for normalize in (True, False):
+        out, cells = EMU._batch_local_dist_fwd_cells(x, y, normalize, gamma, band)
+        ref_out, ref_cells = CPU._batch_local_dist_fwd_cells(x, y, normalize, gamma, band)
+        close((out, cells), (ref_out, ref_cells), tol)
+        # the direct distances (no GEMM)
+        raw = (x[:, :, None, :] - y[:, None, :, :]).pow(2).sum(-1).sqrt()
+        close(cells[0], raw, tol)
+        close(out, CPU.batch_local_dist(x, y, normalize, gamma, band, False), tol)
+        grads = EMU._batch_local_dist_backward_cells(g, x, y, cells, normalize, gamma, band)
+        close(grads, CPU._batch_local_dist_backward_cells(g, x, y, ref_cells, normalize, gamma, band), tol)
+        close(grads, CPU.batch_local_dist_backward(g, x, y, normalize, gamma, band, False), tol)
+        assert (grads[0][1] == 0).all() and (grads[1][1] == 0).all()
+
+
+def test_batch_local_dist_cells_identical_stripes_and_strided_grad():
+    """Identical stripes: raw distance exactly 0 (the direct sum; the GEMM form leaves rounding),
+    finite gradients. The incoming gradient is read through its stride (a slice, and the
+    stride-0 gradient of a sum)."""
+    N, m, n, C = 3, 4, 4, 40
+    x = rand(N, m, C)
+    y = rand(N, n, C, seed=1)
+    y[0] = x[0]  # pair 0: every diagonal cell is 0
+    y[2, 1] = x[2, 3]
+    out, cells = EMU._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0)
+    assert (cells[0, 0].diagonal() == 0).all() and cells[0, 2, 3, 1] == 0
+    assert (cells[1, 0].diagonal() == 0).all()  # the cell values too
+    close(out, CPU.batch_local_dist(x, y, True, 0.0, -1.0, False), 1e-7)
+    g_full = rand(2 * N, seed=2)
+    g = g_full[::2]
+    gx, gy = EMU._batch_local_dist_backward_cells(g, x, y, cells, True, 0.0, -1.0)
+    assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
+    ref = CPU.batch_local_dist_backward(g.contiguous(), x, y, True, 0.0, -1.0, False)
+    close((gx, gy), ref, 1e-7)  # the CPU's raw distances near 0 come from the GEMM form
+    ones = torch.ones(()).expand(N)  # stride 0
+    close(EMU._batch_local_dist_backward_cells(ones, x, y, cells, True, 0.0, -1.0),
+          CPU.batch_local_dist_backward(torch.ones(N, dtype=torch.float64), x, y, True, 0.0, -1.0, False), 1e-7)
+
+
 # --------------------------------------------------------------------- mining
 def _mining_cases():
     # the warp kernel's emulation (32 lanes in lockstep, one OS thread each) takes about a second
@@ -307,6 +356,23 @@ def test_fault_injection_in_backward(fault):
         close(EMU.batch_local_dist_backward(g, x, y, True, 0.0, -1.0, False), ref)
     with pytest.raises(AssertionError):
         close(mining_backward(EMU), mining_backward(CPU))
+
+
+def test_fault_injection_in_the_warp_kernels(fault):
+    """The planted fault (lane 0 of warp 0 runs as lane 1: channel 0 of pair 0 is summed by no
+    lane, and no lane runs pair 0's DP) shows in both warp kernels."""
+    x, y = rand(2, 3, 8), rand(2, 3, 8, seed=1)
+    g = rand(2, seed=2)
+    cells = CPU._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0)[1]
+    fwd = CPU._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0)
+    bwd = CPU._batch_local_dist_backward_cells(g, x, y, cells, True, 0.0, -1.0)
+    close(EMU._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0), fwd)
+    close(EMU._batch_local_dist_backward_cells(g, x, y, cells, True, 0.0, -1.0), bwd)
+    fault(1)
+    with pytest.raises(AssertionError):
+        close(EMU._batch_local_dist_fwd_cells(x, y, True, 0.0, -1.0), fwd)
+    with pytest.raises(AssertionError):
+        close(EMU._batch_local_dist_backward_cells(g, x, y, cells, True, 0.0, -1.0), bwd)
 
 
 # ---------------------------------------------------------- tile planning

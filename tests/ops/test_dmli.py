@@ -366,7 +366,7 @@ def test_opcheck_all_ops():
         (ops.batch_local_dist.default, (x, y, True, 0.2, 1.5, False)),
         (ops.local_dist.default, (x, y2, True, 5, 0.7, -1.0, False)),
         (ops.batch_local_dist.default, (x, x.detach().clone().requires_grad_(), True, 0.0, -1.0, True)),
-        # the CPU training pair of batch_local_dist (the forward saving its cells)
+        # the training pair of batch_local_dist (the forward saving its cells)
         (ops._batch_local_dist_fwd_cells.default, (x.detach(), y.detach(), True, 0.2, 1.5)),
         (ops._batch_local_dist_backward_cells.default,
          (torch.rand(3, dtype=torch.float64), x.detach(), y.detach(),

@@ -383,13 +383,17 @@ def test_sanitize_op_script_covers_every_partdist_op():
     names = [c[0] for c in gpu_sanitize_ops.cases()]
     # the _*_tile_plan ops are host-side test hooks of the tile planning: they launch no kernel.
     # Ops with a CUDA kernel have a twin in partdist_cuda_emulated (csrc/common/registration.h
-    # registers both at once); the others (rank_metrics, the CPU training pair
-    # _batch_local_dist_fwd_cells / _backward_cells) run no device code to sanitize.
+    # registers both at once); the others (rank_metrics) run no device code to sanitize.
+    # A backward op counts as its forward's (X_backward -> X, X_backward_Y -> X_fwd_Y).
     names_all = torch._C._dispatch_get_all_op_names()
-    on_device = {n.split("::", 1)[1].replace("_backward", "") for n in names_all
+
+    def forward_of(name):
+        return name.replace("_backward_", "_fwd_") if "_backward_" in name else name.replace("_backward", "")
+
+    on_device = {forward_of(n.split("::", 1)[1]) for n in names_all
                  if n.startswith("partdist_cuda_emulated::")}
     assert {"dmli", "local_dist", "hard_example_mining", "neighborhood_diff", "part_dist", "dsr_dist"} <= on_device
-    ops = sorted({n.split("::", 1)[1].replace("_backward", "") for n in names_all
+    ops = sorted({forward_of(n.split("::", 1)[1]) for n in names_all
                   if n.startswith("partdist::") and not n.endswith("_tile_plan")} & on_device)
     assert ops, "no partdist op registered"
     missing = [op for op in ops if not any(name == op or name.startswith(op + ",") for name in names)]
