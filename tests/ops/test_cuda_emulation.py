@@ -172,10 +172,15 @@ def test_local_dist_all_pairs(gamma, band, unaligned, chunk):
 
 
 # The training pair of batch_local_dist: one warp per pair (32 lanes in lockstep, one OS
-# thread each), so few pairs. C = 7 (lanes 7-31 hold no channel) and 40 (lanes 0-7 hold two).
+# thread each), so few pairs. C = 7 (lanes 7-31 hold no channel) and 40 (lanes 0-7 hold two);
+# two of the four (C, dtype) combinations in the slow set.
 @pytest.mark.parametrize("gamma,band", [(0.0, -1.0), (0.5, -1.0), (0.0, 1.0), (0.3, 2.0)])
-@pytest.mark.parametrize("C", [7, 40])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C,dtype", [
+    (7, torch.float64),
+    (40, torch.float32),
+    pytest.param(7, torch.float32, marks=pytest.mark.slow),
+    pytest.param(40, torch.float64, marks=pytest.mark.slow),
+])
 def test_batch_local_dist_cells(gamma, band, C, dtype):
     N, m, n = 3, 5, 4
     x, y = rand(N, m, C, dtype=dtype), rand(N, n, C, seed=1, dtype=dtype)
