@@ -5,8 +5,8 @@
 // where the kernels themselves take a few hundred microseconds.
 //
 // Unused outputs get zero gradients (materialize_grads, the default), so the backward
-// ops always see a defined gradient. The backward ops have no autograd (double backward is not
-// supported): calling backward through them raises, as with the Python registration before.
+// ops always see a defined gradient. The backward ops have no autograd: a backward with
+// create_graph=True (double backward) raises.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -53,6 +53,14 @@ PARTDIST_OP(op_ld_bw, "local_dist_backward",
                     bool))
 #undef PARTDIST_OP
 
+// The backward ops have no autograd: a backward with create_graph=True gets an error
+// instead of a gradient graph that would silently give zeros.
+void no_double_backward() {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "partdist: the DMLI ops have no double backward (a backward with "
+              "create_graph=True); take their gradient with create_graph=False");
+}
+
 // ------------------------------------------------------------- local_dist_matrix
 class LocalDistMatrixFn : public torch::autograd::Function<LocalDistMatrixFn> {
  public:
@@ -67,6 +75,7 @@ class LocalDistMatrixFn : public torch::autograd::Function<LocalDistMatrixFn> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
+    no_double_backward();
     auto s = ctx->get_saved_variables();
     auto [gx, gy] =
         op_ldm_bw().call(g[0].contiguous(), s[0], s[1], ctx->saved_data["normalize"].toBool());
@@ -89,6 +98,7 @@ class DmliFn : public torch::autograd::Function<DmliFn> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
+    no_double_backward();
     auto s = ctx->get_saved_variables();
     auto gd = op_dmli_bw().call(g[0].contiguous(), s[0], ctx->saved_data["gamma"].toDouble(),
                                 ctx->saved_data["band"].toDouble());
@@ -149,6 +159,7 @@ class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
+    no_double_backward();
     const SavedXY s = load_xy(ctx);
     auto [gx, gy] = s.cells.defined()
                         ? op_bld_bc().call(g[0], s.x, s.y, s.cells, s.normalize, s.gamma, s.band)
@@ -172,6 +183,7 @@ class LocalDistFn : public torch::autograd::Function<LocalDistFn> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
+    no_double_backward();
     const SavedXY s = load_xy(ctx);
     auto [gx, gy] = op_ld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize,
                                     ctx->saved_data["chunk"].toInt(), s.gamma, s.band, s.unaligned);

@@ -2,8 +2,9 @@
 
 The compiled kernels are registered in C++ as ``torch.ops.partdist.hard_example_mining``,
 ``torch.ops.partdist.triplet_hard_loss`` and their shared backward
-``torch.ops.partdist.hard_example_mining_backward``; this module adds their fake (meta)
-implementations for ``torch.compile``, their autograd formulas and the public functions.
+``torch.ops.partdist.hard_example_mining_backward``, with their autograd
+(``csrc/mining/mining_autograd.cpp``); this module adds their fake (meta) implementations for
+``torch.compile`` and the public functions.
 
 Conventions (the same on CPU and CUDA)
 --------------------------------------
@@ -93,37 +94,8 @@ autocast_to_float32("hard_example_mining", "triplet_hard_loss")
 
 
 # ---------------------------------------------------------------------- autograd
-def _setup_mining(ctx, inputs, output):
-    dist = inputs[0]
-    dist_ap, dist_an, p_inds, n_inds, valid = output[-5:]
-    ctx.save_for_backward(dist_ap, dist_an, p_inds, n_inds, valid)
-    ctx.num_cols = dist.shape[1]
-    ctx.mark_non_differentiable(p_inds, n_inds, valid)
-
-
-def _backward_mining(ctx, grad_ap, grad_an, _gp, _gn, _gv):
-    dist_ap, dist_an, p_inds, n_inds, valid = ctx.saved_tensors
-    g = _ops.hard_example_mining_backward(
-        None, grad_ap, grad_an, dist_ap, dist_an, p_inds, n_inds, valid, None, ctx.num_cols
-    )
-    return g, None, None, None
-
-
-def _setup_triplet(ctx, inputs, output):
-    _setup_mining(ctx, inputs, output)
-    ctx.margin = inputs[3]
-
-
-def _backward_triplet(ctx, grad_loss, grad_ap, grad_an, _gp, _gn, _gv):
-    dist_ap, dist_an, p_inds, n_inds, valid = ctx.saved_tensors
-    g = _ops.hard_example_mining_backward(
-        grad_loss, grad_ap, grad_an, dist_ap, dist_an, p_inds, n_inds, valid, ctx.margin, ctx.num_cols
-    )
-    return g, None, None, None, None
-
-
-torch.library.register_autograd("partdist::hard_example_mining", _backward_mining, setup_context=_setup_mining)
-torch.library.register_autograd("partdist::triplet_hard_loss", _backward_triplet, setup_context=_setup_triplet)
+# Registered in C++ (csrc/mining/mining_autograd.cpp): the ops run in every training step on
+# small matrices, where a Python setup_context / backward per call costs more than the kernels.
 
 
 # -------------------------------------------------------------------- public API

@@ -110,6 +110,9 @@ def _setup_part(ctx, inputs, output):
 
 
 def _backward_part(ctx, grad):
+    if torch.is_grad_enabled():  # create_graph=True: part_dist_backward has no autograd
+        raise RuntimeError("partdist.part_dist has no double backward (a backward with create_graph=True); "
+                           "take its gradient with create_graph=False")
     x, y, vx, vy = ctx.saved_tensors
     vis_grad = bool(ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
     gx, gy, gvx, gvy = _ops.part_dist_backward(grad.contiguous(), x, y, vx, vy, *ctx.extra, vis_grad)

@@ -154,3 +154,25 @@ def test_autocast_computes_and_returns_float32(name, dtype):
     out.sum().backward()
     assert x.grad is not None and x.grad.dtype == dtype
     assert fn(x.detach(), y).dtype == dtype
+
+
+# ------------------------------------------------------------ double backward
+@pytest.mark.parametrize("family", ["dmli", "mining", "parts"])
+def test_double_backward_raises(family):
+    """The DMLI, mining and part distance ops have no double backward: a gradient taken with
+    create_graph=True raises instead of building a graph that would give zeros."""
+    if family == "parts":
+        inp = torch.randn(4, 3, 8, requires_grad=True)
+        out = partdist.part_dist(inp, torch.randn(5, 3, 8), torch.ones(4, 3), torch.ones(5, 3)).sum()
+    elif family == "dmli":
+        x = torch.randn(4, 3, 8, requires_grad=True)
+        out = partdist.batch_local_dist(x, torch.randn(4, 3, 8)).sum()
+        inp = x
+    else:
+        inp = torch.rand(8, 8, requires_grad=True)
+        out = partdist.triplet_hard_loss(inp, torch.arange(8) % 2)
+        out = out[0] if isinstance(out, tuple) else out
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out, inp, create_graph=True)
+    (g,) = torch.autograd.grad(out, inp)  # a plain backward works
+    assert torch.isfinite(g).all()
