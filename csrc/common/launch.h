@@ -25,4 +25,13 @@ inline int64_t blocks_for(int64_t n, int threads, int64_t cap = int64_t(1) << 31
   return b < cap ? b : cap;
 }
 
+// The sum of v over the warp's lanes, in every lane (xor butterfly: lanes l and
+// l ^ off add the same two values, so every lane ends with the same bits).
+PD_NO_EXEC_CHECK
+template <typename T, typename Warp>
+PD_HD T warp_sum(const Warp& w, T v) {
+  for (int off = kWarpSize / 2; off > 0; off /= 2) v += w.shfl_xor(v, unsigned(off));
+  return v;
+}
+
 }  // namespace partdist

@@ -748,15 +748,6 @@ struct BackwardKernel {
 // distances of pair p at cells + p*m*n, its cell values at cells + (N + p)*m*n.
 constexpr int kWarpsPerBlock = kCudaThreads / kWarpSize;
 
-// The sum of v over the warp's lanes, in every lane (xor butterfly: lanes l and
-// l ^ off add the same two values, so every lane ends with the same bits).
-PD_NO_EXEC_CHECK
-template <typename T, typename Warp>
-PD_HD T warp_sum(const Warp& w, T v) {
-  for (int off = kWarpSize / 2; off > 0; off /= 2) v += w.shfl_xor(v, unsigned(off));
-  return v;
-}
-
 // This lane's part of |a - b|^2 for two stripes of C channels.
 template <typename T>
 PD_HD T lane_sq_dist(const T* a, const T* b, int64_t C, int lane) {

@@ -321,6 +321,27 @@ struct ThreadRowKernel {
   }
 };
 
+// The triplet loss: the mean of row_loss [N] over the valid anchors, 0 when none is
+// valid (row_loss is 0 there), written to loss[0] in T. One warp: lane l sums the rows
+// l, l + 32, ..., then the lanes' sums are added (warp_sum).
+struct LossMeanKernel {
+  PD_NO_EXEC_CHECK
+  template <typename Warp, typename T, typename A>
+  PD_HD static void run(const Warp& w, ThreadPos t, int64_t N, const A* row_loss, const bool* valid,
+                        T* loss) {
+    if (t.warp() != 0) return;  // one warp
+    const int lane = t.lane();
+    A s = A(0), c = A(0);
+    for (int64_t i = lane; i < N; i += kWarpSize) {
+      s += row_loss[i];
+      c += valid[i] ? A(1) : A(0);
+    }
+    s = warp_sum(w, s);
+    c = warp_sum(w, c);
+    if (lane == 0) loss[0] = static_cast<T>(s / (c > A(1) ? c : A(1)));
+  }
+};
+
 // Backward, one thread per entry of g [N, M] (contiguous): every entry is written, so
 // g needs no zeroing before the launch; adjacent threads write adjacent entries.
 struct DenseGradKernel {

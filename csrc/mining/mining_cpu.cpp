@@ -58,6 +58,13 @@ void CpuKernels::backward(const Shape& S, const LossSpec& L, const BackwardTenso
       });
 }
 
+// Mean over the valid anchors; 0 when there is none (row_loss is 0 there).
+void CpuKernels::loss_mean(const at::Tensor& row_loss, const at::Tensor& valid,
+                           const at::Tensor& loss) {
+  const at::Tensor count = valid.sum().clamp_min(1).to(row_loss.scalar_type());
+  loss.copy_(row_loss.sum().div(count));
+}
+
 }  // namespace mining
 }  // namespace partdist
 

@@ -2,6 +2,9 @@
 // a backend K with static members
 //   forward(S, L, ForwardTensors)    the hardest positive / negative of every row
 //   backward(S, L, BackwardTensors)  the gradient of dist
+//   loss_mean(row_loss, valid, loss) the triplet loss: row_loss [N] (accumulate type) averaged
+//                                    over the valid anchors (0 when none is), into the
+//                                    0-dim loss (dtype of dist)
 // CpuKernels (mining_cpu.cpp) and DeviceKernels<Exec> (mining_launch.h: the CUDA
 // kernels, launched by CudaExec on the GPU or by emu::EmuExec in the CPU emulation).
 // Each backend's file registers the ops for its dispatch key (register_impls<K>).
@@ -68,9 +71,11 @@ ForwardOut<T, A> forward_out(const ForwardTensors& t) {
                           t.row_loss.defined() ? t.row_loss.mutable_data_ptr<A>() : nullptr};
 }
 
-#define PARTDIST_MINING_BACKEND_MEMBERS                                            \
-  static void forward(const Shape& S, const LossSpec& L, const ForwardTensors& t); \
-  static void backward(const Shape& S, const LossSpec& L, const BackwardTensors& t);
+#define PARTDIST_MINING_BACKEND_MEMBERS                                              \
+  static void forward(const Shape& S, const LossSpec& L, const ForwardTensors& t);   \
+  static void backward(const Shape& S, const LossSpec& L, const BackwardTensors& t); \
+  static void loss_mean(const at::Tensor& row_loss, const at::Tensor& valid,         \
+                        const at::Tensor& loss);
 
 PARTDIST_DECLARE_BACKENDS(PARTDIST_MINING_BACKEND_MEMBERS)
 #undef PARTDIST_MINING_BACKEND_MEMBERS

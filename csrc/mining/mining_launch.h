@@ -50,5 +50,18 @@ void DeviceKernels<Exec>::backward(const Shape& S, const LossSpec& L, const Back
       });
 }
 
+template <typename Exec>
+void DeviceKernels<Exec>::loss_mean(const at::Tensor& row_loss, const at::Tensor& valid,
+                                    const at::Tensor& loss) {
+  Exec::output(loss);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, loss.scalar_type(), "partdist_mining_loss_mean_cuda", [&] {
+        using A = at::opmath_type<scalar_t>;
+        Exec().template run_warps<LossMeanKernel>(
+            1, kWarpSize, row_loss.size(0), row_loss.const_data_ptr<A>(),
+            valid.const_data_ptr<bool>(), loss.mutable_data_ptr<scalar_t>());
+      });
+}
+
 }  // namespace mining
 }  // namespace partdist

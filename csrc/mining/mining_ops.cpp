@@ -105,9 +105,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> triplet_hard_loss_imp
   Tensor row_loss = at::empty({dist.size(0)}, dist.options().dtype(compute_type(dist)));
   auto [ap, an, p, n, valid] =
       mine<K>(op, dist, labels, labels_other, exclude_self, loss_spec(true, margin), row_loss);
-  // Mean over the valid anchors; 0 when there is none (row_loss is 0 there).
-  Tensor count = valid.sum().clamp_min(1).to(row_loss.scalar_type());
-  Tensor loss = row_loss.sum().div(count).to(dist.scalar_type());
+  Tensor loss = at::empty({}, dist.options());
+  K::loss_mean(row_loss, valid, loss);
   return {loss, ap, an, p, n, valid};
 }
 

@@ -271,6 +271,29 @@ def test_mining(layout, dtype, which):
               CPU.hard_example_mining_backward(None, gap, None, ap, an, p, n, valid, margin, ncol))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N", [5, 70])
+def test_triplet_loss_mean(dtype, N, fault):
+    """The loss of triplet_hard_loss (the mean of the rows' hinges over the valid anchors, one
+    warp; rows l, l + 32, ... in lane l): finite, N below and above 32, a case with no valid
+    anchor (loss 0); the planted fault shows."""
+    d = torch.rand(N, N, generator=torch.Generator().manual_seed(N)).to(dtype)
+    d = d.t().contiguous().t()  # column-major: the mining kernel of one thread per row (fast to emulate)
+    labels = torch.arange(N) % 3
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    for margin in (0.3, None):
+        e = EMU.triplet_hard_loss(d, labels, None, margin, False)[0]
+        c = CPU.triplet_hard_loss(d, labels, None, margin, False)[0]
+        assert e.dtype == dtype and e.shape == () and torch.isfinite(e) and c > 0
+        close(e.float(), c.float(), tol)
+    same = torch.zeros(N, dtype=torch.int64)  # no negative anywhere: no valid anchor
+    assert EMU.triplet_hard_loss(d, same, None, 0.3, False)[0] == 0
+    fault(1)
+    with pytest.raises(AssertionError):
+        close(EMU.triplet_hard_loss(d, labels, None, 0.3, False)[0].float(),
+              CPU.triplet_hard_loss(d, labels, None, 0.3, False)[0].float(), tol)
+
+
 # --------------------------------------------------------------- neighborhood
 @pytest.mark.parametrize("k", [1, 3, 5, 9])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
