@@ -254,8 +254,8 @@ def add_search_parser(subparsers):
     p.add_argument("--shortlist", type=int, default=None,
                    help="K': shortlist candidates per query (two-stage; default: tuned on the gallery)")
     p.add_argument("--pooled-weight", type=float, default=None,
-                   help="w >= 0: shortlist by |dg|^2 + w |d pooled stripes|^2, 0: global distance only "
-                        "(default: tuned on the gallery)")
+                   help="w >= 0: shortlist by |dg|^2 + w |d pooled stripes|^2, 0: global distance only, "
+                        "inf: pooled stripes only (default: tuned on the gallery)")
     p.add_argument("--pooling", choices=("mean", "halves"), default=None,
                    help="stripes pooled for --pooled-weight: mean (all) or halves (two overlapping windows) "
                         "(default: tuned on the gallery)")
@@ -385,15 +385,17 @@ def _used_settings(idx, k, params, tuned_before):
     tuning chose some; ``"tuned_now"`` when this search ran the tuning."""
     if params.mode != "two-stage":
         return None
-    from .tune import Tuning
+    from .tune import Tuning, score_name
 
     r = idx.resolve(k, params)
     if r.mode == "exact":
         used = {"shortlist": None, "pooled_weight": None, "pooling": None,
                 "setting": "exact: no measured shortlist reaches the target recall"}
     else:
-        score = "global distance" if not r.pooled_weight else f"{r.pooling} pooled w={r.pooled_weight:g}"
-        used = {"shortlist": r.shortlist, "pooled_weight": r.pooled_weight, "pooling": r.pooling,
+        score = score_name(r.pooled_weight, r.pooling)
+        # JSON has no infinity: the pooled stripes alone are written "inf"
+        w = "inf" if r.pooled_weight == float("inf") else r.pooled_weight
+        used = {"shortlist": r.shortlist, "pooled_weight": w, "pooling": r.pooling,
                 "setting": f"K'={r.shortlist}, {score}"}
     if params.needs_tuning and idx.has_local and r.lam > 0:
         fixed = dict(shortlist=params.shortlist, pooling=params.pooling,

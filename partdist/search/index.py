@@ -153,7 +153,8 @@ class GalleryIndex(GalleryStore):
         ``sample`` gallery items (drawn with ``seed``; the same ones whatever the sharding)
         serve as pseudo-queries: their exact fused top ``k`` without themselves, and their
         shortlists of up to ``max_shortlist`` by every score (the global distance; the pooled
-        ``"mean"`` and ``"halves"`` stripes at each of ``weights``) give the recall@k of every
+        ``"mean"`` and ``"halves"`` stripes at each of ``weights``, ``math.inf`` the pooled stripes
+        alone) give the recall@k of every
         (score, K'). The reference top ``k``: exact (``exact=True``; by default while
         ``sample x gallery size <= 2**22``), else the fused top ``k`` within the union of the
         measured shortlists (see :mod:`partdist.search.tune`). Costs ``sample x (1 + 2
@@ -172,8 +173,9 @@ class GalleryIndex(GalleryStore):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"{op}: seed must be an int, got {seed!r}")
         ws = tuple(float(w) for w in weights)
-        if not ws or any(not math.isfinite(w) or w <= 0 for w in ws):
-            raise ValueError(f"{op}: weights must be finite numbers > 0, got {weights!r}")
+        if not ws or any(math.isnan(w) or w <= 0 for w in ws):
+            raise ValueError(f"{op}: weights must be numbers > 0 (math.inf: the pooled stripes alone), "
+                             f"got {weights!r}")
         lam = self.lam if p.lam is None else p.lam
         metric = self.metric if p.metric is None else p.metric
         if not self.has_local or lam == 0:

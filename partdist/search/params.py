@@ -52,8 +52,9 @@ class SearchParams:
         pooled_weight: the shortlist score, ``w >= 0``: ``0`` the global distance alone; ``w > 0``
             ``|dg|^2 + w * |dp|^2`` (``dg`` the global difference, normalized features for
             ``cosine``; ``dp`` the difference of the L2-normalized pooled stripes of ``pooling``),
-            a proxy of the fused distance computed by the same one GEMM (``D + P C`` columns).
-            ``None``: chosen by the tuning.
+            a proxy of the fused distance computed by the same one GEMM (``D + P C`` columns);
+            ``math.inf`` the pooled stripes alone, ``|dp|^2`` (``P C`` columns: the cheapest
+            score). ``None``: chosen by the tuning.
         pooling: the stripes pooled for ``pooled_weight > 0``: ``"mean"`` (all stripes, ``C``
             columns) or ``"halves"`` (an upper and a lower window of 5/8 of the stripes each,
             overlapping, ``2 C`` columns; ``|dp|^2`` the mean of the two windows' squared
@@ -108,7 +109,14 @@ class SearchParams:
         if self.shortlist is not None:
             set_("shortlist", check_pos_int(op, "shortlist", self.shortlist, allow_none=True))
         if self.pooled_weight is not None:
-            set_("pooled_weight", _real(op, "pooled_weight", self.pooled_weight, 0.0))
+            w = self.pooled_weight
+            alone = isinstance(w, numbers.Real) and not isinstance(w, bool) and w == math.inf
+            if not alone:
+                try:
+                    w = _real(op, "pooled_weight", w, 0.0)
+                except ValueError as e:
+                    raise ValueError(f"{e} (or math.inf: the pooled stripes alone)") from None
+            set_("pooled_weight", math.inf if alone else w)
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"{op}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
         set_("target_recall", _real(op, "target_recall", self.target_recall, 0.0, 1.0, lo_open=True))

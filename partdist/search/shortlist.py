@@ -4,7 +4,8 @@ score, one GEMM per (gallery chunk, query block) and a running top-K'.
 The score is the squared euclidean distance of ``x`` less ``|x_q|^2`` (the *key*
 ``|x_g|^2 - 2 x_q.x_g``; ``-q.g`` of the normalized features for ``cosine``), with ``x`` the
 global features, or with ``pooled_weight = w > 0`` the global features followed by the pooled
-stripes (:func:`pool`): the key of ``|dg|^2 + w |dp|^2``. Chunks and ranks are merged by
+stripes (:func:`pool`): the key of ``|dg|^2 + w |dp|^2``; with ``w = inf`` the pooled stripes
+alone (the key of ``|dp|^2``, ``P C`` columns instead of ``D + P C``). Chunks and ranks are merged by
 (key, id), so the shortlist does not depend on how the gallery is chunked or sharded.
 
 Two running top-K' implementations give the same lists:
@@ -252,15 +253,19 @@ def shortlist_keys(index, qg, ql, kk, metric, pooled_weight, pooling, block_quer
     qx = torch.nn.functional.normalize(qg, dim=1) if cosine else qg
     w = float(pooled_weight or 0.0)
     pooled = None
-    if w:
+    alone = math.isinf(w)  # the pooled stripes alone: no global columns
+    if alone:
+        qx = pool(ql, pooling).to(cd)
+        pooled = index._pooled_features(pooling)
+    elif w:
         qx = torch.cat([qx, w * pool(ql, pooling)], 1)  # the weight on the query side: x_g is stored as is
         pooled = index._pooled_features(pooling)
     width = qx.shape[1]
-    dim = index.dim
+    dim = 0 if alone else index.dim
     cr = min(chunk_rows, n_items)
     # float16 storage on CUDA: float16 GEMMs, float32 accumulation and output (cosine: float32 GEMMs,
     # as the gallery rows are normalized in float32)
-    half = sync_free and index.dtype == torch.float16 and not cosine and half_gemm_available(dev)
+    half = sync_free and index.dtype == torch.float16 and (alone or not cosine) and half_gemm_available(dev)
     if half:
         qx = split_query(qx)
     if block_queries:
@@ -277,6 +282,8 @@ def shortlist_keys(index, qg, ql, kk, metric, pooled_weight, pooling, block_quer
     sq = index._sq_norms()
     sqp = index._sq_norms(pooling) if pooled is not None else None
     alpha = -1 if cosine and pooled is None else -2
+    if alone:
+        cosine = False  # the key |p_g|^2 - 2 p_q.p_g of the pooled stripes, whatever the metric
     n_blocks = (Q + qb - 1) // qb
     best = [None] * n_blocks if sync_free else [RunningSmallest(kk) for _ in range(n_blocks)]
     with tqdm(total=n_items, desc="shortlist", unit="item", unit_scale=True, disable=not show,
@@ -287,16 +294,20 @@ def shortlist_keys(index, qg, ql, kk, metric, pooled_weight, pooling, block_quer
                 g = index.global_features[s:e]
             else:
                 g = gx[: e - s]
-                g[:, :dim].copy_(index.global_features[s:e])
-                if cosine:
-                    g[:, :dim] = torch.nn.functional.normalize(g[:, :dim], dim=1)
+                if not alone:
+                    g[:, :dim].copy_(index.global_features[s:e])
+                    if cosine:
+                        g[:, :dim] = torch.nn.functional.normalize(g[:, :dim], dim=1)
                 if pooled is not None:
                     g[:, dim:].copy_(pooled[s:e])
             bias = torch.zeros((1, e - s), dtype=cd, device=dev)
-            if not cosine:  # cosine: |g|^2 = 1, the key is -q.g (+ the pooled part)
-                bias += sq[s:e]
-            if pooled is not None:
-                bias += w * sqp[s:e]
+            if alone:
+                bias += sqp[s:e]
+            else:
+                if not cosine:  # cosine: |g|^2 = 1, the key is -q.g (+ the pooled part)
+                    bias += sq[s:e]
+                if pooled is not None:
+                    bias += w * sqp[s:e]
             for j, a in enumerate(range(0, Q, qb)):
                 b = min(a + qb, Q)
                 if half:

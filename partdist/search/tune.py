@@ -51,9 +51,9 @@ from . import _merge
 
 __all__ = ["Tuning", "WEIGHTS", "LADDER", "select"]
 
-TUNING_VERSION = 1
-#: the pooled weights measured for each pooling
-WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)
+TUNING_VERSION = 2
+#: the pooled weights measured for each pooling (``inf``: the pooled stripes alone)
+WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 #: the shortlist lengths K' considered (those >= k and <= max_shortlist, and the gallery size)
 LADDER = (10, 15, 20, 30, 40, 50, 70, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 4000, 6000,
           8000)
@@ -68,6 +68,15 @@ EXACT_PAIRS = 1 << 22
 #: batch_local_dist over that of the shortlist GEMM, 13-15 on an AMD EPYC (Zen 3, 2 threads,
 #: float16 storage, 8 x 128 stripes, D = 512)
 PAIR_FACTOR = 14.0
+
+
+def score_name(pooled_weight, pooling) -> str:
+    """How a report names a shortlist score."""
+    if not pooled_weight:
+        return "global distance"
+    if pooled_weight == math.inf:
+        return f"{pooling} pooled stripes alone"
+    return f"{pooling} pooled w={pooled_weight:g}"
 
 
 def wilson_lower(p: float, n: int, z: float = Z) -> float:
@@ -175,7 +184,7 @@ def run(index, *, k, lam, metric, sample, seed, max_shortlist, weights, use_dist
         "seed": seed,
         "max_shortlist": kmax,
         "configs": configs,
-        "widths": [D + {"none": 0, "mean": C, "halves": 2 * C}[p] * (w > 0) for w, p in configs],
+        "widths": [D * (w != math.inf) + {"none": 0, "mean": C, "halves": 2 * C}[p] * (w > 0) for w, p in configs],
         "pair_cost": PAIR_FACTOR * H * H * C + D,
         "positions": torch.stack(positions),
         "reference": "exact" if exact else "union",
@@ -284,7 +293,7 @@ class Tuning:
                       for c, (w, p) in enumerate(state["configs"])}
 
     def setting(self) -> str:
-        score = "global distance" if not self.pooled_weight else f"{self.pooling} pooled w={self.pooled_weight:g}"
+        score = score_name(self.pooled_weight, self.pooling)
         return f"K'={self.shortlist}, {score}"
 
     def summary(self) -> str:

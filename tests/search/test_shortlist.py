@@ -1,5 +1,7 @@
 """The shortlist's running top-k over gallery chunks, and the pooled-stripe shortlist score."""
 
+import math
+
 import pytest
 import torch
 from search_data import G, build, data
@@ -36,7 +38,7 @@ def test_pooled_shortlist_covering_gallery_equals_exact():
     d = data()
     idx = build(d)
     ex = idx.search(d["qg"], d["ql"], 20, mode="exact")
-    for w, pooling in ((0.5, "mean"), (4.0, "mean"), (4.0, "halves")):
+    for w, pooling in ((0.5, "mean"), (4.0, "mean"), (4.0, "halves"), (math.inf, "halves")):
         ts = idx.search(d["qg"], d["ql"], 20, mode="two-stage", shortlist=G, pooled_weight=w, pooling=pooling,
                         chunk_rows=16)
         assert torch.equal(ts.ids, ex.ids)
@@ -57,21 +59,23 @@ def _pooled_sq_dist(ql, gl, pooling):
 
 @pytest.mark.parametrize("metric, pooling", [("euclidean", "mean"), ("cosine", "mean"), ("euclidean", "halves"),
                                              ("cosine", "halves")])
-def test_pooled_shortlist_is_the_proxy_nearest(metric, pooling):
+@pytest.mark.parametrize("w", [4.0, math.inf])
+def test_pooled_shortlist_is_the_proxy_nearest(metric, pooling, w):
     """The shortlist of pooled_weight = w holds the K' nearest by |dg|^2 + w |dp|^2 (dp: the
     difference of the normalized mean stripes, or with pooling="halves" the mean over two
     overlapping windows of their squared differences; global features normalized for cosine),
-    and the returned distances are the exact fused ones."""
+    by |dp|^2 alone for w = inf, and the returned distances are the exact fused ones."""
     d = data()
     assert d["ql"].shape[1] == 4 and d["gl"].shape[1] == 4
     idx = build(d)
-    w, kk = 4.0, 12
+    kk = 12
     res = idx.search(d["qg"], d["ql"], kk, mode="two-stage", shortlist=kk, pooled_weight=w, metric=metric,
                      pooling=pooling)
     qg, gg = d["qg"], d["gg"]
     if metric == "cosine":
         qg, gg = torch.nn.functional.normalize(qg, dim=1), torch.nn.functional.normalize(gg, dim=1)
-    proxy = torch.cdist(qg.double(), gg.double()) ** 2 + w * _pooled_sq_dist(d["ql"], d["gl"], pooling)
+    pooled = _pooled_sq_dist(d["ql"], d["gl"], pooling)
+    proxy = pooled if w == math.inf else torch.cdist(qg.double(), gg.double()) ** 2 + w * pooled
     want = proxy.argsort(dim=1, stable=True)[:, :kk]
     for q in range(want.shape[0]):
         assert set(res.ids[q].tolist()) == set(want[q].tolist())
@@ -86,8 +90,8 @@ def test_pooled_shortlist_is_the_proxy_nearest(metric, pooling):
 def test_pooled_weight_bad_input():
     d = data()
     idx = build(d)
-    for bad in (-1.0, float("nan"), True, "2"):
-        with pytest.raises(ValueError, match="pooled_weight must be a finite number >= 0"):
+    for bad in (-1.0, float("nan"), -math.inf, True, "2"):
+        with pytest.raises(ValueError, match=r"pooled_weight must be a finite number >= 0.*or math.inf"):
             idx.search(d["qg"], d["ql"], 3, mode="two-stage", pooled_weight=bad)
     with pytest.raises(ValueError, match="needs an index with local features"):
         idx.search(d["qg"], None, 3, mode="two-stage", pooled_weight=1.0, lam=0)
@@ -112,3 +116,18 @@ def test_pooling_windows():
     for h in range(1, 33):  # two windows covering every stripe, overlapping, each 5/8 of them (rounded up)
         (a0, b0), (a1, b1) = _windows(h, "halves")
         assert a0 == 0 and b1 == h and a1 < b0 and b0 - a0 == b1 - a1 == -(-5 * h // 8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_pooled_alone_sync_free_loop_equals_the_cpu_loop(dtype):
+    """The pooled stripes alone (pooled_weight = inf) by the loop without host synchronization
+    (the CUDA one, run on the CPU) and by the CPU's running top-K': the same lists."""
+    from partdist.search.shortlist import shortlist_keys
+
+    d = data()
+    idx = build(d, dtype=dtype)
+    for pooling in ("mean", "halves"):
+        a = shortlist_keys(idx, d["qg"], d["ql"], 9, "euclidean", math.inf, pooling, None, 16, False, sync_free=False)
+        b = shortlist_keys(idx, d["qg"], d["ql"], 9, "euclidean", math.inf, pooling, None, 16, False, sync_free=True)
+        assert torch.equal(a[1], b[1])
+        torch.testing.assert_close(a[0], b[0])

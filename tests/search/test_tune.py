@@ -3,6 +3,7 @@ the pseudo-queries, self match excluded), and the default two-stage search's rec
 sources of different structure (synthetic generators and a CNN's features)."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -179,6 +180,26 @@ def test_select_cheapest_reaching_target():
     ch = T.select(st, k, 0.99, shortlist=10)
     assert not ch["reached"] and ch["pooled_weight"] == 4.0 and ch["shortlist"] == 10
     assert T.wilson_lower(1.0, 4000) > 0.99 > T.wilson_lower(1.0, 200)
+    # the pooled stripes alone (w = inf): as good as score 1 on 256 columns, the cheapest
+    st["positions"] = torch.cat([pos, pos[1:]])
+    st["configs"].append([math.inf, "halves"])
+    st["widths"].append(256)
+    ch = T.select(st, k, 0.99)
+    assert ch["reached"] and (ch["shortlist"], ch["pooled_weight"], ch["pooling"]) == (30, math.inf, "halves")
+
+
+def test_tuning_measures_the_pooled_stripes_alone():
+    """The default weights include math.inf: the record has the scores of the pooled stripes
+    alone (mean and halves), P * C columns wide, and the report names them."""
+    d = data()
+    idx = build(d)
+    t = idx.tune(5, sample=20)
+    st = idx._tuning_state
+    C = d["gl"].shape[2]
+    alone = {p: wd for (w, p), wd in zip(st["configs"], st["widths"]) if w == math.inf}
+    assert alone == {"mean": C, "halves": 2 * C}
+    assert (math.inf, "halves") in t.table
+    assert T.score_name(math.inf, "halves") == "halves pooled stripes alone"
 
 
 # --------------------------------------------------------------------------------------
