@@ -7,12 +7,12 @@
 // Unused outputs get zero gradients (materialize_grads, the default), so the backward
 // ops always see a defined gradient. The backward ops have no autograd: a backward with
 // create_graph=True (double backward) raises.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "../common/op_handle.h"
 #include "dmli_common.h"
 
 namespace partdist {
@@ -23,14 +23,7 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Typed handles of the ops, looked up once.
-#define PARTDIST_OP(var, name, Sig)                                                         \
-  static const c10::TypedOperatorHandle<Sig>& var() {                                       \
-    static const auto h =                                                                   \
-        c10::Dispatcher::singleton().findSchemaOrThrow("partdist::" name, "").typed<Sig>(); \
-    return h;                                                                               \
-  }
-
+// Typed handles of the ops (common/op_handle.h).
 using XYTuple = std::tuple<Tensor, Tensor>;
 PARTDIST_OP(op_ldm, "local_dist_matrix", Tensor(const Tensor&, const Tensor&, bool))
 PARTDIST_OP(op_ldm_bw, "local_dist_matrix_backward",
@@ -51,7 +44,6 @@ PARTDIST_OP(op_ld, "local_dist",
 PARTDIST_OP(op_ld_bw, "local_dist_backward",
             XYTuple(const Tensor&, const Tensor&, const Tensor&, bool, int64_t, double, double,
                     bool))
-#undef PARTDIST_OP
 
 // The backward ops have no autograd: a backward with create_graph=True gets an error
 // instead of a gradient graph that would silently give zeros.

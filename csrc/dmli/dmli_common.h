@@ -759,6 +759,18 @@ PD_HD T lane_sq_dist(const T* a, const T* b, int64_t C, int lane) {
   return s;
 }
 
+// The pair of a warp kernel's warp: p = t.warp(), its lane, m*n, and the pair's
+// stripes x + p*m*C, y + p*n*C.
+template <typename T>
+struct WarpPair {
+  int64_t p, mn;
+  int lane;
+  const T* x;
+  const T* y;
+  PD_HD WarpPair(ThreadPos t, int m, int n, int64_t C, const T* xs, const T* ys)
+      : p(t.warp()), mn(int64_t(m) * n), lane(t.lane()), x(xs + p * m * C), y(ys + p * n * C) {}
+};
+
 // Forward: the cells of pair p (cell k = i*n + j: the warp's sum, written by lane
 // k % 32), then lane 0 runs the DP over the saved cell values and writes out[p].
 struct WarpForwardCellsKernel {
@@ -766,12 +778,11 @@ struct WarpForwardCellsKernel {
   template <typename Warp, typename T>
   PD_HD static void run(const Warp& w, ThreadPos t, int64_t N, int m, int n, int64_t C,
                         bool normalize, DPRule rule, const T* x, const T* y, T* out, T* cells) {
-    const int64_t p = t.warp();
+    const WarpPair<T> P(t, m, n, C, x, y);
+    const int64_t p = P.p, mn = P.mn;
     if (p >= N) return;  // whole warps leave together
-    const int lane = t.lane();
-    const int64_t mn = int64_t(m) * n;
-    const T* xp = x + p * m * C;
-    const T* yp = y + p * n * C;
+    const int lane = P.lane;
+    const T *xp = P.x, *yp = P.y;
     T* raw = cells + p * mn;
     T* val = cells + (N + p) * mn;
     for (int64_t k = 0; k < mn; ++k) {
@@ -818,12 +829,11 @@ struct WarpBackwardCellsKernel {
   PD_HD static void run(const Warp& w, ThreadPos t, int64_t N, int m, int n, int64_t C,
                         bool normalize, DPRule rule, const T* grad, int64_t grad_stride, const T* x,
                         const T* y, const T* cells, T* table, T* gx, T* gy) {
-    const int64_t p = t.warp();
+    const WarpPair<T> P(t, m, n, C, x, y);
+    const int64_t p = P.p, mn = P.mn;
     if (p >= N) return;  // whole warps leave together
-    const int lane = t.lane();
-    const int64_t mn = int64_t(m) * n;
-    const T* xp = x + p * m * C;
-    const T* yp = y + p * n * C;
+    const int lane = P.lane;
+    const T *xp = P.x, *yp = P.y;
     T* gxp = gx + p * m * C;
     T* gyp = gy + p * n * C;
     const T g = grad[p * grad_stride];

@@ -89,17 +89,30 @@ void DeviceKernels<Exec>::aligned_backward(Mode mode, bool normalize, const DPRu
   accumulate_grads(W, x, y, gx, gy);
 }
 
+// The dimensions of aligned pairs x [N, m, C], y [N, n, C] for the DP kernels (m, n
+// checked against kMaxStripes).
+struct AlignedDims {
+  int64_t N, C;
+  int m, n;
+};
+
+inline AlignedDims aligned_dims(const at::Tensor& x, const at::Tensor& y) {
+  const AlignedDims d{x.size(0), x.size(2), int(x.size(1)), int(y.size(1))};
+  TORCH_CHECK(d.m <= kMaxStripes && d.n <= kMaxStripes, "partdist: at most ", kMaxStripes,
+              " stripes per image in the DP, got m=", d.m, ", n=", d.n);
+  return d;
+}
+
 // Training pair of aligned pairs: one warp kernel per direction (dmli_common.h), no
 // GEMM. The backward's weights go into a scratch table of m*n values per pair.
 template <typename Exec>
 void DeviceKernels<Exec>::aligned_forward_cells(bool normalize, const DPRule& rule,
                                                 const at::Tensor& x, const at::Tensor& y,
                                                 const at::Tensor& out, const at::Tensor& cells) {
-  const int64_t N = x.size(0), C = x.size(2);
-  const int m = int(x.size(1)), n = int(y.size(1));
+  const AlignedDims D = aligned_dims(x, y);
+  const int64_t N = D.N, C = D.C;
+  const int m = D.m, n = D.n;
   if (N == 0) return;
-  TORCH_CHECK(m <= kMaxStripes && n <= kMaxStripes, "partdist: at most ", kMaxStripes,
-              " stripes per image in the DP, got m=", m, ", n=", n);
   Exec::output(out, cells);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_forward_cells_cuda", [&] {
     Exec().template run_warps<WarpForwardCellsKernel>(
@@ -114,11 +127,10 @@ void DeviceKernels<Exec>::aligned_backward_cells(bool normalize, const DPRule& r
                                                  const at::Tensor& grad, const at::Tensor& x,
                                                  const at::Tensor& y, const at::Tensor& cells,
                                                  const at::Tensor& gx, const at::Tensor& gy) {
-  const int64_t N = x.size(0), C = x.size(2);
-  const int m = int(x.size(1)), n = int(y.size(1));
+  const AlignedDims D = aligned_dims(x, y);
+  const int64_t N = D.N, C = D.C;
+  const int m = D.m, n = D.n;
   if (N == 0) return;
-  TORCH_CHECK(m <= kMaxStripes && n <= kMaxStripes, "partdist: at most ", kMaxStripes,
-              " stripes per image in the DP, got m=", m, ", n=", n);
   at::Tensor table = at::empty({N * m * n}, x.options());
   Exec::output(gx, gy, table);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "partdist_aligned_backward_cells_cuda", [&] {

@@ -7,12 +7,13 @@
 // Gradients are not materialized: an output without gradient reaches the backward op
 // as None (no zeros made for it). The indices and the valid flags are not
 // differentiable. The backward op has no autograd (double backward is not supported).
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+
+#include "../common/op_handle.h"
 
 namespace partdist {
 namespace mining {
@@ -26,13 +27,6 @@ using MiningOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using LossOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using OptTensor = std::optional<Tensor>;
 
-#define PARTDIST_OP(var, name, Sig)                                                         \
-  static const c10::TypedOperatorHandle<Sig>& var() {                                       \
-    static const auto h =                                                                   \
-        c10::Dispatcher::singleton().findSchemaOrThrow("partdist::" name, "").typed<Sig>(); \
-    return h;                                                                               \
-  }
-
 PARTDIST_OP(op_mining, "hard_example_mining",
             MiningOut(const Tensor&, const Tensor&, const OptTensor&, bool))
 PARTDIST_OP(op_loss, "triplet_hard_loss",
@@ -41,7 +35,6 @@ PARTDIST_OP(op_backward, "hard_example_mining_backward",
             Tensor(const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
                    const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                    std::optional<double>, int64_t))
-#undef PARTDIST_OP
 
 OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
