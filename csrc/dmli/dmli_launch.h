@@ -67,10 +67,13 @@ void DeviceKernels<Exec>::aligned_forward(Mode mode, bool normalize, const DPRul
                                           const at::Tensor& x, const at::Tensor& y,
                                           const at::Tensor& out) {
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  at::Tensor xy = fp32_bmm(x, y.transpose(1, 2)).contiguous();
+  // x, y: the compute dtype, or float16 / bfloat16 (kHalfGemm): a half GEMM with float32
+  // accumulation and result, the norms in float32
+  at::Tensor xy = stripe_bmm(x, y.transpose(1, 2)).contiguous();
   PairLayout L = aligned_layout(N, m, n);
   L.rule = rule;
-  forward(L, mode, normalize, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), out);
+  const at::ScalarType ct = xy.scalar_type();
+  forward(L, mode, normalize, xy, x.to(ct).pow(2).sum(-1), y.to(ct).pow(2).sum(-1), out);
 }
 
 template <typename Exec>

@@ -151,9 +151,12 @@ Tensor aligned_impl(const char* op, const Tensor& x, const Tensor& y, bool norma
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
   const DPRule rule = make_rule(op, m, n, rule_in.gamma, rule_in.band, rule_in.diag);
   auto ct = compute_type(x);
-  Tensor xc = x.to(ct).contiguous(), yc = y.to(ct).contiguous();
-  Tensor out =
-      mode == Mode::kCells ? at::empty({N, m, n}, xc.options()) : at::empty({N}, xc.options());
+  // float16 / bfloat16 inputs of one dtype stay half for a backend with half GEMMs
+  const bool half = K::kHalfGemm && is_half(x) && y.scalar_type() == x.scalar_type();
+  Tensor xc = half ? x.contiguous() : x.to(ct).contiguous();
+  Tensor yc = half ? y.contiguous() : y.to(ct).contiguous();
+  const auto opts = x.options().dtype(ct);
+  Tensor out = mode == Mode::kCells ? at::empty({N, m, n}, opts) : at::empty({N}, opts);
   if (N > 0) K::aligned_forward(mode, normalize, rule, xc, yc, out);
   return out.to(x.scalar_type());
 }

@@ -137,6 +137,12 @@ def test_half_features_all_pairs(dtype):
                     CPU.local_dist_backward(g, x, y, True, 0, 0.0, -1.0, False)):
         assert e.dtype == dtype
         close(e.float(), c.float(), tol * 4)
+    # the aligned ops' forward (batched GEMM path): batch_local_dist, local_dist_matrix
+    xa, ya = x[:9], rand(9, 5, 40, seed=3, dtype=dtype)
+    for name, args in (("batch_local_dist", (True, 0.0, -1.0, False)), ("local_dist_matrix", (True,))):
+        e, c = getattr(EMU, name)(xa, ya, *args), getattr(CPU, name)(xa, ya, *args)
+        assert e.dtype == dtype
+        close(e.float(), c.float(), tol)
     vx = torch.rand(9, 4, generator=torch.Generator().manual_seed(4)).to(dtype)
     vy = torch.rand(11, 4, generator=torch.Generator().manual_seed(5)).to(dtype)
     y4 = rand(11, 4, 40, seed=1, dtype=dtype)
