@@ -11,6 +11,7 @@ import functools
 import glob
 import json
 import os
+import re
 import sys
 
 import torch
@@ -334,7 +335,7 @@ def _search(args):
         res = idx.search(qg, ql, args.k, params, distributed=world > 1)
         used = _used_settings(idx, args.k, params, tuned_before)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(_flag_message(str(e))) from None
     except ImportError as e:
         raise UsageError(f"--backend faiss: {e}") from None
     paths = _result_paths(idx, res.ids, world)
@@ -377,6 +378,19 @@ def _search(args):
               + (f", {used['setting']}" if used else "") + ")"
               + (f"; wrote {args.out}" if args.out else ""))
     return 0
+
+
+# the SearchParams fields the search command sets from a flag of the same name
+_PARAM_FLAGS = ("mode", "shortlist", "rerank", "pooled_weight", "pooling", "target_recall", "backend",
+                "faiss_factory", "faiss_params", "lam")
+
+
+def _flag_message(msg: str) -> str:
+    """A SearchParams error ("SearchParams: pooled_weight must ...") as the command's flag names it."""
+    m = re.match(r"SearchParams: (\w+)(.*)", msg, re.S)
+    if m and m.group(1) in _PARAM_FLAGS:
+        return f"--{m.group(1).replace('_', '-')}{m.group(2)}".replace("math.inf", "inf")
+    return msg
 
 
 def _used_settings(idx, k, params, tuned_before):

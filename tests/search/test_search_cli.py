@@ -171,6 +171,9 @@ def test_cli_errors_name_the_flag(setup, capsys, tmp_path):
     assert "corrupt" in err(["search", "--index", str(corrupt), "--query-index", setup["index"]])
     assert "--k must be >= 1" in err(["search", "--index", setup["index"], "--query-index", setup["index"],
                                       "--k", "0"])
+    for flag, value in (("--pooled-weight", "-1"), ("--target-recall", "2")):  # checked by SearchParams
+        msg = err(["search", "--index", setup["index"], "--query-index", setup["index"], flag, value])
+        assert msg.startswith(f"partdist search: error: {flag} must be") and msg.count("\n") == 1
     g = GalleryIndex()
     g.add(torch.randn(3, 5))
     g.save(tmp_path / "small.idx")
