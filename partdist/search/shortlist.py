@@ -279,11 +279,9 @@ def shortlist_keys(index, qg, ql, kk, metric, pooled_weight, pooling, block_quer
     gx = None if (half and pooled is None) else torch.empty((cr, width), dtype=gdt, device=dev)
     buf = None if sync_free else torch.empty((min(qb, Q), cr), dtype=cd, device=dev)
     ids_dev = index.ids.to(dev)
-    sq = index._sq_norms()
+    sq = None if alone else index._sq_norms()  # alone: the key |p_g|^2 - 2 p_q.p_g, whatever the metric
     sqp = index._sq_norms(pooling) if pooled is not None else None
     alpha = -1 if cosine and pooled is None else -2
-    if alone:
-        cosine = False  # the key |p_g|^2 - 2 p_q.p_g of the pooled stripes, whatever the metric
     n_blocks = (Q + qb - 1) // qb
     best = [None] * n_blocks if sync_free else [RunningSmallest(kk) for _ in range(n_blocks)]
     with tqdm(total=n_items, desc="shortlist", unit="item", unit_scale=True, disable=not show,
