@@ -155,6 +155,24 @@ def check_chunk_size(op, chunk_size):
         raise ValueError(f"{op}: chunk_size must be a positive int or None, got {chunk_size}")
 
 
+GEMM_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_gemm_dtype(op, gemm_dtype, x):
+    """``gemm_dtype`` (the all-pairs ops' reduced-precision mode): ``None``, ``torch.float16`` or
+    ``torch.bfloat16``, for float32 features (or features already of that dtype)."""
+    if gemm_dtype is None:
+        return None
+    if not isinstance(gemm_dtype, torch.dtype) or gemm_dtype not in GEMM_DTYPES:
+        raise TypeError(f"{op}: gemm_dtype must be torch.float16, torch.bfloat16 or None, got {gemm_dtype!r}")
+    if x.dtype not in (torch.float32, gemm_dtype):
+        raise TypeError(
+            f"{op}: gemm_dtype rounds float32 features; x and y are {x.dtype} "
+            "(leave gemm_dtype=None, or pass float32 features)"
+        )
+    return gemm_dtype
+
+
 # ------------------------------------------------------------ neighborhood (IDLA)
 def check_kernel_size(op, kernel_size):
     """``kernel_size``: an odd int >= 1 (bool rejected)."""

@@ -6,11 +6,16 @@
 #include <ATen/ops/bitwise_and.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/logical_and.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sub.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 namespace partdist {
@@ -85,6 +90,37 @@ inline at::Tensor stripe_bmm(const at::Tensor& a, const at::Tensor& b) {
   if (!is_half(a)) return fp32_bmm(a, b);
   if (a.is_cuda()) return at::bmm(a, b, at::kFloat);
   return at::bmm(a.to(at::kFloat), b.to(at::kFloat));
+}
+
+// The reduced-precision mode of the all-pairs ops (argument gemm_dtype: float16 or
+// bfloat16, for float32 features): x and y are rounded once to gemm_dtype, and everything
+// after (the GEMM operands, the squared norms, the chain rule) takes the rounded values, so
+// that a distance is exactly the float32 computation on the rounded features: near distance
+// 0 the cancellation in |a|^2 + |b|^2 - 2 a.b is that of float32, and each stripe distance
+// moves by at most |a - a_r| + |b - b_r| (triangle inequality). On CUDA the rounded operands
+// go to cuBLAS as half (tensor cores, float32 accumulation). Returns x, y rounded, or as they
+// are without gemm_dtype. A float32 value beyond float16's range raises (it would become
+// inf); gradients are those of the rounded features (the rounding is taken as the identity).
+inline std::tuple<at::Tensor, at::Tensor> round_for_gemm(const char* op, const at::Tensor& x,
+                                                         const at::Tensor& y,
+                                                         std::optional<at::ScalarType> gemm_dtype) {
+  if (!gemm_dtype.has_value() || *gemm_dtype == x.scalar_type()) return {x, y};
+  const at::ScalarType g = *gemm_dtype;
+  TORCH_CHECK(g == at::kHalf || g == at::kBFloat16, op,
+              ": gemm_dtype must be torch.float16, torch.bfloat16 or None, got ", g);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op,
+              ": gemm_dtype rounds float32 features; x and y are ", x.scalar_type(),
+              " (leave gemm_dtype=None, or pass float32 features)");
+  at::Tensor xr = x.to(g), yr = y.to(g);
+  if (g == at::kHalf) {
+    for (const auto& [name, t, r] : {std::make_tuple("x", x, xr), std::make_tuple("y", y, yr)})
+      TORCH_CHECK(!at::logical_and(at::isinf(r), at::isfinite(t)).any().item().toBool(), op, ": ",
+                  name,
+                  " has values beyond float16's range (|v| > 65504), which gemm_dtype="
+                  "torch.float16 would turn into inf; use gemm_dtype=torch.bfloat16 (float32's "
+                  "range) or scale the features");
+  }
+  return {xr, yr};
 }
 
 inline at::Tensor fp32_matmul(const at::Tensor& a, const at::Tensor& b) {

@@ -10,6 +10,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "../common/op_handle.h"
@@ -39,11 +40,12 @@ PARTDIST_OP(op_bld_fc, "_batch_local_dist_fwd_cells",
 PARTDIST_OP(op_bld_bc, "_batch_local_dist_backward_cells",
             XYTuple(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, double,
                     double))
+using OptDtype = std::optional<at::ScalarType>;
 PARTDIST_OP(op_ld, "local_dist",
-            Tensor(const Tensor&, const Tensor&, bool, int64_t, double, double, bool))
+            Tensor(const Tensor&, const Tensor&, bool, int64_t, double, double, bool, OptDtype))
 PARTDIST_OP(op_ld_bw, "local_dist_backward",
             XYTuple(const Tensor&, const Tensor&, const Tensor&, bool, int64_t, double, double,
-                    bool))
+                    bool, OptDtype))
 
 // The backward ops have no autograd: a backward with create_graph=True gets an error
 // instead of a gradient graph that would silently give zeros.
@@ -164,22 +166,27 @@ class BatchLocalDistFn : public torch::autograd::Function<BatchLocalDistFn> {
 class LocalDistFn : public torch::autograd::Function<LocalDistFn> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, bool normalize,
-                        int64_t chunk, double gamma, double band, bool unaligned) {
+                        int64_t chunk, double gamma, double band, bool unaligned,
+                        OptDtype gemm_dtype) {
     Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = op_ld().call(x, y, normalize, chunk, gamma, band, unaligned);
+      out = op_ld().call(x, y, normalize, chunk, gamma, band, unaligned, gemm_dtype);
     }
     save_xy(ctx, x, y, normalize, gamma, band, unaligned);
     ctx->saved_data["chunk"] = chunk;
+    if (gemm_dtype.has_value()) ctx->saved_data["gemm_dtype"] = *gemm_dtype;
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     no_double_backward();
     const SavedXY s = load_xy(ctx);
-    auto [gx, gy] = op_ld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize,
-                                    ctx->saved_data["chunk"].toInt(), s.gamma, s.band, s.unaligned);
-    return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    auto& d = ctx->saved_data;
+    const OptDtype gemm_dtype =
+        d.count("gemm_dtype") ? OptDtype(d["gemm_dtype"].toScalarType()) : std::nullopt;
+    auto [gx, gy] = op_ld_bw().call(g[0].contiguous(), s.x, s.y, s.normalize, d["chunk"].toInt(),
+                                    s.gamma, s.band, s.unaligned, gemm_dtype);
+    return {gx, gy, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -198,8 +205,8 @@ Tensor batch_local_dist_autograd(const Tensor& x, const Tensor& y, bool normaliz
   return BatchLocalDistFn::apply(x, y, normalize, gamma, band, unaligned, save_cells);
 }
 Tensor local_dist_autograd(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk,
-                           double gamma, double band, bool unaligned) {
-  return LocalDistFn::apply(x, y, normalize, chunk, gamma, band, unaligned);
+                           double gamma, double band, bool unaligned, OptDtype gemm_dtype) {
+  return LocalDistFn::apply(x, y, normalize, chunk, gamma, band, unaligned, gemm_dtype);
 }
 
 }  // namespace

@@ -320,13 +320,15 @@ Tensor dmli_path_impl(const Tensor& dist, double gamma, double band) {
 // the tile buffers, bounded by the backend's budget, independent of M*N.
 template <typename K>
 Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t chunk_size,
-                       double gamma, double band, bool unaligned) {
+                       double gamma, double band, bool unaligned,
+                       std::optional<at::ScalarType> gemm_dtype) {
   const char* op = "partdist.local_dist";
   check_xy(op, x, y, false, true);
   check_chunk(op, chunk_size);
   const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1);
   const DPRule rule = make_rule(op, m, n, gamma, band, unaligned);
-  auto P = prepare(x, y, K::kHalfGemm);
+  auto [xr, yr] = round_for_gemm(op, x, y, gemm_dtype);
+  auto P = prepare(xr, yr, K::kHalfGemm);
   Tensor out = at::empty({M, N}, P.x.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   K::local_dist_forward(P, normalize, rule, chunk_size, out);
@@ -346,14 +348,16 @@ template <typename K>
 std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Tensor& x,
                                                     const Tensor& y, bool normalize,
                                                     int64_t chunk_size, double gamma, double band,
-                                                    bool unaligned) {
+                                                    bool unaligned,
+                                                    std::optional<at::ScalarType> gemm_dtype) {
   const char* op = "partdist.local_dist_backward";
   check_xy(op, x, y, false, true);
   check_chunk(op, chunk_size);
   const int64_t M = x.size(0), N = y.size(0), m = x.size(1), n = y.size(1), C = x.size(2);
   const DPRule rule = make_rule(op, m, n, gamma, band, unaligned);
   check_grad(op, grad, {M, N}, x);
-  auto P = prepare(x, y, K::kHalfGemm);
+  auto [xr, yr] = round_for_gemm(op, x, y, gemm_dtype);
+  auto P = prepare(xr, yr, K::kHalfGemm);
   Tensor gx = at::zeros_like(P.x), gy = at::zeros_like(P.y);
   if (M > 0 && N > 0) {
     Tensor g = grad.to(P.x.scalar_type()).contiguous();
@@ -417,10 +421,12 @@ auto ops() {
          "float gamma, float band, bool unaligned) -> (Tensor, Tensor)",
          &batch_local_dist_backward_impl<K>),
       op("local_dist(Tensor x, Tensor y, bool normalize=True, int chunk_size=0, "
-         "float gamma=0.0, float band=-1.0, bool unaligned=False) -> Tensor",
+         "float gamma=0.0, float band=-1.0, bool unaligned=False, "
+         "ScalarType? gemm_dtype=None) -> Tensor",
          &local_dist_impl<K>),
       op("local_dist_backward(Tensor grad, Tensor x, Tensor y, bool normalize, int chunk_size, "
-         "float gamma, float band, bool unaligned) -> (Tensor, Tensor)",
+         "float gamma, float band, bool unaligned, ScalarType? gemm_dtype=None) -> "
+         "(Tensor, Tensor)",
          &local_dist_backward_impl<K>),
       op("_batch_local_dist_fwd_cells(Tensor x, Tensor y, bool normalize, float gamma, "
          "float band) -> (Tensor, Tensor)",

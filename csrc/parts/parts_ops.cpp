@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
 
 #include "../common/checks.h"
@@ -111,13 +112,15 @@ PartArgs part_args(const PartPrep& p, int64_t a0, int64_t mc, int64_t b0, int64_
 
 template <typename K>
 Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
-                      double empty_value, int64_t chunk_size) {
+                      double empty_value, int64_t chunk_size,
+                      std::optional<at::ScalarType> gemm_dtype) {
   const char* op = "partdist.part_dist";
   check_parts(op, x, y, vx, vy);
   check_chunk(op, chunk_size);
   check_empty_value(op, empty_value);
   const int64_t M = x.size(0), N = y.size(0), P = x.size(1);
-  PartPrep p = prepare_parts(x, y, vx, vy, K::kOnDevice);
+  auto [xr, yr] = round_for_gemm(op, x, y, gemm_dtype);
+  PartPrep p = prepare_parts(xr, yr, vx, vy, K::kOnDevice);
   Tensor out = at::empty({M, N}, p.xx.options());
   if (M == 0 || N == 0) return out.to(x.scalar_type());
   const Tiling T = part_tiling(K::kTileBytes, M, N, P, p.xx.element_size(), false, chunk_size);
@@ -133,7 +136,8 @@ Tensor part_dist_impl(const Tensor& x, const Tensor& y, const Tensor& vx, const 
 template <typename K>
 std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
     const Tensor& grad, const Tensor& x, const Tensor& y, const Tensor& vx, const Tensor& vy,
-    double empty_value, int64_t chunk_size, bool vis_grad) {
+    double empty_value, int64_t chunk_size, bool vis_grad,
+    std::optional<at::ScalarType> gemm_dtype) {
   const char* op = "partdist.part_dist_backward";
   check_parts(op, x, y, vx, vy);
   check_chunk(op, chunk_size);
@@ -143,7 +147,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> part_dist_backward_impl(
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == M && grad.size(1) == N, op,
               ": grad must have shape [M, N] = [", M, ", ", N, "], got ", shape_str(grad));
   TORCH_CHECK(grad.device() == x.device(), op, ": grad must be on ", x.device());
-  PartPrep p = prepare_parts(x, y, vx, vy, K::kOnDevice);
+  auto [xr, yr] = round_for_gemm(op, x, y, gemm_dtype);
+  PartPrep p = prepare_parts(xr, yr, vx, vy, K::kOnDevice);
   Tensor gxp = at::zeros_like(p.xp), gyp = at::zeros_like(p.yp);
   Tensor gvx = at::zeros_like(p.vx), gvy = at::zeros_like(p.vy);
   if (M > 0 && N > 0) {
@@ -259,10 +264,11 @@ template <typename K>
 auto ops() {
   return std::make_tuple(
       op("part_dist(Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, float empty_value, "
-         "int chunk_size=0) -> Tensor",
+         "int chunk_size=0, ScalarType? gemm_dtype=None) -> Tensor",
          &part_dist_impl<K>),
       op("part_dist_backward(Tensor grad, Tensor x, Tensor y, Tensor vis_x, Tensor vis_y, "
-         "float empty_value, int chunk_size, bool vis_grad) -> (Tensor, Tensor, Tensor, Tensor)",
+         "float empty_value, int chunk_size, bool vis_grad, ScalarType? gemm_dtype=None) -> "
+         "(Tensor, Tensor, Tensor, Tensor)",
          &part_dist_backward_impl<K>),
       op("dsr_dist(Tensor x, Tensor y, float beta, int max_iter=200, float tol=1e-5, "
          "int chunk_size=0) -> Tensor",

@@ -16,7 +16,14 @@ from typing import Optional
 import torch
 
 from .. import _C  # noqa: F401  (loads the shared library: registers torch.ops.partdist.*)
-from .._checks import _shape, check_chunk_size, check_same_device_dtype, check_stripes, check_tensor
+from .._checks import (
+    _shape,
+    check_chunk_size,
+    check_gemm_dtype,
+    check_same_device_dtype,
+    check_stripes,
+    check_tensor,
+)
 from ._library import autocast_to_float32, contiguous_like
 
 __all__ = ["part_dist", "dsr_dist", "MAX_DSR_CELLS"]
@@ -85,12 +92,12 @@ def _check_dsr(op, x, y, beta, max_iter, tol, chunk_size):
 
 # ------------------------------------------------------------------ fake kernels
 @torch.library.register_fake("partdist::part_dist")
-def _(x, y, vis_x, vis_y, empty_value, chunk_size=0):
+def _(x, y, vis_x, vis_y, empty_value, chunk_size=0, gemm_dtype=None):
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
 @torch.library.register_fake("partdist::part_dist_backward")
-def _(grad, x, y, vis_x, vis_y, empty_value, chunk_size, vis_grad):
+def _(grad, x, y, vis_x, vis_y, empty_value, chunk_size, vis_grad, gemm_dtype=None):
     return contiguous_like(x), contiguous_like(y), contiguous_like(vis_x), contiguous_like(vis_y)
 
 
@@ -106,7 +113,7 @@ autocast_to_float32("part_dist", "dsr_dist")
 # ---------------------------------------------------------------------- autograd
 def _setup_part(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:4])
-    ctx.extra = inputs[4:]
+    ctx.extra = inputs[4:]  # empty_value, chunk_size[, gemm_dtype]
 
 
 def _backward_part(ctx, grad):
@@ -115,7 +122,10 @@ def _backward_part(ctx, grad):
                            "take its gradient with create_graph=False")
     x, y, vx, vy = ctx.saved_tensors
     vis_grad = bool(ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
-    gx, gy, gvx, gvy = _ops.part_dist_backward(grad.contiguous(), x, y, vx, vy, *ctx.extra, vis_grad)
+    empty_value, chunk_size, *gemm_dtype = ctx.extra
+    gx, gy, gvx, gvy = _ops.part_dist_backward(
+        grad.contiguous(), x, y, vx, vy, empty_value, chunk_size, vis_grad, *gemm_dtype
+    )
     if not vis_grad:
         gvx = gvy = None
     return (gx, gy, gvx, gvy) + (None,) * len(ctx.extra)
@@ -276,6 +286,7 @@ def part_dist(
     vis_y: torch.Tensor,
     chunk_size: Optional[int] = None,
     empty_value: float = math.inf,
+    gemm_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Visibility-aware part distance of all pairs (every ``x[a]`` against every ``y[b]``).
 
@@ -298,6 +309,12 @@ def part_dist(
         empty_value: the distance of a pair that shares no visible part
             (``sum_p v_p == 0``). Default ``+inf``: such a pair carries no evidence, so
             it ranks after every pair that does. Any non-NaN number is allowed.
+        gemm_dtype: ``None`` (default) or, for float32 features, ``torch.float16`` /
+            ``torch.bfloat16``: the reduced-precision mode of :func:`partdist.local_dist`
+            (features rounded once; the part GEMMs on tensor cores on CUDA; norms, result
+            and gradients in float32 from the rounded values). A part distance moves by at
+            most ``u (|x_p| + |y_p|)`` (``u = 2**-11`` float16, ``2**-8`` bfloat16), and so
+            does their visibility-weighted mean.
 
     Returns:
         ``[M, N]`` in the dtype of ``x``. Differentiable in ``x`` and ``y`` and, when
@@ -312,9 +329,10 @@ def part_dist(
     _check_vis(op, "vis_y", vis_y, y, "y", "N")
     check_chunk_size(op, chunk_size if chunk_size != 0 else None)
     _check_empty_value(op, empty_value)
+    gemm_dtype = check_gemm_dtype(op, gemm_dtype, x)
     vx = vis_x.to(x.dtype)
     vy = vis_y.to(x.dtype)
-    return _ops.part_dist(x, y, vx, vy, float(empty_value), int(chunk_size or 0))
+    return _ops.part_dist(x, y, vx, vy, float(empty_value), int(chunk_size or 0), gemm_dtype)
 
 
 def dsr_dist(
