@@ -8,9 +8,10 @@
 //                              cell weights (kFused, kCells), layout of xy.
 //   aligned_forward / aligned_backward
 //                              aligned pairs end to end: x [N, m, C], y [N, n, C]
-//                              (contiguous; the forward's in float16 / bfloat16 on a
-//                              backend with kHalfGemm); out [N] (kFused) or [N, m, n]
-//                              (kCells); the backward writes gx and gy entirely.
+//                              (contiguous; in float16 / bfloat16 on a backend with
+//                              kHalfGemm, the operands of its stripe GEMM); out [N]
+//                              (kFused) or [N, m, n] (kCells); the backward writes gx and
+//                              gy (compute dtype, grad's) entirely.
 //   aligned_forward_cells / aligned_backward_cells
 //                              the training pair of batch_local_dist (kFused, not diag):
 //                              as aligned_forward / aligned_backward, the forward also

@@ -82,14 +82,18 @@ void DeviceKernels<Exec>::aligned_backward(Mode mode, bool normalize, const DPRu
                                            const at::Tensor& y, const at::Tensor& gx,
                                            const at::Tensor& gy) {
   const int64_t N = x.size(0), m = x.size(1), n = y.size(1);
-  at::Tensor xy = fp32_bmm(x, y.transpose(1, 2)).contiguous();
+  // x, y as in aligned_forward (half operands of the recomputed GEMM with kHalfGemm); the
+  // norms and the chain rule in the compute dtype (grad's)
+  at::Tensor xy = stripe_bmm(x, y.transpose(1, 2)).contiguous();
+  const at::ScalarType ct = grad.scalar_type();
+  const at::Tensor xc = x.to(ct), yc = y.to(ct);
   at::Tensor W = at::empty_like(xy);
   PairLayout L = aligned_layout(N, m, n);
   L.rule = rule;
-  backward(L, mode, normalize, grad, xy, x.pow(2).sum(-1), y.pow(2).sum(-1), W);
+  backward(L, mode, normalize, grad, xy, xc.pow(2).sum(-1), yc.pow(2).sum(-1), W);
   gx.zero_();
   gy.zero_();
-  accumulate_grads(W, x, y, gx, gy);
+  accumulate_grads(W, xc, yc, gx, gy);
 }
 
 // The dimensions of aligned pairs x [N, m, C], y [N, n, C] for the DP kernels (m, n

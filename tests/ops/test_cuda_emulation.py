@@ -143,6 +143,14 @@ def test_half_features_all_pairs(dtype):
         e, c = getattr(EMU, name)(xa, ya, *args), getattr(CPU, name)(xa, ya, *args)
         assert e.dtype == dtype
         close(e.float(), c.float(), tol)
+    # and their backward (the recomputed stripe GEMM on half operands, the chain rule in float32)
+    ga, gm = rand(9, seed=6, dtype=dtype), rand(9, 4, 5, seed=7, dtype=dtype)
+    for name, grad, args in (("batch_local_dist_backward", ga, (True, 0.3, -1.0, False)),
+                             ("batch_local_dist_backward", ga, (False, 0.0, 2.0, False)),
+                             ("local_dist_matrix_backward", gm, (True,))):
+        for e, c in zip(getattr(EMU, name)(grad, xa, ya, *args), getattr(CPU, name)(grad, xa, ya, *args)):
+            assert e.dtype == dtype
+            close(e.float(), c.float(), tol * 4)
     vx = torch.rand(9, 4, generator=torch.Generator().manual_seed(4)).to(dtype)
     vy = torch.rand(11, 4, generator=torch.Generator().manual_seed(5)).to(dtype)
     y4 = rand(11, 4, 40, seed=1, dtype=dtype)
