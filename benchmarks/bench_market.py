@@ -17,6 +17,12 @@ Market-1501's sizes (3,368 queries x 15,913 gallery, H = 8 stripes).
     peak resident memory is reported; sizes whose predicted peak exceeds --dense-budget-gb
     are skipped, so the largest size shown is the largest that fits the budget.
 
+(c) CUDA (and --quick): float32 features with the reduced-precision mode (gemm_dtype=float16 /
+    bfloat16: rounded once, half GEMMs on tensor cores; time and largest difference from the
+    float32 result), and local_dist with tiles sized to the GPU's L2 cache (chunk_size = 1/2
+    and 1/4 of L2 in GEMM output) against the default tiles (256 MiB): the measurement that
+    decides whether the default tile budget should follow L2.
+
 Each figure is one run (these are long; on CUDA after one untimed warm-up run); time and peak
 extra memory come from the same run (CPU memory: page-level resident set, see
 benchmarks/common.py). The usual dense re-ranking runs on the CPU only (numpy), so it is timed
@@ -163,6 +169,32 @@ def local_qg(device, Q, G, C, ref_queries, dtype=torch.float32, topk=100, res=No
             "vectorized_s": t_vec_full, "partdist_mem": m_pd, "topk_mem": m_tk, "gemm_mem": m_gm}
 
 
+def qg_variants(device, Q, G, C, res=None):
+    """(c): the reduced-precision mode and L2-sized tiles, each against local_dist's default."""
+    x = unit_stripes(Q, 8, C, 1, device)
+    y = unit_stripes(G, 8, C, 2, device)
+    with torch.no_grad():
+        t32, m32, d32 = time_and_peak(lambda: partdist.local_dist(x, y), device)
+        rows = [["float32, default tiles", fmt_time(t32), "1.00x", "-", fmt_mem(m32)]]
+        variants = [(f"gemm_dtype={str(dt)[6:]}", dict(gemm_dtype=dt)) for dt in (torch.float16, torch.bfloat16)]
+        if torch.device(device).type == "cuda":
+            l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (40 << 20)
+            for frac in (2, 4):
+                pairs = max(1, l2 // frac // (8 * 8 * 4))
+                variants.append((f"tiles of L2/{frac} ({pairs} pairs; L2 {l2 >> 20} MiB)", dict(chunk_size=pairs)))
+        for name, kw in variants:
+            t, m, d = time_and_peak(lambda: partdist.local_dist(x, y, **kw), device)
+            err = (d - d32).abs().max().item()
+            rows.append([name, fmt_time(t), f"{t / t32:.2f}x", f"{err:.2e}", fmt_mem(m)])
+            if res is not None:
+                case = f"(c) local q x g {Q}x{G}, H=8, C={C}, float32 features"
+                res.add(case, device, f"partdist.local_dist {name}", t)
+                res.add(case, device, f"{name} / default", t / t32, unit="x")
+                res.add(case, device, f"{name}: max |difference from float32|", err, unit="")
+    print(f"\n(c) local q x g {Q} x {G}, H=8, C={C}, float32 features [{device}]: precision mode and tile size")
+    print_table(rows, ["local_dist", "time", "time / default", "max |d - float32 default|", "peak extra memory"])
+
+
 def _split(n):
     q = max(1, round(n * Q_MARKET / (Q_MARKET + G_MARKET)))
     return q, n - q
@@ -265,6 +297,7 @@ def main(argv=None):
         print(f"== {env_line(device)}")
         if args.quick:
             local_qg(device, 60, 300, 32, ref_queries=20, topk=10, res=res)
+            qg_variants(device, 60, 300, 32, res=res)
             rerank(device, 32, [200] if device == "cpu" else [], 1.0, full=False, res=res)
             continue
         if not args.skip_local:
@@ -274,6 +307,7 @@ def main(argv=None):
             if device == "cuda":
                 for dt in (torch.float16, torch.bfloat16):
                     local_qg(device, Q_MARKET, G_MARKET, 128, args.ref_queries, dtype=dt, res=res)
+                qg_variants(device, Q_MARKET, G_MARKET, 128, res=res)
         if not args.skip_rerank:
             # the usual dense implementation is numpy on the CPU: timed in the CPU run only
             sizes = [int(s) for s in args.dense_sizes.split(",") if s] if device == "cpu" else []
