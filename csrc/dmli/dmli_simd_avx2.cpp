@@ -18,6 +18,10 @@ struct VT {
   static constexpr int NV = 3, ROWS = 4;
   static constexpr int W = 8;
   typedef float V __attribute__((vector_size(4 * W)));
+  // The micro-kernel's second-image vectors stay in registers: left alone, GCC folds each
+  // load into the ROWS FMAs that use it (16 loads per 12 FMAs, more than two load ports
+  // keep up with) instead of 7.
+  static inline void pin(V& v) { asm("" : "+x"(v)); }
   // rsqrt / rcp estimates (12 bits) and one Newton step: ~2 ulp, a fraction of the cost
   // of vsqrtps / vdivps, whose throughput limits the cells otherwise
   static inline V sqrt(V s) {

@@ -18,6 +18,7 @@ struct VT {
   static constexpr int NV = 2, ROWS = 8;
   static constexpr int W = 16;
   typedef float V __attribute__((vector_size(4 * W)));
+  static inline void pin(V&) {}  // the compiler keeps the micro-kernel's vectors in registers
   // rsqrt14 / rcp14 estimates (14 bits) and one Newton step: ~1 ulp
   static inline V sqrt(V s) {
     const V y = V(_mm512_rsqrt14_ps(__m512(s)));

@@ -8,6 +8,7 @@
 //   VT::div(V p, V q)     lane-wise p / q for q in [4.8e-3, 7.5e2] (may be approximate)
 //   VT::NV, VT::ROWS      the micro-kernel's tile: ROWS stripes of a first image x NV
 //                         vectors of second images (ROWS * NV accumulator registers)
+//   VT::pin(V&)           keeps a value in a register from there on (or does nothing)
 // No #include here: whatever this needs is included before the target pragma.
 //
 // All pairs (allpairs): the gallery images go in blocks of B = NV * W, one image per
@@ -80,7 +81,10 @@ __attribute__((always_inline)) inline void dots(const float* A, int lda, const f
     for (int v = 0; v < NV; ++v) c[r][v] = V{};
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = load(Bp + k * B + v * W);
+    for (int v = 0; v < NV; ++v) {
+      b[v] = load(Bp + k * B + v * W);
+      VT::pin(b[v]);
+    }
     const float* a = A + k * lda;
     for (int r = 0; r < R; ++r) {
       const float s = a[r];

@@ -14,6 +14,7 @@ struct VT {
   static constexpr int NV = 3, ROWS = 4;
   static constexpr int W = 8;
   typedef float V __attribute__((vector_size(4 * W)));
+  static inline void pin(V&) {}  // the compiler keeps the micro-kernel's vectors in registers
   static inline V sqrt(V v) {
     V r;
     for (int l = 0; l < W; ++l) r[l] = __builtin_sqrtf(v[l]);
@@ -29,6 +30,7 @@ struct VT {
   static constexpr int NV = 2, ROWS = 8;
   static constexpr int W = 16;
   typedef float V __attribute__((vector_size(4 * W)));
+  static inline void pin(V&) {}  // the compiler keeps the micro-kernel's vectors in registers
   static inline V sqrt(V v) {
     V r;
     for (int l = 0; l < W; ++l) r[l] = __builtin_sqrtf(v[l]);
