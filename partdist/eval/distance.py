@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._checks import GEMM_DTYPES, check_gemm_dtype
 from ..ops.dmli import batch_local_dist, local_dist
 
 __all__ = ["Distance", "KINDS", "METRICS", "global_distance"]
@@ -48,7 +49,9 @@ def global_distance(
     return sq if metric == "sqeuclidean" else sq.sqrt()
 
 
-def _check_fields(op, kind, metric, lam):
+def _check_fields(op, kind, metric, lam, gemm_dtype=None):
+    if gemm_dtype is not None and (not isinstance(gemm_dtype, torch.dtype) or gemm_dtype not in GEMM_DTYPES):
+        raise TypeError(f"{op}: gemm_dtype must be torch.float16, torch.bfloat16 or None, got {gemm_dtype!r}")
     if kind not in KINDS:
         raise ValueError(f"{op}: kind must be one of {KINDS}, got {kind!r}")
     if metric not in METRICS:
@@ -69,6 +72,9 @@ class Distance:
         metric: global metric, ``euclidean``, ``sqeuclidean`` or ``cosine``.
         lam: weight of the local distance in the fusion.
         normalize, gamma, band: of the local distance, as in :func:`partdist.local_dist`.
+        gemm_dtype: the reduced-precision mode of :func:`partdist.local_dist` for float32
+            local features (``torch.float16`` / ``torch.bfloat16``; ``None``: off). The paired
+            distance (:meth:`pairs`) takes the same rounded features, so both agree.
 
     The features a kind does not use are ignored, so one set of features serves every kind.
     """
@@ -79,20 +85,22 @@ class Distance:
     normalize: bool = True
     gamma: float = 0.0
     band: Optional[float] = None
+    gemm_dtype: Optional[torch.dtype] = None
 
     def __post_init__(self):
         self.check("partdist.eval.Distance")
 
     def check(self, op: str) -> None:
         """Raise ``ValueError`` / ``TypeError`` (message prefixed with ``op``) for a bad field."""
-        _check_fields(op, self.kind, self.metric, self.lam)
+        _check_fields(op, self.kind, self.metric, self.lam, self.gemm_dtype)
 
     @classmethod
     def for_features(cls, has_local: bool, has_global: bool, op: str = "partdist.eval.Distance", **options):
         """The distance the given features describe: fused with both, else the one given
         (``options``: the other fields; errors prefixed with ``op``)."""
         kind = "fused" if has_local and has_global else ("local" if has_local else "global")
-        _check_fields(op, kind, options.get("metric", "euclidean"), options.get("lam", 1.0))
+        _check_fields(op, kind, options.get("metric", "euclidean"), options.get("lam", 1.0),
+                      options.get("gemm_dtype"))
         return cls(kind=kind, **options)
 
     @property
@@ -120,7 +128,8 @@ class Distance:
         loc = None
         if self.uses_local:
             fn = local_dist if local_fn is None else local_fn
-            loc = fn(q_local, g_local, self.normalize, chunk_size, gamma=self.gamma, band=self.band)
+            extra = {} if self.gemm_dtype is None else {"gemm_dtype": self.gemm_dtype}
+            loc = fn(q_local, g_local, self.normalize, chunk_size, gamma=self.gamma, band=self.band, **extra)
         return self._fuse(glob, loc)
 
     def pairs(self, a_local=None, b_local=None, a_global=None, b_global=None) -> torch.Tensor:
@@ -128,5 +137,8 @@ class Distance:
         glob = global_distance(a_global, b_global, self.metric, paired=True) if self.uses_global else None
         loc = None
         if self.uses_local:
+            if self.gemm_dtype is not None:  # the features all_pairs' local_dist rounds
+                check_gemm_dtype("partdist.eval.Distance.pairs", self.gemm_dtype, a_local)
+                a_local, b_local = (t.to(self.gemm_dtype).to(t.dtype) for t in (a_local, b_local))
             loc = batch_local_dist(a_local, b_local, self.normalize, gamma=self.gamma, band=self.band)
         return self._fuse(glob, loc)

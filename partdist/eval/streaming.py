@@ -109,7 +109,7 @@ def _check_pair(op, kind, q, g, q_shape, g_shape, last):
         raise ValueError(f"{op}: {qn} is on {q.device} but {gn} is on {g.device}")
 
 
-_OPTIONS = ("lam", "metric", "normalize", "gamma", "band")
+_OPTIONS = ("lam", "metric", "normalize", "gamma", "band", "gemm_dtype")
 
 
 class _Unset:
@@ -195,11 +195,14 @@ _COMMON_DOC = """
             Give local and/or global features; with both the distance is
             ``global + lam * local``.
         distance: a :class:`partdist.eval.Distance` (kind, metric, ``lam``,
-            ``normalize``, ``gamma``, ``band``) instead of the separate options below.
+            ``normalize``, ``gamma``, ``band``, ``gemm_dtype``) instead of the separate
+            options below.
         lam: weight of the local distance in the fusion (default 1.0).
         metric: global metric, ``euclidean`` (default), ``sqeuclidean`` or ``cosine``.
         normalize, gamma, band: of the local distance, as in :func:`partdist.local_dist`
             (defaults ``True``, ``0.0``, ``None``).
+        gemm_dtype: the reduced-precision mode of :func:`partdist.local_dist` for float32
+            local features (``torch.float16`` / ``torch.bfloat16``; default ``None``: off).
             The separate options left out take :class:`partdist.eval.Distance`'s
             defaults; giving any of them (even with its default value) together with
             ``distance`` is an error naming it.
@@ -219,6 +222,7 @@ def distance_blocks(
     normalize: bool = _UNSET,
     gamma: float = _UNSET,
     band: Optional[float] = _UNSET,
+    gemm_dtype: Optional[torch.dtype] = _UNSET,
     block_rows: Optional[int] = None,
     chunk_size: Optional[int] = None,
     progress: bool = False,
@@ -229,7 +233,7 @@ def distance_blocks(
     checked at the call).
 
     Args:"""
-    options = dict(lam=lam, metric=metric, normalize=normalize, gamma=gamma, band=band)
+    options = dict(lam=lam, metric=metric, normalize=normalize, gamma=gamma, band=band, gemm_dtype=gemm_dtype)
     q, g, dist, rows = _prepare(
         "partdist.eval.distance_blocks", q_local, g_local, q_global, g_global, distance=distance,
         block_rows=block_rows, **options,
@@ -330,7 +334,8 @@ def topk_distance(
         largest: keep the ``k`` farthest instead.
         progress: show a progress bar (tqdm).
         options: the keyword options of :func:`distance_blocks` (``distance``, or ``lam``,
-            ``metric``, ``normalize``, ``gamma``, ``band``; ``block_rows``, ``chunk_size``)."""
+            ``metric``, ``normalize``, ``gamma``, ``band``, ``gemm_dtype``; ``block_rows``,
+            ``chunk_size``)."""
     op = "partdist.eval.topk_distance"
     chunk_size = options.pop("chunk_size", None)
     q, g, dist, rows = _prepare(op, q_local, g_local, q_global, g_global, bytes_per_entry=16, **options)
@@ -356,6 +361,7 @@ def local_dist_topk(
     largest: bool = False,
     block_rows: Optional[int] = None,
     progress: bool = False,
+    gemm_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` smallest DMLI distances of each ``x[a]`` to all of ``y`` (streaming).
 
@@ -364,6 +370,7 @@ def local_dist_topk(
     ``[M, N]`` result (memory ``M x k`` plus one block of ``block_rows x N``) and with
     ties ordered by index. Not differentiable (use :func:`partdist.local_dist` on the
     selected pairs for gradients). See :func:`topk_distance` for fused distances.
+    ``gemm_dtype``: the reduced-precision mode of :func:`partdist.local_dist`.
     """
     return topk_distance(
         x,
@@ -373,6 +380,7 @@ def local_dist_topk(
         normalize=normalize,
         gamma=gamma,
         band=band,
+        gemm_dtype=gemm_dtype,
         block_rows=block_rows,
         chunk_size=chunk_size,
         progress=progress,

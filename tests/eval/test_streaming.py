@@ -250,3 +250,40 @@ def test_cuda_re_ranking_features_matches_cpu():
     out = re_ranking_features(ql.cuda(), gl.cuda(), qg.cuda(), gg.cuda(), k1=8, k2=3)
     ref = re_ranking_features(ql, gl, qg, gg, k1=8, k2=3)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------- reduced precision (gemm_dtype)
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16], ids=str)
+def test_gemm_dtype_reaches_every_streaming_path(dt):
+    """gemm_dtype as a separate option or in a Distance: the blocks, the top-k, the re-ranking
+    and the paired distance all take local_dist's reduced-precision values (the float32
+    computation on the rounded local features); the global part stays float32."""
+    ql, gl, qg, gg = feats(3)
+    qr, gr = ql.to(dt).float(), gl.to(dt).float()
+    ref = dense(qr, gr, qg, gg, lam=0.7)
+    assert (ref - dense(ql, gl, qg, gg, lam=0.7)).abs().max() > 1e-5  # the rounding shows
+    full = query_gallery_distance(ql, gl, qg, gg, lam=0.7, gemm_dtype=dt, block_rows=4)
+    torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-5)
+    dist = partdist.eval.Distance("fused", lam=0.7, gemm_dtype=dt)
+    for s, e, blk in distance_blocks(ql, gl, qg, gg, distance=dist, block_rows=7):
+        torch.testing.assert_close(blk, ref[s:e], rtol=1e-5, atol=1e-5)
+    v, i = partdist.local_dist_topk(ql, gl, 5, gemm_dtype=dt)
+    rv, ri = torch.sort(partdist.local_dist(qr, gr), dim=1, stable=True)
+    torch.testing.assert_close(v, rv[:, :5], rtol=1e-5, atol=1e-5)
+    paired = dist.pairs(ql[:5], gl[:5], qg[:5], gg[:5])
+    torch.testing.assert_close(paired, ref[torch.arange(5), torch.arange(5)], rtol=1e-5, atol=1e-5)
+    rr = re_ranking_features(ql, gl, gemm_dtype=dt, k1=5, k2=2)
+    torch.testing.assert_close(torch.as_tensor(rr), torch.as_tensor(re_ranking_features(qr, gr, k1=5, k2=2)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_dtype_bad_values_name_the_option():
+    ql, gl, _, _ = feats(4)
+    with pytest.raises(TypeError, match="gemm_dtype must be torch.float16, torch.bfloat16 or None"):
+        partdist.eval.Distance("local", gemm_dtype=torch.float64)
+    with pytest.raises(TypeError, match="gemm_dtype must be"):
+        query_gallery_distance(ql, gl, gemm_dtype="half")
+    with pytest.raises(TypeError, match="gemm_dtype rounds float32 features"):
+        query_gallery_distance(ql.double(), gl.double(), gemm_dtype=torch.float16)
+    with pytest.raises(ValueError, match="not both"):
+        query_gallery_distance(ql, gl, distance=partdist.eval.Distance("local"), gemm_dtype=torch.float16)
