@@ -22,6 +22,15 @@ struct VT {
   // load into the ROWS FMAs that use it (16 loads per 12 FMAs, more than two load ports
   // keep up with) instead of 7.
   static inline void pin(V& v) { asm("" : "+x"(v)); }
+  static inline __m256i part_mask(int cnt) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static inline V load_part(const float* p, int cnt) {
+    return V(_mm256_maskload_ps(p, part_mask(cnt)));
+  }
+  static inline void store_part(float* p, V v, int cnt) {
+    _mm256_maskstore_ps(p, part_mask(cnt), __m256(v));
+  }
   // rsqrt / rcp estimates (12 bits) and one Newton step: ~2 ulp, a fraction of the cost
   // of vsqrtps / vdivps, whose throughput limits the cells otherwise
   static inline V sqrt(V s) {

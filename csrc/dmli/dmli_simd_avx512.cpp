@@ -19,6 +19,12 @@ struct VT {
   static constexpr int W = 16;
   typedef float V __attribute__((vector_size(4 * W)));
   static inline void pin(V&) {}  // the compiler keeps the micro-kernel's vectors in registers
+  static inline V load_part(const float* p, int cnt) {
+    return V(_mm512_maskz_loadu_ps(__mmask16((1u << cnt) - 1), p));
+  }
+  static inline void store_part(float* p, V v, int cnt) {
+    _mm512_mask_storeu_ps(p, __mmask16((1u << cnt) - 1), __m512(v));
+  }
   // rsqrt14 / rcp14 estimates (14 bits) and one Newton step: ~1 ulp
   static inline V sqrt(V s) {
     const V y = V(_mm512_rsqrt14_ps(__m512(s)));

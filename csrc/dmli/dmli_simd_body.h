@@ -9,6 +9,10 @@
 //   VT::NV, VT::ROWS      the micro-kernel's tile: ROWS stripes of a first image x NV
 //                         vectors of second images (ROWS * NV accumulator registers)
 //   VT::pin(V&)           keeps a value in a register from there on (or does nothing)
+//   VT::load_part(p, cnt), VT::store_part(p, v, cnt)
+//                         the first cnt (0 < cnt < W) floats at p as a vector (zeros
+//                         after), and their store: masked loads and stores where the
+//                         level has them (a memcpy of a variable size is a library call)
 // No #include here: whatever this needs is included before the target pragma.
 //
 // All pairs (allpairs): the gallery images go in blocks of B = NV * W, one image per
@@ -204,14 +208,12 @@ void allpairs(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t
 
 typedef int VI __attribute__((vector_size(4 * W)));
 
-// The first `cnt` floats at p, zeros after (cnt <= W).
+// The first `cnt` floats at p, zeros after (0 < cnt < W), and their store: the level's.
 __attribute__((always_inline)) inline V load_part(const float* p, int cnt) {
-  V v = {};
-  __builtin_memcpy(&v, p, 4 * (unsigned long)(cnt));
-  return v;
+  return VT::load_part(p, cnt);
 }
 __attribute__((always_inline)) inline void store_part(float* p, V v, int cnt) {
-  __builtin_memcpy(p, &v, 4 * (unsigned long)(cnt));
+  VT::store_part(p, v, cnt);
 }
 
 // One step of the transposing sum (hsum_lanes): blocks of Bk lanes of p and q

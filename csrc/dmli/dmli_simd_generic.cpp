@@ -9,8 +9,22 @@ namespace partdist {
 namespace dmli {
 namespace simd {
 
+// Partial vectors by memcpy (the generic levels have no masked loads).
+template <int W>
+struct PartByMemcpy {
+  typedef float PV __attribute__((vector_size(4 * W)));
+  static inline PV load_part(const float* p, int cnt) {
+    PV v = {};
+    __builtin_memcpy(&v, p, 4 * (unsigned long)(cnt));
+    return v;
+  }
+  static inline void store_part(float* p, PV v, int cnt) {
+    __builtin_memcpy(p, &v, 4 * (unsigned long)(cnt));
+  }
+};
+
 namespace generic {
-struct VT {
+struct VT : PartByMemcpy<8> {
   static constexpr int NV = 3, ROWS = 4;
   static constexpr int W = 8;
   typedef float V __attribute__((vector_size(4 * W)));
@@ -26,7 +40,7 @@ struct VT {
 }  // namespace generic
 
 namespace generic16 {
-struct VT {
+struct VT : PartByMemcpy<16> {
   static constexpr int NV = 2, ROWS = 8;
   static constexpr int W = 16;
   typedef float V __attribute__((vector_size(4 * W)));
