@@ -18,7 +18,7 @@ CpuIsa detect() {
   const bool fma = __builtin_cpu_supports("fma");
   if (fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl"))
-    return CpuIsa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? CpuIsa::kAvx512Bf16 : CpuIsa::kAvx512;
   if (fma && __builtin_cpu_supports("avx2")) return CpuIsa::kAvx2;
 #endif
   return CpuIsa::kGeneric;
@@ -30,7 +30,8 @@ CpuIsa detected() {
 }
 
 bool parse(const std::string& s, CpuIsa& out) {
-  for (CpuIsa i : {CpuIsa::kGeneric, CpuIsa::kGeneric16, CpuIsa::kAvx2, CpuIsa::kAvx512})
+  for (CpuIsa i :
+       {CpuIsa::kGeneric, CpuIsa::kGeneric16, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16})
     if (s == cpu_isa_name(i)) {
       out = i;
       return true;
@@ -58,7 +59,7 @@ std::string cpu_isa_op(const std::string& request) {
   if (request.empty()) return cpu_isa_name(prev);
   CpuIsa want;
   TORCH_CHECK(parse(request, want), "partdist._cpu_isa: unknown level '", request,
-              "'; use one of generic, generic16, avx2, avx512");
+              "'; use one of generic, generic16, avx2, avx512, avx512bf16");
   TORCH_CHECK(cpu_isa_supported(want), "partdist._cpu_isa: this CPU (or this build) cannot run '",
               request, "' kernels; the widest it runs is '", cpu_isa_name(detected()), "'");
   current().store(int(want));
@@ -74,10 +75,11 @@ bool cpu_isa_supported(CpuIsa isa) {
     case CpuIsa::kGeneric:
     case CpuIsa::kGeneric16:
       return true;
+    // each level runs where a wider one (a larger value) was detected
     case CpuIsa::kAvx2:
-      return detected() == CpuIsa::kAvx2 || detected() == CpuIsa::kAvx512;
     case CpuIsa::kAvx512:
-      return detected() == CpuIsa::kAvx512;
+    case CpuIsa::kAvx512Bf16:
+      return int(detected()) >= int(isa);
   }
   return false;
 }
@@ -92,6 +94,8 @@ const char* cpu_isa_name(CpuIsa isa) {
       return "avx2";
     case CpuIsa::kAvx512:
       return "avx512";
+    case CpuIsa::kAvx512Bf16:
+      return "avx512bf16";
   }
   return "?";
 }

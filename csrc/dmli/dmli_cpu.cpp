@@ -172,6 +172,9 @@ void simd_local_dist_forward(const Prepared& P, bool normalize, const DPRule& ru
                              n,
                              normalize,
                              allowed.empty() ? nullptr : allowed.data()};
+  // bfloat16 values (bfloat16 features, or gemm_dtype=torch.bfloat16): the level's
+  // bfloat16 kernel where it has one
+  const auto allpairs = P.bf16 && K.allpairs_bf16 ? K.allpairs_bf16 : K.allpairs;
   const int64_t qb = std::min(M, kQueries), gb = std::min(N, K.lanes * kGalleryBlocks);
   const int64_t tn = (N + gb - 1) / gb, tasks = ((M + qb - 1) / qb) * tn;
   // tasks handed out one at a time from a shared counter (not a static split): a thread
@@ -183,7 +186,7 @@ void simd_local_dist_forward(const Prepared& P, bool normalize, const DPRule& ru
     for (int64_t w = begin; w < end; ++w)
       for (int64_t t = next++; t < tasks; t = next++) {
         const int64_t a0 = (t / tn) * qb, b0 = (t % tn) * gb;
-        K.allpairs(A, a0, std::min(a0 + qb, M), b0, std::min(b0 + gb, N), scratch.data());
+        allpairs(A, a0, std::min(a0 + qb, M), b0, std::min(b0 + gb, N), scratch.data());
       }
   });
 }

@@ -46,6 +46,7 @@ namespace dmli {
 // backend with half GEMMs (kHalfGemm), x and y otherwise.
 struct Prepared {
   at::Tensor x, y, xx, yy, xg, yg;
+  bool bf16 = false;  // x and y hold bfloat16 values (the CPU's bfloat16 all-pairs kernel)
 };
 
 #define PARTDIST_DMLI_BACKEND_MEMBERS                                                             \

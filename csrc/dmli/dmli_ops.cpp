@@ -106,6 +106,7 @@ Prepared prepare(const Tensor& x, const Tensor& y, bool half_gemm) {
   p.xx = p.x.pow(2).sum(-1).contiguous();
   p.yy = p.y.pow(2).sum(-1).contiguous();
   const bool half = half_gemm && is_half(x) && y.scalar_type() == x.scalar_type();
+  p.bf16 = x.scalar_type() == at::kBFloat16 && y.scalar_type() == at::kBFloat16;
   p.xg = half ? x.detach().contiguous() : p.x;
   p.yg = half ? y.detach().contiguous() : p.y;
   return p;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 namespace partdist {
@@ -59,6 +60,11 @@ struct Kernels {
                    float* scratch);
   int64_t (*lanes_dp_scratch)(int m, int n);
   int width;  // float lanes of a vector (W of lanes_dp)
+  // allpairs for x and y holding bfloat16 values (each float32 exactly a bfloat16): the dot
+  // products two channels per lane and instruction (products exact, float32 sums); null
+  // where the level has no such instruction (allpairs takes them then).
+  void (*allpairs_bf16)(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
+                        float* scratch);
 };
 
 // Ints of scratch that pair_grads needs for an m x n pair.
@@ -72,6 +78,7 @@ PARTDIST_SIMD_DECLARE(generic)
 PARTDIST_SIMD_DECLARE(generic16)
 PARTDIST_SIMD_DECLARE(avx2)
 PARTDIST_SIMD_DECLARE(avx512)
+PARTDIST_SIMD_DECLARE(avx512bf16)
 #undef PARTDIST_SIMD_DECLARE
 
 // The kernels of the level in use (common/cpu_isa.h).

@@ -9,6 +9,9 @@
 //   VT::NV, VT::ROWS      the micro-kernel's tile: ROWS stripes of a first image x NV
 //                         vectors of second images (ROWS * NV accumulator registers)
 //   VT::pin(V&)           keeps a value in a register from there on (or does nothing)
+//   VT::dot2(acc, b, a)   optional: acc + the products of the two bfloat16 values in each
+//                         32-bit lane of b with the two in a (the bfloat16 all-pairs kernel,
+//                         allpairs_bf16, exists where VT has it)
 //   VT::load_part(p, cnt), VT::store_part(p, v, cnt)
 //                         the first cnt (0 < cnt < W) floats at p as a vector (zeros
 //                         after), and their store: masked loads and stores where the
@@ -107,6 +110,52 @@ void dots_upto(int rows, const float* A, int lda, const float* Bp, int64_t K, V*
   dots<R>(A, lda, Bp, K, out);
 }
 
+// bfloat16 pairs (allpairs_bf16): channels 2k and 2k + 1 of a stripe as one 32-bit word, the
+// bfloat16 bits of the first in the low half (each float holds a bfloat16 value exactly: its
+// high 16 bits); a missing last channel is 0. Kept in the float scratch as bit patterns.
+__attribute__((always_inline)) inline uint32_t bf16_pair(const float* s, int64_t k, int64_t C) {
+  uint32_t lo, hi = 0;
+  __builtin_memcpy(&lo, s + 2 * k, 4);
+  if (2 * k + 1 < C) __builtin_memcpy(&hi, s + 2 * k + 1, 4);
+  return (lo >> 16) | (hi & 0xFFFF0000u);
+}
+__attribute__((always_inline)) inline void put_bits(float* p, uint32_t u) {
+  __builtin_memcpy(p, &u, 4);
+}
+
+// dots over K2 channel pairs: out[r * NV + v] = sum_k dot2 of A's word (k, r) with the lane
+// words of Bp (packed as in allpairs_impl); T = VT (a template argument, so that only a level
+// with dot2 compiles it).
+template <typename T, int R>
+__attribute__((always_inline)) inline void dots2(const float* A, int lda, const float* Bp,
+                                                 int64_t K2, V* out) {
+  V c[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) c[r][v] = V{};
+  for (int64_t k = 0; k < K2; ++k) {
+    V b[NV];
+    for (int v = 0; v < NV; ++v) {
+      b[v] = load(Bp + k * B + v * W);
+      T::pin(b[v]);
+    }
+    for (int r = 0; r < R; ++r) {
+      uint32_t a;
+      __builtin_memcpy(&a, A + k * lda + r, 4);
+      for (int v = 0; v < NV; ++v) c[r][v] = T::dot2(c[r][v], b[v], a);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) out[r * NV + v] = c[r][v];
+}
+
+template <typename T, int R>
+void dots2_upto(int rows, const float* A, int lda, const float* Bp, int64_t K2, V* out) {
+  if constexpr (R > 1) {
+    if (rows < R) return dots2_upto<T, R - 1>(rows, A, lda, Bp, K2, out);
+  }
+  dots2<T, R>(A, lda, Bp, K2, out);
+}
+
 int64_t allpairs_scratch(int64_t queries, int m, int n, int64_t C) {
   // packed first images, packed block of second images, their norms
   return queries * C * m + int64_t(n) * C * B + int64_t(n) * B;
@@ -145,21 +194,29 @@ __attribute__((always_inline)) inline void dp_column(int m, int n, int j, const 
   }
 }
 
-template <bool kNormalize, bool kBand>
+// T: VT (kBf16: channel pairs of bfloat16 values, Cp = ceil(C / 2) words per stripe, dot
+// products by T::dot2; otherwise Cp = C floats).
+template <typename T, bool kNormalize, bool kBand, bool kBf16>
 void allpairs_impl(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
                    float* scratch) {
   const int m = P.m, n = P.n;
   const int64_t C = P.C;
-  float* packA = scratch;                    // [a1 - a0][C][m]
-  float* packB = packA + (a1 - a0) * C * m;  // [n][C][B]
-  float* yyp = packB + int64_t(n) * C * B;   // [n][B]
-  V acc[kMaxRows * NV];                      // dot products of column j, then its cells
-  V col[kMaxRows * NV];                      // the DP column: S(i, j - 1), then S(i, j)
+  const int64_t Cp = kBf16 ? (C + 1) / 2 : C;
+  float* packA = scratch;                     // [a1 - a0][Cp][m]
+  float* packB = packA + (a1 - a0) * Cp * m;  // [n][Cp][B]
+  float* yyp = packB + int64_t(n) * Cp * B;   // [n][B]
+  V acc[kMaxRows * NV];                       // dot products of column j, then its cells
+  V col[kMaxRows * NV];                       // the DP column: S(i, j - 1), then S(i, j)
   for (int64_t a = a0; a < a1; ++a) {
     const float* xa = P.x + a * m * C;
-    float* pa = packA + (a - a0) * C * m;
+    float* pa = packA + (a - a0) * Cp * m;
     for (int i = 0; i < m; ++i)
-      for (int64_t k = 0; k < C; ++k) pa[k * m + i] = xa[i * C + k];
+      for (int64_t k = 0; k < Cp; ++k) {
+        if constexpr (kBf16)
+          put_bits(pa + k * m + i, bf16_pair(xa + i * C, k, C));
+        else
+          pa[k * m + i] = xa[i * C + k];
+      }
   }
   for (int64_t pb = b0; pb < b1; pb += B) {
     const int cnt = int(pb + B <= b1 ? B : b1 - pb);
@@ -168,18 +225,28 @@ void allpairs_impl(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, in
       const float* yb = P.y + (pb + (l < cnt ? l : cnt - 1)) * n * C;
       const float* nb = P.yy + (pb + (l < cnt ? l : cnt - 1)) * n;
       for (int j = 0; j < n; ++j) {
-        float* dst = packB + int64_t(j) * C * B + l;
+        float* dst = packB + int64_t(j) * Cp * B + l;
         const float* src = yb + int64_t(j) * C;
-        for (int64_t k = 0; k < C; ++k) dst[k * B] = src[k];
+        for (int64_t k = 0; k < Cp; ++k) {
+          if constexpr (kBf16)
+            put_bits(dst + k * B, bf16_pair(src, k, C));
+          else
+            dst[k * B] = src[k];
+        }
         yyp[j * B + l] = nb[j];
       }
     }
     for (int64_t a = a0; a < a1; ++a) {
-      const float* pa = packA + (a - a0) * C * m;
+      const float* pa = packA + (a - a0) * Cp * m;
       const float* xxa = P.xx + a * m;
       for (int j = 0; j < n; ++j) {
-        for (int i0 = 0; i0 < m; i0 += kRows)
-          dots_upto<kRows>(m - i0, pa + i0, m, packB + int64_t(j) * C * B, C, acc + i0 * NV);
+        const float* pbj = packB + int64_t(j) * Cp * B;
+        for (int i0 = 0; i0 < m; i0 += kRows) {
+          if constexpr (kBf16)
+            dots2_upto<T, kRows>(m - i0, pa + i0, m, pbj, Cp, acc + i0 * NV);
+          else
+            dots_upto<kRows>(m - i0, pa + i0, m, pbj, C, acc + i0 * NV);
+        }
         dp_column<kNormalize, kBand>(m, n, j, xxa, yyp + j * B, acc, col, P.allowed);
       }
       float res[B];
@@ -190,15 +257,34 @@ void allpairs_impl(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, in
   }
 }
 
-void allpairs(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
-              float* scratch) {
+template <typename T, bool kBf16>
+void allpairs_of(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
+                 float* scratch) {
   const bool band = P.allowed != nullptr;
   if (P.normalize)
-    band ? allpairs_impl<true, true>(P, a0, a1, b0, b1, scratch)
-         : allpairs_impl<true, false>(P, a0, a1, b0, b1, scratch);
+    band ? allpairs_impl<T, true, true, kBf16>(P, a0, a1, b0, b1, scratch)
+         : allpairs_impl<T, true, false, kBf16>(P, a0, a1, b0, b1, scratch);
   else
-    band ? allpairs_impl<false, true>(P, a0, a1, b0, b1, scratch)
-         : allpairs_impl<false, false>(P, a0, a1, b0, b1, scratch);
+    band ? allpairs_impl<T, false, true, kBf16>(P, a0, a1, b0, b1, scratch)
+         : allpairs_impl<T, false, false, kBf16>(P, a0, a1, b0, b1, scratch);
+}
+
+void allpairs(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
+              float* scratch) {
+  allpairs_of<VT, false>(P, a0, a1, b0, b1, scratch);
+}
+
+// allpairs_of<VT, true> where VT has dot2, else null.
+template <typename T, typename = void>
+struct HasDot2 : std::false_type {};
+template <typename T>
+struct HasDot2<T, std::void_t<decltype(&T::dot2)>> : std::true_type {};
+template <typename T>
+constexpr auto allpairs_bf16() {
+  if constexpr (HasDot2<T>::value)
+    return &allpairs_of<T, true>;
+  else
+    return static_cast<decltype(&allpairs_of<T, false>)>(nullptr);
 }
 
 // ------------------------------------------------------------- aligned pairs
@@ -510,6 +596,12 @@ void lanes_dp(const float* d, int64_t ds, int lanes, int m, int n, const unsigne
 }  // namespace body
 
 extern const Kernels kKernels;
-const Kernels kKernels{
-    body::B,           &body::allpairs_scratch, &body::allpairs,         &body::pair_dots,
-    &body::pair_grads, &body::lanes_dp,         &body::lanes_dp_scratch, body::W};
+const Kernels kKernels{body::B,
+                       &body::allpairs_scratch,
+                       &body::allpairs,
+                       &body::pair_dots,
+                       &body::pair_grads,
+                       &body::lanes_dp,
+                       &body::lanes_dp_scratch,
+                       body::W,
+                       body::allpairs_bf16<VT>()};

@@ -44,7 +44,21 @@ struct VT : PartByMemcpy<16> {
   static constexpr int NV = 2, ROWS = 8;
   static constexpr int W = 16;
   typedef float V __attribute__((vector_size(4 * W)));
+  typedef unsigned U __attribute__((vector_size(4 * W)));
   static inline void pin(V&) {}  // the compiler keeps the micro-kernel's vectors in registers
+  // avx512bf16's vdpbf16ps in GCC vectors (the bfloat16 all-pairs kernel's code, for tests
+  // on any CPU): the two bfloat16 values of a 32-bit word as floats
+  static inline float bf16_lo(uint32_t a) {
+    const uint32_t u = a << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+  }
+  static inline V dot2(V acc, V b, uint32_t a) {
+    const U bu = (U)b;
+    const V lo = (V)(bu << 16), hi = (V)(bu & 0xFFFF0000u);
+    return acc + lo * bf16_lo(a) + hi * bf16_lo(a >> 16);
+  }
   static inline V sqrt(V v) {
     V r;
     for (int l = 0; l < W; ++l) r[l] = __builtin_sqrtf(v[l]);
@@ -58,6 +72,8 @@ struct VT : PartByMemcpy<16> {
 const Kernels& kernels() {
   switch (cpu_isa()) {
 #if PARTDIST_X86_DISPATCH
+    case CpuIsa::kAvx512Bf16:
+      return avx512bf16::kKernels;
     case CpuIsa::kAvx512:
       return avx512::kKernels;
     case CpuIsa::kAvx2:

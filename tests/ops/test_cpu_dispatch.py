@@ -7,7 +7,7 @@ import torch
 
 import partdist
 
-LEVELS = ["generic", "generic16", "avx2", "avx512"]
+LEVELS = ["generic", "generic16", "avx2", "avx512", "avx512bf16"]
 
 
 def runnable_levels():
@@ -54,6 +54,25 @@ def test_local_dist_levels_match_float64(level, M, N, m, n):
         out = partdist.local_dist(x, y, **kw)
         assert out.shape == (M, N) and out.dtype == torch.float32
         torch.testing.assert_close(out, expected(x, y, **kw), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("M,N", [(1, 1), (3, 7), (5, 33), (33, 70)])
+@pytest.mark.parametrize("m,n", [(8, 8), (6, 5), (17, 9)])
+def test_bfloat16_all_pairs_levels_match_float64(level, M, N, m, n):
+    """bfloat16 values (bfloat16 features, or float32 ones with gemm_dtype=torch.bfloat16) take
+    the level's bfloat16 all-pairs kernel where it has one (avx512bf16: vdpbf16ps; generic16:
+    the same in GCC vectors, on any CPU): channel pairs, an odd C's last channel alone, blocks
+    of second images, band and unnormalized cells, against float64 on the rounded values."""
+    for C in (1, 3, 24, 130):
+        x, y = rand(M, N, m, n, C, seed=M * 7 + C)
+        xr, yr = x.bfloat16(), y.bfloat16()
+        for kw in ({}, {"normalize": False}, {"band": 1.0}):
+            ref = partdist.local_dist(xr.double(), yr.double(), **kw)
+            out = partdist.local_dist(x, y, gemm_dtype=torch.bfloat16, **kw)
+            torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
+            half = partdist.local_dist(xr, yr, **kw)  # bfloat16 out: the float32 result rounded once
+            assert half.dtype == torch.bfloat16
+            torch.testing.assert_close(half, out.bfloat16(), rtol=0, atol=0)
 
 
 def test_local_dist_levels_channel_counts(level):
