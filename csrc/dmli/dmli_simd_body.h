@@ -79,37 +79,6 @@ __attribute__((always_inline)) inline V vcell(float aa, V bb, V ab, bool normali
   return normalize ? vtanh(splat(0.5f) * r) : r;
 }
 
-// out[r * NV + v] = sum_k A[k * lda + r] * Bp[k * B + v * W + l] (lane l), r < R.
-template <int R>
-__attribute__((always_inline)) inline void dots(const float* A, int lda, const float* Bp, int64_t K,
-                                                V* out) {
-  V c[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) c[r][v] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
-    for (int v = 0; v < NV; ++v) {
-      b[v] = load(Bp + k * B + v * W);
-      VT::pin(b[v]);
-    }
-    const float* a = A + k * lda;
-    for (int r = 0; r < R; ++r) {
-      const float s = a[r];
-      for (int v = 0; v < NV; ++v) c[r][v] += b[v] * s;
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) out[r * NV + v] = c[r][v];
-}
-
-template <int R>
-void dots_upto(int rows, const float* A, int lda, const float* Bp, int64_t K, V* out) {
-  if constexpr (R > 1) {
-    if (rows < R) return dots_upto<R - 1>(rows, A, lda, Bp, K, out);
-  }
-  dots<R>(A, lda, Bp, K, out);
-}
-
 // bfloat16 pairs (allpairs_bf16): channels 2k and 2k + 1 of a stripe as one 32-bit word, the
 // bfloat16 bits of the first in the low half (each float holds a bfloat16 value exactly: its
 // high 16 bits); a missing last channel is 0. Kept in the float scratch as bit patterns.
@@ -123,37 +92,49 @@ __attribute__((always_inline)) inline void put_bits(float* p, uint32_t u) {
   __builtin_memcpy(p, &u, 4);
 }
 
-// dots over K2 channel pairs: out[r * NV + v] = sum_k dot2 of A's word (k, r) with the lane
-// words of Bp (packed as in allpairs_impl); T = VT (a template argument, so that only a level
-// with dot2 compiles it).
-template <typename T, int R>
-__attribute__((always_inline)) inline void dots2(const float* A, int lda, const float* Bp,
-                                                 int64_t K2, V* out) {
+// The micro-kernel's multiply-add of one packed word a of the first image with the lanes b:
+// float32 channels, or bfloat16 channel pairs by T::dot2 (T = VT, a template argument, so
+// that only a level with dot2 compiles it).
+struct FloatMac {
+  __attribute__((always_inline)) static V step(V c, V b, const float* a) { return c + b * *a; }
+};
+template <typename T>
+struct Bf16Mac {
+  __attribute__((always_inline)) static V step(V c, V b, const float* a) {
+    uint32_t w;
+    __builtin_memcpy(&w, a, 4);
+    return T::dot2(c, b, w);
+  }
+};
+
+// out[r * NV + v] = sum_k Mac::step over the packed words A[k * lda + r] and the lane vectors
+// Bp[k * B + v * W ...], r < R.
+template <typename Mac, int R>
+__attribute__((always_inline)) inline void dots(const float* A, int lda, const float* Bp, int64_t K,
+                                                V* out) {
   V c[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) c[r][v] = V{};
-  for (int64_t k = 0; k < K2; ++k) {
+  for (int64_t k = 0; k < K; ++k) {
     V b[NV];
     for (int v = 0; v < NV; ++v) {
       b[v] = load(Bp + k * B + v * W);
-      T::pin(b[v]);
+      VT::pin(b[v]);
     }
-    for (int r = 0; r < R; ++r) {
-      uint32_t a;
-      __builtin_memcpy(&a, A + k * lda + r, 4);
-      for (int v = 0; v < NV; ++v) c[r][v] = T::dot2(c[r][v], b[v], a);
-    }
+    const float* a = A + k * lda;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) c[r][v] = Mac::step(c[r][v], b[v], a + r);
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) out[r * NV + v] = c[r][v];
 }
 
-template <typename T, int R>
-void dots2_upto(int rows, const float* A, int lda, const float* Bp, int64_t K2, V* out) {
+template <typename Mac, int R>
+void dots_upto(int rows, const float* A, int lda, const float* Bp, int64_t K, V* out) {
   if constexpr (R > 1) {
-    if (rows < R) return dots2_upto<T, R - 1>(rows, A, lda, Bp, K2, out);
+    if (rows < R) return dots_upto<Mac, R - 1>(rows, A, lda, Bp, K, out);
   }
-  dots2<T, R>(A, lda, Bp, K2, out);
+  dots<Mac, R>(A, lda, Bp, K, out);
 }
 
 int64_t allpairs_scratch(int64_t queries, int m, int n, int64_t C) {
@@ -202,6 +183,7 @@ void allpairs_impl(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, in
   const int m = P.m, n = P.n;
   const int64_t C = P.C;
   const int64_t Cp = kBf16 ? (C + 1) / 2 : C;
+  using Mac = std::conditional_t<kBf16, Bf16Mac<T>, FloatMac>;
   float* packA = scratch;                     // [a1 - a0][Cp][m]
   float* packB = packA + (a1 - a0) * Cp * m;  // [n][Cp][B]
   float* yyp = packB + int64_t(n) * Cp * B;   // [n][B]
@@ -241,12 +223,8 @@ void allpairs_impl(const AllPairsArgs& P, int64_t a0, int64_t a1, int64_t b0, in
       const float* xxa = P.xx + a * m;
       for (int j = 0; j < n; ++j) {
         const float* pbj = packB + int64_t(j) * Cp * B;
-        for (int i0 = 0; i0 < m; i0 += kRows) {
-          if constexpr (kBf16)
-            dots2_upto<T, kRows>(m - i0, pa + i0, m, pbj, Cp, acc + i0 * NV);
-          else
-            dots_upto<kRows>(m - i0, pa + i0, m, pbj, C, acc + i0 * NV);
-        }
+        for (int i0 = 0; i0 < m; i0 += kRows)
+          dots_upto<Mac, kRows>(m - i0, pa + i0, m, pbj, Cp, acc + i0 * NV);
         dp_column<kNormalize, kBand>(m, n, j, xxa, yyp + j * B, acc, col, P.allowed);
       }
       float res[B];
