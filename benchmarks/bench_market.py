@@ -19,9 +19,11 @@ Market-1501's sizes (3,368 queries x 15,913 gallery, H = 8 stripes).
 
 (c) CUDA (and --quick): float32 features with the reduced-precision mode (gemm_dtype=float16 /
     bfloat16: rounded once, half GEMMs on tensor cores; time and largest difference from the
-    float32 result), and local_dist with tiles sized to the GPU's L2 cache (chunk_size = 1/2
-    and 1/4 of L2 in GEMM output) against the default tiles (256 MiB): the measurement that
-    decides whether the default tile budget should follow L2.
+    float32 result), and the tile size: local_dist's default CUDA tiles for float32 features (a
+    GEMM output of half the GPU's L2, so that the DP kernel reads the cells from L2) against
+    tiles of 256 MiB (the budget for float16 / bfloat16 operands, and the float32 one on GPUs
+    with under 16 MiB of L2) and of 1/4 of L2 (chunk_size): the measurement that checks the
+    default tile budget.
 
 Each figure is one run (these are long; on CUDA after one untimed warm-up run); time and peak
 extra memory come from the same run (CPU memory: page-level resident set, see
@@ -170,7 +172,7 @@ def local_qg(device, Q, G, C, ref_queries, dtype=torch.float32, topk=100, res=No
 
 
 def qg_variants(device, Q, G, C, res=None):
-    """(c): the reduced-precision mode and L2-sized tiles, each against local_dist's default."""
+    """(c): the reduced-precision mode and other tile sizes, each against local_dist's default."""
     x = unit_stripes(Q, 8, C, 1, device)
     y = unit_stripes(G, 8, C, 2, device)
     with torch.no_grad():
@@ -179,9 +181,10 @@ def qg_variants(device, Q, G, C, res=None):
         variants = [(f"gemm_dtype={str(dt)[6:]}", dict(gemm_dtype=dt)) for dt in (torch.float16, torch.bfloat16)]
         if torch.device(device).type == "cuda":
             l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (40 << 20)
-            for frac in (2, 4):
-                pairs = max(1, l2 // frac // (8 * 8 * 4))
-                variants.append((f"tiles of L2/{frac} ({pairs} pairs; L2 {l2 >> 20} MiB)", dict(chunk_size=pairs)))
+            rows[0][0] = f"float32, default tiles (L2/2; L2 {l2 >> 20} MiB)" if l2 >= 16 << 20 else rows[0][0]
+            for name, tile_bytes in (("256 MiB", 256 << 20), ("L2/4", l2 // 4)):
+                pairs = max(1, tile_bytes // (8 * 8 * 4))
+                variants.append((f"tiles of {name} ({pairs} pairs)", dict(chunk_size=pairs)))
         for name, kw in variants:
             t, m, d = time_and_peak(lambda: partdist.local_dist(x, y, **kw), device)
             err = (d - d32).abs().max().item()

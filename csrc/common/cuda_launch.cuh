@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
@@ -64,6 +65,14 @@ struct CudaExec {
   // The outputs of a launch (the emulation poisons them first).
   template <typename... Tensors>
   static void output(const Tensors&...) {}
+
+  // The current GPU's L2 cache in bytes (the ops' device guard makes it the inputs' GPU).
+  static int64_t l2_cache_bytes() {
+    int bytes = 0;
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, c10::cuda::current_device()));
+    return bytes;
+  }
 
   template <typename K, typename... Args>
   void run(int64_t blocks, int threads, const Args&... args) const {

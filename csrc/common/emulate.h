@@ -158,8 +158,13 @@ inline void poison(const at::Tensor& t) {
   // bool outputs cannot hold a value outside {false, true}: left as they are
 }
 
+// The L2 cache of the emulated GPU: an H100's.
+constexpr int64_t kEmulatedL2Bytes = int64_t(50) << 20;
+
 // The executor of the emulated launches (see CudaExec for the interface).
 struct EmuExec {
+  static int64_t l2_cache_bytes() { return kEmulatedL2Bytes; }
+
   template <typename... Tensors>
   static void output(const Tensors&... ts) {
     (poison(ts), ...);

@@ -16,6 +16,20 @@ namespace partdist {
 constexpr int64_t kCpuTileBytes = int64_t(8) << 20;        // sequential tiles, parallel inside
 constexpr int64_t kCpuThreadTileBytes = int64_t(1) << 20;  // per-thread tiles (cache-sized)
 constexpr int64_t kDeviceTileBytes = int64_t(256) << 20;   // CUDA (and its CPU emulation)
+constexpr int64_t kMinL2TileBytes = int64_t(8) << 20;      // see device_dmli_tile_bytes
+
+// The budget of a CUDA all-pairs DMLI tile (local_dist forward and backward) on a GPU with
+// l2_bytes of L2 cache: half of L2, so that the tile's cells, which the stripe GEMM has just
+// written, are still in L2 when the DP kernel reads them, and the next tile's GEMM overwrites
+// them there instead of in device memory. That needs a GEMM long enough to cover the host's
+// launches of a tile (its GEMM and DP kernel): float32 / float64 GEMMs of half an L2 of
+// output run for tens of microseconds. Tensor-core GEMMs of float16 / bfloat16 operands are
+// about ten times shorter, and on a GPU whose L2 is under 2 * kMinL2TileBytes no useful tile
+// stays in L2: those keep kDeviceTileBytes (fewer, larger tiles).
+inline int64_t device_dmli_tile_bytes(int64_t l2_bytes, bool half_gemm) {
+  if (half_gemm || l2_bytes / 2 < kMinL2TileBytes) return kDeviceTileBytes;
+  return std::min(l2_bytes / 2, kDeviceTileBytes);
+}
 
 struct Tiling {
   int64_t mc = 1, nc = 1;

@@ -139,7 +139,7 @@ void allpairs_tile_forward(const AllPairsTile& t, bool normalize, const DPRule& 
 // single-threaded GEMM per stripe j of the second images (into xy[j]), so that the
 // GEMM output stays in cache for the DP, which computes the cells in SIMD lanes.
 Tiling CpuKernels::local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,
-                                     int64_t chunk_size) {
+                                     int64_t chunk_size, bool) {
   return tiling_for(M, N, tile_pairs(chunk_size, kCpuThreadTileBytes, m * n * elem));
 }
 
@@ -199,7 +199,7 @@ void CpuKernels::local_dist_forward(const Prepared& P, bool normalize, const DPR
     return;
   }
   const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
-  const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size);
+  const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size, false);
   const int64_t pad = kLanes;
   at::Tensor yyT = at::zeros({n, N + pad}, P.x.options());
   yyT.narrow(1, 0, N).copy_(P.yy.t());

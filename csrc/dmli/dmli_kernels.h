@@ -23,8 +23,11 @@
 //                              (one warp per pair, one launch per direction).
 //   local_dist_tiling / local_dist_forward
 //                              all pairs of the prepared inputs, tile by tile.
-//   kTileBytes, kTablesPerPair the budget of the backward's tiles and the DP tables
-//                              per pair its kernel keeps (in units of m*n values).
+//   tile_bytes(half_gemm)      the budget of a local_dist tile's buffers (forward and
+//                              backward), half_gemm: the stripe GEMM's operands are
+//                              float16 / bfloat16 (common/tiling.h device_dmli_tile_bytes)
+//   kTablesPerPair             the DP tables per pair the backward's kernel keeps (in
+//                              units of m*n values).
 // CpuKernels (dmli_cpu.cpp) and DeviceKernels<Exec> (dmli_launch.h: the CUDA
 // kernels, launched by CudaExec on the GPU or by emu::EmuExec in the CPU emulation).
 // Each backend's file registers the ops for its dispatch key (register_impls<K>).
@@ -67,12 +70,12 @@ struct Prepared {
       bool normalize, const DPRule& rule, const at::Tensor& grad, const at::Tensor& x,            \
       const at::Tensor& y, const at::Tensor& cells, const at::Tensor& gx, const at::Tensor& gy);  \
   static Tiling local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,       \
-                                  int64_t chunk_size);                                            \
+                                  int64_t chunk_size, bool half_gemm);                            \
   static void local_dist_forward(const Prepared& P, bool normalize, const DPRule& rule,           \
                                  int64_t chunk_size, const at::Tensor& out);
 
 struct CpuKernels {
-  static constexpr int64_t kTileBytes = kCpuTileBytes;
+  static int64_t tile_bytes(bool) { return kCpuTileBytes; }
   static constexpr bool kHalfGemm = false;
   static constexpr int64_t kTablesPerPair = 0;  // per-thread scratch
   PARTDIST_DMLI_BACKEND_MEMBERS
@@ -80,7 +83,7 @@ struct CpuKernels {
 
 template <typename Exec>
 struct DeviceKernels {
-  static constexpr int64_t kTileBytes = kDeviceTileBytes;
+  static int64_t tile_bytes(bool half_gemm);    // dmli_launch.h
   static constexpr bool kHalfGemm = true;       // half features on tensor cores (CUDA)
   static constexpr int64_t kTablesPerPair = 1;  // BackwardKernel's interleaved table
   PARTDIST_DMLI_BACKEND_MEMBERS

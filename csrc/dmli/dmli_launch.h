@@ -152,11 +152,16 @@ void DeviceKernels<Exec>::aligned_backward_cells(bool normalize, const DPRule& r
 
 // All pairs: tiles in sequence on the stream, each one GEMM of mc*m query stripes
 // against nc*n gallery stripes ([mc*m, nc*n], m*n values per pair) and the fused
-// normalize + DP kernel over its pairs.
+// normalize + DP kernel over its pairs; a tile's GEMM output is at most tile_bytes.
+template <typename Exec>
+int64_t DeviceKernels<Exec>::tile_bytes(bool half_gemm) {
+  return device_dmli_tile_bytes(Exec::l2_cache_bytes(), half_gemm);
+}
+
 template <typename Exec>
 Tiling DeviceKernels<Exec>::local_dist_tiling(int64_t M, int64_t N, int64_t m, int64_t n,
-                                              int64_t elem, int64_t chunk_size) {
-  return tiling_for(M, N, tile_pairs(chunk_size, kTileBytes, m * n * elem));
+                                              int64_t elem, int64_t chunk_size, bool half_gemm) {
+  return tiling_for(M, N, tile_pairs(chunk_size, tile_bytes(half_gemm), m * n * elem));
 }
 
 template <typename Exec>
@@ -164,7 +169,8 @@ void DeviceKernels<Exec>::local_dist_forward(const Prepared& P, bool normalize, 
                                              int64_t chunk_size, const at::Tensor& out) {
   const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
   const int64_t C = P.x.size(2);
-  const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size);
+  const Tiling T =
+      local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size, P.xg.element_size() == 2);
   const at::Tensor x2 = P.xg.view({M * m, C}), y2 = P.yg.view({N * n, C});
   const at::Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
   at::Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());

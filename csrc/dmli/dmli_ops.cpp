@@ -342,12 +342,15 @@ Tensor local_dist_impl(const Tensor& x, const Tensor& y, bool normalize, int64_t
 }
 
 // Backward tiles: the GEMM output and the cell weights (m*n values per pair each)
-// and the backend's DP tables.
+// and the backend's DP tables, within budget bytes.
+int64_t backward_bytes_per_pair(int64_t m, int64_t n, int64_t elem, int64_t tables) {
+  return (2 + tables) * m * n * elem;
+}
 template <typename K>
 Tiling local_dist_backward_tiling(int64_t M, int64_t N, int64_t m, int64_t n, int64_t elem,
-                                  int64_t chunk_size) {
-  const int64_t per_pair = (2 + K::kTablesPerPair) * m * n * elem;
-  return tiling_for(M, N, tile_pairs(chunk_size, K::kTileBytes, per_pair));
+                                  int64_t chunk_size, bool half_gemm) {
+  const int64_t per_pair = backward_bytes_per_pair(m, n, elem, K::kTablesPerPair);
+  return tiling_for(M, N, tile_pairs(chunk_size, K::tile_bytes(half_gemm), per_pair));
 }
 
 template <typename K>
@@ -372,7 +375,8 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
     Tensor gx2 = gx.view({M * m, C}), gy2 = gy.view({N * n, C});
     Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
     // Tiles in sequence (tiles of one query block write the same rows of gx).
-    const Tiling T = local_dist_backward_tiling<K>(M, N, m, n, P.x.element_size(), chunk_size);
+    const Tiling T = local_dist_backward_tiling<K>(M, N, m, n, P.x.element_size(), chunk_size,
+                                                   P.xg.element_size() == 2);
     Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());
     Tensor wbuf = at::empty_like(buf);
     for_each_tile(M, N, T, [&](int64_t a0, int64_t mc, int64_t b0, int64_t nc) {
@@ -391,18 +395,31 @@ std::tuple<Tensor, Tensor> local_dist_backward_impl(const Tensor& grad, const Te
 }
 
 // Tile plan of local_dist (test hook): [mc, nc, tile bytes] of the forward and of the
-// backward for a backend ("cpu" or "cuda").
+// backward for a backend ("cpu" or "cuda"), half_gemm: float16 / bfloat16 GEMM operands.
+// "cuda" with l2_bytes < 0 is the emulated launchers' own plan (the emulated GPU's L2);
+// l2_bytes >= 0 plans with that L2 on the CUDA budget rule.
 std::vector<int64_t> local_dist_tile_plan(const std::string& backend, int64_t M, int64_t N,
-                                          int64_t m, int64_t n, int64_t elem, int64_t chunk_size) {
+                                          int64_t m, int64_t n, int64_t elem, int64_t chunk_size,
+                                          bool half_gemm, int64_t l2_bytes) {
   const bool cpu = backend == "cpu";
   TORCH_CHECK(cpu || backend == "cuda", "_local_dist_tile_plan: backend must be cpu or cuda");
-  Tiling f = cpu ? CpuKernels::local_dist_tiling(M, N, m, n, elem, chunk_size)
-                 : EmulatedCudaKernels::local_dist_tiling(M, N, m, n, elem, chunk_size);
-  Tiling b = cpu ? local_dist_backward_tiling<CpuKernels>(M, N, m, n, elem, chunk_size)
-                 : local_dist_backward_tiling<EmulatedCudaKernels>(M, N, m, n, elem, chunk_size);
-  const int64_t tables = cpu ? CpuKernels::kTablesPerPair : EmulatedCudaKernels::kTablesPerPair;
+  using E = EmulatedCudaKernels;
+  const int64_t tables = cpu ? CpuKernels::kTablesPerPair : E::kTablesPerPair;
+  Tiling f, b;
+  if (cpu) {
+    f = CpuKernels::local_dist_tiling(M, N, m, n, elem, chunk_size, half_gemm);
+    b = local_dist_backward_tiling<CpuKernels>(M, N, m, n, elem, chunk_size, half_gemm);
+  } else if (l2_bytes < 0) {
+    f = E::local_dist_tiling(M, N, m, n, elem, chunk_size, half_gemm);
+    b = local_dist_backward_tiling<E>(M, N, m, n, elem, chunk_size, half_gemm);
+  } else {
+    const int64_t budget = device_dmli_tile_bytes(l2_bytes, half_gemm);
+    f = tiling_for(M, N, tile_pairs(chunk_size, budget, m * n * elem));
+    b = tiling_for(M, N,
+                   tile_pairs(chunk_size, budget, backward_bytes_per_pair(m, n, elem, tables)));
+  }
   return {f.mc, f.nc, f.pairs() * m * n * elem,
-          b.mc, b.nc, b.pairs() * (2 + tables) * m * n * elem};
+          b.mc, b.nc, b.pairs() * backward_bytes_per_pair(m, n, elem, tables)};
 }
 
 // DP options on the DMLI ops: gamma > 0 = soft-DMLI (smoothed minimum), band >= 0 =
@@ -464,7 +481,7 @@ std::tuple<Tensor, Tensor> tf32_split_operands_op(const Tensor& a, const Tensor&
 TORCH_LIBRARY_FRAGMENT(partdist, m) {
   m.def(
       "_local_dist_tile_plan(str backend, int M, int N, int m, int n, int elem_size, "
-      "int chunk_size=0) -> int[]",
+      "int chunk_size=0, bool half_gemm=False, int l2_bytes=-1) -> int[]",
       &partdist::dmli::local_dist_tile_plan);
   m.def("_tf32_split_operands(Tensor a, Tensor b) -> (Tensor, Tensor)");
 }

@@ -240,9 +240,11 @@ def local_dist(
         chunk_size: at most this many pairs are processed per tile (a GEMM of
             their stripes followed by the fused normalize + DP kernel). ``None``
             sizes the tiles by bytes instead: 1 MiB per CPU thread in the forward,
-            8 MiB of tile buffers in the CPU backward, 256 MiB on CUDA. Extra memory is one tile,
-            ``chunk_size * m * n`` values per CPU thread (twice that in backward),
-            never ``M * N * m * n``.
+            8 MiB of tile buffers in the CPU backward; on CUDA half the GPU's L2 cache
+            for float32 / float64 features (so that the DP reads the GEMM's output from
+            L2), 256 MiB for float16 / bfloat16 GEMMs and on GPUs with under 16 MiB of
+            L2. Extra memory is one tile, ``chunk_size * m * n`` values per CPU thread
+            (twice that in backward), never ``M * N * m * n``.
         gamma, band: as in :func:`dmli`.
         gemm_dtype: ``None`` (default) or, for float32 features, ``torch.float16`` /
             ``torch.bfloat16``: the opt-in reduced-precision mode, described below.

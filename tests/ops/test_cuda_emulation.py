@@ -420,22 +420,35 @@ def test_fault_injection_in_the_warp_kernels(fault):
 # ---------------------------------------------------------- tile planning
 @pytest.mark.parametrize("m,n", [(8, 8), (32, 32), (128, 128)])
 @pytest.mark.parametrize("elem", [4, 8])
-def test_local_dist_tiles_fit_the_budget(m, n, elem):
-    """Tiles are sized by bytes: the CUDA tile buffers stay within 256 MiB at every m x n
-    (a fixed 2^20 pairs would need 192 GiB for the backward at 128 x 128), the CPU's
-    per-thread forward tile within 1 MiB and its backward tiles within 8 MiB."""
+@pytest.mark.parametrize("half", [False, True])
+def test_local_dist_tiles_fit_the_budget(m, n, elem, half):
+    """Tiles are sized by bytes (a fixed 2^20 pairs would need 192 GiB for the backward at
+    128 x 128). On CUDA the budget is half the GPU's L2 for float32 / float64 GEMM operands
+    (the DP kernel then reads the cells the GEMM has just written from L2), and 256 MiB for
+    float16 / bfloat16 operands (tensor-core GEMMs too short to cover a tile's launches) and on
+    GPUs with under 16 MiB of L2; the CPU's per-thread forward tile stays within 1 MiB and its
+    backward tiles within 8 MiB."""
     M, N = 20000, 60000
-    f_mc, f_nc, f_bytes, b_mc, b_nc, b_bytes = CPU._local_dist_tile_plan("cuda", M, N, m, n, elem, 0)
-    assert f_bytes == f_mc * f_nc * m * n * elem <= 256 << 20
-    assert b_bytes == b_mc * b_nc * 3 * m * n * elem <= 256 << 20  # GEMM, weights, DP table
-    assert f_bytes > 128 << 20 and b_bytes > 128 << 20  # and use most of it
-    if (m, n, elem) == (8, 8, 4):
-        assert f_mc * f_nc == 1 << 20  # the former fixed tile where it fitted
-    c = CPU._local_dist_tile_plan("cpu", M, N, m, n, elem, 0)
+    plan = lambda l2, chunk=0: CPU._local_dist_tile_plan("cuda", M, N, m, n, elem, chunk, half, l2)
+    for l2, budget in [(50 << 20, 256 << 20 if half else 25 << 20),  # H100
+                       (40 << 20, 256 << 20 if half else 20 << 20),  # A100
+                       (6 << 20, 256 << 20),  # V100: no useful tile fits L2
+                       (1 << 30, 256 << 20)]:  # capped
+        f_mc, f_nc, f_bytes, b_mc, b_nc, b_bytes = plan(l2)
+        assert f_bytes == f_mc * f_nc * m * n * elem <= budget
+        assert b_bytes == b_mc * b_nc * 3 * m * n * elem <= budget  # GEMM, weights, DP table
+        assert f_bytes > budget // 2 and b_bytes > budget // 2  # and use most of it
+    # the emulated launchers plan with the emulated GPU's L2 (an H100's 50 MiB)
+    assert plan(-1) == plan(50 << 20)
+    assert (plan(-1) != plan(6 << 20)) == (not half)
+    if (m, n, elem, half) == (8, 8, 4, True):
+        assert plan(-1)[0] * plan(-1)[1] == 1 << 20  # the former fixed tile where it fitted
+    c = CPU._local_dist_tile_plan("cpu", M, N, m, n, elem, 0, half)
     assert c[2] <= 1 << 20 and c[5] <= 8 << 20
     # chunk_size given: that many pairs per tile
-    mc, nc, *_ = CPU._local_dist_tile_plan("cuda", M, N, m, n, elem, 5000)
-    assert mc * nc <= 5000
+    for l2 in (-1, 6 << 20):
+        mc, nc, *_ = plan(l2, 5000)
+        assert mc * nc <= 5000
 
 
 def test_parts_tiles_fit_the_budget():
