@@ -115,6 +115,10 @@ def cases():
         ("local_dist", _grad_case(partdist.local_dist, [qx, gy]), every),
         ("local_dist, chunk_size=4", _grad_case(lambda a, b: partdist.local_dist(a, b, chunk_size=4), [qx, gy]), f32),
         ("local_dist, gamma=0.1", _grad_case(lambda a, b: partdist.local_dist(a, b, gamma=0.1), [qx, gy]), f32),
+        # the reduced-precision mode: float32 features rounded once, half GEMMs forward and backward
+        *((f"local_dist, gemm_dtype={str(dt)[6:]}, chunk_size=4",
+           _grad_case(lambda a, b, dt=dt: partdist.local_dist(a, b, chunk_size=4, gemm_dtype=dt), [qx, gy]), f32)
+          for dt in (torch.float16, torch.bfloat16)),
         ("unaligned_dist", _grad_case(partdist.unaligned_dist, [_rand(N, m, C, seed=18), _rand(N, m, C, seed=19)]), f32),
         ("unaligned_dist, all pairs",
          _grad_case(lambda a, b: partdist.unaligned_dist(a, b, all_pairs=True), [qx, gy]), f32),
@@ -129,6 +133,8 @@ def cases():
         ("cross_neighborhood_diff", _grad_case(lambda a, b: partdist.cross_neighborhood_diff(a, b, 5), [f, g]), f32),
         ("part_dist, float visibilities", _grad_case(partdist.part_dist, [px, py, vx, vy]), every),
         ("part_dist, bool visibilities", _fwd_case(partdist.part_dist, [px, py, bvx, bvy]), f32),
+        ("part_dist, gemm_dtype=bfloat16",
+         _grad_case(lambda a, b, c, d: partdist.part_dist(a, b, c, d, gemm_dtype=torch.bfloat16), [px, py, vx, vy]), f32),
         ("dsr_dist", _grad_case(lambda a, b: partdist.dsr_dist(a, b, 0.1, 50, 1e-5), [dx, dy]), both),
         ("re_ranking_features (local)",
          _fwd_case(lambda a, b: re_ranking_features(a, b, k1=4, k2=2, progress=False), [qx, gy]), f32),
