@@ -9,22 +9,30 @@ namespace partdist {
 namespace dmli {
 namespace simd {
 
-// Partial vectors by memcpy (the generic levels have no masked loads).
+// Partial vectors lane by lane (the generic levels have no masked loads; a memcpy of a
+// variable size is a library call per vector, and GCC makes a loop of cnt copies one: the
+// loops run over all W lanes).
 template <int W>
-struct PartByMemcpy {
+struct PartByLanes {
   typedef float PV __attribute__((vector_size(4 * W)));
   static inline PV load_part(const float* p, int cnt) {
-    PV v = {};
-    __builtin_memcpy(&v, p, 4 * (unsigned long)(cnt));
+    float t[W] = {};
+    for (int l = 0; l < W; ++l)
+      if (l < cnt) t[l] = p[l];
+    PV v;
+    __builtin_memcpy(&v, t, sizeof(PV));
     return v;
   }
   static inline void store_part(float* p, PV v, int cnt) {
-    __builtin_memcpy(p, &v, 4 * (unsigned long)(cnt));
+    float t[W];
+    __builtin_memcpy(t, &v, sizeof(PV));
+    for (int l = 0; l < W; ++l)
+      if (l < cnt) p[l] = t[l];
   }
 };
 
 namespace generic {
-struct VT : PartByMemcpy<8> {
+struct VT : PartByLanes<8> {
   static constexpr int NV = 3, ROWS = 4;
   static constexpr int W = 8;
   typedef float V __attribute__((vector_size(4 * W)));
@@ -40,7 +48,7 @@ struct VT : PartByMemcpy<8> {
 }  // namespace generic
 
 namespace generic16 {
-struct VT : PartByMemcpy<16> {
+struct VT : PartByLanes<16> {
   static constexpr int NV = 2, ROWS = 8;
   static constexpr int W = 16;
   typedef float V __attribute__((vector_size(4 * W)));
