@@ -23,7 +23,9 @@ Market-1501's sizes (3,368 queries x 15,913 gallery, H = 8 stripes).
     GEMM output of half the GPU's L2, so that the DP kernel reads the cells from L2) against
     tiles of 256 MiB (the budget for float16 / bfloat16 operands, and the float32 one on GPUs
     with under 16 MiB of L2) and of 1/4 of L2 (chunk_size): the measurement that checks the
-    default tile budget.
+    default tile budget; and the opt-in fused path (PARTDIST_FUSED_EPILOGUE=1: one kernel, the
+    DP in the epilogue of its own GEMM tile), the measurement that decides whether it should
+    be the default.
 
 Each figure is one run (these are long; on CUDA after one untimed warm-up run); time and peak
 extra memory come from the same run (CPU memory: page-level resident set, see
@@ -171,6 +173,25 @@ def local_qg(device, Q, G, C, ref_queries, dtype=torch.float32, topk=100, res=No
             "vectorized_s": t_vec_full, "partdist_mem": m_pd, "topk_mem": m_tk, "gemm_mem": m_gm}
 
 
+FUSED_ENV = "PARTDIST_FUSED_EPILOGUE"
+
+
+def _local_dist_variant(x, y, fused=False, **kw):
+    """local_dist(x, y, **kw); fused: with the opt-in fused CUDA path (the variable is read at
+    every call)."""
+    if not fused:
+        return partdist.local_dist(x, y, **kw)
+    old = os.environ.get(FUSED_ENV)
+    os.environ[FUSED_ENV] = "1"
+    try:
+        return partdist.local_dist(x, y, **kw)
+    finally:
+        if old is None:
+            del os.environ[FUSED_ENV]
+        else:
+            os.environ[FUSED_ENV] = old
+
+
 def qg_variants(device, Q, G, C, res=None):
     """(c): the reduced-precision mode and other tile sizes, each against local_dist's default."""
     x = unit_stripes(Q, 8, C, 1, device)
@@ -185,8 +206,9 @@ def qg_variants(device, Q, G, C, res=None):
             for name, tile_bytes in (("256 MiB", 256 << 20), ("L2/4", l2 // 4)):
                 pairs = max(1, tile_bytes // (8 * 8 * 4))
                 variants.append((f"tiles of {name} ({pairs} pairs)", dict(chunk_size=pairs)))
+            variants.append((f"{FUSED_ENV}=1 (the DP in the GEMM's epilogue)", dict(fused=True)))
         for name, kw in variants:
-            t, m, d = time_and_peak(lambda: partdist.local_dist(x, y, **kw), device)
+            t, m, d = time_and_peak(lambda: _local_dist_variant(x, y, **kw), device)
             err = (d - d32).abs().max().item()
             rows.append([name, fmt_time(t), f"{t / t32:.2f}x", f"{err:.2e}", fmt_mem(m)])
             if res is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -44,6 +45,23 @@ def _grad_case(fn, inputs, grad_seed=99):
         need = [t for t in leaves if t.is_floating_point()]
         grads = torch.autograd.grad((first * w).sum(), need, allow_unused=True)
         return list(outs) + [g if g is not None else torch.zeros(()) for g in grads]
+
+    return run
+
+
+def _fused(fn):
+    """fn with the opt-in fused local_dist path (PARTDIST_FUSED_EPILOGUE=1, read at every call)."""
+
+    def run(*args):
+        old = os.environ.get("PARTDIST_FUSED_EPILOGUE")
+        os.environ["PARTDIST_FUSED_EPILOGUE"] = "1"
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ["PARTDIST_FUSED_EPILOGUE"]
+            else:
+                os.environ["PARTDIST_FUSED_EPILOGUE"] = old
 
     return run
 
@@ -122,6 +140,10 @@ def cases():
         ("unaligned_dist", _grad_case(partdist.unaligned_dist, [_rand(N, m, C, seed=18), _rand(N, m, C, seed=19)]), f32),
         ("unaligned_dist, all pairs",
          _grad_case(lambda a, b: partdist.unaligned_dist(a, b, all_pairs=True), [qx, gy]), f32),
+        # the DP in the GEMM's epilogue: several blocks, partial tiles (13 x 70 images of 6 x 5
+        # stripes: 10 x 12 images per tile), C not a multiple of the channel chunk
+        ("local_dist, PARTDIST_FUSED_EPILOGUE=1",
+         _fwd_case(_fused(partdist.local_dist), [_rand(13, 6, 19, seed=22), _rand(70, 5, 19, seed=23)]), both),
         ("local_dist_topk, k=3", _fwd_case(lambda a, b: partdist.local_dist_topk(a, b, 3), [qx, gy]), f32),
         ("hard_example_mining",
          _grad_case(lambda d, lab: partdist.hard_example_mining(d, lab)[:2], [dmat, labels]), both),

@@ -29,6 +29,35 @@ struct DeviceWarp {
   __device__ __forceinline__ void sync() const { __syncwarp(); }
 };
 
+// The block of a block-cooperative kernel (K::run(Block&, args...), see launch.h).
+struct DeviceBlock {
+  unsigned char* smem;
+  int64_t block;
+  int threads;
+  template <typename T>
+  struct PerThread {  // this thread's value: registers
+    T v;
+    __device__ explicit PerThread(const DeviceBlock&) {}
+    __device__ __forceinline__ T& operator[](int) { return v; }
+  };
+  template <typename F>
+  __device__ __forceinline__ void each(const F& f) const {
+    f(int(threadIdx.x));
+    __syncthreads();
+  }
+  template <typename T>
+  __device__ __forceinline__ T* shared() const {
+    return reinterpret_cast<T*>(smem);
+  }
+};
+
+template <typename K, typename... Args>
+__global__ void block_kernel(Args... args) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  DeviceBlock blk{smem, int64_t(blockIdx.x), int(blockDim.x)};
+  K::run(blk, args...);
+}
+
 // K::run(pos, args...), or K::run(DeviceWarp{}, pos, args...) for kernels that use
 // warp shuffles (kWarps), at the thread's position in the 1-D grid.
 template <bool kWarps, typename K, typename... Args>
@@ -82,6 +111,16 @@ struct CudaExec {
   template <typename K, typename... Args>
   void run_warps(int64_t blocks, int threads, const Args&... args) const {
     launch<true, K>(blocks, threads, args...);
+  }
+
+  // K::run(block, args...) for `blocks` blocks of `threads` threads with smem_bytes
+  // (at most 48 KiB) of shared memory each.
+  template <typename K, typename... Args>
+  void run_blocks(int64_t blocks, int threads, size_t smem_bytes, const Args&... args) const {
+    if (blocks == 0) return;
+    block_kernel<K, Args...>
+        <<<unsigned(blocks), threads, smem_bytes, c10::cuda::getCurrentCUDAStream()>>>(args...);
+    check_launch();
   }
 
  private:

@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -31,8 +32,9 @@ namespace partdist {
 namespace emu {
 
 // Fault injection (tests only): kShiftIndex makes the thread of global index 0 run
-// with index 1, a wrong index in the launch that the tests must see.
-enum Fault : int64_t { kNoFault = 0, kShiftIndex = 1 };
+// with index 1, a wrong index in the launch that the tests must see; kShiftBlock does
+// the same to block 0 of the block-cooperative kernels only (run_blocks).
+enum Fault : int64_t { kNoFault = 0, kShiftIndex = 1, kShiftBlock = 2 };
 
 inline std::atomic<int64_t>& fault() {
   static std::atomic<int64_t> f{kNoFault};
@@ -148,6 +150,28 @@ class EmulatedWarp {
   uint64_t slot_[kWarpSize] = {};
 };
 
+// The block of a block-cooperative kernel in the emulation (DeviceBlock's interface): the
+// threads of a phase run in order; shared memory starts as NaN bytes.
+struct EmulatedBlock {
+  unsigned char* smem;
+  int64_t block;
+  int threads;
+  template <typename T>
+  struct PerThread {
+    std::vector<T> v;
+    explicit PerThread(const EmulatedBlock& b) : v(size_t(b.threads)) {}
+    T& operator[](int t) { return v[size_t(t)]; }
+  };
+  template <typename F>
+  void each(const F& f) const {
+    for (int t = 0; t < threads; ++t) f(t);
+  }
+  template <typename T>
+  T* shared() const {
+    return reinterpret_cast<T*>(smem);
+  }
+};
+
 // Fills an output with a value no kernel writes (NaN / the lowest integer).
 inline void poison(const at::Tensor& t) {
   if (!t.defined() || t.numel() == 0) return;
@@ -178,6 +202,26 @@ struct EmuExec {
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         for (int t = 0; t < threads; ++t) K::run(thread_pos(b * threads + t, count), args...);
+    });
+  }
+
+  // K::run(block, args...) for every block; blocks in parallel, each with its own shared
+  // memory filled with 0xFF bytes (NaN as float and double). The faults kShiftIndex and
+  // kShiftBlock run block 0 as block 1.
+  template <typename K, typename... Args>
+  void run_blocks(int64_t blocks, int threads, size_t smem_bytes, const Args&... args) const {
+    TORCH_CHECK(smem_bytes <= size_t(48) << 10,
+                "CUDA emulation: more than 48 KiB of shared memory");
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<unsigned char> smem(smem_bytes + 16);
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(smem.begin(), smem.end(), static_cast<unsigned char>(0xFF));
+        const int64_t f = fault().load();
+        const bool shift = b == 0 && blocks > 1 && (f == kShiftIndex || f == kShiftBlock);
+        const int64_t index = shift ? 1 : b;
+        EmulatedBlock blk{smem.data(), index, threads};
+        K::run(blk, args...);
+      }
     });
   }
 

@@ -8,7 +8,10 @@
 // device's shuffles or the CPU emulation's): nvcc checks each instantiation in the
 // space it is used in only.
 #define PD_NO_EXEC_CHECK _Pragma("nv_exec_check_disable")
+// Before a loop of a constant trip count whose values must stay in registers.
+#define PD_UNROLL _Pragma("unroll")
 #else
 #define PD_HD inline
 #define PD_NO_EXEC_CHECK
+#define PD_UNROLL
 #endif

@@ -18,6 +18,13 @@ struct ThreadPos {
   PD_HD int64_t warp() const { return index / kWarpSize; }
 };
 
+// Block-cooperative kernels (Exec::run_blocks): K::run(Block& blk, args...) runs once
+// per block and is written as a sequence of phases, blk.each(f): f(t) for every thread t
+// of the block, then a barrier (__syncthreads()). blk.block is the block's index,
+// blk.threads its thread count, blk.shared<T>() its shared memory, and
+// `typename Blk::template PerThread<T> v(blk)` a value per thread, v[t] (registers on
+// the device). The CPU emulation runs the threads of a phase in order.
+
 // Blocks of `threads` threads that cover n threads, at most `cap` blocks (grid-stride
 // kernels pass a cap; the others cover n exactly).
 inline int64_t blocks_for(int64_t n, int threads, int64_t cap = int64_t(1) << 31) {

@@ -26,6 +26,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/hd.h"
 #include "../common/launch.h"
@@ -708,20 +709,156 @@ struct ForwardKernel {
   PD_HD static void run(ThreadPos t, PairLayout L, Mode mode, bool normalize, const T* xy,
                         const T* xx, const T* yy, T* out) {
     if (t.index >= L.num_pairs) return;
+    pair(t.index, L, mode, normalize, xy, xx, yy, out);
+  }
+  // Pair p of L (also the epilogue of FusedTileKernel).
+  template <typename T>
+  PD_HD static void pair(int64_t p, const PairLayout& L, Mode mode, bool normalize, const T* xy,
+                         const T* xx, const T* yy, T* out) {
     if (L.n <= 8)
-      run_n<8>(t.index, L, mode, normalize, xy, xx, yy, out);
+      run_n<8>(p, L, mode, normalize, xy, xx, yy, out);
     else if (L.n <= 16)
-      run_n<16>(t.index, L, mode, normalize, xy, xx, yy, out);
+      run_n<16>(p, L, mode, normalize, xy, xx, yy, out);
     else if (L.n <= 32)
-      run_n<32>(t.index, L, mode, normalize, xy, xx, yy, out);
+      run_n<32>(p, L, mode, normalize, xy, xx, yy, out);
     else
-      run_n<0>(t.index, L, mode, normalize, xy, xx, yy, out);
+      run_n<0>(p, L, mode, normalize, xy, xx, yy, out);
   }
   template <int kN, typename T>
   PD_HD static void run_n(int64_t p, const PairLayout& L, Mode mode, bool normalize, const T* xy,
                           const T* xx, const T* yy, T* out) {
     T row[kN > 0 ? kN : kMaxStripes];
     pair_forward<T, kN>(L, p, mode, normalize, xy, xx, yy, out, row);
+  }
+};
+
+// ------------------------------------------ all pairs with the DP in the GEMM's epilogue
+// local_dist's forward in one kernel (the opt-in fused path of dmli_launch.h): one block
+// of kFusedThreads threads per tile of tq x tg pairs, tq = kFusedRows / m first images
+// and tg = kFusedRows / n second images, whose stripes make a kFusedRows x kFusedRows
+// tile of dot products. The block computes that tile as a GEMM (channels in chunks of
+// fused_kc through shared memory, transposed and padded to kFusedLd; a kFusedMicro x
+// kFusedMicro block of accumulators per thread), puts it in shared memory, and each
+// thread runs the normalize + DP of its pairs there (ForwardKernel::pair, Mode::kFused,
+// the squared norms xx, yy from device memory): the cells never reach device memory.
+// Blocks in row-major order over (first-image tile, second-image tile); tiles_n second-
+// image tiles per row; out [M, N] with row stride ldo. m, n <= kFusedRows.
+constexpr int kFusedRows = 64;
+constexpr int kFusedMicro = 8;
+constexpr int kFusedSide = kFusedRows / kFusedMicro;  // threads along a side of the tile
+constexpr int kFusedThreads = kFusedSide * kFusedSide;
+constexpr int kFusedLd = kFusedRows + 4;  // 16-byte rows, stores spread over the banks
+template <typename T>
+constexpr int fused_kc() {
+  return sizeof(T) == 4 ? 16 : 8;
+}
+// Shared memory of a block: the two channel chunks and the tile of dot products.
+template <typename T>
+constexpr int64_t fused_smem_bytes() {
+  return int64_t(sizeof(T)) * (2 * fused_kc<T>() + kFusedRows) * kFusedLd;
+}
+
+struct FusedTileKernel {
+  template <typename T>
+  struct Acc {
+    T v[kFusedMicro][kFusedMicro];
+  };
+
+  // out[0 .. kFusedMicro) = p[0 .. kFusedMicro) from shared memory, p 16-byte aligned: 16-byte
+  // loads on the device.
+  template <typename T>
+  PD_HD static void load_micro(const T* p, T* out) {
+#ifdef __CUDA_ARCH__
+    using V = typename std::conditional<sizeof(T) == 4, float4, double2>::type;
+    constexpr int kPer = int(sizeof(V) / sizeof(T));
+    PD_UNROLL
+    for (int q = 0; q < kFusedMicro / kPer; ++q) {
+      const V v = reinterpret_cast<const V*>(p)[q];
+      const T* e = reinterpret_cast<const T*>(&v);
+      PD_UNROLL
+      for (int l = 0; l < kPer; ++l) out[q * kPer + l] = e[l];
+    }
+#else
+    for (int i = 0; i < kFusedMicro; ++i) out[i] = p[i];
+#endif
+  }
+
+  PD_NO_EXEC_CHECK
+  template <typename Blk, typename T>
+  PD_HD static void run(Blk& blk, int64_t M, int64_t N, int m, int n, int64_t C, int64_t tiles_n,
+                        bool normalize, DPRule rule, const T* x, const T* y, const T* xx,
+                        const T* yy, T* out, int64_t ldo) {
+    constexpr int KC = fused_kc<T>(), R = kFusedRows, U = kFusedMicro, LD = kFusedLd;
+    const int tq_full = R / m, tg_full = R / n;
+    const int64_t a0 = (blk.block / tiles_n) * tq_full, b0 = (blk.block % tiles_n) * tg_full;
+    const int tq = int(M - a0 < tq_full ? M - a0 : tq_full);
+    const int tg = int(N - b0 < tg_full ? N - b0 : tg_full);
+    const int rows = tq * m, cols = tg * n;  // stripes of the tile's images
+    T* As = blk.template shared<T>();        // [KC][LD]: channel kk of stripe r at kk * LD + r
+    T* Bs = As + KC * LD;
+    T* Ts = Bs + KC * LD;  // [R][LD]: the dot products
+    const T* xa = x + a0 * m * C;
+    const T* yb = y + b0 * n * C;
+    typename Blk::template PerThread<Acc<T>> acc(blk);
+    blk.each([&](int t) {
+      PD_UNROLL
+      for (int i = 0; i < U; ++i) {
+        PD_UNROLL
+        for (int j = 0; j < U; ++j) acc[t].v[i][j] = T(0);
+      }
+    });
+    for (int64_t k0 = 0; k0 < C; k0 += KC) {
+      blk.each([&](int t) {  // the chunk's channels, zeros past the stripes and channels
+        for (int e = t; e < R * KC; e += kFusedThreads) {
+          const int r = e / KC, kk = e - r * KC;
+          const int64_t k = k0 + kk;
+          As[kk * LD + r] = (r < rows && k < C) ? xa[r * C + k] : T(0);
+          Bs[kk * LD + r] = (r < cols && k < C) ? yb[r * C + k] : T(0);
+        }
+      });
+      blk.each([&](int t) {
+        const int ty = t / kFusedSide, tx = t - ty * kFusedSide;
+        Acc<T>& A = acc[t];
+        PD_UNROLL
+        for (int kk = 0; kk < KC; ++kk) {
+          T a[U], b[U];
+          load_micro(As + kk * LD + ty * U, a);
+          load_micro(Bs + kk * LD + tx * U, b);
+          PD_UNROLL
+          for (int i = 0; i < U; ++i) {
+            PD_UNROLL
+            for (int j = 0; j < U; ++j) A.v[i][j] += a[i] * b[j];
+          }
+        }
+      });
+    }
+    blk.each([&](int t) {
+      const int ty = t / kFusedSide, tx = t - ty * kFusedSide;
+      PD_UNROLL
+      for (int i = 0; i < U; ++i) {
+        PD_UNROLL
+        for (int j = 0; j < U; ++j) Ts[(ty * U + i) * LD + tx * U + j] = acc[t].v[i][j];
+      }
+    });
+    blk.each([&](int t) {
+      PairLayout L;
+      L.num_pairs = int64_t(tq) * tg;
+      L.nb = tg;
+      L.aligned = false;
+      L.xy_sa = int64_t(m) * LD;
+      L.xy_sb = n;
+      L.xy_si = LD;
+      L.xx_sa = m;
+      L.yy_sb = n;
+      L.out_sa = ldo;
+      L.out_sb = 1;
+      L.m = m;
+      L.n = n;
+      L.rule = rule;
+      for (int64_t p = t; p < L.num_pairs; p += kFusedThreads)
+        ForwardKernel::pair(p, L, Mode::kFused, normalize, static_cast<const T*>(Ts), xx + a0 * m,
+                            yy + b0 * n, out + a0 * ldo + b0);
+    });
   }
 };
 

@@ -11,6 +11,9 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../common/gemm_grads.h"
 #include "../common/matmul.h"
 #include "../common/ptr.h"
@@ -18,6 +21,15 @@
 
 namespace partdist {
 namespace dmli {
+
+// The DP in the GEMM's epilogue (FusedTileKernel) for local_dist's forward: opt-in by
+// PARTDIST_FUSED_EPILOGUE=1 (read at every call) until a GPU run shows whether it pays
+// against cuBLAS's GEMM and the separate DP kernel; float32 / float64 GEMM operands
+// (half ones go to cuBLAS's tensor cores) and m, n <= kFusedRows.
+inline bool fused_epilogue_requested() {
+  const char* v = std::getenv("PARTDIST_FUSED_EPILOGUE");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
 
 template <typename Exec>
 void DeviceKernels<Exec>::forward(const PairLayout& L, Mode mode, bool normalize,
@@ -169,8 +181,21 @@ void DeviceKernels<Exec>::local_dist_forward(const Prepared& P, bool normalize, 
                                              int64_t chunk_size, const at::Tensor& out) {
   const int64_t M = P.x.size(0), N = P.y.size(0), m = P.x.size(1), n = P.y.size(1);
   const int64_t C = P.x.size(2);
-  const Tiling T =
-      local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size, P.xg.element_size() == 2);
+  const bool half_gemm = P.xg.element_size() == 2;
+  if (!half_gemm && m <= kFusedRows && n <= kFusedRows && fused_epilogue_requested()) {
+    const int64_t tq = kFusedRows / m, tg = kFusedRows / n;
+    const int64_t tiles_n = (N + tg - 1) / tg, tiles = ((M + tq - 1) / tq) * tiles_n;
+    Exec::output(out);
+    AT_DISPATCH_FLOATING_TYPES(P.x.scalar_type(), "partdist_local_dist_fused_cuda", [&] {
+      Exec().template run_blocks<FusedTileKernel>(
+          tiles, kFusedThreads, size_t(fused_smem_bytes<scalar_t>()), M, N, int(m), int(n), C,
+          tiles_n, normalize, rule, P.x.const_data_ptr<scalar_t>(), P.y.const_data_ptr<scalar_t>(),
+          P.xx.const_data_ptr<scalar_t>(), P.yy.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(), out.stride(0));
+    });
+    return;
+  }
+  const Tiling T = local_dist_tiling(M, N, m, n, P.x.element_size(), chunk_size, half_gemm);
   const at::Tensor x2 = P.xg.view({M * m, C}), y2 = P.yg.view({N * n, C});
   const at::Tensor xx = P.xx.view({M * m}), yy = P.yy.view({N * n});
   at::Tensor buf = at::empty({T.mc * m * T.nc * n}, P.x.options());

@@ -185,6 +185,48 @@ def test_local_dist_all_pairs(gamma, band, unaligned, chunk):
           CPU.local_dist_backward(g, x, y, True, chunk, gamma, band, unaligned))
 
 
+# The opt-in fused path of local_dist's forward (PARTDIST_FUSED_EPILOGUE=1): one block per
+# tile of pairs computes the stripe GEMM tile and runs the DP of its pairs in the epilogue.
+# Shapes: several tiles in both directions with partial last tiles (13 x 17 pairs of 5 x 3
+# stripes: 12 x 21 images per tile), 8 x 8 stripes (a full 64 x 64 tile), C not a multiple
+# of the channel chunk, one image per tile (64 stripes), one stripe per image.
+FUSED_SHAPES = [(13, 17, 5, 3, 8), (9, 20, 8, 8, 100), (3, 70, 6, 5, 17), (2, 3, 64, 33, 9), (70, 2, 1, 1, 3)]
+
+
+@pytest.mark.parametrize("gamma,band,unaligned", DP_RULES)
+@pytest.mark.parametrize("M,N,m,n,C", FUSED_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_local_dist_fused_epilogue(monkeypatch, gamma, band, unaligned, M, N, m, n, C, dtype):
+    if unaligned:
+        n = m
+    x, y = rand(M, m, C, dtype=dtype), rand(N, n, C, seed=1, dtype=dtype)
+    want = CPU.local_dist(x, y, True, 0, gamma, band, unaligned)
+    monkeypatch.setenv("PARTDIST_FUSED_EPILOGUE", "1")
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    close(EMU.local_dist(x, y, True, 0, gamma, band, unaligned), want, tol)
+    close(EMU.local_dist(x, y, False, 0, gamma, band, unaligned),
+          CPU.local_dist(x, y, False, 0, gamma, band, unaligned), tol)
+
+
+def test_local_dist_fused_epilogue_planted_fault(monkeypatch, fault):
+    """Block 0 run as block 1 (kShiftBlock, which only the block kernels see) leaves the first
+    tile's outputs unwritten: the comparison fails on the fused path, and only there (the
+    variable switches the path)."""
+    x, y = rand(13, 5, 8), rand(17, 3, 8, seed=1)
+    want = CPU.local_dist(x, y, True, 0, 0.0, -1.0, False)
+    fault(2)
+    close(EMU.local_dist(x, y, True, 0, 0.0, -1.0, False), want)  # the unfused path
+    monkeypatch.setenv("PARTDIST_FUSED_EPILOGUE", "1")
+    with pytest.raises(AssertionError):
+        close(EMU.local_dist(x, y, True, 0, 0.0, -1.0, False), want)
+    fault(0)
+    close(EMU.local_dist(x, y, True, 0, 0.0, -1.0, False), want)
+    # half features keep cuBLAS's tensor-core GEMM (the variable does not apply)
+    fault(2)
+    xh, yh = x.to(torch.float16), y.to(torch.float16)
+    close(EMU.local_dist(xh, yh, True, 0, 0.0, -1.0, False), CPU.local_dist(xh, yh, True, 0, 0.0, -1.0, False), 2e-3)
+
+
 # The training pair of batch_local_dist: one warp per pair (32 lanes in lockstep, one OS
 # thread each), so few pairs. C = 7 (lanes 7-31 hold no channel) and 40 (lanes 0-7 hold two);
 # two of the four (C, dtype) combinations in the slow set.
