@@ -840,21 +840,21 @@ struct FusedTileKernel {
         for (int j = 0; j < U; ++j) Ts[(ty * U + i) * LD + tx * U + j] = acc[t].v[i][j];
       }
     });
+    PairLayout L;  // the tile's pairs: dot products in Ts, results in out
+    L.num_pairs = int64_t(tq) * tg;
+    L.nb = tg;
+    L.aligned = false;
+    L.xy_sa = int64_t(m) * LD;
+    L.xy_sb = n;
+    L.xy_si = LD;
+    L.xx_sa = m;
+    L.yy_sb = n;
+    L.out_sa = ldo;
+    L.out_sb = 1;
+    L.m = m;
+    L.n = n;
+    L.rule = rule;
     blk.each([&](int t) {
-      PairLayout L;
-      L.num_pairs = int64_t(tq) * tg;
-      L.nb = tg;
-      L.aligned = false;
-      L.xy_sa = int64_t(m) * LD;
-      L.xy_sb = n;
-      L.xy_si = LD;
-      L.xx_sa = m;
-      L.yy_sb = n;
-      L.out_sa = ldo;
-      L.out_sb = 1;
-      L.m = m;
-      L.n = n;
-      L.rule = rule;
       for (int64_t p = t; p < L.num_pairs; p += kFusedThreads)
         ForwardKernel::pair(p, L, Mode::kFused, normalize, static_cast<const T*>(Ts), xx + a0 * m,
                             yy + b0 * n, out + a0 * ldo + b0);
